@@ -1,0 +1,35 @@
+"""Benchmarks: `python -m fairjax.bench TARGET [--flags]`.
+
+Targets (one module each in `fairjax/benchmarks/`): forward, train, generate, reward, memory.
+Each prints a human-readable table and, with --json=PATH, writes its figures as JSON.
+Speed is measured here, never asserted in tests.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import app, flags
+
+TARGETS = ("forward", "train", "generate", "reward", "memory")
+
+flags.DEFINE_string("model", "gpt2", "Model family: gpt2 | llama.")
+flags.DEFINE_string("size", "small", "Model size preset (tiny, small=124M, medium=355M, 1b, 7b, ...).")
+flags.DEFINE_string("algo", "ilql", "Objective for train/generate/memory: bc | ilql | alol | dpo.")
+flags.DEFINE_integer("batch", None, "Batch size (default: the target's own).")
+flags.DEFINE_integer("seq", None, "Sequence length / new tokens (default: the target's own).")
+flags.DEFINE_integer("steps", None, "Timed iterations (default: the target's own).")
+flags.DEFINE_string("dtype", None, "Compute dtype (default: float32 on CPU, bfloat16 on GPU/TPU).")
+flags.DEFINE_bool("torch", True, "Also time the PyTorch baseline when torch is importable.")
+flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2 or argv[1] not in TARGETS:
+        raise app.UsageError(f"usage: python -m fairjax.bench {{{'|'.join(TARGETS)}}} [--flags]")
+    module = importlib.import_module(f"fairjax.benchmarks.{argv[1]}")
+    module.run(flags.FLAGS)
+
+
+if __name__ == "__main__":
+    app.run(main, argv=sys.argv)
