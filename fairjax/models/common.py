@@ -1,0 +1,325 @@
+"""Pieces shared by the Flax language models (GPT-2, LLaMA).
+
+* `LMOutput`: what every LM call returns.
+* `KVCache` / `init_cache`: an explicit pytree KV cache for incremental decoding.
+* `attention_mask_and_positions`, `attention`: masking (left/right padding + causal) and
+  scaled dot-product attention with grouped KV heads, softmax in float32.
+* `rope_tables` / `apply_rope`: rotary embeddings in Hugging Face's rotate-half convention.
+* `remat_block`: optional activation rematerialisation per transformer block.
+* `match_partition_rules`: regex partition rules -> pytree of `PartitionSpec`.
+* `params_from_state_dict` / `params_to_state_dict`: generic HF key-map conversion that raises
+  `CheckpointMismatchError` listing missing / unexpected keys and wrong shapes.
+
+Intermediates: every LM sows `embeddings` (input of block 0, [B, T, d]) and `block_outputs`
+(one [B, T, d] per block, before the final norm) into the `intermediates` collection; read them
+with `model.apply(vars, ..., mutable=["intermediates"])` or `forward_with_intermediates`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from fairjax.io.errors import CheckpointMismatchError, ConfigError
+
+MASK_VALUE = float(np.finfo(np.float32).min)  # what HF adds at masked attention entries
+
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,       # recompute the whole block
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
+class LMOutput(NamedTuple):
+    """Output of an LM call.
+
+    logits:        [B, T, V] float32, or None when `compute_logits=False`.
+    hidden_states: [B, T, d] final hidden states AFTER the final norm (value heads read these).
+    cache:         the updated `KVCache`, or None when called without one.
+    """
+
+    logits: Optional[jax.Array]
+    hidden_states: jax.Array
+    cache: Optional["KVCache"]
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Per-layer keys/values and the next write slot.
+
+    k, v:  tuples (one per layer) of [B, S_max, H_kv, Dh] arrays.
+    index: int32 scalar, the slot where the next token's keys are written.
+    """
+
+    k: tuple
+    v: tuple
+    index: jax.Array
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[1]
+
+
+def init_cache(config, batch: int, max_len: int, dtype=None) -> KVCache:
+    """Empty cache for `config` (any LM config with num_layers/num_kv_heads/head_dim).
+
+    dtype defaults to the config's compute dtype.
+    """
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+    return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+                   index=jnp.zeros((), jnp.int32))
+
+
+def default_position_ids(attention_mask: jax.Array) -> jax.Array:
+    """`clip(cumsum(mask) - 1, 0)`: 0.. over real tokens for left or right padding.
+
+    attention_mask: [B, S] -> position ids [B, S] int32.
+    """
+    return jnp.clip(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def attention_mask_and_positions(
+    input_ids: jax.Array,  # [B, T]
+    attention_mask: Optional[jax.Array],  # [B, T], or [B, S_max] with a cache
+    position_ids: Optional[jax.Array],  # [B, T]
+    cache: Optional[KVCache],
+) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
+    """Boolean attention mask [B, 1, T, S] (key is real AND not in the future), position ids
+    [B, T] and the absolute write index (None without cache).
+
+    Without a cache S = T. With a cache S = S_max, query t sits at slot `cache.index + t`.
+    """
+    b, t = input_ids.shape
+    if cache is None:
+        s, start = t, None
+        q_slot = jnp.arange(t)
+    else:
+        s, start = cache.max_len, cache.index
+        q_slot = start + jnp.arange(t)
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, s), jnp.int32)
+    if attention_mask.shape != (b, s):
+        raise ValueError(f"attention_mask has shape {attention_mask.shape}, expected {(b, s)} "
+                         f"({'[B, cache_len]' if cache is not None else '[B, T]'})")
+    key_ok = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
+    causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
+    mask = key_ok & causal[None, None]
+    if position_ids is None:
+        pos = default_position_ids(attention_mask)
+        position_ids = pos if cache is None else jax.lax.dynamic_slice_in_dim(pos, start, t, axis=1)
+    return mask, position_ids.astype(jnp.int32), start
+
+
+def attention(
+    q: jax.Array,  # [B, T, H, Dh]
+    k: jax.Array,  # [B, S, H_kv, Dh]
+    v: jax.Array,  # [B, S, H_kv, Dh]
+    mask: jax.Array,  # [B, 1, T, S] bool
+    scale: float,
+    dropout: Optional[Callable[[jax.Array], jax.Array]] = None,
+) -> jax.Array:
+    """softmax(q k^T * scale + mask) v with grouped KV heads; scores/softmax in float32.
+
+    Returns [B, T, H, Dh] in q's dtype.
+    """
+    b, t, h, dh = q.shape
+    hkv = k.shape[2]
+    g = h // hkv
+    qg = q.reshape(b, t, hkv, g, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * jnp.float32(scale)
+    scores = jnp.where(mask[:, :, None], scores, MASK_VALUE)  # [B, H_kv, G, T, S]
+    probs = jax.nn.softmax(scores, axis=-1)
+    if dropout is not None:
+        probs = dropout(probs)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v)
+    return out.reshape(b, t, h, dh).astype(q.dtype)
+
+
+def update_cache_layer(
+    cache_k: jax.Array,  # [B, S_max, H_kv, Dh]
+    cache_v: jax.Array,  # [B, S_max, H_kv, Dh]
+    k: jax.Array,  # [B, T, H_kv, Dh]
+    v: jax.Array,  # [B, T, H_kv, Dh]
+    index: jax.Array,  # [] int32
+) -> tuple[jax.Array, jax.Array]:
+    """Write the new keys/values at slots [index, index + T)."""
+    k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
+    v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+    return k, v
+
+
+def rope_tables(position_ids: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [B, T, Dh] for HF rotate-half RoPE (frequencies repeated twice).
+
+    position_ids: [B, T]; inv_freq: [Dh/2] float32.
+    """
+    freqs = position_ids.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x * cos + rotate_half(x) * sin with rotate_half([x1, x2]) = [-x2, x1] (HF convention).
+
+    x: [B, T, H, Dh]; cos, sin: [B, T, Dh]. Computed in float32, returned in x's dtype.
+    """
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def remat_block(block_cls: type[nn.Module], remat: str) -> type[nn.Module]:
+    """Wrap a block class with `nn.remat` according to `remat` ('none' | 'block' | 'dots')."""
+    if remat not in REMAT_POLICIES:
+        raise ConfigError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+    if remat == "none":
+        return block_cls
+    return nn.remat(block_cls, policy=REMAT_POLICIES[remat], prevent_cse=True)
+
+
+def forward_with_intermediates(model: nn.Module, params, *args, **kwargs):
+    """Run `model` and also return its sown intermediates.
+
+    Returns (LMOutput, {"embeddings": [B, T, d], "block_outputs": [L, B, T, d]}).
+    """
+    out, state = model.apply({"params": params}, *args, mutable=["intermediates"], **kwargs)
+    inter = state["intermediates"]
+    return out, {"embeddings": inter["embeddings"][0],
+                 "block_outputs": jnp.stack(inter["block_outputs"])}
+
+
+# --------------------------------------------------------------------------- partition rules
+def path_str(path: Sequence[Any]) -> str:
+    """'/'-joined param path from a jax key path or a tuple of names."""
+    parts = []
+    for p in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(p, attr):
+                p = getattr(p, attr)
+                break
+        parts.append(str(p))
+    return "/".join(parts)
+
+
+def match_partition_rules(rules: Sequence[tuple[str, P]], params) -> Any:
+    """Pytree of `PartitionSpec` with the structure of `params`: the first rule whose regex
+    `re.search`es the '/'-joined path wins. Raises ValueError naming every unmatched path,
+    or a rule whose spec has more axes than the parameter.
+    """
+    compiled = [(re.compile(rx), spec) for rx, spec in rules]
+    unmatched: list[str] = []
+    too_long: list[str] = []
+
+    def pick(path, leaf):
+        name = path_str(path)
+        for rx, spec in compiled:
+            if rx.search(name):
+                if len(spec) > np.ndim(leaf) and np.ndim(leaf) > 0:
+                    too_long.append(f"{name} (ndim {np.ndim(leaf)}) vs {rx.pattern!r} -> {spec}")
+                return spec if np.ndim(leaf) > 0 else P()
+        unmatched.append(name)
+        return None
+
+    specs = jax.tree_util.tree_map_with_path(pick, params)
+    if unmatched or too_long:
+        msg = []
+        if unmatched:
+            msg.append("no partition rule matches: " + ", ".join(unmatched))
+        if too_long:
+            msg.append("partition spec longer than the parameter: " + "; ".join(too_long))
+        raise ValueError("; ".join(msg))
+    return specs
+
+
+# --------------------------------------------------------------------------- HF key maps
+# A key map: HF state-dict key -> (flax param path tuple, transpose?). Transposes happen only
+# here (torch nn.Linear is [out, in], Flax Dense kernel is [in, out]).
+KeyMap = Mapping[str, tuple[tuple[str, ...], bool]]
+
+
+def flat_shapes(params) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{param path tuple: shape} of a (possibly abstract) param tree."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def params_from_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    key_map: KeyMap,
+    expected: Mapping[tuple[str, ...], tuple[int, ...]],
+    ignored: Callable[[str], bool] = lambda k: False,
+    source: str = "state dict",
+) -> dict:
+    """Build a float32 Flax param dict from an HF state dict via `key_map`.
+
+    Every key of `key_map` must be present with the shape implied by `expected` (after the
+    transpose); every state-dict key must be mapped or `ignored`. Otherwise raises
+    `CheckpointMismatchError` listing all problems at once.
+    """
+    missing = sorted(k for k in key_map if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in key_map and not ignored(k))
+    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    for key, (path, transpose) in key_map.items():
+        if key not in state_dict:
+            continue
+        arr = np.asarray(state_dict[key])
+        want = tuple(expected[path])
+        want_hf = want[::-1] if transpose else want
+        if tuple(arr.shape) != want_hf:
+            mismatched[key] = (want_hf, tuple(arr.shape))
+            continue
+        arr = arr.T if transpose else arr
+        flat[path] = np.ascontiguousarray(arr, dtype=np.float32)
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(missing=missing, unexpected=unexpected,
+                                      mismatched=mismatched, source=source)
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def params_to_state_dict(params, key_map: KeyMap) -> dict[str, np.ndarray]:
+    """Inverse of `params_from_state_dict`: {HF key: float32 numpy array} (transposed back)."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    known = {path for path, _ in key_map.values()}
+    extra = sorted("/".join(p) for p in flat if p not in known)
+    missing = sorted("/".join(path) for path, _ in key_map.values() if path not in flat)
+    if extra or missing:
+        raise CheckpointMismatchError(missing=missing, unexpected=extra, mismatched={},
+                                      source="Flax params")
+    out = {}
+    for key, (path, transpose) in key_map.items():
+        arr = np.asarray(jax.device_get(flat[path]))
+        out[key] = np.ascontiguousarray(arr.T if transpose else arr)
+    return out
+
+
+def abstract_params(model: nn.Module) -> dict:
+    """Param shapes of `model` without allocating them (jax.eval_shape of init)."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids))
+    return variables["params"]
+
+
+def compute_dtype(name: str):
+    """jnp dtype from a config dtype name ('float32', 'bfloat16', 'float16')."""
+    try:
+        return jnp.dtype(name)
+    except TypeError as e:
+        raise ConfigError(f"dtype={name!r} is not a dtype name (float32 | bfloat16 | float16)") from e
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}; expected one of {list(choices)}")
