@@ -16,6 +16,7 @@ with `model.apply(vars, ..., mutable=["intermediates"])` or `forward_with_interm
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
@@ -289,6 +290,22 @@ def params_from_state_dict(
     return flax.traverse_util.unflatten_dict(flat)
 
 
+def drop_tied_head(state_dict: dict, head_key: str, embed_key: str, source: str) -> None:
+    """Remove a tied LM head from `state_dict` (in place) after checking it equals the embedding.
+
+    A checkpoint whose head differs from the embedding was trained untied; dropping it would
+    silently change the model, so that raises `CheckpointMismatchError` instead.
+    """
+    if head_key not in state_dict or embed_key not in state_dict:
+        return
+    head, emb = np.asarray(state_dict.pop(head_key)), np.asarray(state_dict[embed_key])
+    if head.shape != emb.shape or not np.array_equal(head, emb):
+        raise CheckpointMismatchError(
+            unexpected=[head_key], source=source,
+            note=f"{head_key} differs from {embed_key} but the config has "
+                 "tie_word_embeddings=true; set it to false to load an untied head.")
+
+
 def params_to_state_dict(params, key_map: KeyMap) -> dict[str, np.ndarray]:
     """Inverse of `params_from_state_dict`: {HF key: float32 numpy array} (transposed back)."""
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
@@ -318,6 +335,21 @@ def compute_dtype(name: str):
         return jnp.dtype(name)
     except TypeError as e:
         raise ConfigError(f"dtype={name!r} is not a dtype name (float32 | bfloat16 | float16)") from e
+
+
+# HF config.json keys that `to_hf` regenerates (never kept as extras).
+HF_REGENERATED = ("model_type", "architectures", "transformers_version", "dtype", "torch_dtype")
+
+
+def split_hf_extras(d: Mapping[str, Any], consumed: set[str]) -> tuple:
+    """config.json entries a config class does not model, as a hashable tuple of (key, json)."""
+    return tuple(sorted((k, json.dumps(v)) for k, v in d.items()
+                        if k not in consumed and k not in HF_REGENERATED))
+
+
+def join_hf_extras(extras: tuple) -> dict[str, Any]:
+    """Inverse of `split_hf_extras`."""
+    return {k: json.loads(v) for k, v in extras}
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
