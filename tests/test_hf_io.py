@@ -129,3 +129,16 @@ def test_wrong_vocab_is_a_mismatch(fixtures_dir):
     bigger = config.replace(vocab_size=config.vocab_size + 6)
     with pytest.raises(CheckpointMismatchError, match="wte.weight: expected"):
         hf.model_module("gpt2").params_from_hf(hf.read_hf_state_dict(src), bigger)
+
+
+def test_reads_pytorch_model_bin(fixtures_dir, tmp_path):
+    """A torch.save'd state dict named pytorch_model.bin is read torch-free (restricted unpickler)."""
+    import shutil
+
+    src = fixtures_dir / "gpt2_tiny"
+    shutil.copy(src / "hf" / "config.json", tmp_path / "config.json")
+    shutil.copy(src / "bc_model.pkl", tmp_path / hf.TORCH_WEIGHTS)  # BC_LM keys: `model.` + HF keys
+    sd = {k[len("model."):]: v for k, v in hf.read_hf_state_dict(tmp_path).items()}
+    config, params = hf.load_hf_dir(src / "hf")
+    from_bin = hf.model_module("gpt2").params_from_hf(sd, config)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, from_bin, params)

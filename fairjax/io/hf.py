@@ -164,9 +164,7 @@ def config_from_hf_dict(d: Mapping[str, Any], **overrides):
     """GPT2Config / LlamaConfig from a HF config dict, chosen by `model_type`."""
     if "model_type" not in d:
         raise ConfigError("config has no 'model_type' key (expected 'gpt2' or 'llama')")
-    module = model_module(d["model_type"])
-    config_cls = module.GPT2Config if d["model_type"] == "gpt2" else module.LlamaConfig
-    return config_cls.from_hf(d, **overrides)
+    return model_module(d["model_type"]).Config.from_hf(d, **overrides)
 
 
 def config_from_hf_dir(path: str | os.PathLike, **overrides):

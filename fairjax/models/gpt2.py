@@ -256,6 +256,11 @@ class GPT2LMHeadModel(nn.Module):
         return LMOutput(logits=logits, hidden_states=h, cache=new_cache)
 
 
+# Family-neutral names: `hf.model_module(config.kind).Model(config)` works for every LM.
+Config = GPT2Config
+Model = GPT2LMHeadModel
+
+
 def init_params(config: GPT2Config, rng: jax.Array) -> dict:
     """Random float32 params (HF init: N(0, 0.02), c_proj scaled by 1/sqrt(2L), zero biases)."""
     model = GPT2LMHeadModel(config)

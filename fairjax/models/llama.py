@@ -295,6 +295,11 @@ class LlamaForCausalLM(nn.Module):
         return LMOutput(logits=logits, hidden_states=h, cache=new_cache)
 
 
+# Family-neutral names: `hf.model_module(config.kind).Model(config)` works for every LM.
+Config = LlamaConfig
+Model = LlamaForCausalLM
+
+
 def init_params(config: LlamaConfig, rng: jax.Array) -> dict:
     """Random float32 params (HF init: N(0, 0.02) weights, unit norms, zero biases)."""
     model = LlamaForCausalLM(config)
