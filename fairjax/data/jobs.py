@@ -370,7 +370,7 @@ def _iter_raw(path: str) -> Iterator[tuple[int, Any, Optional[str]]]:
                 if None in row:
                     yield start, None, f"{len(row[None])} more values than header columns"
                 else:
-                    yield start, {k: (v if v != "" else None) for k, v in row.items()}, None
+                    yield start, dict(row), None
                 start = reader.line_num + 1
         return
     with open(path, encoding="utf-8") as f:
