@@ -1,0 +1,48 @@
+"""Plain language-model agent: behaviour cloning (FMs-at-work `BC_LM`) as an `Algorithm`.
+
+params = the LM params (`fairjax.models` tree); frozen = {}.  The loss is
+`fairjax.losses.bc.bc_loss` on the model's logits (response-only NLL, upstream normalisation by
+default, `BCHparams(normalize="per_token")` for a per-response-token mean).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+
+from fairjax.agents.base import Algorithm, identity_update
+from fairjax.losses.bc import BCHparams, bc_loss
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """hparams: BC loss options; train_dropout: run the LM with dropout in `loss` (upstream trains
+    in train() mode; default off = deterministic)."""
+
+    hparams: BCHparams = BCHparams()
+    train_dropout: bool = False
+
+
+def loss_fn(model: nn.Module, cfg: LMConfig, params: PyTree, batch: dict,
+            rng: Optional[jax.Array] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """BC loss. batch: tokens, attn_mask [B, T]; action_idxs [B, A]; terminals [B, S]."""
+    det = not (cfg.train_dropout and rng is not None)
+    out = model.apply({"params": params}, batch["tokens"], batch["attn_mask"], deterministic=det,
+                      rngs=None if det else {"dropout": rng})
+    return bc_loss(out.logits, batch, cfg.hparams)
+
+
+def make_algorithm(model: nn.Module, cfg: LMConfig, init: Any) -> Algorithm:
+    """`init(rng) -> params` (e.g. random init) or an already built params tree."""
+    init_fn = (lambda rng: (init(rng), {})) if callable(init) else (lambda rng: (init, {}))
+    return Algorithm(
+        name="bc",
+        init=init_fn,
+        loss=lambda params, frozen, batch, rng: loss_fn(model, cfg, params, batch, rng),
+        update_frozen=identity_update,
+        policy=lambda params, frozen: (model, params),
+    )
