@@ -1,0 +1,202 @@
+"""The FMs-at-work diversity reward: candidate matching by embeddings (reference §4.4).
+
+For each job text:
+1. cosine similarity to every candidate of the pool (rows are L2-normalised, so a matmul), computed
+   in chunks of texts; optional **location filter** (upstream rule: keep a candidate if any token of
+   the job location — lower-cased, commas removed, 'and' dropped — is a token of the candidate's
+   location; candidates without a location are dropped);
+2. the top k = 50 eligible candidates (`fairness.top_k_indices`: exact, ties by lower index);
+3. demographic shares among them, per attribute the pool labels (gender, region; unlabelled
+   candidates are not counted);
+4. distance to a target per attribute: gender `uniform` (50/50, upstream), `pool` (the pool's shares)
+   or `occupation` (the gender shares of the pool's candidates with the job's profession, upstream
+   main HEAD); region `pool` (upstream) or `uniform`;
+5. reward = −100 · Σ_attributes distance.
+
+Distance modes (`fairness.share_distance`): `signed_tv` (default) = total variation between the share
+vectors; `paper` = scipy `wasserstein_distance` on the share *values*, which is what upstream
+computed. Upstream's measure is symmetric — 70/30 and 30/70 women/men score the same, and for regions
+it ignores which region is which — so it rewards "balanced-looking" numbers, not the target mix; we
+keep it only to reproduce published numbers (upstream bug, fixed by the default).
+
+No eligible candidate (location filter removed all, or an attribute has no labelled candidate in
+the top k): reward = −100 and NaN shares/rates for that text, as upstream's q = −100 (with scipy's
+infinite distance upstream mapped to D = 10, i.e. −1000; we keep −100 which the datasets also used).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from fairjax.eval import fairness
+from fairjax.rewards.embedders import Embedder, HashingTfidfEmbedder
+from fairjax.rewards.pool import GENDERS, REGIONS, CandidatePool, location_tokens
+
+NO_MATCH_REWARD = -100.0
+TARGETS = {"gender": ("uniform", "pool", "occupation"), "region": ("uniform", "pool")}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiversityConfig:
+    k: int = 50                    # candidates matched per text (the pool P of the impact ratio)
+    select_k: int = 10             # selected set S for selection rates / impact ratios
+    distance: str = "signed_tv"    # 'signed_tv' | 'paper'
+    attributes: tuple[str, ...] = ("gender", "region")  # used when the pool labels them
+    gender_target: str = "uniform"
+    region_target: str = "pool"
+    location_filter: bool = False
+    chunk_size: int = 1000         # texts per similarity block ([chunk, M] float32 in memory)
+
+    def __post_init__(self):
+        if self.distance not in fairness.DISTANCES:
+            raise ValueError(f"distance={self.distance!r}; expected one of {list(fairness.DISTANCES)}")
+        if not 0 < self.select_k <= self.k:
+            raise ValueError(f"need 0 < select_k <= k, got select_k={self.select_k}, k={self.k}")
+        for a, t in (("gender", self.gender_target), ("region", self.region_target)):
+            if t not in TARGETS[a]:
+                raise ValueError(f"{a}_target={t!r}; expected one of {list(TARGETS[a])}")
+        for a in self.attributes:
+            if a not in TARGETS:
+                raise ValueError(f"attribute {a!r}; expected a subset of {list(TARGETS)}")
+
+
+@dataclasses.dataclass
+class DiversityResult:
+    """Per-text outputs for N texts. shares/targets/distance/rates are keyed by attribute."""
+
+    reward: np.ndarray                      # [N] float64
+    n_matched: np.ndarray                   # [N] eligible candidates in the top k
+    shares: dict[str, np.ndarray]           # attr -> [N, G] (NaN rows: no labelled match)
+    targets: dict[str, np.ndarray]          # attr -> [N, G]
+    distance: dict[str, np.ndarray]         # attr -> [N]
+    rates: dict[str, dict[str, np.ndarray]]  # attr -> {"sr_<g>": [N], "ir_<g>": [N]}
+    groups: dict[str, list[str]]            # attr -> group names (column order of shares)
+    top_idx: Optional[np.ndarray] = None    # [N, k] matched candidates, best first (if kept)
+
+
+class DiversityScorer:
+    """`score_texts(texts) -> [N]` diversity reward; `evaluate(...)` for the full breakdown.
+
+    A `HashingTfidfEmbedder` without idf is fitted on the pool texts. Pool embeddings are cached
+    on disk under `cache_dir` (see `CandidatePool.embeddings`).
+    """
+
+    def __init__(self, pool: CandidatePool, embedder: Optional[Embedder] = None,
+                 config: DiversityConfig = DiversityConfig(),
+                 cache_dir: Optional[str | os.PathLike] = None):
+        if len(pool) == 0:
+            raise ValueError("the candidate pool is empty")
+        self.pool, self.config = pool, config
+        self.embedder = embedder if embedder is not None else HashingTfidfEmbedder()
+        if isinstance(self.embedder, HashingTfidfEmbedder) and self.embedder.idf is None:
+            self.embedder.fit(pool.texts)
+        self.name = f"diversity_{config.distance}"
+        self.attrs: list[str] = [a for a in config.attributes if pool.labels(a) is not None]
+        if not self.attrs:
+            raise ValueError(f"the pool labels none of {list(config.attributes)}; "
+                             f"pool: {pool.describe()}")
+        self.codes: dict[str, np.ndarray] = {}
+        self.names: dict[str, list[str]] = {}
+        for a in self.attrs:
+            known = list(GENDERS) if a == "gender" else list(REGIONS)
+            self.codes[a], self.names[a] = fairness.encode_groups(pool.labels(a), known)
+        self.pool_emb = pool.embeddings(self.embedder, cache_dir)  # [M, D]
+        self._loc_index: Optional[dict[str, np.ndarray]] = None
+
+    # ------------------------------------------------------------------ targets / filters
+    def _pool_shares(self, attr: str, subset: Optional[np.ndarray] = None) -> np.ndarray:
+        codes = self.codes[attr] if subset is None else self.codes[attr][subset]
+        codes = codes[codes >= 0]
+        return fairness.group_shares(np.bincount(codes, minlength=len(self.names[attr])))
+
+    def targets(self, attr: str, n: int, occupations: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Target shares [n, G] for attribute `attr`."""
+        mode = self.config.gender_target if attr == "gender" else self.config.region_target
+        g = len(self.names[attr])
+        if mode == "uniform":
+            return np.full((n, g), 1.0 / g)
+        if mode == "pool":
+            return np.broadcast_to(self._pool_shares(attr), (n, g)).copy()
+        # occupation: gender shares among pool candidates with the job's profession
+        if occupations is None or len(occupations) != n:
+            raise ValueError("gender_target='occupation' needs one occupation per text")
+        prof = self.pool.profession
+        if prof is None:
+            raise ValueError("gender_target='occupation' needs a pool with a profession field")
+        table: dict[str, np.ndarray] = {}
+        out = np.empty((n, g))
+        for i, occ in enumerate(occupations):
+            key = str(occ).strip().lower().replace(" ", "_")
+            if key not in table:
+                sel = prof == key
+                if not sel.any():
+                    raise ValueError(f"occupation {occ!r} (text {i}) has no candidate in the pool; "
+                                     f"known: {sorted(set(prof.tolist()) - {''})}")
+                table[key] = self._pool_shares(attr, sel)
+            out[i] = table[key]
+        return out
+
+    def _location_mask(self, locations: Sequence[Optional[str]]) -> np.ndarray:
+        """[n, M] bool: candidate eligible under the upstream token-overlap rule."""
+        if self.pool.location is None:
+            raise ValueError("location_filter=True needs candidate locations; this pool has none")
+        if self._loc_index is None:
+            index: dict[str, list[int]] = {}
+            for j, loc in enumerate(self.pool.location):
+                for tok in location_tokens(loc):
+                    index.setdefault(tok, []).append(j)
+            self._loc_index = {t: np.array(v, np.int64) for t, v in index.items()}
+        mask = np.zeros((len(locations), len(self.pool)), bool)
+        for i, loc in enumerate(locations):
+            for tok in location_tokens(loc):
+                hit = self._loc_index.get(tok)
+                if hit is not None:
+                    mask[i, hit] = True
+        return mask
+
+    # ------------------------------------------------------------------ scoring
+    def evaluate(self, texts: Sequence[str], locations: Optional[Sequence[Optional[str]]] = None,
+                 occupations: Optional[Sequence[str]] = None,
+                 embeddings: Optional[np.ndarray] = None, keep_top: bool = False) -> DiversityResult:
+        """Full per-text breakdown. embeddings: optional precomputed [N, D] text embeddings."""
+        cfg = self.config
+        n = len(texts)
+        if cfg.location_filter and (locations is None or len(locations) != n):
+            raise ValueError("location_filter=True needs one location per text")
+        emb = self.embedder.embed(list(texts)) if embeddings is None else np.asarray(embeddings, np.float32)
+        if emb.shape != (n, self.pool_emb.shape[1]):
+            raise ValueError(f"text embeddings have shape {emb.shape}, expected {(n, self.pool_emb.shape[1])}")
+        k = min(cfg.k, len(self.pool))
+        top_all = np.zeros((n, k), np.int64)
+        valid_all = np.zeros((n, k), bool)
+        for s in range(0, n, cfg.chunk_size):
+            sim = emb[s:s + cfg.chunk_size] @ self.pool_emb.T  # [c, M]
+            if cfg.location_filter:
+                sim[~self._location_mask(locations[s:s + cfg.chunk_size])] = -np.inf
+            top = fairness.top_k_indices(sim, k)
+            top_all[s:s + len(top)] = top
+            valid_all[s:s + len(top)] = np.isfinite(np.take_along_axis(sim, top, axis=1))
+        shares, targets, dist, rates = {}, {}, {}, {}
+        total = np.zeros(n)
+        for a in self.attrs:
+            g = len(self.names[a])
+            shares[a] = fairness.group_shares(fairness.member_counts(top_all, self.codes[a], g, valid_all))
+            targets[a] = self.targets(a, n, occupations)
+            dist[a] = fairness.share_distance(shares[a], targets[a], cfg.distance)
+            rates[a] = fairness.rates_from_ranking(top_all, valid_all, self.codes[a], self.names[a],
+                                                   cfg.select_k)
+            total += dist[a]
+        reward = -100.0 * total
+        reward[np.isnan(reward)] = NO_MATCH_REWARD  # no (labelled) candidate matched
+        return DiversityResult(reward=reward, n_matched=valid_all.sum(axis=1), shares=shares,
+                               targets=targets, distance=dist, rates=rates, groups=dict(self.names),
+                               top_idx=top_all if keep_top else None)
+
+    def score_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """texts [N] -> diversity reward [N] float64 (no location filter information: uses none)."""
+        if self.config.location_filter:
+            raise ValueError("this scorer filters by location: call evaluate(texts, locations=...)")
+        return self.evaluate(texts).reward
