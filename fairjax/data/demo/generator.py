@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
-
 import numpy as np
 
 ROLES = {  # role -> (profession label, technologies / skills, duties)
