@@ -61,8 +61,8 @@ class ILQLHparams:
     mc_returns: bool = False
 
     def __post_init__(self):
-        if not 0.0 < self.tau < 1.0:
-            raise ValueError(f"ILQLHparams.tau={self.tau}: the expectile must be in (0, 1)")
+        if not 0.0 <= self.tau <= 1.0:
+            raise ValueError(f"ILQLHparams.tau={self.tau}: the expectile must be in [0, 1]")
         if self.cql_temp <= 0:
             raise ValueError(f"ILQLHparams.cql_temp={self.cql_temp}: must be > 0")
 
