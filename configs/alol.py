@@ -1,0 +1,26 @@
+"""A-LoL family (Baheti et al. 2024): advantage-weighted offline policy gradient.
+
+Pick the variant: `--config.alol.algorithm=a_lol_seq` (nll, wbc, r_gold, r_lol, a_lol,
+a_lol_ref_free, a_lol_seq, a_lol_kl). The reference policy is the initial policy (frozen).
+"""
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
+
+def get_config():
+    c = common.base_config("alol")
+    c.alol = common.ConfigDict()
+    c.alol.algorithm = "a_lol"  # nll | wbc | r_gold | r_lol | a_lol | a_lol_ref_free | a_lol_seq | a_lol_kl
+    c.alol.ppo_clip = 0.9  # epsilon of the detached ratio clamp [1-eps, 1+eps]; <= 0 = no clamp
+    c.alol.kl_beta = 0.0  # KL penalty weight (a_lol_kl)
+    c.alol.gold_min_prob = 0.1  # GOLD token weight floor (r_gold)
+    c.alol.clamp_ref_free_advantage = False  # a_lol_ref_free uses A+ instead of A
+    c.alol.reward_transform = "none"  # none | sigmoid, applied to rewards
+    c.alol.sampling = "good_priority"  # advantage-priority sampling of examples (A > 0)
+    c.optim.lr = 1e-4
+    return common.finish(c)

@@ -1,0 +1,108 @@
+"""Shared base of every training config (`configs/{bc,ilql,alol,phf,dpo}.py` extend it).
+
+Every field is documented in place. Override any field on the command line:
+`python -m fairjax.train --config=configs/ilql.py --config.optim.lr=1e-4 --config.mesh.fsdp=2`.
+The config is locked: an unknown key or a value of the wrong type fails before any work starts,
+and `fairjax.trainer.validate_config` checks ranges and choices. Optional fields use
+`placeholder(type)` so they are typed but may be None.
+
+Defaults are sized for the one-command demo (a tiny random GPT-2 on the synthetic demo corpus,
+a few minutes on 2 CPU cores); the FMs-at-work paper values are given in comments.
+"""
+from ml_collections import ConfigDict
+from ml_collections.config_dict import placeholder
+
+
+def base_config(algorithm: str) -> ConfigDict:
+    c = ConfigDict()
+    c.algorithm = algorithm  # objective: bc | ilql | alol | phf | dpo (set by the config file)
+    c.seed = 0  # root seed: params init, data order (with the epoch) and per-step dropout keys
+    c.run_dir = f"runs/{algorithm}"  # where config, model/, checkpoints/, metrics.jsonl, tb/ go
+
+    c.model = ConfigDict()
+    # Initial weights: "demo-tiny" (a tiny random GPT-2 sized for the demo tokenizer, needs no
+    # files) | a Hugging Face directory or cached model id | a fairjax model dir | a fairjax run
+    # dir | an FMs-at-work .pkl (then `base` gives config + tokenizer).
+    c.model.init = "demo-tiny"
+    c.model.base = ""  # HF dir supplying config.json + tokenizer for .pkl checkpoints
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
+    c.model.remat = "none"  # activation rematerialisation per block: none | block | dots
+    c.model.demo_size = "tiny"  # GPT-2 size preset used by model.init="demo-tiny"
+
+    c.data = ConfigDict()
+    c.data.train = ""  # train JSONL/CSV file; "" = synthetic demo corpus written to RUN_DIR/data
+    c.data.eval = ""  # eval file; "" = the demo corpus's eval split (or none when train is set)
+    c.data.text_field = "text"  # record field holding the posting text
+    c.data.max_len = 128  # tokens per episode after truncation (paper: 512; prompt cut first)
+    c.data.buckets = (32, 64, 128)  # padded lengths (T and S): few shapes -> few compilations
+    c.data.on_error = "raise"  # bad record: raise (naming file:line) | skip (counted, reported)
+    c.data.demo_postings = 240  # size of the generated demo corpus
+    c.data.shuffle = True  # shuffle by (seed, epoch)
+
+    c.reward = ConfigDict()
+    c.reward.field = "reward"  # precomputed reward field in the data records
+    c.reward.scorer = ""  # "" = use `field`; else a fairjax.rewards scorer name (e.g. diversity)
+    c.reward.pool = ""  # candidate pool JSONL for the scorer ("" = demo candidates)
+
+    c.optim = ConfigDict()
+    c.optim.lr = 3e-4  # peak learning rate (paper GPT-2 ILQL hx1-dev: 3e-4; BC: 1e-5)
+    c.optim.weight_decay = 0.0  # AdamW decoupled weight decay (hx1-dev ILQL: 0.1)
+    c.optim.decay_norms_and_biases = False  # also decay LayerNorm scales and biases (torch does)
+    c.optim.b1 = 0.9  # Adam beta1
+    c.optim.b2 = 0.999  # Adam beta2
+    c.optim.eps = 1e-8  # Adam epsilon
+    c.optim.warmup_steps = 10  # linear warmup (optimizer steps)
+    c.optim.schedule = "cosine"  # after warmup: cosine | linear | constant
+    c.optim.end_lr_ratio = 0.1  # final lr / peak lr for cosine and linear
+    c.optim.clip = 1.0  # global-norm gradient clipping; <= 0 disables
+    c.optim.batch_size = 8  # GLOBAL micro-batch (rows per forward); divisible by data*fsdp
+    c.optim.grad_accum = 1  # micro-batches per optimizer step (paper: bsize 1 x accum 4)
+
+    c.train = ConfigDict()
+    c.train.steps = 150  # optimizer steps; 0 = derive from `epochs`
+    c.train.epochs = 0  # used when steps == 0 (paper ILQL hx1-dev: 5)
+    c.train.log_every = 10  # optimizer steps between metric lines
+    c.train.eval_every = 50  # steps between evaluations (0 = only at the end)
+    c.train.eval_batches = 4  # eval-split batches per evaluation (paper: 8)
+    c.train.save_every = 50  # steps between checkpoints (always one at the end)
+    c.train.keep = 2  # most recent checkpoints kept (plus the best by eval loss)
+    c.train.resume = True  # continue from the latest checkpoint in run_dir if there is one
+    c.train.async_checkpoint = True  # Orbax saves in a background thread
+    c.train.progress = True  # tqdm progress bar (tokens/s, ETA) on process 0
+    c.train.tensorboard = True  # TensorBoard event files in RUN_DIR/tb (process 0)
+    c.train.check_finite = True  # stop with an error at the first non-finite loss
+
+    c.eval = ConfigDict()
+    c.eval.generate = False  # also generate on eval prompts and score them (needs generate.py)
+    c.eval.num_prompts = 8  # prompts per generation eval
+    c.eval.max_new_tokens = 64  # generation length
+
+    c.mesh = ConfigDict()
+    c.mesh.data = -1  # data-parallel axis (-1 = all devices left)
+    c.mesh.fsdp = 1  # fully-sharded axis (params + batch)
+    c.mesh.tensor = 1  # tensor-parallel axis
+
+    c.distributed = ConfigDict()
+    c.distributed.coordinator = ""  # host:port of process 0 ("" = env FAIRJAX_COORDINATOR)
+    c.distributed.num_processes = 0  # 0 = env FAIRJAX_NUM_PROCESSES / single process
+    c.distributed.process_id = -1  # -1 = env FAIRJAX_PROCESS_ID
+    c.distributed.auto = False  # let JAX detect the cluster (TPU pod, SLURM) and initialise
+    c.distributed.initialization_timeout_s = 300  # wait for all processes to join
+    c.distributed.heartbeat_timeout_s = 60  # a silent peer is declared dead after this
+    c.distributed.shutdown_timeout_s = 60  # barrier at exit
+
+    c.init = ConfigDict()
+    c.init.policy = ""  # run dir (e.g. a BC run) whose policy initialises this run's policy
+    c.init.step = "best"  # checkpoint of init.policy: best | latest | a step number
+    return c
+
+
+def finish(c: ConfigDict) -> ConfigDict:
+    """Lock the config: unknown keys now raise."""
+    c.lock()
+    return c
+
+
+def optional(kind):
+    """A typed field that may be None (re-exported for the config files)."""
+    return placeholder(kind)

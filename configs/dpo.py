@@ -1,0 +1,24 @@
+"""Direct preference optimisation (Rafailov et al. 2023) on reward-ranked posting pairs.
+
+Pairs: two responses to the same prompt, the higher-reward one is "chosen". The reference
+policy is the initial policy (frozen).
+"""
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
+
+def get_config():
+    c = common.base_config("dpo")
+    c.dpo = common.ConfigDict()
+    c.dpo.beta = 0.1  # DPO beta
+    c.dpo.label_smoothing = 0.0  # cDPO epsilon in [0, 0.5)
+    c.dpo.loss_type = "sigmoid"  # sigmoid | ipo
+    c.dpo.reference_free = False  # drop the reference log-ratio
+    c.dpo.min_margin = 0.0  # only pairs whose reward gap exceeds this
+    c.optim.lr = 5e-5
+    return common.finish(c)

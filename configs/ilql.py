@@ -1,0 +1,46 @@
+"""Per-token ILQL (FMs-at-work `config/hackernews/train_iql.yaml`, GPT-2 hackernews defaults).
+
+Params: qv trunk + V/Q1/Q2 heads (trained), policy trunk (from `init.policy`, a BC run dir, else
+the base model), target trunk + target Q heads (Polyak, frozen). The one-command demo:
+`python -m fairjax.train --config=configs/ilql.py`.
+"""
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
+
+def get_config():
+    c = common.base_config("ilql")
+    c.ilql = common.ConfigDict()
+    c.ilql.gamma = 0.99  # discount
+    c.ilql.tau = 0.6  # expectile of the V regression
+    c.ilql.alpha = 0.005  # Polyak rate of the target trunk + heads (after every optimizer step)
+    c.ilql.hard_update_every = 0  # full target copy every N optimizer steps (0 = never)
+    c.ilql.cql_weight = 0.25  # CQL (cross-entropy of Q logits) weight
+    c.ilql.cql_temp = 1.0  # CQL temperature
+    c.ilql.awac_weight = 0.0  # AWAC / weighted-BC weight (0: the policy is the frozen BC model)
+    c.ilql.v_weight = 1.0  # V (expectile) loss weight
+    c.ilql.q_weight = 1.0  # Q (TD) loss weight
+    c.ilql.dm_weight = 0.0  # DM margin loss weight
+    c.ilql.dm_margin = 0.0  # DM margin
+    c.ilql.double_q = True  # two Q heads, min for the target
+    c.ilql.separate_policy = True  # policy trunk separate from the Q/V trunk
+    c.ilql.separate_target = True  # target trunk separate from the Q/V trunk
+    c.ilql.exp_weights = True  # AWAC weights exp(beta * A) (else a step function)
+    c.ilql.beta = 0.0  # AWAC temperature (0 => weights 1)
+    c.ilql.transition_weight = 0.0  # AWAC weight of non-action tokens
+    c.ilql.clip_weight = common.optional(float)  # cap of the AWAC weights (None = none)
+    c.ilql.mc_returns = False  # regress V to Monte-Carlo returns instead of the target Q
+    c.ilql.detach_v = False  # stop the V-head gradient into the trunk
+    c.ilql.detach_q = False  # stop the Q-head gradient into the trunk
+    c.ilql.train_dropout = False  # dropout in the trunks while training (upstream: 0.1)
+    c.ilql.generation = common.ConfigDict()
+    c.ilql.generation.adv_weight = 8.0  # beta of pi_beta + beta*(Q - V) at generation (paper: 8)
+    c.ilql.generation.temperature = 1.0  # sampling temperature
+    c.ilql.generation.top_k = 0  # 0 = off
+    c.optim.weight_decay = 0.1  # hx1-dev ILQL
+    return common.finish(c)

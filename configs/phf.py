@@ -1,0 +1,26 @@
+"""Pretraining with human feedback objectives (Korbak et al. 2023) on the job corpus.
+
+`--config.phf.objective=` filtering | conditional | unlikelihood | awr | rwr (mle = plain LM).
+"""
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
+
+def get_config():
+    c = common.base_config("phf")
+    c.phf = common.ConfigDict()
+    c.phf.objective = "conditional"  # mle | filtering | conditional | unlikelihood | awr | rwr
+    c.phf.threshold = 0.0  # reward threshold (filtering keeps >=; conditional: good/bad token)
+    c.phf.ul_alpha = 1.0  # unlikelihood weight
+    c.phf.ul_threshold = 0.00078  # unlikelihood token-score threshold (upstream)
+    c.phf.awr_alpha = 0.5  # AWR value-loss weight
+    c.phf.awr_beta = 1.0  # AWR / RWR temperature
+    c.phf.clip_weight_max = 1000.0  # cap of exp(A / beta)
+    c.phf.use_value_head = True  # AWR: learned value baseline (else fixed_value)
+    c.phf.fixed_value = common.optional(float)  # AWR baseline when use_value_head is False
+    return common.finish(c)

@@ -1,0 +1,147 @@
+"""Run directories: the resolved config, checkpoint items and policy restore (no training code).
+
+Layout (docs/architecture.md):
+    RUN_DIR/config.json      resolved config (plain JSON)
+    RUN_DIR/config.py        `get_config()` returning the same config: `--config=RUN_DIR/config.py`
+    RUN_DIR/model/           fairjax model dir of the initial policy + tokenizer
+    RUN_DIR/checkpoints/<step>/{params,opt_state,frozen,meta,data}   Orbax CheckpointManager
+    RUN_DIR/metrics.jsonl    one JSON object per log/eval line
+    RUN_DIR/tb/              TensorBoard event files
+    RUN_DIR/data/            the generated demo corpus (when no data paths are configured)
+
+`restore_policy_params(run_dir, step=None|"best"|"latest"|int) -> (model_config, lm_params)` is what
+`fairjax.models.load` / `fairjax.convert` call for a run directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pprint
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from fairjax.io.errors import ConfigError
+
+CONFIG_JSON = "config.json"
+CONFIG_PY = "config.py"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+# Orbax items of one checkpoint.
+ITEMS = ("params", "opt_state", "frozen", "meta", "data")
+
+_CONFIG_PY_TEMPLATE = '''"""Resolved config of the run in this directory (written by fairjax.trainer).
+
+Relaunch / continue: python -m fairjax.train --config={path}
+"""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict({config})
+    c.lock()
+    return c
+'''
+
+
+def is_run_dir(path: Union[str, os.PathLike]) -> bool:
+    p = Path(path)
+    return (p / CONFIG_JSON).is_file() and (p / CHECKPOINT_DIR).is_dir()
+
+
+def save_config(config: Any, run_dir: Union[str, os.PathLike]) -> None:
+    """Write config.json and config.py (a relaunchable `get_config()`)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(d, indent=2, sort_keys=True, default=list)
+    (run_dir / CONFIG_JSON).write_text(text + "\n")
+    (run_dir / CONFIG_PY).write_text(_CONFIG_PY_TEMPLATE.format(
+        path=run_dir / CONFIG_PY, config=pprint.pformat(d, indent=1, width=100, sort_dicts=True)))
+
+
+def load_config(run_dir: Union[str, os.PathLike]):
+    """The resolved `ml_collections.ConfigDict` of a run dir (from config.json)."""
+    import ml_collections
+
+    path = Path(run_dir) / CONFIG_JSON
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a fairjax run directory: {path} is missing")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    return ml_collections.ConfigDict(_tuples(d))
+
+
+def _tuples(d: Any) -> Any:
+    """JSON lists back to tuples (configs hold tuples, e.g. data.buckets)."""
+    if isinstance(d, dict):
+        return {k: _tuples(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return tuple(_tuples(v) for v in d)
+    return d
+
+
+def checkpoint_manager(run_dir: Union[str, os.PathLike], *, keep: int = 2, async_save: bool = True,
+                       read_only: bool = False):
+    """Orbax CheckpointManager on RUN_DIR/checkpoints keeping the `keep` latest checkpoints plus
+    the one with the lowest `eval_loss` metric."""
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+    policy = pp.AnyPreservationPolicy([
+        pp.LatestN(n=max(int(keep), 1)),
+        pp.BestN(get_metric_fn=lambda m: m["eval_loss"], reverse=True, n=1,
+                 keep_checkpoints_without_metrics=False),
+    ])
+    # best_fn only makes Orbax record each save's metrics (for `best_step`); which checkpoints
+    # survive is decided by the preservation policy.
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, best_fn=lambda m: m["eval_loss"], best_mode="min", enable_async_checkpointing=async_save, read_only=read_only,
+        create=not read_only)
+    return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINT_DIR, item_names=ITEMS,
+                                 options=options)
+
+
+def best_step(manager) -> Optional[int]:
+    """Step with the lowest saved `eval_loss` metric (None when no checkpoint has one)."""
+    best = None
+    for s in manager.all_steps():
+        try:
+            m = manager.metrics(s)
+        except Exception:  # noqa: BLE001 - metrics file absent for this step
+            m = None
+        if m and "eval_loss" in m and (best is None or m["eval_loss"] < best[1]):
+            best = (s, float(m["eval_loss"]))
+    return None if best is None else best[0]
+
+
+def resolve_step(manager, step: Union[None, str, int], run_dir: Any = "") -> int:
+    """None/"best" -> best step (falls back to latest); "latest" -> latest; int -> that step."""
+    steps = manager.all_steps()
+    if not steps:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint in {CHECKPOINT_DIR}/")
+    if step in (None, "best"):
+        b = best_step(manager)
+        return b if b is not None else max(steps)
+    if step == "latest":
+        return max(steps)
+    s = int(step)
+    if s not in steps:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint for step {s}; available: {sorted(steps)}")
+    return s
+
+
+def restore_policy_params(run_dir: Union[str, os.PathLike],
+                          step: Union[None, str, int] = None) -> tuple[Any, Any]:
+    """(model_config, lm_params) of the policy in a run dir's checkpoint (best by default).
+
+    Rebuilds the run's `Algorithm` from config.json and RUN_DIR/model (abstractly, no init
+    compute), restores the `params` and `frozen` items and calls `Algorithm.policy`.
+    Returns numpy-backed float32 params on the default device.
+    """
+    from fairjax import trainer  # lazy: trainer imports jax/flax
+
+    return trainer.restore_policy(run_dir, step)

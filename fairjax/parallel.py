@@ -1,0 +1,211 @@
+"""Device mesh, param/batch shardings and multi-host initialisation.
+
+Mesh axes are ('data', 'fsdp', 'tensor'). Params are sharded by the model's regex partition
+rules (`ModelConfig.partition_rules()`, matched with `models.common.match_partition_rules`) plus
+rules for the value/Q heads; a dimension whose size the mesh axes do not divide is replicated
+instead, and large leaves the rules leave fully replicated are sharded over 'fsdp' on their
+largest divisible dimension (FSDP fallback). Batches are sharded over ('data', 'fsdp') on the
+batch dimension.
+
+Design decision: the train step is `jax.jit` with `NamedSharding` in/out shardings (GSPMD), NOT
+`jax.shard_map` with an explicit gradient `pmean`. Reasons:
+1. Exact semantics. The objectives take *masked means over the whole batch* (token-level BC/CQL
+   losses divide by the number of real tokens in the batch). Under GSPMD the loss is computed on
+   the logical global batch, so 1 device and N devices compute the same quantity; with
+   shard_map each shard would divide by its own token count and `pmean` of per-shard means is a
+   different (unequally weighted) estimator unless every loss is rewritten as sum/psum(count).
+2. FSDP. With params sharded over 'fsdp', shard_map would need hand-written all-gathers of every
+   layer's weights inside the Flax modules (and reduce-scatters of the grads); GSPMD inserts
+   them from the shardings, per layer, and overlaps them with compute.
+3. Tensor parallelism over 'tensor' falls out of the same partition rules.
+The price is less explicit control of collectives; `tests/test_parallel*.py` checks that 8 fake
+CPU devices (data=8 and data=4 x fsdp=2) reproduce 1-device losses and params.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fairjax.io.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+# Leaves with at least this many elements that the rules leave replicated get sharded over
+# 'fsdp' anyway (only when the 'fsdp' axis has size > 1).
+FSDP_MIN_SIZE = 2 ** 14
+
+# Rules for the heads of `fairjax.models.heads.MLPHead` (fc_in [d, 2d], fc_out [2d, out]); tried
+# before the model's own rules, whose catch-all would replicate them.
+HEAD_RULES: list[tuple[str, P]] = [
+    (r"fc_in/kernel$", P("fsdp", "tensor")),
+    (r"fc_out/kernel$", P("tensor", "fsdp")),
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- mesh
+def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
+    """Resolve (data, fsdp, tensor) sizes; at most one may be -1 (= all remaining devices)."""
+    sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
+    if sizes.count(-1) > 1:
+        raise ConfigError(f"mesh={dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ConfigError(f"mesh={dict(zip(MESH_AXES, sizes))}: sizes must be >= 1 or -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(f"mesh={dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
+                              f"divisible by the fixed axes' product {known}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ConfigError(f"mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                          f"but {num_devices} are available")
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def make_mesh(mesh_cfg: Any, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """`Mesh` over ('data', 'fsdp', 'tensor') from a config block with fields data/fsdp/tensor.
+
+    Devices are ordered process-major, so each process owns a contiguous slice of the batch
+    dimension (what `shard_batch` feeds with process-local rows).
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    devices.sort(key=lambda d: (d.process_index, d.id))
+    shape = mesh_shape(mesh_cfg, len(devices))
+    return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """Number of batch shards: |data| * |fsdp|."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+# --------------------------------------------------------------------------- params
+def _axis_size(mesh: Mesh, entry: Any) -> int:
+    if entry is None:
+        return 1
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(mesh.shape[n] for n in names)
+
+
+def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+    """Make `spec` valid for an array of `shape` on `mesh`: dims the mesh axes do not divide
+    are replicated; a large fully-replicated leaf is sharded over 'fsdp' on its largest
+    divisible dimension."""
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    entries = [e if (e is None or shape[i] % _axis_size(mesh, e) == 0) else None
+               for i, e in enumerate(entries[:len(shape)])]
+    fsdp = mesh.shape["fsdp"]
+    used = {n for e in entries if e is not None for n in (e if isinstance(e, tuple) else (e,))}
+    if fsdp > 1 and "fsdp" not in used and math.prod(shape) >= FSDP_MIN_SIZE:
+        for i in sorted(range(len(shape)), key=lambda i: -shape[i]):
+            if entries[i] is None and shape[i] % fsdp == 0:
+                entries[i] = "fsdp"
+                break
+    while entries and entries[-1] is None:
+        entries.pop()
+    return P(*entries)
+
+
+def param_specs(params: Any, rules: Sequence[tuple[str, P]], mesh: Mesh) -> Any:
+    """Pytree of PartitionSpec for `params` (arrays or ShapeDtypeStructs): HEAD_RULES, then
+    `rules` (the model's; must end with a catch-all), fitted to the mesh by `fit_spec`."""
+    from fairjax.models.common import match_partition_rules
+
+    specs = match_partition_rules(list(HEAD_RULES) + list(rules), params)
+    return jax.tree.map(lambda s, p: fit_spec(s, np.shape(p), mesh), specs, params,
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+def named_shardings(mesh: Mesh, specs: Any) -> Any:
+    """PartitionSpec pytree -> NamedSharding pytree."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+# --------------------------------------------------------------------------- batches
+def batch_sharding(mesh: Mesh, leading_unsharded: int = 1) -> NamedSharding:
+    """Sharding of a stacked batch `[accum, B, ...]`: dim 1 (B) over ('data', 'fsdp')."""
+    return NamedSharding(mesh, P(*([None] * leading_unsharded), BATCH_AXES))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, leading_unsharded: int = 1) -> dict:
+    """Process-local numpy batch -> global jax arrays sharded over ('data', 'fsdp').
+
+    Each process passes ITS rows (a contiguous 1/process_count slice of the global batch
+    along the batch dimension); with one process that is the whole batch.
+    """
+    sharding = batch_sharding(mesh, leading_unsharded)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+
+def process_slice(global_rows: int, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> slice:
+    """Rows of a global batch that this process feeds (contiguous, equal parts)."""
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    if global_rows % pc:
+        raise ConfigError(f"global batch of {global_rows} rows is not divisible by "
+                          f"{pc} processes")
+    per = global_rows // pc
+    return slice(pi * per, (pi + 1) * per)
+
+
+# --------------------------------------------------------------------------- multi-host
+ENV_COORDINATOR = "FAIRJAX_COORDINATOR"
+ENV_NUM_PROCESSES = "FAIRJAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "FAIRJAX_PROCESS_ID"
+
+
+def initialize_distributed(dist_cfg: Any) -> bool:
+    """Call `jax.distributed.initialize` when the run is multi-process; returns True if it did.
+
+    Sources, first wins: the config (`distributed.coordinator`, `.num_processes`,
+    `.process_id`), then the env vars FAIRJAX_COORDINATOR / FAIRJAX_NUM_PROCESSES /
+    FAIRJAX_PROCESS_ID (set by launch/local_multihost.sh), then JAX's own cluster detection
+    (TPU pods, SLURM: `distributed.auto=True` calls initialize() without arguments).
+    On CPU, collectives go through gloo. A dead peer makes the others fail after
+    `heartbeat_timeout_s` instead of hanging. Must run before any other JAX call.
+    """
+    coordinator = dist_cfg.coordinator or os.environ.get(ENV_COORDINATOR, "")
+    num = int(dist_cfg.num_processes or os.environ.get(ENV_NUM_PROCESSES, 0) or 0)
+    pid = int(dist_cfg.process_id if dist_cfg.process_id >= 0
+              else os.environ.get(ENV_PROCESS_ID, -1))
+    explicit = bool(coordinator) or num > 1
+    if not explicit and not dist_cfg.auto:
+        return False
+    if explicit and (not coordinator or num < 1 or pid < 0):
+        raise ConfigError(
+            f"multi-process run needs distributed.coordinator, .num_processes and .process_id "
+            f"(or ${ENV_COORDINATOR}/${ENV_NUM_PROCESSES}/${ENV_PROCESS_ID}); got "
+            f"coordinator={coordinator!r} num_processes={num} process_id={pid}")
+    # Required for cross-process CPU collectives; has no effect on GPU/TPU backends.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs: dict[str, Any] = dict(
+        initialization_timeout=int(dist_cfg.initialization_timeout_s),
+        heartbeat_timeout_seconds=int(dist_cfg.heartbeat_timeout_s),
+        shutdown_timeout_seconds=int(dist_cfg.shutdown_timeout_s),
+    )
+    if explicit:
+        kwargs.update(coordinator_address=coordinator, num_processes=num, process_id=pid)
+    jax.distributed.initialize(**kwargs)
+    log.info("jax.distributed: process %d/%d, %d local / %d global devices",
+             jax.process_index(), jax.process_count(), jax.local_device_count(),
+             jax.device_count())
+    return True
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0

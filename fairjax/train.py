@@ -1,0 +1,44 @@
+"""Train an objective: `python -m fairjax.train --config=configs/ilql.py [--config.a.b=v ...]`.
+
+The config file is any `configs/*.py` or a run dir's `config.py` (relaunch / continue a run).
+Unknown keys and wrong types fail while flags are parsed; `trainer.validate_config` checks
+ranges and choices before any file is written. Multi-process runs: see launch/*.sh.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
+                                          lock_config=True)
+flags.DEFINE_string("run_dir", None, "Run directory (default: config.run_dir).")
+flags.DEFINE_bool("resume", None, "Continue from the latest checkpoint (default: config.train.resume).")
+flags.DEFINE_bool("verbose", False, "Keep INFO logs of JAX/Orbax.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg = _CONFIG.value
+    if FLAGS.resume is not None:
+        cfg.train.resume = FLAGS.resume
+    # Validate and initialise the distributed runtime before anything touches devices.
+    from fairjax import parallel, trainer
+
+    trainer.validate_config(cfg)
+    parallel.initialize_distributed(cfg.distributed)
+    if not FLAGS.verbose:  # Orbax/JAX INFO lines would drown the metric lines
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    result = trainer.train(cfg, FLAGS.run_dir)
+    if parallel.is_main_process():
+        print(f"done: {result.run_dir} step {result.step} best {result.best_step} "
+              f"eval {result.eval_metrics.get('loss')}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main, argv=sys.argv)
