@@ -8,7 +8,8 @@ and makes sure the six layout tokens exist, in upstream order:
 
 Tokens that are absent are appended after the base vocabulary in that order (transformers 5.x
 would otherwise put bos/sep/pad first; the fixture table and FMs-at-work with transformers 4.x
-use this order). `eos_id` is the ILQL end-of-STATE token `</s>`, not Hugging Face's `eos_token`.
+use this order). `eos_id` is the ILQL end-of-STATE token `</s>`, not Hugging Face's `eos_token`. (A tokenizer that
+already has `<s>`/`</s>`, e.g. Llama-2's, keeps its ids: there `</s>` is both HF eos and ILQL eos.)
 
 Literal control strings in user text. Upstream FMs-at-work tokenised postings with special-token
 parsing on, so a posting containing `</a>` or `<s>` produced control ids (its data pipeline stripped
@@ -71,8 +72,14 @@ def _add_layout_tokens(tok) -> list[str]:
         elif token == "<|pad|>":
             tok.add_special_tokens({"pad_token": token})
         else:
-            extra = list(getattr(tok, "extra_special_tokens", None) or [])
-            tok.add_special_tokens({"extra_special_tokens": extra + [token]})
+            extra = getattr(tok, "extra_special_tokens", None) or []
+            if isinstance(extra, (list, tuple)):
+                tok.add_special_tokens({"extra_special_tokens": list(extra) + [token]})
+            else:  # named extras (a dict) cannot be extended by list: add as a special token
+                from tokenizers import AddedToken
+
+                tok.add_tokens([AddedToken(token, special=True, normalized=False)],
+                               special_tokens=True)
         added.append(token)
     return added
 

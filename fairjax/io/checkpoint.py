@@ -243,28 +243,28 @@ def find_lm_params(tree: Any, config, prefer: tuple[str, ...] = ("policy", "para
     return min(found, key=rank)
 
 
-def load_run_dir(path: str | os.PathLike, step: Optional[int] = None, dtype: Optional[str] = None):
+def load_run_dir(path: str | os.PathLike, step=None, dtype: Optional[str] = None):
     """(config, policy params, tokenizer) of a fairjax run directory.
 
-    config + tokenizer come from `run_dir/model/`. Params: if `fairjax.trainer` defines
-    `load_policy_params(run_dir, step) -> params | None` it is used; otherwise the latest (or
-    `step`) Orbax checkpoint under `checkpoints/` is restored item by item and the LM param
+    config + tokenizer come from `run_dir/model/`. Params: for a trainer run (config.json present)
+    `fairjax.trainer.load_policy_params(run_dir, step)` rebuilds the objective and restores its
+    policy (step None = best eval loss, else latest; "latest"; or an int). Otherwise the latest
+    (or `step`) Orbax checkpoint under `checkpoints/` is restored item by item and the LM param
     sub-tree is found by `find_lm_params` (policy preferred). Without any checkpoint the initial
     policy in `model/` is returned.
     """
     path = _abs(path)
     config, params, tokenizer = load_model_dir(path / "model", dtype=dtype)
-    try:
-        from fairjax import trainer as _trainer  # optional hook owned by the trainer
-    except ImportError:
-        _trainer = None
-    hook = getattr(_trainer, "load_policy_params", None)
-    if hook is not None:
-        restored = hook(path, step)
+    if (path / "config.json").is_file():
+        from fairjax import trainer  # the trainer owns the run-dir checkpoint layout
+
+        restored = trainer.load_policy_params(path, step)
         if restored is not None:
             params = _to_numpy(restored)
             check_params(config, params, source=f"{path} (trainer.load_policy_params)")
-            return config, params, tokenizer
+        return config, params, tokenizer
+    if step in ("best", "latest"):
+        step = None
     steps = sorted(int(p.name) for p in (path / "checkpoints").iterdir()
                    if p.is_dir() and p.name.isdigit())
     if step is not None and step not in steps:
