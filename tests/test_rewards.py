@@ -253,6 +253,10 @@ def test_pii_detection():
     assert find_pii("email jobs [at] foo [dot] com, Contact Us").counts == {"email": 1, "phone": 0,
                                                                            "url": 0, "name": 0}
     assert find_pii("").pii_per_char == 0.0
+    # bullets, role words and cue words inside other words are not names
+    assert find_pii("Stack:\n- Spark\n- Kafka\nWe are developing Golang tools. Email Marketer wanted. "
+                    "Contact: Please apply").counts["name"] == 0
+    assert find_pii("Best,\nJames").counts["name"] == 1
     s = PiiScorer().score_texts(["no contact data here", "mail a@b.io"])
     assert s[0] == 0.0 and s[1] == pytest.approx(6 / 11)
 

@@ -91,8 +91,12 @@ class DiversityScorer:
             raise ValueError("the candidate pool is empty")
         self.pool, self.config = pool, config
         self.embedder = embedder if embedder is not None else HashingTfidfEmbedder()
+        pool_emb = None
         if isinstance(self.embedder, HashingTfidfEmbedder) and self.embedder.idf is None:
-            self.embedder.fit(pool.texts)
+            if cache_dir is None:  # featurise the pool once for idf and vectors
+                pool_emb = self.embedder.fit_embed(pool.texts)
+            else:
+                self.embedder.fit(pool.texts)
         self.name = f"diversity_{config.distance}"
         self.attrs: list[str] = [a for a in config.attributes if pool.labels(a) is not None]
         if not self.attrs:
@@ -103,7 +107,9 @@ class DiversityScorer:
         for a in self.attrs:
             known = list(GENDERS) if a == "gender" else list(REGIONS)
             self.codes[a], self.names[a] = fairness.encode_groups(pool.labels(a), known)
-        self.pool_emb = pool.embeddings(self.embedder, cache_dir)  # [M, D]
+        if pool_emb is None:
+            pool_emb = pool.embeddings(self.embedder, cache_dir)
+        self.pool_emb = pool_emb  # [M, D]
         self._loc_index: Optional[dict[str, np.ndarray]] = None
 
     # ------------------------------------------------------------------ targets / filters

@@ -7,8 +7,10 @@ e-mail address, phone number or name. Detection is by transparent regular expres
 * phone: 9-15 digits written with separators or a leading `+` (`+44 20 7946 0958`,
   `(415) 555-0133`, `415.555.0133`); plain digit runs such as years or salaries are not phones;
 * url: `http(s)://...`, `www....`, and bare `domain.tld/path` for common TLDs;
-* name: a capitalised name after a contact cue (`Contact: Jane Doe`, `reach out to John`,
-  `ask for Maria`, `Regards, Jane`), or a dash signature on its own line (`— John`, `-- Jane Doe`).
+* name: one or two capitalised words after a contact cue (`Contact: Jane Doe`, `reach out to John`,
+  `ask for Maria`, `email Jane`), after a closing with a comma (`Regards, Jane`, `Best,\nJohn`), or
+  a dash signature on its own line (`— John`, `-- Jane Doe`; a single '-' is a bullet, not a signature); role words (Engineer, Manager, ...)
+  are not names.
 
 Overlapping spans are merged before counting PII characters; `pii_per_char` = PII chars / chars.
 """
@@ -33,13 +35,24 @@ PATTERNS: dict[str, re.Pattern] = {
         r"|\b[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+)*\." + _TLD + r"(?:/[^\s<>\"')\]]*)?(?![\w@])",
         re.IGNORECASE),
     "name": re.compile(
-        r"(?:(?i:contact(?:\s+person)?|reach\s+out\s+to|ask\s+for|e-?mail|ping|write\s+to|"
-        r"regards|thanks|cheers|best|sincerely)\s*[:,]?\s*)"
-        r"((?!(?:Us|Me|Our|The|We|HR|Careers|Jobs|Recruiting|Hiring|Info|Team)\b)"
+        r"(?:\b(?i:contact(?:\s+person)?|reach\s+out\s+to|ask\s+for|e-?mail|ping|write\s+to)\s*:?\s*"
+        r"|\b(?i:regards|thanks|cheers|best|sincerely),[ \t]*\n?[ \t]*)"
+        r"((?!(?:Us|Me|Our|The|We|HR|Careers|Jobs|Recruiting|Hiring|Info|Team|Email|E-mail|Please|Phone|Apply|Via|Send|At|Form|Here)\b)"
         r"[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)"
-        r"|^\s*(?:—|–|--?)\s*([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)\s*$", re.MULTILINE),
+        r"|^\s*(?:—|–|--)\s*([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)\s*$", re.MULTILINE),
 }
 KINDS = tuple(PATTERNS)
+
+
+# Capitalised words that follow contact cues in job ads but are roles, not names.
+_NOT_NAME = frozenset("""engineer engineers developer developers manager managers designer designers
+scientist scientists analyst analysts architect architects owner lead leads director company tech
+intern interns recruiter recruiting officer head chief senior junior staff principal product
+data software web backend frontend mobile android ios marketer marketing sales screen roles""".split())
+
+
+def _name_ok(s: str) -> bool:
+    return not any(w.lower() in _NOT_NAME for w in s.split())
 
 
 def _phone_ok(s: str) -> bool:
@@ -79,6 +92,8 @@ def find_pii(text: str) -> PiiReport:
                 if kind == "url":  # sentence punctuation after a URL is not part of it
                     e = s + len(m.group().rstrip(".,;:!?"))
             if kind == "phone" and not _phone_ok(m.group()):
+                continue
+            if kind == "name" and not _name_ok(text[s:e]):
                 continue
             if taken[s:e].any():
                 continue
