@@ -272,6 +272,15 @@ class StatePlan:
                 "rng": jax.device_put(self.rng, repl)}
 
 
+def compile_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformation,
+                       plan: "StatePlan", check_finite: bool = True):
+    """`make_train_step` under jit: state in/out in the plan's shardings (donated), batch
+    `[accum, B, ...]` sharded over ('data', 'fsdp') on B."""
+    return jax.jit(make_train_step(algorithm, optimizer, check_finite),
+                   in_shardings=(plan.shardings, parallel.batch_sharding(plan.mesh, 1)),
+                   out_shardings=(plan.shardings, None), donate_argnums=(0,))
+
+
 # =========================================================================== checkpoints
 def _state_items(state: dict, data_state: dict):
     """Orbax Composite of a state. Trees without arrays (e.g. BC's empty `frozen`) are not
@@ -405,10 +414,7 @@ def train(cfg: Any, run_dir: Optional[str | os.PathLike] = None,
     schedule = make_schedule(cfg.optim, n_steps)
     plan = StatePlan(setup.algorithm, optimizer, mesh, setup.rules, cfg.seed)
     state_sh = plan.shardings
-    batch_sh = parallel.batch_sharding(mesh, leading_unsharded=1)
-    step_fn = jax.jit(make_train_step(setup.algorithm, optimizer, cfg.train.check_finite),
-                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
-                      donate_argnums=(0,))
+    step_fn = compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite)
     eval_step = jax.jit(make_eval_step(setup.algorithm),
                         in_shardings=(state_sh["params"], state_sh["frozen"],
                                       parallel.batch_sharding(mesh, 0), parallel.replicated(mesh)))
@@ -495,6 +501,7 @@ def train(cfg: Any, run_dir: Optional[str | os.PathLike] = None,
                 data_state = setup.train_data.state() if hasattr(setup.train_data, "state") else {}
                 manager.save(step, args=_state_items(state, data_state), metrics=ckpt_metrics,
                              force=True)
+            _maybe_inject_fault(step)
         if pending is not None:
             check(pending)
     finally:
@@ -506,6 +513,27 @@ def train(cfg: Any, run_dir: Optional[str | os.PathLike] = None,
     manager.close()
     return RunResult(run_dir=run_dir, step=int(jax.device_get(state["step"])),
                      metrics=last_metrics, eval_metrics=eval_metrics, best_step=best, state=state)
+
+
+FAULT_ENV = "FAIRJAX_FAULT"
+
+
+def _maybe_inject_fault(step: int) -> None:
+    """Fault injection for the reliability tests: FAIRJAX_FAULT="STEP[:PROCESS[:MODE]]" makes
+    process PROCESS (default 0) die right after optimizer step STEP (and its checkpoint save
+    request, possibly still writing asynchronously): MODE "kill" = SIGKILL (default), "exit" =
+    os._exit(3). Unset in normal runs."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    parts = spec.split(":")
+    if int(parts[0]) != step or (int(parts[1]) if len(parts) > 1 else 0) != jax.process_index():
+        return
+    if (parts[2] if len(parts) > 2 else "kill") == "exit":
+        os._exit(3)
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _progress(cfg: Any, main: bool, start: int, n_steps: int):

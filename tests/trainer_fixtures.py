@@ -119,3 +119,45 @@ def toy_setup(cfg, nan_at_step=None, process_index=0, process_count=1) -> Setup:
                                      process_index=process_index, process_count=process_count)
     return Setup(algorithm=toy_algorithm(nan_at_step=nan_at_step), train_data=train,
                  eval_data=eval_data)
+
+
+def gpt2_parts(fixtures_dir, algorithm: str, data_dir, **overrides):
+    """(cfg, Setup-like pieces) for a real objective on the fixture tiny GPT-2 + demo postings:
+    returns (cfg, algorithm, rules, train BatchIterator)."""
+    from fairjax import trainer
+    from fairjax.data.demo import write_demo
+    from fairjax.models import load
+
+    module, params, tok = load(str(Path(fixtures_dir) / "gpt2_tiny" / "hf"))
+    cfg = test_config(algorithm, **{"data.max_len": 64, "data.buckets": (32, 64), **overrides})
+    paths = write_demo(data_dir, n_postings=40, n_candidates=4, seed=0)
+    alg = trainer.build_algorithm(cfg, module, module.config, params)
+    train_it, _, _ = trainer.build_data(cfg, tok, paths["train"], None)
+    return cfg, alg, module.config.partition_rules(), train_it
+
+
+def run_steps(cfg, alg, rules, batches, mesh_shape, n_steps=3, devices=None):
+    """n optimizer steps on a mesh (data, fsdp, tensor); returns (losses, params as numpy)."""
+    from ml_collections import ConfigDict
+
+    from fairjax import parallel, trainer
+    from fairjax.optim import make_optimizer
+
+    mesh = parallel.make_mesh(ConfigDict(dict(zip(("data", "fsdp", "tensor"), mesh_shape))),
+                              devices)
+    opt = make_optimizer(cfg.optim, 10)
+    plan = trainer.StatePlan(alg, opt, mesh, rules, cfg.seed)
+    step = trainer.compile_train_step(alg, opt, plan)
+    state = plan.init()
+    losses = []
+    for b in batches[:n_steps]:
+        state, m = step(state, parallel.shard_batch(trainer._stack_micro(b, cfg.optim.grad_accum),
+                                                    mesh))
+        losses.append(float(m["loss"]))
+    return np.asarray(losses), jax.tree.map(np.asarray, jax.device_get(state["params"]))
+
+
+def max_rel_err(a, b) -> float:
+    errs = [np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-12)
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    return float(max(errs))

@@ -1,0 +1,87 @@
+"""Mesh/sharding unit tests + 8 fake CPU devices == 1 device (subprocess, BC and ILQL)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+from ml_collections import ConfigDict
+
+from fairjax import parallel
+from fairjax.io.errors import ConfigError
+
+HERE = Path(__file__).resolve().parent
+
+
+class _FakeMesh:  # only .shape is used by fit_spec
+    def __init__(self, **shape):
+        self.shape = shape
+
+
+def test_mesh_shape_resolves_minus_one_and_rejects_bad_sizes():
+    cfg = ConfigDict({"data": -1, "fsdp": 2, "tensor": 1})
+    assert parallel.mesh_shape(cfg, 8) == (4, 2, 1)
+    with pytest.raises(ConfigError, match="not divisible"):
+        parallel.mesh_shape(cfg, 7)
+    with pytest.raises(ConfigError, match="at most one"):
+        parallel.mesh_shape(ConfigDict({"data": -1, "fsdp": -1, "tensor": 1}), 8)
+    with pytest.raises(ConfigError, match="needs 4 devices"):
+        parallel.mesh_shape(ConfigDict({"data": 2, "fsdp": 2, "tensor": 1}), 8)
+
+
+def test_fit_spec_replicates_indivisible_dims_and_falls_back_to_fsdp():
+    mesh = _FakeMesh(data=2, fsdp=4, tensor=1)
+    assert parallel.fit_spec(P("fsdp", "tensor"), (64, 10), mesh) == P("fsdp", "tensor")
+    assert parallel.fit_spec(P("fsdp", None), (10, 4096), mesh) == P(None, "fsdp")  # fallback
+    assert parallel.fit_spec(P("fsdp", None), (10, 64), mesh) == P()  # small: replicated
+    assert parallel.fit_spec(P(), (128, 256), mesh) == P(None, "fsdp")  # large replicated leaf
+    assert parallel.fit_spec(P(), (8,), mesh) == P()  # small leaf stays replicated
+
+
+def test_process_slice_partitions_rows():
+    parts = [parallel.process_slice(8, i, 4) for i in range(4)]
+    assert [(s.start, s.stop) for s in parts] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    with pytest.raises(ConfigError):
+        parallel.process_slice(6, 0, 4)
+
+
+_SCRIPT = """
+import json, sys, tempfile
+sys.path.insert(0, {here!r})
+import jax, numpy as np
+import trainer_fixtures as tf
+assert jax.device_count() == 8, jax.devices()
+out = {{}}
+for algo in ("bc", "ilql"):
+    # lr 3e-4 (the config default): Adam turns the pure round-off gradient of params whose true
+    # gradient is 0 (the attention key bias) into +-lr steps, so the tolerance scales with lr.
+    cfg, alg, rules, it = tf.gpt2_parts({fixtures!r}, algo, tempfile.mkdtemp(), **{{"optim.lr": 3e-4}})
+    batches = [next(it) for _ in range(3)]
+    ref_l, ref_p = tf.run_steps(cfg, alg, rules, batches, (1, 1, 1), devices=jax.devices()[:1])
+    for shape in ((8, 1, 1), (4, 2, 1)):
+        l, p = tf.run_steps(cfg, alg, rules, batches, shape)
+        out[f"{{algo}}-{{shape}}"] = {{"loss": float(np.max(np.abs(l - ref_l) / np.abs(ref_l))),
+                                      "params": tf.max_rel_err(p, ref_p),
+                                      "losses": l.tolist(), "ref": ref_l.tolist()}}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_eight_devices_match_one_device(fixtures_dir):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    code = _SCRIPT.format(here=str(HERE), fixtures=str(fixtures_dir))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=HERE.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+    res = json.loads(line[len("RESULT"):])
+    assert set(res) == {"bc-(8, 1, 1)", "bc-(4, 2, 1)", "ilql-(8, 1, 1)", "ilql-(4, 2, 1)"}
+    for name, r in res.items():
+        assert r["losses"][0] != r["losses"][-1], f"{name}: training did not change the loss"
+        assert r["loss"] < 1e-5, (name, r)
+        assert r["params"] < 1e-5, (name, r)
