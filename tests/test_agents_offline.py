@@ -44,6 +44,7 @@ def run_steps(algo, batch, steps=6, lr=3e-3):
     opt = optax.adam(lr)
     state = opt.init(params)
 
+    @jax.jit
     def step(params, state):
         (loss, m), g = jax.value_and_grad(algo.loss, has_aux=True)(params, frozen, batch, None)
         upd, state = opt.update(g, state, params)
@@ -65,24 +66,30 @@ def test_alol_agent_matches_pure_loss_and_precomputed(lm_params):
     ref = jax.tree.map(lambda x: x * 1.05, lm_params)  # a reference that differs from the policy
     algo = alol_agent.make_algorithm(MODEL, cfg, lm_params, ref_params=ref, value_head_params=vh)
     params, frozen = algo.init(jax.random.PRNGKey(0))
-    loss, m = algo.loss(params, frozen, batch, None)
-    # by hand from the pieces
-    out = MODEL.apply({"params": lm_params}, batch["tokens"], batch["attn_mask"])
-    ref_out = MODEL.apply({"params": ref}, batch["tokens"], batch["attn_mask"])
-    lp, rlp = (token_logprobs(o.logits, batch["tokens"]) for o in (out, ref_out))
-    values = alol_agent.predict_values(vh, ref_out.hidden_states, batch["prompt_mask"])
-    mask = batch["response_mask"][:, 1:]
-    want, _ = alol_loss(lp, rlp, mask, batch["sequence_reward"], values, cfg.hparams)
-    np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
-    # frozen = {} with precomputed ref log-probs and advantage gives the same loss
-    pre = dict(batch, ref_logprobs=np.asarray(rlp),
-               advantage=np.asarray(batch["sequence_reward"] - values))
+    # frozen = {} with precomputed ref log-probs and advantage must give the same loss
     algo0 = alol_agent.make_algorithm(MODEL, cfg, lm_params, keep_reference=False)
     p0, f0 = algo0.init(jax.random.PRNGKey(0))
-    assert f0 == {}
-    np.testing.assert_allclose(float(algo0.loss(p0, f0, pre, None)[0]), float(loss), rtol=1e-5)
+    assert f0 == {} and set(frozen) == {"ref", "value_head"}
+
+    @jax.jit  # one compile for all three computations
+    def run(params, frozen, p0, batch):
+        loss, _ = algo.loss(params, frozen, batch, None)
+        # by hand from the pieces
+        out = MODEL.apply({"params": lm_params}, batch["tokens"], batch["attn_mask"])
+        ref_out = MODEL.apply({"params": ref}, batch["tokens"], batch["attn_mask"])
+        lp, rlp = (token_logprobs(o.logits, batch["tokens"]) for o in (out, ref_out))
+        values = alol_agent.predict_values(vh, ref_out.hidden_states, batch["prompt_mask"])
+        mask = batch["response_mask"][:, 1:]
+        want, _ = alol_loss(lp, rlp, mask, batch["sequence_reward"], values, cfg.hparams)
+        pre = dict(batch, ref_logprobs=rlp, advantage=batch["sequence_reward"] - values)
+        loss0, _ = algo0.loss(p0, {}, pre, None)
+        return loss, want, loss0
+
+    loss, want, loss0 = run(params, frozen, p0, batch)
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+    np.testing.assert_allclose(float(loss0), float(loss), rtol=1e-5)
     with pytest.raises(KeyError, match="ref"):
-        algo0.loss(p0, f0, batch, None)
+        jax.eval_shape(algo0.loss, p0, f0, batch, None)
 
 
 def test_target_mask_from_layout():
@@ -152,24 +159,30 @@ def test_dpo_agent(lm_params):
     batch = dpo_batch()
     cfg = dpo_agent.DPOConfig(DPOHParams(beta=0.5))
     algo = dpo_agent.make_algorithm(MODEL, cfg, lm_params)
-    params, frozen = algo.init(jax.random.PRNGKey(0))
-    loss, m = algo.loss(params, frozen, batch, None)
-    np.testing.assert_allclose(float(loss), np.log(2.0), rtol=1e-5)  # policy == reference
-    # precomputed reference sums == frozen reference
-    logps = lambda pre: dpo_agent.sequence_logps(MODEL, lm_params, jnp.asarray(batch[pre + "tokens"]),
-                                                 jnp.asarray(batch[pre + "attn_mask"]),
-                                                 jnp.asarray(batch[pre + "response_mask"]))
-    pre = dict(batch, chosen_ref_logps=np.asarray(logps("chosen_")),
-               rejected_ref_logps=np.asarray(logps("rejected_")))
     algo0 = dpo_agent.make_algorithm(MODEL, cfg, lm_params, keep_reference=False)
+    params, frozen = algo.init(jax.random.PRNGKey(0))
     p0, f0 = algo0.init(None)
-    np.testing.assert_allclose(float(algo0.loss(p0, f0, pre, None)[0]), np.log(2.0), rtol=1e-5)
+    assert set(frozen) == {"ref"} and f0 == {}
+
+    @jax.jit
+    def run(params, frozen, batch):
+        loss, m = algo.loss(params, frozen, batch, None)
+        logps = lambda pre: dpo_agent.sequence_logps(MODEL, lm_params, batch[pre + "tokens"],
+                                                     batch[pre + "attn_mask"],
+                                                     batch[pre + "response_mask"])
+        pre = dict(batch, chosen_ref_logps=logps("chosen_"), rejected_ref_logps=logps("rejected_"))
+        return loss, m, algo0.loss(params, {}, pre, None)[0]
+
+    loss, _, loss0 = run(params, frozen, batch)
+    np.testing.assert_allclose(float(loss), np.log(2.0), rtol=1e-5)  # policy == reference
+    np.testing.assert_allclose(float(loss0), np.log(2.0), rtol=1e-5)  # precomputed reference sums
     losses, grads, params, _ = run_steps(algo, batch)
     assert losses[-1] < losses[0]
-    _, m = algo.loss(params, frozen, batch, None)
+    _, m, _ = run(params, frozen, batch)
     assert float(m["rewards/accuracy"]) == 1.0 and float(m["rewards/margin"]) > 0
     with pytest.raises(KeyError, match="rejected_tokens"):
-        algo.loss(params, frozen, {k: v for k, v in batch.items() if k != "rejected_tokens"}, None)
+        jax.eval_shape(algo.loss, params, frozen,
+                       {k: v for k, v in batch.items() if k != "rejected_tokens"}, None)
 
 
 @pytest.mark.parametrize("objective", ["unlikelihood", "awr", "rwr"])
