@@ -156,3 +156,10 @@ def test_ratio_helpers_detached():
     g = jax.grad(lambda lp: alol.sequence_ratio(lp, jnp.asarray(REF), jnp.asarray(MASK), None)[0]
                  .sum())(jnp.asarray(LP))
     assert not np.any(np.asarray(g))
+
+
+def test_kl_zero_needs_no_reference():
+    hp = ALoLHParams(algorithm="a_lol_kl", kl_beta=0.0)
+    assert not hp.needs_reference and ALoLHParams("a_lol_kl", kl_beta=0.1).needs_reference
+    got, _ = alol_loss(jnp.asarray(LP), None, jnp.asarray(MASK), jnp.asarray(R), jnp.asarray(V), hp)
+    np.testing.assert_allclose(float(got), (np.maximum(R - V, 0) * NLL).mean(), rtol=1e-5)

@@ -88,9 +88,8 @@ class ALoLHParams:
     @property
     def needs_reference(self) -> bool:
         """Whether the loss reads reference log-probs (ratio or KL term)."""
-        if self.algorithm in ("r_lol", "a_lol", "a_lol_seq", "a_lol_kl"):
-            return True
-        return False
+        return (self.algorithm in ("r_lol", "a_lol", "a_lol_seq")
+                or (self.algorithm == "a_lol_kl" and self.kl_beta > 0))
 
     @property
     def needs_advantage(self) -> bool:
@@ -207,8 +206,10 @@ def a_lol_ref_free(policy_logprobs, mask, advantages, clamp: bool = False):
 
 def a_lol_kl(policy_logprobs, ref_logprobs, mask, advantages, kl_beta=0.0):
     """A⁺·NLL_π(y) + β(NLL_ref − NLL_π).  *_logprobs, mask: [B, T-1]; advantages: [B] -> [B]."""
-    return (_pos(advantages) * sequence_nll(policy_logprobs, mask)
-            + kl_beta * kl_estimate(policy_logprobs, ref_logprobs, mask))
+    per_ex = _pos(advantages) * sequence_nll(policy_logprobs, mask)
+    if kl_beta:  # β = 0 needs no reference model
+        per_ex = per_ex + kl_beta * kl_estimate(policy_logprobs, ref_logprobs, mask)
+    return per_ex
 
 
 def _pos(a: jax.Array) -> jax.Array:
@@ -251,21 +252,27 @@ def alol_loss(policy_logprobs: jax.Array,        # [B, T-1] log π(y_{t+1} | ·)
     elif alg == "a_lol_ref_free":
         per_ex = a_lol_ref_free(policy_logprobs, mask, A, hp.clamp_ref_free_advantage)
     elif alg == "a_lol_kl" or kl_mode:
-        weight = R if alg == "r_lol" else _pos(A)  # R is a reward: not clamped at 0
-        per_ex = (weight * sequence_nll(policy_logprobs, mask)
-                  + hp.kl_beta * kl_estimate(policy_logprobs, ref_logprobs, mask))
-    elif alg in ("r_lol", "a_lol"):
-        rho, raw = sequence_ratio(policy_logprobs, ref_logprobs, mask, hp.ppo_clip)
-        per_ex = (R if alg == "r_lol" else _pos(A)) * rho * sequence_nll(policy_logprobs, mask)
-        metrics.update(_ratio_metrics(rho, raw, jnp.ones_like(raw), hp.ppo_clip))
+        if alg == "r_lol":  # R is a reward: not clamped at 0
+            per_ex = (R * sequence_nll(policy_logprobs, mask)
+                      + hp.kl_beta * kl_estimate(policy_logprobs, ref_logprobs, mask))
+        else:
+            per_ex = a_lol_kl(policy_logprobs, ref_logprobs, mask, A, hp.kl_beta)
+    elif alg == "r_lol":
+        per_ex = r_lol(policy_logprobs, ref_logprobs, mask, R, hp.ppo_clip)
+    elif alg == "a_lol":
+        per_ex = a_lol(policy_logprobs, ref_logprobs, mask, A, hp.ppo_clip)
     elif alg == "a_lol_seq":
-        rho_t, raw_t = token_ratio(policy_logprobs, ref_logprobs, mask, hp.ppo_clip)
-        per_ex = _pos(A) * sequence_nll(policy_logprobs, rho_t)
-        metrics.update(_ratio_metrics(rho_t, raw_t, mask, hp.ppo_clip))
+        per_ex = a_lol_seq(policy_logprobs, ref_logprobs, mask, A, hp.ppo_clip)
     else:  # pragma: no cover - guarded by ALoLHParams
         raise ValueError(alg)
 
     loss = jnp.mean(per_ex)
+    if alg in ("r_lol", "a_lol") and not kl_mode:  # (recomputed ratios are CSE'd under jit)
+        rho, raw = sequence_ratio(policy_logprobs, ref_logprobs, mask, hp.ppo_clip)
+        metrics.update(_ratio_metrics(rho, raw, jnp.ones_like(raw), hp.ppo_clip))
+    elif alg == "a_lol_seq":
+        rho_t, raw_t = token_ratio(policy_logprobs, ref_logprobs, mask, hp.ppo_clip)
+        metrics.update(_ratio_metrics(rho_t, raw_t, mask, hp.ppo_clip))
     seq_nll = sequence_nll(jax.lax.stop_gradient(policy_logprobs), mask)
     metrics.update({
         "loss": loss,
