@@ -78,7 +78,8 @@ def test_alol_agent_matches_pure_loss_and_precomputed(lm_params):
         out = MODEL.apply({"params": lm_params}, batch["tokens"], batch["attn_mask"])
         ref_out = MODEL.apply({"params": ref}, batch["tokens"], batch["attn_mask"])
         lp, rlp = (token_logprobs(o.logits, batch["tokens"]) for o in (out, ref_out))
-        values = alol_agent.predict_values(vh, ref_out.hidden_states, batch["prompt_mask"])
+        hidden, ctx = alol_agent.prompt_hidden_states(MODEL, ref, batch)
+        values = alol_agent.predict_values(vh, hidden, ctx)
         mask = batch["response_mask"][:, 1:]
         want, _ = alol_loss(lp, rlp, mask, batch["sequence_reward"], values, cfg.hparams)
         pre = dict(batch, ref_logprobs=rlp, advantage=batch["sequence_reward"] - values)

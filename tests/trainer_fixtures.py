@@ -2,7 +2,7 @@
 
 * `toy_setup(cfg)`: a linear-regression `Algorithm` with a Polyak "target" in `frozen`, fed by
   `ArrayBatches` (deterministic shuffle by (seed, epoch), resumable) - no model code involved.
-* `test_config(algorithm, **overrides)`: a configs/<algorithm>.py config shrunk for tests.
+* `small_config(algorithm, **overrides)`: a configs/<algorithm>.py config shrunk for tests.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def load_config(name: str):
     return mod.get_config()
 
 
-def test_config(name: str = "bc", **overrides):
+def small_config(name: str = "bc", **overrides):
     """Config for tests: few steps, no progress bar / TensorBoard, synchronous checkpoints."""
     cfg = load_config(name)
     base = {"train.steps": 6, "train.log_every": 2, "train.eval_every": 3, "train.save_every": 3,
@@ -76,9 +76,12 @@ class ArrayBatches:
         return {k: v[idx] for k, v in self.arrays.items()}
 
 
-def toy_algorithm(dim: int = 16, alpha: float = 0.1, nan_at_step: int | None = None) -> Algorithm:
+def toy_algorithm(dim: int = 16, alpha: float = 0.1, nan_at_step: int | None = None,
+                  noise: float = 1e-3) -> Algorithm:
     """MSE linear regression; frozen = Polyak copy of params. `nan_at_step`: the loss becomes
     NaN when frozen['count'] reaches it (tests the non-finite guard)."""
+
+    noise_scale = noise
 
     def init(rng):
         k1, _ = jax.random.split(rng)
@@ -88,7 +91,7 @@ def toy_algorithm(dim: int = 16, alpha: float = 0.1, nan_at_step: int | None = N
 
     def loss(params, frozen, batch, rng):
         pred = batch["x"] @ params["dense"]["kernel"] + params["dense"]["bias"]  # [B, 1]
-        noise = 1e-3 * jax.random.normal(rng, pred.shape)
+        noise = noise_scale * jax.random.normal(rng, pred.shape)  # exercises the step rng
         err = jnp.mean((pred[:, 0] + noise[:, 0] - batch["y"]) ** 2)
         if nan_at_step is not None:
             err = jnp.where(frozen["count"] >= nan_at_step - 1, jnp.nan, err)
@@ -109,7 +112,7 @@ def toy_data(n: int = 64, dim: int = 16, seed: int = 0) -> dict:
     return {"x": x, "y": (x @ w + 0.1).astype(np.float32)}
 
 
-def toy_setup(cfg, nan_at_step=None, process_index=0, process_count=1) -> Setup:
+def toy_setup(cfg, nan_at_step=None, process_index=0, process_count=1, noise=1e-3) -> Setup:
     data = toy_data()
     rows = cfg.optim.batch_size * cfg.optim.grad_accum
     train = ArrayBatches(data, rows, seed=cfg.seed, process_index=process_index,
@@ -117,7 +120,7 @@ def toy_setup(cfg, nan_at_step=None, process_index=0, process_count=1) -> Setup:
     ev = toy_data(n=32, seed=1)
     eval_data = lambda: ArrayBatches(ev, cfg.optim.batch_size, seed=99,  # noqa: E731
                                      process_index=process_index, process_count=process_count)
-    return Setup(algorithm=toy_algorithm(nan_at_step=nan_at_step), train_data=train,
+    return Setup(algorithm=toy_algorithm(nan_at_step=nan_at_step, noise=noise), train_data=train,
                  eval_data=eval_data)
 
 
@@ -129,7 +132,7 @@ def gpt2_parts(fixtures_dir, algorithm: str, data_dir, **overrides):
     from fairjax.models import load
 
     module, params, tok = load(str(Path(fixtures_dir) / "gpt2_tiny" / "hf"))
-    cfg = test_config(algorithm, **{"data.max_len": 64, "data.buckets": (32, 64), **overrides})
+    cfg = small_config(algorithm, **{"data.max_len": 64, "data.buckets": (32, 64), **overrides})
     paths = write_demo(data_dir, n_postings=40, n_candidates=4, seed=0)
     alg = trainer.build_algorithm(cfg, module, module.config, params)
     train_it, _, _ = trainer.build_data(cfg, tok, paths["train"], None)

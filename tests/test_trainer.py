@@ -1,0 +1,88 @@
+"""Trainer loop on a toy objective: metrics, checkpoints (latest K + best), exact resume,
+grad accumulation, frozen updates, non-finite loss."""
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from fairjax import trainer
+from fairjax.io import run_dir as rd
+
+from trainer_fixtures import small_config, toy_setup
+
+
+def _params(result):
+    return jax.tree.map(np.asarray, jax.device_get(result.state["params"]))
+
+
+def test_train_logs_checkpoints_and_learns(tmp_path):
+    cfg = small_config("bc", **{"train.steps": 12, "train.keep": 1, "optim.lr": 0.3})
+    res = trainer.train(cfg, tmp_path, setup=toy_setup(cfg))
+    assert res.step == 12
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [l["loss"] for l in lines if l["split"] == "train"]
+    assert [l["step"] for l in lines if l["split"] == "train"] == [2, 4, 6, 8, 10, 12]
+    assert train_losses[-1] < train_losses[0]
+    evals = {l["step"]: l["loss"] for l in lines if l["split"] == "eval"}
+    assert sorted(evals) == [3, 6, 9, 12]
+    # keep=1 latest + the best by eval loss
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    best = min(evals, key=evals.get)
+    assert steps == sorted({12, best}) and res.best_step == best
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "config.py").is_file()
+    # frozen Polyak target was updated once per optimizer step
+    assert int(jax.device_get(res.state["frozen"]["count"])) == 12
+
+
+def test_resume_from_checkpoint_is_exact(tmp_path):
+    cfg = small_config("bc", **{"train.steps": 9, "train.keep": 10})
+    full = trainer.train(cfg, tmp_path / "a", setup=toy_setup(cfg))
+    # a run that "died" after step 3: keep only that checkpoint and its metrics
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for p in (tmp_path / "b" / "checkpoints").iterdir():
+        if p.name.isdigit() and int(p.name) > 3:
+            shutil.rmtree(p)
+    resumed = trainer.train(cfg, tmp_path / "b", setup=toy_setup(cfg))
+    assert resumed.step == 9
+    for x, y in zip(jax.tree.leaves(_params(full)), jax.tree.leaves(_params(resumed))):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(np.asarray(jax.device_get(full.state["rng"])),
+                                  np.asarray(jax.device_get(resumed.state["rng"])))
+
+
+def test_resume_false_refuses_to_overwrite(tmp_path):
+    cfg = small_config("bc", **{"train.steps": 3})
+    trainer.train(cfg, tmp_path, setup=toy_setup(cfg))
+    cfg.train.resume = False
+    with pytest.raises(trainer.ConfigError, match="resume=False"):
+        trainer.train(cfg, tmp_path, setup=toy_setup(cfg))
+
+
+def test_grad_accumulation_equals_large_batch(tmp_path):
+    big = small_config("bc", **{"optim.batch_size": 8, "optim.grad_accum": 1})
+    acc = small_config("bc", **{"optim.batch_size": 4, "optim.grad_accum": 2})
+    a = trainer.train(big, tmp_path / "a", setup=toy_setup(big, noise=0.0))
+    b = trainer.train(acc, tmp_path / "b", setup=toy_setup(acc, noise=0.0))
+    for x, y in zip(jax.tree.leaves(_params(a)), jax.tree.leaves(_params(b))):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = small_config("bc", **{"train.steps": 12})
+    with pytest.raises(trainer.NonFiniteLossError, match="step 5") as err:
+        trainer.train(cfg, tmp_path, setup=toy_setup(cfg, nan_at_step=5))
+    assert err.value.step == 5
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [3]
+    manager = rd.checkpoint_manager(tmp_path, read_only=True)
+    plan_cfg = toy_setup(cfg)
+    from fairjax import parallel
+    from fairjax.optim import make_optimizer
+    plan = trainer.StatePlan(plan_cfg.algorithm, make_optimizer(cfg.optim, 12),
+                             parallel.make_mesh(cfg.mesh), plan_cfg.rules, cfg.seed)
+    state, data_state = trainer.restore_state(manager, 3, plan)
+    manager.close()
+    assert int(state["step"]) == 3 and data_state["index"] > 0
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
