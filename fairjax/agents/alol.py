@@ -102,9 +102,11 @@ def fit_value_head(hidden: np.ndarray,       # [N, T, d] reference hidden states
     (upstream keeps the epoch with the lowest mean training MSE; there is no held-out split).
     Returns (params, {"mse": best full-data MSE, "mse_history": [...]}).
     """
-    hidden = jnp.asarray(hidden, jnp.float32)
-    prompt_mask = jnp.asarray(prompt_mask, jnp.float32)
-    rewards = jnp.asarray(rewards, jnp.float32).reshape(-1)
+    # Data stay on the host (numpy); minibatches are sent per step, so a large validation set is
+    # neither embedded in the compiled program nor held on the device at once.
+    hidden = np.asarray(hidden, np.float32)
+    prompt_mask = np.asarray(prompt_mask, np.float32)
+    rewards = np.asarray(rewards, np.float32).reshape(-1)
     N = hidden.shape[0]
     if prompt_mask.shape != hidden.shape[:2] or rewards.shape[0] != N:
         raise ValueError(f"fit_value_head: hidden {hidden.shape}, prompt_mask {prompt_mask.shape} "
@@ -122,30 +124,36 @@ def fit_value_head(hidden: np.ndarray,       # [N, T, d] reference hidden states
     opt_state = opt.init(params)
 
     @jax.jit
-    def step(params, opt_state, idx, rng):
+    def step(params, opt_state, h, m, r, rng):  # h [bs, T, d], m [bs, T], r [bs]
         def mse(p):
-            v = module.apply({"params": p}, hidden[idx], prompt_mask[idx], deterministic=False,
-                             rngs={"dropout": rng})
-            return jnp.mean(jnp.square(v - rewards[idx]))
+            v = module.apply({"params": p}, h, m, deterministic=False, rngs={"dropout": rng})
+            return jnp.mean(jnp.square(v - r))
 
         loss, grads = jax.value_and_grad(mse)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    full_mse = jax.jit(lambda p: jnp.mean(jnp.square(module.apply({"params": p}, hidden, prompt_mask)
-                                                     - rewards)))
+    predict = jax.jit(lambda p, h, m: module.apply({"params": p}, h, m))
+
+    def full_mse(p) -> float:  # deterministic, in chunks of bs (last chunk padded, then trimmed)
+        preds = []
+        for s0 in range(0, N, bs):
+            idx = np.minimum(np.arange(s0, s0 + bs), N - 1)
+            preds.append(np.asarray(predict(p, hidden[idx], prompt_mask[idx]))[: N - s0])
+        return float(np.mean(np.square(np.concatenate(preds) - rewards)))
+
     rng = np.random.default_rng(seed)
-    best, best_mse, history = params, float(full_mse(params)), []
+    best, best_mse, history = params, full_mse(params), []
     order = rng.permutation(N)
     for s in range(steps):
         e = s % per_epoch
         if e == 0 and s > 0:
             order = rng.permutation(N)
-        idx = jnp.asarray(order[e * bs:(e + 1) * bs])
+        idx = order[e * bs:(e + 1) * bs]
         key, k = jax.random.split(key)
-        params, opt_state, _ = step(params, opt_state, idx, k)
+        params, opt_state, _ = step(params, opt_state, hidden[idx], prompt_mask[idx], rewards[idx], k)
         if (s + 1) % eval_every == 0 or s + 1 == steps:
-            m = float(full_mse(params))
+            m = full_mse(params)
             history.append(m)
             if m < best_mse:
                 best, best_mse = params, m
@@ -206,6 +214,13 @@ def lm_forward(model: nn.Module, params: PyTree, tokens: jax.Array, attn_mask: j
     out = model.apply({"params": params}, tokens, attn_mask, deterministic=det,
                       rngs=None if det else {"dropout": rng})
     return token_logprobs(out.logits, tokens), out.hidden_states
+
+
+def prompt_hidden_states(model: nn.Module, ref_params: PyTree, batch: dict):
+    """(hidden [B, T, d], prompt mask [B, T]) of the reference LM on `batch`: the inputs of
+    `fit_value_head` / `predict_values` (collect them over the validation generations offline)."""
+    _, hidden = lm_forward(model, ref_params, batch["tokens"], jnp.asarray(batch["attn_mask"]))
+    return hidden, context_mask(batch)
 
 
 # ------------------------------------------------------------------------------------ agent
