@@ -54,8 +54,8 @@ def jax_forward_seconds(config, batch: int, seq: int, steps: int) -> tuple[float
     return time_calls(lambda: forward(params, ids).block_until_ready(), steps), n_params
 
 
-def torch_forward_seconds(config, batch: int, seq: int, steps: int) -> float:
-    """Seconds per forward of the HF PyTorch model with the same shapes (random init)."""
+def torch_forward_seconds(config, batch: int, seq: int, steps: int) -> tuple[float, str]:
+    """(seconds per forward, device) of the HF PyTorch model with the same shapes (random init)."""
     import torch
     import transformers
 
@@ -64,13 +64,16 @@ def torch_forward_seconds(config, batch: int, seq: int, steps: int) -> float:
     model = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
     if config.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
-    ids = torch.randint(0, config.vocab_size, (batch, seq))
+    # same kind of device as JAX uses, so the ratio compares like with like
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
 
     def call():
         with torch.no_grad():
             model(input_ids=ids).logits.float().sum().item()  # .item() waits for the result
 
-    return time_calls(call, steps)
+    return time_calls(call, steps), device
 
 
 def run(FLAGS) -> dict:
@@ -88,9 +91,10 @@ def run(FLAGS) -> dict:
     if FLAGS.torch and importlib.util.find_spec("torch") is not None:
         import torch
 
-        torch_s = torch_forward_seconds(config, batch, seq, steps)
+        torch_s, device = torch_forward_seconds(config, batch, seq, steps)
         result.update({"torch_tokens_per_s": tokens / torch_s, "torch_ms_per_batch": 1e3 * torch_s,
                        "torch_threads": torch.get_num_threads(),
+                       "torch_device": device,
                        "ratio_jax_over_torch": torch_s / jax_s})
     rows = [("framework", "tokens/s", "ms/batch"),
             ("jax/flax", f"{result['jax_tokens_per_s']:.0f}", f"{result['jax_ms_per_batch']:.1f}")]
