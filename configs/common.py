@@ -90,6 +90,8 @@ def base_config(algorithm: str) -> ConfigDict:
     c.distributed.initialization_timeout_s = 300  # wait for all processes to join
     c.distributed.heartbeat_timeout_s = 60  # a silent peer is declared dead after this
     c.distributed.shutdown_timeout_s = 60  # barrier at exit
+    # multi-process only: exit with an error when no step completes for this long (dead peer)
+    c.distributed.step_timeout_s = 600
 
     c.init = ConfigDict()
     c.init.policy = ""  # run dir (e.g. a BC run) whose policy initialises this run's policy

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -444,9 +445,12 @@ def train(cfg: Any, run_dir: Optional[str | os.PathLike] = None,
     pending: Optional[tuple[int, Any]] = None
     tokens_window, t_window = 0, time.perf_counter()
 
+    watchdog = _Watchdog(cfg.distributed.step_timeout_s if jax.process_count() > 1 else 0)
+
     def check(pending_item) -> dict:
         s, dev_metrics = pending_item
         m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+        watchdog.beat(s)
         if cfg.train.check_finite and not m.get("finite", 1.0):
             raise NonFiniteLossError(s, m)
         return m
@@ -505,7 +509,9 @@ def train(cfg: Any, run_dir: Optional[str | os.PathLike] = None,
         if pending is not None:
             check(pending)
     finally:
+        watchdog.beat(watchdog.step)  # the final save wait is covered too
         manager.wait_until_finished()
+        watchdog.stop()
         if bar is not None:
             bar.close()
         logger.close()
@@ -513,6 +519,34 @@ def train(cfg: Any, run_dir: Optional[str | os.PathLike] = None,
     manager.close()
     return RunResult(run_dir=run_dir, step=int(jax.device_get(state["step"])),
                      metrics=last_metrics, eval_metrics=eval_metrics, best_step=best, state=state)
+
+
+class _Watchdog:
+    """Multi-process runs: if no optimizer step completes for `timeout_s` seconds after the
+    first one (a peer died and a collective waits for it forever), print an error and exit
+    the process with status 70, so a dead worker never leaves the others hanging. 0 = off."""
+
+    def __init__(self, timeout_s: float):
+        import threading
+
+        self.timeout_s, self.last, self.step = float(timeout_s), None, 0
+        self._stop = threading.Event()
+        if self.timeout_s > 0:
+            threading.Thread(target=self._run, daemon=True, name="fairjax-watchdog").start()
+
+    def beat(self, step: int) -> None:
+        self.last, self.step = time.monotonic(), step
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            if self.last is not None and time.monotonic() - self.last > self.timeout_s:
+                print(f"fairjax: process {jax.process_index()}: no progress for "
+                      f"{self.timeout_s:.0f}s after step {self.step} (a peer process probably "
+                      "died); exiting", file=sys.stderr, flush=True)
+                os._exit(70)
 
 
 FAULT_ENV = "FAIRJAX_FAULT"
@@ -548,10 +582,25 @@ def _progress(cfg: Any, main: bool, start: int, n_steps: int):
 
 
 def _save_model_dir(run_dir: Path, setup: Setup) -> None:
+    """Process 0 writes RUN_DIR/model. In a multi-process run Orbax's StandardCheckpointer
+    would wait at barriers for the other processes (which do not write it): for the duration
+    of this call it is restricted to process 0 (`active_processes={0}`)."""
+    import functools
+
+    import orbax.checkpoint as ocp
+
     from fairjax.io.checkpoint import save_model_dir
 
-    save_model_dir(run_dir / rd.MODEL_DIR, setup.model_config,
-                   jax.device_get(setup.initial_lm_params), setup.tokenizer, overwrite=True)
+    original = ocp.StandardCheckpointer
+    if jax.process_count() > 1:
+        ocp.StandardCheckpointer = functools.partial(
+            original, multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=0, active_processes={0}, barrier_sync_key_prefix="fairjax_model"))
+    try:
+        save_model_dir(run_dir / rd.MODEL_DIR, setup.model_config,
+                       jax.device_get(setup.initial_lm_params), setup.tokenizer, overwrite=True)
+    finally:
+        ocp.StandardCheckpointer = original
 
 
 # =========================================================================== build from config
@@ -782,7 +831,11 @@ def restore_policy(run_dir: str | os.PathLike, step: Any = None) -> tuple[Any, P
     cfg = rd.load_config(run_dir)
     mcfg, base, _ = load_model_dir(run_dir / rd.MODEL_DIR)
     algorithm = build_algorithm(cfg, module_for(mcfg), mcfg, base)
-    params, frozen = jax.eval_shape(algorithm.init, jax.random.PRNGKey(0))
+    # Restore onto this host's first device, whatever topology saved the checkpoint.
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    params, frozen = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
+        jax.eval_shape(algorithm.init, jax.random.PRNGKey(0)))
     manager = rd.checkpoint_manager(run_dir, read_only=True, async_save=False)
     try:
         s = rd.resolve_step(manager, step, run_dir)
