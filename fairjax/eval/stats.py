@@ -114,12 +114,15 @@ def bootstrap_distribution(x: Any, stat: Callable[..., Any] = np.mean, n_boot: i
     if a.size == 0:
         return np.empty(0, np.float64)
     rng = np.random.default_rng(seed)
-    chunk = max(1, _MAX_BOOT_ELEMS // a.size)
-    out = np.empty(n_boot, np.float64)
+    return np.concatenate([_stat_rows(stat, a[idx]) for idx in resample_indices(a.size, n_boot, rng)])
+
+
+def resample_indices(n: int, n_boot: int, rng: np.random.Generator):
+    """Yield bootstrap index blocks [b, n] (with replacement) whose b's sum to n_boot; blocks hold
+    at most ~`_MAX_BOOT_ELEMS` indices so memory stays bounded for large n."""
+    chunk = max(1, _MAX_BOOT_ELEMS // max(n, 1))
     for s in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - s)
-        out[s:s + b] = _stat_rows(stat, a[rng.integers(0, a.size, size=(b, a.size))])
-    return out
+        yield rng.integers(0, n, size=(min(chunk, n_boot - s), n))
 
 
 def bootstrap_ci(x: Any, stat: Callable[..., Any] = np.mean, n_boot: int = 1000, seed: int = 0,
