@@ -1,0 +1,138 @@
+"""Train-step throughput: `python -m fairjax.bench train --algo=ilql --size=small`.
+
+Times the compiled fairjax train step (the trainer's own `compile_train_step`: scan over one
+micro-batch, AdamW, Polyak update) on random weights of a GPT-2 preset with a synthetic batch in
+the ILQL layout (prompt = first half, response = second half; B x T = 8 x 128 by default), and,
+when torch is importable, a plain Hugging Face PyTorch GPT-2 LM step (AdamW) on the same shapes.
+
+FLOPs: from XLA's cost analysis of the compiled step (`compiled.cost_analysis()["flops"]`), which
+counts what actually runs (3 trunks, vocabulary-sized Q heads, CQL log-sum-exp); MFU = FLOPs /
+step time / peak FLOP/s of the device (H100 SXM bf16 dense 989 TFLOP/s, H200 the same, A100 312;
+unknown devices print no MFU). The 6*N*tokens rule for the LM step is printed beside it.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5": 459e12}
+
+
+def synthetic_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
+    """Layout-contract batch: states = response positions + final, reward on the last action."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab - 6, size=(batch, seq)).astype(np.int32)
+    start = seq // 2
+    s_idx = np.arange(start, seq, dtype=np.int32)
+    S = len(s_idx)
+    rewards = np.zeros((batch, S - 1), np.float32)
+    rewards[:, -1] = rng.normal(size=batch)
+    terminals = np.zeros((batch, S), np.int32)
+    terminals[:, -1] = 1
+    return {"tokens": tokens, "attn_mask": np.ones((batch, seq), np.float32),
+            "state_idxs": np.tile(s_idx, (batch, 1)), "action_idxs": np.tile(s_idx[:-1], (batch, 1)),
+            "rewards": rewards, "terminals": terminals}
+
+
+def _time(fn, steps: int) -> float:
+    fn()  # compile / warm up
+    fn()
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t) / steps
+
+
+def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: int) -> dict:
+    from fairjax import parallel, trainer
+    from fairjax.models.gpt2 import GPT2LMHeadModel, PRESETS, init_params
+    from fairjax.optim import make_optimizer
+
+    cfg_path = {"ilql": "ilql", "bc": "bc"}[algo]
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "cfg", Path(__file__).resolve().parents[2] / "configs" / f"{cfg_path}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    mcfg = PRESETS[size].replace(dtype=dtype, vocab_size=PRESETS[size].vocab_size + 6)
+    params = init_params(mcfg, jax.random.PRNGKey(0))
+    alg = trainer.build_algorithm(cfg, GPT2LMHeadModel(mcfg), mcfg, params)
+    mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+    opt = make_optimizer(cfg.optim, 1000)
+    plan = trainer.StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
+    step = trainer.compile_train_step(alg, opt, plan)
+    b = parallel.shard_batch(trainer._stack_micro(synthetic_batch(batch, seq, mcfg.vocab_size), 1), mesh)
+    state = {"s": plan.init()}
+    compiled = step.lower(state["s"], b).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", 0.0))
+
+    def run():
+        state["s"], m = step(state["s"], b)
+        jax.block_until_ready(m["loss"])
+
+    dt = _time(run, steps)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    return {"step_s": dt, "tokens_per_s": batch * seq / dt, "flops": flops, "params_lm": n_params}
+
+
+def torch_step(size: str, batch: int, seq: int, steps: int) -> dict | None:
+    try:
+        import torch
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    from fairjax.models.gpt2 import PRESETS
+
+    c = PRESETS[size]
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size + 6, n_embd=c.hidden_size,
+                                       n_layer=c.num_layers, n_head=c.num_heads,
+                                       n_positions=c.max_positions))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, c.vocab_size, (batch, seq))
+
+    def run():
+        opt.zero_grad()
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+
+    dt = _time(run, steps)
+    return {"step_s": dt, "tokens_per_s": batch * seq / dt}
+
+
+def run(FLAGS) -> None:
+    batch, seq = FLAGS.batch or 8, FLAGS.seq or 128
+    steps = FLAGS.steps or 3
+    on_cpu = jax.default_backend() == "cpu"
+    dtype = FLAGS.dtype or ("float32" if on_cpu else "bfloat16")
+    if FLAGS.model != "gpt2":
+        raise SystemExit("benchmarks/train: only --model=gpt2 is wired")
+    res = {"algo": FLAGS.algo, "size": FLAGS.size, "batch": batch, "seq": seq, "dtype": dtype,
+           "device": jax.devices()[0].device_kind}
+    res["fairjax"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps)
+    peak = next((v for k, v in PEAK_BF16.items() if k in res["device"]), None)
+    if peak and not on_cpu and res["fairjax"]["flops"]:
+        res["fairjax"]["mfu"] = res["fairjax"]["flops"] / res["fairjax"]["step_s"] / peak
+    if FLAGS.torch:
+        res["torch_lm"] = torch_step(FLAGS.size, batch, seq, steps)
+    print(f"{FLAGS.algo} {FLAGS.size} {batch}x{seq} {dtype} on {res['device']}")
+    f = res["fairjax"]
+    print(f"  fairjax {FLAGS.algo}: {f['step_s']*1e3:.1f} ms/step  {f['tokens_per_s']:.0f} tok/s  "
+          f"{f['flops']/1e12:.2f} TFLOP/step" + (f"  MFU {f['mfu']:.1%}" if "mfu" in f else ""))
+    if res.get("torch_lm"):
+        t = res["torch_lm"]
+        print(f"  torch GPT-2 LM step: {t['step_s']*1e3:.1f} ms/step  {t['tokens_per_s']:.0f} tok/s")
+        print(f"  ratio fairjax {FLAGS.algo} / torch LM = {f['step_s']/t['step_s']:.2f} (goal <= 1.7 on CPU)")
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as fh:
+            json.dump(res, fh, indent=2)
