@@ -1,0 +1,331 @@
+"""Evaluation report writer: JSON summary + Markdown + PNG plots (numpy + matplotlib Agg only).
+
+`write_report(out_dir, rows_by_system, summary)` takes per-row results of several systems scored on
+the same prompts, in the same order, e.g.
+  {"original": {"reward": [N], "ir_female": [N], "ir_male": [N], "gender_verdict": [N] str, ...},
+   "bc": {...}, "ilql_adv8": {...}}
+(columns as arrays/lists, or a list of row dicts per system) and writes
+
+* `report.json`  per system: mean/std/bootstrap CI of every numeric column, four-fifths violation
+  rates per `ir_<group>` column, verdict counts; per non-reference system: the paired comparison
+  (after - before) against the reference system for every shared numeric column and the verdict
+  transition matrix; plus the caller's `summary` under "summary";
+* `report.md`    the same as tables, with the figures linked;
+* `reward_distributions.png`  overlaid histograms of each reward column (reference vs others);
+* `impact_ratios.png`  mean impact ratio per group and system with bootstrap 95% CIs and the 0.8
+  four-fifths line;
+* `verdicts.png`  verdict counts per system (stacked bars) and, for the first non-reference system,
+  the reference -> system transition matrix.
+
+A plot is skipped when its columns are absent. NaN entries (e.g. an impact ratio where a group is
+absent from the pool) are left out of means and counted (`n_nan`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from fairjax.eval import stats
+from fairjax.eval.fairness import FOUR_FIFTHS, violates_four_fifths
+
+VERDICT_ORDER = ("strongly masculine-coded", "slightly masculine-coded", "neutral",
+                 "slightly feminine-coded", "strongly feminine-coded")
+VERDICT_COLORS = ("#2f5d8a", "#86a9cc", "#d9d9d9", "#e8a4a0", "#b5443b")
+REWARD_FIELDS = ("reward", "diversity_reward", "q_val")
+VERDICT_FIELDS = ("gender_verdict", "verdict")
+
+
+def _columns(rows: Any, system: str) -> dict[str, np.ndarray]:
+    """{field: [N] array} from columns (mapping) or a list of row dicts."""
+    if isinstance(rows, Mapping):
+        cols = {k: np.asarray(v) for k, v in rows.items()}
+    elif isinstance(rows, Sequence) and all(isinstance(r, Mapping) for r in rows):
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        cols = {k: np.asarray([r.get(k) for r in rows]) for k in keys}
+    else:
+        raise ValueError(f"rows_by_system[{system!r}]: expected {{field: [N] values}} or a list of "
+                         f"row dicts, got {type(rows).__name__}")
+    lens = {k: v.shape[0] if v.ndim else -1 for k, v in cols.items()}
+    if len(set(lens.values())) > 1:
+        raise ValueError(f"rows_by_system[{system!r}]: columns have different lengths {lens}")
+    return cols
+
+
+def _numeric(col: np.ndarray) -> Optional[np.ndarray]:
+    """float64 [N] (None -> NaN; bool -> 0/1) or None when the column is not numeric."""
+    if col.ndim != 1:
+        return None
+    if col.dtype.kind in "biuf":
+        return col.astype(np.float64)
+    if col.dtype == object and all(v is None or isinstance(v, (bool, int, float, np.number)) for v in col) \
+            and any(v is not None for v in col):
+        return np.array([np.nan if v is None else float(v) for v in col], np.float64)
+    return None
+
+
+def _verdict_field(cols: Mapping[str, np.ndarray]) -> Optional[str]:
+    return next((f for f in VERDICT_FIELDS if f in cols), None)
+
+
+def _order(values: Sequence[str]) -> list[str]:
+    seen = [v for v in dict.fromkeys(values) if v is not None]
+    return [v for v in VERDICT_ORDER if v in seen] + sorted(v for v in seen if v not in VERDICT_ORDER)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+# ----------------------------------------------------------------------------- summary
+def summarize_systems(rows_by_system: Mapping[str, Any], reference: str = "original",
+                      n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The numbers behind the report (see module docstring); JSON-ready after `_jsonable`."""
+    if not rows_by_system:
+        raise ValueError("rows_by_system is empty")
+    cols = {s: _columns(r, s) for s, r in rows_by_system.items()}
+    ref = reference if reference in cols else next(iter(cols))
+    out: dict[str, Any] = {"reference": ref, "systems": {}, "comparisons": {}}
+    nums = {s: {k: v for k, v in ((k, _numeric(c)) for k, c in cs.items()) if v is not None}
+            for s, cs in cols.items()}
+    for s, cs in cols.items():
+        n_rows = next(iter(cs.values())).shape[0] if cs else 0
+        entry: dict[str, Any] = {"n_rows": n_rows,
+                                 "metrics": stats.summarize_columns(nums[s], n_boot=n_boot, seed=seed)}
+        ff = {k[3:]: violates_four_fifths(v) for k, v in nums[s].items() if k.startswith("ir_")}
+        if ff:
+            entry["four_fifths_violation_rate"] = {
+                g: float(v[~np.isnan(nums[s]["ir_" + g])].mean()) if (~np.isnan(nums[s]["ir_" + g])).any()
+                else float("nan") for g, v in ff.items()}
+        vf = _verdict_field(cs)
+        if vf:
+            vals = [str(v) for v in cs[vf] if v is not None]
+            entry["verdict_counts"] = {v: vals.count(v) for v in _order(vals)}
+        out["systems"][s] = entry
+    for s in cols:
+        if s == ref:
+            continue
+        comp: dict[str, Any] = {}
+        for k, after in nums[s].items():
+            before = nums[ref].get(k)
+            if before is not None and before.shape == after.shape:
+                comp[k] = stats.paired_comparison(before, after, n_boot=n_boot, seed=seed)
+        vr, vs = _verdict_field(cols[ref]), _verdict_field(cols[s])
+        if vr and vs and cols[ref][vr].shape == cols[s][vs].shape:
+            labels = _order([str(v) for v in cols[ref][vr]] + [str(v) for v in cols[s][vs]])
+            idx = {v: i for i, v in enumerate(labels)}
+            m = np.zeros((len(labels), len(labels)), np.int64)
+            for a, b in zip(cols[ref][vr], cols[s][vs]):
+                m[idx[str(a)], idx[str(b)]] += 1
+            comp["verdict_transitions"] = {"labels": labels, "matrix": m.tolist(),
+                                           "rows": f"{ref} verdict", "cols": f"{s} verdict"}
+        out["comparisons"][s] = comp
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_reward_distributions(rows_by_system: Mapping[str, Any], path: str, fields: Sequence[str]
+                              ) -> Optional[str]:
+    """Overlaid histograms per reward field (one panel each); dashed lines at the means."""
+    cols = {s: _columns(r, s) for s, r in rows_by_system.items()}
+    fields = [f for f in fields if any(f in c and _numeric(c[f]) is not None for c in cols.values())]
+    if not fields:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(fields), figsize=(5.5 * len(fields), 3.8), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, f in zip(axes[0], fields):
+        data = {s: stats.drop_nan(_numeric(c[f])) for s, c in cols.items() if f in c}
+        allv = np.concatenate([v for v in data.values() if v.size]) if data else np.zeros(0)
+        if allv.size == 0:
+            continue
+        uniq = np.unique(allv)
+        if 1 < uniq.size <= 60:  # lattice-valued (e.g. top-k shares): one bin per value
+            mid = (uniq[1:] + uniq[:-1]) / 2
+            bins = np.concatenate([[uniq[0] - (mid[0] - uniq[0])], mid, [uniq[-1] + (uniq[-1] - mid[-1])]])
+        else:
+            bins = np.histogram_bin_edges(allv, bins=min(40, max(10, int(np.sqrt(allv.size)))))
+        for i, (s, v) in enumerate(data.items()):
+            c = colors[i % len(colors)]
+            label = f"{s} (mean {v.mean():.3g})"
+            if i == 0:  # the reference filled, the others as outlines on top
+                ax.hist(v, bins=bins, alpha=0.3, color=c, label=label, histtype="stepfilled")
+            else:
+                ax.hist(v, bins=bins, color=c, label=label, histtype="step", lw=1.8)
+            ax.axvline(v.mean(), color=c, ls="--", lw=1.5)
+        ax.set_xlabel(f)
+        ax.set_ylabel("rows")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Reward distributions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_impact_ratios(summary: Mapping[str, Any], path: str) -> Optional[str]:
+    """Bars: mean IR per group (x) and system (colour) with bootstrap 95% CIs and the 0.8 line."""
+    systems = list(summary["systems"])
+    groups = sorted({k[3:] for s in systems for k in summary["systems"][s]["metrics"]
+                     if k.startswith("ir_")})
+    if not groups:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(systems)) + 2), 4))
+    width = 0.8 / len(systems)
+    for j, s in enumerate(systems):
+        m = summary["systems"][s]["metrics"]
+        x = np.arange(len(groups)) + (j - (len(systems) - 1) / 2) * width
+        mean = np.array([m.get("ir_" + g, {}).get("mean", np.nan) for g in groups], float)
+        lo = np.array([m.get("ir_" + g, {}).get("ci_low", np.nan) for g in groups], float)
+        hi = np.array([m.get("ir_" + g, {}).get("ci_high", np.nan) for g in groups], float)
+        ax.bar(x, mean, width * 0.9, label=s)
+        ax.errorbar(x, mean, yerr=np.stack([mean - lo, hi - mean]), fmt="none", ecolor="black",
+                    capsize=3, lw=1)
+    ax.axhline(FOUR_FIFTHS, color="crimson", ls="--", lw=1.5, label="four-fifths rule (0.8)")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("mean impact ratio (95% CI)")
+    ax.set_title("Impact ratio per group")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_verdicts(summary: Mapping[str, Any], path: str) -> Optional[str]:
+    """Stacked verdict shares per system + the reference -> first other system transition matrix."""
+    systems = [s for s in summary["systems"] if "verdict_counts" in summary["systems"][s]]
+    if not systems:
+        return None
+    labels = _order([v for s in systems for v in summary["systems"][s]["verdict_counts"]])
+    trans = next((c["verdict_transitions"] for c in summary["comparisons"].values()
+                  if "verdict_transitions" in c), None)
+    plt = _plt()
+    ncols = 2 if trans else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols + 1, 4.2), squeeze=False)
+    ax = axes[0][0]
+    bottom = np.zeros(len(systems))
+    for lab in labels:
+        cnt = np.array([summary["systems"][s]["verdict_counts"].get(lab, 0) for s in systems], float)
+        tot = np.array([sum(summary["systems"][s]["verdict_counts"].values()) for s in systems], float)
+        share = cnt / np.maximum(tot, 1)
+        color = VERDICT_COLORS[VERDICT_ORDER.index(lab)] if lab in VERDICT_ORDER else None
+        ax.bar(systems, share, bottom=bottom, label=lab, color=color, edgecolor="white")
+        for i, (b, sh, c) in enumerate(zip(bottom, share, cnt)):
+            if sh > 0.06:
+                ax.text(i, b + sh / 2, f"{int(c)}", ha="center", va="center", fontsize=8)
+        bottom += share
+    ax.set_ylabel("share of rows")
+    ax.set_title("Gender-coded wording verdicts")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if trans:
+        ax2 = axes[0][1]
+        m = np.asarray(trans["matrix"], float)
+        ax2.imshow(m, cmap="Blues")
+        short = [lab.replace("-coded", "").replace("strongly ", "str. ").replace("slightly ", "sl. ")
+                 for lab in trans["labels"]]
+        ax2.set_xticks(range(len(short)), short, rotation=35, ha="right", fontsize=8)
+        ax2.set_yticks(range(len(short)), short, fontsize=8)
+        for (i, j), v in np.ndenumerate(m):
+            ax2.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=8,
+                     color="white" if v > m.max() / 2 else "black")
+        ax2.set_ylabel(trans["rows"])
+        ax2.set_xlabel(trans["cols"])
+        ax2.set_title("Verdict transitions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- markdown
+def _fmt(x: Any) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def render_markdown(summary: Mapping[str, Any], images: Mapping[str, str], title: str,
+                    extra: Optional[Mapping[str, Any]] = None) -> str:
+    lines = [f"# {title}", "", f"Reference system: `{summary['reference']}`. Means with percentile "
+             "bootstrap 95% CIs; NaN rows (e.g. a group absent from the candidate pool) excluded.", ""]
+    for s, e in summary["systems"].items():
+        lines += [f"## {s} ({e['n_rows']} rows)", "", "| metric | mean | std | 95% CI | n |",
+                  "|---|---|---|---|---|"]
+        for k, m in e["metrics"].items():
+            lines.append(f"| {k} | {_fmt(m['mean'])} | {_fmt(m['std'])} | "
+                         f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}] | {m['n']} |")
+        if "four_fifths_violation_rate" in e:
+            lines += ["", "Four-fifths violations (IR < 0.8): " + ", ".join(
+                f"{g}: {_fmt(v)}" for g, v in e["four_fifths_violation_rate"].items())]
+        if "verdict_counts" in e:
+            lines += ["", "Verdicts: " + ", ".join(f"{k}: {v}" for k, v in e["verdict_counts"].items())]
+        lines.append("")
+    for s, comp in summary["comparisons"].items():
+        lines += [f"## {s} vs {summary['reference']} (paired, d = {s} − {summary['reference']})", "",
+                  "| metric | mean before | mean after | mean diff | 95% CI (bootstrap) | paired SE "
+                  "| wins/ties/losses | n |", "|---|---|---|---|---|---|---|---|"]
+        for k, c in comp.items():
+            if k == "verdict_transitions":
+                continue
+            lines.append(f"| {k} | {_fmt(c['mean_before'])} | {_fmt(c['mean_after'])} | "
+                         f"{_fmt(c['mean_diff'])} | [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}] | "
+                         f"{_fmt(c['stderr'])} | {c['wins']}/{c['ties']}/{c['losses']} | {c['n']} |")
+        lines.append("")
+    if images:
+        lines += ["## Figures", ""] + [f"![{k}]({os.path.basename(v)})" for k, v in images.items()] + [""]
+    if extra:
+        lines += ["## Run summary", "", "```json", json.dumps(_jsonable(dict(extra)), indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | os.PathLike, rows_by_system: Mapping[str, Any],
+                 summary: Optional[Mapping[str, Any]] = None, *, reference: str = "original",
+                 reward_fields: Sequence[str] = REWARD_FIELDS, n_boot: int = 1000, seed: int = 0,
+                 title: str = "fairjax evaluation report") -> dict[str, str]:
+    """Write report.json, report.md and the PNG plots into out_dir; returns {name: path}."""
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    numbers = summarize_systems(rows_by_system, reference, n_boot, seed)
+    images: dict[str, str] = {}
+    for name, fn in (("reward_distributions", lambda p: plot_reward_distributions(
+                         rows_by_system, p, reward_fields)),
+                     ("impact_ratios", lambda p: plot_impact_ratios(numbers, p)),
+                     ("verdicts", lambda p: plot_verdicts(numbers, p))):
+        got = fn(os.path.join(out_dir, f"{name}.png"))
+        if got:
+            images[name] = got
+    paths = {"json": os.path.join(out_dir, "report.json"), "markdown": os.path.join(out_dir, "report.md"),
+             **images}
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(_jsonable({**numbers, "summary": dict(summary or {})}), f, indent=1)
+        f.write("\n")
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write(render_markdown(numbers, images, title, summary))
+    return paths
