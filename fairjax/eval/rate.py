@@ -284,6 +284,9 @@ def scores_from_records(records: Sequence[Mapping[str, Any]], reward_key: Option
         raise RateFormatError(f"{where}: no records")
     if reward_key is None:
         found = reward_keys(records[0])
+        if not found:
+            raise RateFormatError(f"{where}:{records[0].get('_line', 1)}: no reward block (a field "
+                                  f"holding {list(keys)} scores) in the first record")
         if len(found) != 1:
             raise RateFormatError(f"{where}: pass reward_key; the first record has reward blocks "
                                   f"{found} (need exactly one to choose automatically)")
