@@ -13,15 +13,21 @@ from absl import app, flags
 
 TARGETS = ("forward", "train", "generate", "reward", "memory")
 
-flags.DEFINE_string("model", "gpt2", "Model family: gpt2 | llama.")
-flags.DEFINE_string("size", "small", "Model size preset (tiny, small=124M, medium=355M, 1b, 7b, ...).")
-flags.DEFINE_string("algo", "ilql", "Objective for train/generate/memory: bc | ilql | alol | dpo.")
-flags.DEFINE_integer("batch", None, "Batch size (default: the target's own).")
-flags.DEFINE_integer("seq", None, "Sequence length / new tokens (default: the target's own).")
-flags.DEFINE_integer("steps", None, "Timed iterations (default: the target's own).")
-flags.DEFINE_string("dtype", None, "Compute dtype (default: float32 on CPU, bfloat16 on GPU/TPU).")
-flags.DEFINE_bool("torch", True, "Also time the PyTorch baseline when torch is importable.")
-flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
+
+def define_flags() -> None:
+    """Define this CLI's absl flags (only when run as a program, so that importing several
+    fairjax CLIs in one process never collides on shared flag names)."""
+    if "model" in flags.FLAGS:
+        return
+    flags.DEFINE_string("model", "gpt2", "Model family: gpt2 | llama.")
+    flags.DEFINE_string("size", "small", "Model size preset (tiny, small=124M, medium=355M, 1b, 7b, ...).")
+    flags.DEFINE_string("algo", "ilql", "Objective for train/generate/memory: bc | ilql | alol | dpo.")
+    flags.DEFINE_integer("batch", None, "Batch size (default: the target's own).")
+    flags.DEFINE_integer("seq", None, "Sequence length / new tokens (default: the target's own).")
+    flags.DEFINE_integer("steps", None, "Timed iterations (default: the target's own).")
+    flags.DEFINE_string("dtype", None, "Compute dtype (default: float32 on CPU, bfloat16 on GPU/TPU).")
+    flags.DEFINE_bool("torch", True, "Also time the PyTorch baseline when torch is importable.")
+    flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 
 
 def main(argv: list[str]) -> None:
@@ -32,4 +38,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, argv=sys.argv)

@@ -21,14 +21,21 @@ from absl import app, flags
 TARGETS = ("fairjax", "hf", "upstream_bc")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("source", None, "checkpoint to convert (path or cached HF id)")
-flags.DEFINE_string("base", None, "HF dir / id / fairjax model dir with config + tokenizer "
-                    "(needed for .pkl sources)")
-flags.DEFINE_string("output", None, "output directory (or .pkl file for --to=upstream_bc)")
-flags.DEFINE_enum("to", "fairjax", TARGETS, "output format")
-flags.DEFINE_string("dtype", None, "compute dtype stored in the config (e.g. float32, bfloat16)")
-flags.DEFINE_bool("overwrite", False, "replace an existing non-empty output")
-flags.DEFINE_bool("chat_template", False, "mark the tokenizer to wrap prompts in its chat template")
+
+
+def define_flags() -> None:
+    """Define this CLI's absl flags (only when run as a program, so that importing several
+    fairjax CLIs in one process never collides on shared flag names)."""
+    if "source" in flags.FLAGS:
+        return
+    flags.DEFINE_string("source", None, "checkpoint to convert (path or cached HF id)")
+    flags.DEFINE_string("base", None, "HF dir / id / fairjax model dir with config + tokenizer "
+                        "(needed for .pkl sources)")
+    flags.DEFINE_string("output", None, "output directory (or .pkl file for --to=upstream_bc)")
+    flags.DEFINE_enum("to", "fairjax", TARGETS, "output format")
+    flags.DEFINE_string("dtype", None, "compute dtype stored in the config (e.g. float32, bfloat16)")
+    flags.DEFINE_bool("overwrite", False, "replace an existing non-empty output")
+    flags.DEFINE_bool("chat_template", False, "mark the tokenizer to wrap prompts in its chat template")
 
 
 def convert(source: str, output: str, *, base: Optional[str] = None, to: str = "fairjax",
@@ -91,4 +98,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -27,21 +27,29 @@ from fairjax import rewriters
 from fairjax.eval import rate as R
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("scored", None, "effects: RATE scored JSONL (or JSON object) file.")
-flags.DEFINE_string("reward_key", None, "effects: reward block to use (default: the only one).")
-flags.DEFINE_string("output", None, "effects: write the effects JSON here (default: print).")
-flags.DEFINE_string("plot", None, "effects: also write a naive-vs-RATE PNG here.")
-flags.DEFINE_string("corpus", None, "run: JSONL/CSV corpus of texts.")
-flags.DEFINE_string("text_field", "text", "run: field holding the text.")
-flags.DEFINE_integer("limit", None, "run: use only the first N texts.")
-flags.DEFINE_string("attribute", "gender_coded", "run: attribute W (key of rewriters.ATTRIBUTES).")
-flags.DEFINE_string("scorer", "diversity", "run: scorer name (key of SCORERS).")
-flags.DEFINE_multi_string("pool", None, "run, --scorer=diversity: candidate pool JSONL (repeatable).")
-flags.DEFINE_string("distance", "signed_tv", "run, --scorer=diversity: share distance.")
-flags.DEFINE_string("cache_dir", "", "run, --scorer=diversity: pool-embedding cache ('' = none).")
-flags.DEFINE_string("output_dir", None, "run: output directory.")
-flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples for the CIs (0 = none).")
-flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+
+
+def define_flags() -> None:
+    """Define this CLI's absl flags (only when run as a program, so that importing several
+    fairjax CLIs in one process never collides on shared flag names)."""
+    if "scored" in flags.FLAGS:
+        return
+    flags.DEFINE_string("scored", None, "effects: RATE scored JSONL (or JSON object) file.")
+    flags.DEFINE_string("reward_key", None, "effects: reward block to use (default: the only one).")
+    flags.DEFINE_string("output", None, "effects: write the effects JSON here (default: print).")
+    flags.DEFINE_string("plot", None, "effects: also write a naive-vs-RATE PNG here.")
+    flags.DEFINE_string("corpus", None, "run: JSONL/CSV corpus of texts.")
+    flags.DEFINE_string("text_field", "text", "run: field holding the text.")
+    flags.DEFINE_integer("limit", None, "run: use only the first N texts.")
+    flags.DEFINE_string("attribute", "gender_coded", "run: attribute W (key of rewriters.ATTRIBUTES).")
+    flags.DEFINE_string("scorer", "diversity", "run: scorer name (key of SCORERS).")
+    flags.DEFINE_multi_string("pool", None, "run, --scorer=diversity: candidate pool JSONL (repeatable).")
+    flags.DEFINE_string("distance", "signed_tv", "run, --scorer=diversity: share distance.")
+    flags.DEFINE_string("cache_dir", "", "run, --scorer=diversity: pool-embedding cache ('' = none).")
+    flags.DEFINE_string("output_dir", None, "run: output directory.")
+    flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples for the CIs (0 = none).")
+    flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+
 
 
 # ----------------------------------------------------------------------------- scorers
@@ -176,4 +184,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -31,35 +31,43 @@ from fairjax.rewards.embedders import BertClsEmbedder, HashingTfidfEmbedder
 from fairjax.rewards.pool import CandidatePool, load_pool
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("texts", None, "JSONL/CSV of texts to score.")
-flags.DEFINE_string("text_field", "text", "Field holding the text.")
-flags.DEFINE_multi_string("pool", None, "Candidate pool JSONL (repeatable; pools are concatenated).")
-flags.DEFINE_enum("embedder", "hashing", ["hashing", "bert"], "Text embedder.")
-flags.DEFINE_string("bert_dir", None, "HF BERT directory for --embedder=bert.")
-flags.DEFINE_integer("n_features", 4096, "Hashing embedder dimension.")
-flags.DEFINE_integer("limit", None, "Score only the first N texts.")
-flags.DEFINE_integer("k", 50, "Matched candidates per text (pool of the impact ratio).")
-flags.DEFINE_integer("select_k", 10, "Selected candidates per text.")
-flags.DEFINE_enum("distance", "signed_tv", list(fairness.DISTANCES), "Share distance.")
-flags.DEFINE_enum("gender_target", "uniform", ["uniform", "pool", "occupation"], "Gender target.")
-flags.DEFINE_enum("region_target", "pool", ["uniform", "pool"], "Region target.")
-flags.DEFINE_string("occupation_field", "occupation", "Text field with the occupation "
-                    "(for --gender_target=occupation).")
-flags.DEFINE_list("attributes", ["gender", "region"], "Attributes to score (when labelled).")
-flags.DEFINE_bool("location_filter", False, "Upstream location filter (job location from the "
-                  "'location' field or the posting header).")
-flags.DEFINE_string("cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "fairjax", "pools"),
-                    "Pool-embedding cache directory ('' disables).")
-flags.DEFINE_integer("show", 20, "Per-posting rows to print (-1 = all).")
-flags.DEFINE_string("output", None, "Write per-posting results to this JSONL.")
-flags.DEFINE_string("summary_json", None, "Write the aggregate figures to this JSON file.")
+
+
+def define_flags() -> None:
+    """Define this CLI's absl flags (only when run as a program, so that importing several
+    fairjax CLIs in one process never collides on shared flag names)."""
+    if "texts" in flags.FLAGS:
+        return
+    flags.DEFINE_string("texts", None, "JSONL/CSV of texts to score.")
+    flags.DEFINE_string("text_field", "text", "Field holding the text.")
+    flags.DEFINE_multi_string("pool", None, "Candidate pool JSONL (repeatable; pools are concatenated).")
+    flags.DEFINE_enum("embedder", "hashing", ["hashing", "bert"], "Text embedder.")
+    flags.DEFINE_string("bert_dir", None, "HF BERT directory for --embedder=bert.")
+    flags.DEFINE_integer("n_features", 4096, "Hashing embedder dimension.")
+    flags.DEFINE_integer("limit", None, "Score only the first N texts.")
+    flags.DEFINE_integer("k", 50, "Matched candidates per text (pool of the impact ratio).")
+    flags.DEFINE_integer("select_k", 10, "Selected candidates per text.")
+    flags.DEFINE_enum("distance", "signed_tv", list(fairness.DISTANCES), "Share distance.")
+    flags.DEFINE_enum("gender_target", "uniform", ["uniform", "pool", "occupation"], "Gender target.")
+    flags.DEFINE_enum("region_target", "pool", ["uniform", "pool"], "Region target.")
+    flags.DEFINE_string("occupation_field", "occupation", "Text field with the occupation "
+                        "(for --gender_target=occupation).")
+    flags.DEFINE_list("attributes", ["gender", "region"], "Attributes to score (when labelled).")
+    flags.DEFINE_bool("location_filter", False, "Upstream location filter (job location from the "
+                      "'location' field or the posting header).")
+    flags.DEFINE_string("cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "fairjax", "pools"),
+                        "Pool-embedding cache directory ('' disables).")
+    flags.DEFINE_integer("show", 20, "Per-posting rows to print (-1 = all).")
+    flags.DEFINE_string("output", None, "Write per-posting results to this JSONL.")
+    flags.DEFINE_string("summary_json", None, "Write the aggregate figures to this JSON file.")
 
 
 def _f(x: float) -> str:
     return "  nan" if x is None or np.isnan(x) else f"{x:5.2f}"
 
 
-def score(records: list[dict[str, Any]], scorer: DiversityScorer) -> tuple[list[dict], dict]:
+def score(records: list[dict[str, Any]], scorer: DiversityScorer,
+          occupation_field: str = "occupation") -> tuple[list[dict], dict]:
     """Per-posting rows and aggregate summary for records with 'text' (and optional location)."""
     texts = [r["text"] for r in records]
     locations = None
@@ -67,10 +75,10 @@ def score(records: list[dict[str, Any]], scorer: DiversityScorer) -> tuple[list[
         locations = [r.get("location") or extract_fields(r["text"])["location"] for r in records]
     occupations = None
     if scorer.config.gender_target == "occupation":
-        occupations = [(r.get("extra") or {}).get(FLAGS.occupation_field) for r in records]
+        occupations = [(r.get("extra") or {}).get(occupation_field) for r in records]
         missing = [r["source"] for r, o in zip(records, occupations) if not o]
         if missing:
-            raise ValueError(f"{missing[0]}: no {FLAGS.occupation_field!r} field "
+            raise ValueError(f"{missing[0]}: no {occupation_field!r} field "
                              f"(needed by --gender_target=occupation)")
     res = scorer.evaluate(texts, locations=locations, occupations=occupations)
     rates = {k: v for a in scorer.attrs for k, v in res.rates[a].items()}
@@ -155,7 +163,7 @@ def main(argv: list[str]) -> None:
         records = records[: FLAGS.limit]
     if not records:
         raise app.UsageError(f"{FLAGS.texts}: no texts")
-    rows, summary = score(records, build_scorer())
+    rows, summary = score(records, build_scorer(), FLAGS.occupation_field)
     print_report(rows, summary, FLAGS.show)
     if FLAGS.output:
         with open(FLAGS.output, "w", encoding="utf-8") as f:
@@ -167,4 +175,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

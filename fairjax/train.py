@@ -12,19 +12,27 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
-                                          lock_config=True)
-flags.DEFINE_string("run_dir", None, "Run directory (default: config.run_dir).")
-flags.DEFINE_bool("resume", None, "Continue from the latest checkpoint (default: config.train.resume).")
-flags.DEFINE_bool("verbose", False, "Keep INFO logs of JAX/Orbax.")
-flags.mark_flags_as_required(["config"])
+
+def define_flags() -> None:
+    """Define this CLI's absl flags (only when run as a program, so that importing several
+    fairjax CLIs in one process never collides on shared flag names)."""
+    if "config" in flags.FLAGS:
+        return
+    config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
+                                    lock_config=True)
+    flags.DEFINE_string("run_dir", None, "Run directory (default: config.run_dir).")
+    flags.DEFINE_bool("resume", None, "Continue from the latest checkpoint (default: config.train.resume).")
+    flags.DEFINE_bool("verbose", False, "Keep INFO logs of JAX/Orbax.")
+    flags.mark_flags_as_required(["config"])
+
+
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cfg = _CONFIG.value
+    cfg = FLAGS.config
     if FLAGS.resume is not None:
         cfg.train.resume = FLAGS.resume
     # Validate and initialise the distributed runtime before anything touches devices.
@@ -41,4 +49,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, argv=sys.argv)

@@ -183,6 +183,7 @@ def test_output_not_overwritten(gpt2, bc_fairjax_dir, tmp_path):
 def test_cli_main_reports_errors(gpt2, tmp_path, capsys):
     root, _, _ = gpt2
     argv = ["convert", f"--source={root / 'bc_model.pkl'}", f"--output={tmp_path / 'o'}"]
+    convert_cli.define_flags()
     try:
         flags.FLAGS(argv)
         assert convert_cli.main(["convert"]) == 1  # no --base for a bare state dict
