@@ -26,6 +26,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seq", None, "Sequence length / new tokens (default: the target's own).")
     flags.DEFINE_integer("steps", None, "Timed iterations (default: the target's own).")
     flags.DEFINE_string("dtype", None, "Compute dtype (default: float32 on CPU, bfloat16 on GPU/TPU).")
+    flags.DEFINE_enum("attention", "xla", ["xla", "cudnn", "auto"],
+                      "Attention kernel: xla (exact einsum) | cudnn (fused flash, GPU) | auto.")
     flags.DEFINE_bool("torch", True, "Also time the PyTorch baseline when torch is importable.")
     flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 

@@ -22,7 +22,7 @@ FAMILIES = {"gpt2": (gpt2, gpt2.GPT2LMHeadModel), "llama": (llama, llama.LlamaFo
 DEFAULT_BATCH, DEFAULT_SEQ, DEFAULT_STEPS, WARMUP = 8, 128, 10, 2
 
 
-def make_config(family: str, size: str, dtype: str | None):
+def make_config(family: str, size: str, dtype: str | None, attention: str = "xla"):
     """Preset config of `family`/`size` with the benchmark's compute dtype."""
     if family not in FAMILIES:
         raise ValueError(f"--model={family!r}; expected one of {sorted(FAMILIES)}")
@@ -31,7 +31,7 @@ def make_config(family: str, size: str, dtype: str | None):
         raise ValueError(f"--size={size!r} for {family}; expected one of {sorted(presets)}")
     if dtype is None:
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    return presets[size].replace(dtype=dtype)
+    return presets[size].replace(dtype=dtype, attention_impl=attention)
 
 
 def time_calls(fn: Callable[[], Any], steps: int, warmup: int = WARMUP) -> float:
@@ -77,7 +77,7 @@ def torch_forward_seconds(config, batch: int, seq: int, steps: int) -> tuple[flo
 
 
 def run(FLAGS) -> dict:
-    config = make_config(FLAGS.model, FLAGS.size, FLAGS.dtype)
+    config = make_config(FLAGS.model, FLAGS.size, FLAGS.dtype, getattr(FLAGS, "attention", "xla"))
     batch, seq = FLAGS.batch or DEFAULT_BATCH, FLAGS.seq or DEFAULT_SEQ
     steps = FLAGS.steps or DEFAULT_STEPS
     if seq > config.max_positions:

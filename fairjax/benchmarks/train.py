@@ -48,7 +48,8 @@ def _time(fn, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: int) -> dict:
+def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: int,
+                 attention: str = "xla") -> dict:
     from fairjax import parallel, trainer
     from fairjax.models.gpt2 import GPT2LMHeadModel, PRESETS, init_params
     from fairjax.optim import make_optimizer
@@ -62,7 +63,8 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cfg = mod.get_config()
-    mcfg = PRESETS[size].replace(dtype=dtype, vocab_size=PRESETS[size].vocab_size + 6)
+    mcfg = PRESETS[size].replace(dtype=dtype, vocab_size=PRESETS[size].vocab_size + 6,
+                                 attention_impl=attention)
     params = init_params(mcfg, jax.random.PRNGKey(0))
     alg = trainer.build_algorithm(cfg, GPT2LMHeadModel(mcfg), mcfg, params)
     mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
@@ -119,13 +121,15 @@ def run(FLAGS) -> None:
         raise SystemExit("benchmarks/train: only --model=gpt2 is wired")
     res = {"algo": FLAGS.algo, "size": FLAGS.size, "batch": batch, "seq": seq, "dtype": dtype,
            "device": jax.devices()[0].device_kind}
-    res["fairjax"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps)
+    res["attention"] = getattr(FLAGS, "attention", "xla")
+    res["fairjax"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps, res["attention"])
     peak = next((v for k, v in PEAK_BF16.items() if k in res["device"]), None)
     if peak and not on_cpu and res["fairjax"]["flops"]:
         res["fairjax"]["mfu"] = res["fairjax"]["flops"] / res["fairjax"]["step_s"] / peak
     if FLAGS.torch:
         res["torch_lm"] = torch_step(FLAGS.size, batch, seq, steps)
-    print(f"{FLAGS.algo} {FLAGS.size} {batch}x{seq} {dtype} on {res['device']}")
+    print(f"{FLAGS.algo} {FLAGS.size} {batch}x{seq} {dtype} attention={res['attention']} "
+          f"on {res['device']}")
     f = res["fairjax"]
     print(f"  fairjax {FLAGS.algo}: {f['step_s']*1e3:.1f} ms/step  {f['tokens_per_s']:.0f} tok/s  "
           f"{f['flops']/1e12:.2f} TFLOP/step" + (f"  MFU {f['mfu']:.1%}" if "mfu" in f else ""))

@@ -31,6 +31,7 @@ from fairjax.io.errors import CheckpointMismatchError, ConfigError
 
 MASK_VALUE = float(np.finfo(np.float32).min)  # what HF adds at masked attention entries
 
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")  # see `attention`
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,
     "block": jax.checkpoint_policies.nothing_saveable,       # recompute the whole block
@@ -127,11 +128,19 @@ def attention(
     mask: jax.Array,  # [B, 1, T, S] bool
     scale: float,
     dropout: Optional[Callable[[jax.Array], jax.Array]] = None,
+    impl: str = "xla",
 ) -> jax.Array:
     """softmax(q k^T * scale + mask) v with grouped KV heads; scores/softmax in float32.
 
-    Returns [B, T, H, Dh] in q's dtype.
+    impl: "xla" (the einsum below: exact, materialises the [B, H, T, S] scores), "cudnn" (fused
+    flash attention through `jax.nn.dot_product_attention`, GPU bf16/fp16 only) or "auto" (that
+    function's own choice). The fused paths take no attention dropout: with dropout active the
+    einsum path runs. Returns [B, T, H, Dh] in q's dtype.
     """
+    if impl != "xla" and dropout is None:
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                           implementation=None if impl == "auto" else impl)
+        return out.astype(q.dtype)
     b, t, h, dh = q.shape
     hkv = k.shape[2]
     g = h // hkv
@@ -144,6 +153,15 @@ def attention(
         probs = dropout(probs)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v)
     return out.reshape(b, t, h, dh).astype(q.dtype)
+
+
+def attention_dropout(rate: float, deterministic: bool):
+    """The probs-dropout callable `attention` takes (call inside a compact module), or None when
+    it would be the identity."""
+    if deterministic or rate == 0.0:
+        return None
+    drop = nn.Dropout(rate)
+    return lambda probs: drop(probs, deterministic=False)
 
 
 def update_cache_layer(

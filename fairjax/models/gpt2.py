@@ -62,11 +62,13 @@ class GPT2Config:
     pad_token_id: Optional[int] = None
     dtype: str = "float32"
     remat: str = "none"
+    attention_impl: str = "xla"  # "xla" (exact einsum) | "cudnn" (fused, GPU) | "auto"
     hf_extra: tuple = ()  # other config.json entries, (key, json) pairs, written back by to_hf
 
     def __post_init__(self):
         common.check_choice("activation_function", self.activation_function, list(ACTIVATIONS))
         common.check_choice("remat", self.remat, list(common.REMAT_POLICIES))
+        common.check_choice("attention_impl", self.attention_impl, list(common.ATTENTION_IMPLS))
         common.compute_dtype(self.dtype)
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by "
@@ -176,9 +178,8 @@ class GPT2Attention(nn.Module):
         scale = 1.0 / math.sqrt(c.head_dim) if c.scale_attn_weights else 1.0
         if c.scale_attn_by_inverse_layer_idx:
             scale /= float(self.layer_idx + 1)
-        drop = nn.Dropout(c.attn_pdrop)
-        y = common.attention(q, k, v, mask, scale,
-                             dropout=lambda p: drop(p, deterministic=self.deterministic))
+        y = common.attention(q, k, v, mask, scale, impl=c.attention_impl,
+                             dropout=common.attention_dropout(c.attn_pdrop, self.deterministic))
         y = _dense(c, d, "c_proj", std=out_std)(y.reshape(b, t, d))
         return nn.Dropout(c.resid_pdrop)(y, deterministic=self.deterministic), new_cache
 

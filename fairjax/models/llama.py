@@ -60,6 +60,7 @@ class LlamaConfig:
     pad_token_id: Optional[int] = None
     dtype: str = "float32"
     remat: str = "none"
+    attention_impl: str = "xla"  # "xla" (exact einsum) | "cudnn" (fused, GPU) | "auto"
     hf_extra: tuple = ()
 
     def __post_init__(self):
@@ -68,6 +69,7 @@ class LlamaConfig:
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         common.check_choice("remat", self.remat, list(common.REMAT_POLICIES))
+        common.check_choice("attention_impl", self.attention_impl, list(common.ATTENTION_IMPLS))
         common.check_choice("rope_type", self.rope_type, ROPE_TYPES)
         common.compute_dtype(self.dtype)
         if self.num_heads % self.num_kv_heads:
@@ -218,9 +220,9 @@ class LlamaAttention(nn.Module):
         new_cache = None
         if layer_cache is not None:
             k, v = new_cache = common.update_cache_layer(*layer_cache, k, v, cache_index)
-        drop = nn.Dropout(c.attention_dropout)
-        y = common.attention(q, k, v, mask, 1.0 / math.sqrt(c.head_dim),
-                             dropout=lambda p: drop(p, deterministic=self.deterministic))
+        y = common.attention(q, k, v, mask, 1.0 / math.sqrt(c.head_dim), impl=c.attention_impl,
+                             dropout=common.attention_dropout(c.attention_dropout,
+                                                              self.deterministic))
         y = _dense(c, c.hidden_size, "o_proj", c.attention_bias)(y.reshape(b, t, -1))
         return y, new_cache
 
