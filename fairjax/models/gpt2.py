@@ -142,6 +142,8 @@ class GPT2Config:
 # Size presets reused by the benchmarks (random-init shapes of the released GPT-2 models).
 PRESETS: dict[str, GPT2Config] = {
     "tiny": GPT2Config(vocab_size=1006, hidden_size=64, num_layers=2, num_heads=4, max_positions=128),
+    # CPU-sized from-scratch studies (docs/study.md): 4 layers, d=256 (3.2M + vocab x 256 params)
+    "mini": GPT2Config(hidden_size=256, num_layers=4, num_heads=4, max_positions=1024),
     "small": GPT2Config(),  # 124M
     "medium": GPT2Config(hidden_size=1024, num_layers=24, num_heads=16),  # 355M
     "large": GPT2Config(hidden_size=1280, num_layers=36, num_heads=20),  # 774M
