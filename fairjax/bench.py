@@ -29,6 +29,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("attention", "xla", ["xla", "cudnn", "auto"],
                       "Attention kernel: xla (exact einsum) | cudnn (fused flash, GPU) | auto.")
     flags.DEFINE_bool("torch", True, "Also time the PyTorch baseline when torch is importable.")
+    flags.DEFINE_string("profile", None, "train: also trace 3 steps into this directory and print "
+                        "the device time per kernel and category.")
     flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 
 

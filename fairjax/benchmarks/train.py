@@ -49,7 +49,7 @@ def _time(fn, steps: int) -> float:
 
 
 def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: int,
-                 attention: str = "xla") -> dict:
+                 attention: str = "xla", profile_dir: str | None = None) -> dict:
     from fairjax import parallel, trainer
     from fairjax.models.gpt2 import GPT2LMHeadModel, PRESETS, init_params
     from fairjax.optim import make_optimizer
@@ -84,7 +84,12 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
 
     dt = _time(run, steps)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    return {"step_s": dt, "tokens_per_s": batch * seq / dt, "flops": flops, "params_lm": n_params}
+    out = {"step_s": dt, "tokens_per_s": batch * seq / dt, "flops": flops, "params_lm": n_params}
+    if profile_dir:
+        from fairjax.benchmarks import profile
+
+        out["profile"] = profile.summarize(profile.trace(run, 3, profile_dir), 3)
+    return out
 
 
 def torch_step(size: str, batch: int, seq: int, steps: int) -> dict | None:
@@ -122,7 +127,8 @@ def run(FLAGS) -> None:
     res = {"algo": FLAGS.algo, "size": FLAGS.size, "batch": batch, "seq": seq, "dtype": dtype,
            "device": jax.devices()[0].device_kind}
     res["attention"] = getattr(FLAGS, "attention", "xla")
-    res["fairjax"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps, res["attention"])
+    res["fairjax"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps, res["attention"],
+                                  getattr(FLAGS, "profile", None))
     peak = next((v for k, v in PEAK_BF16.items() if k in res["device"]), None)
     if peak and not on_cpu and res["fairjax"]["flops"]:
         res["fairjax"]["mfu"] = res["fairjax"]["flops"] / res["fairjax"]["step_s"] / peak
@@ -133,6 +139,10 @@ def run(FLAGS) -> None:
     f = res["fairjax"]
     print(f"  fairjax {FLAGS.algo}: {f['step_s']*1e3:.1f} ms/step  {f['tokens_per_s']:.0f} tok/s  "
           f"{f['flops']/1e12:.2f} TFLOP/step" + (f"  MFU {f['mfu']:.1%}" if "mfu" in f else ""))
+    if "profile" in f:
+        from fairjax.benchmarks import profile
+
+        profile.print_summary(f["profile"])
     if res.get("torch_lm"):
         t = res["torch_lm"]
         print(f"  torch GPT-2 LM step: {t['step_s']*1e3:.1f} ms/step  {t['tokens_per_s']:.0f} tok/s")
