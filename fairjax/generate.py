@@ -121,6 +121,16 @@ class Policy:
     def is_ilql(self) -> bool:
         return "v" in dict(self.roles)
 
+    def cast(self, dtype: str) -> "Policy":
+        """A copy with float params stored in `dtype` (e.g. "bfloat16": half the bytes read per
+        decoding step, which is memory-bound) and the model/heads computing in it."""
+        dt = jnp.dtype(dtype)
+        cast = lambda t: jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating)
+                                      else x, t)
+        model = self.model.clone(config=self.model.config.replace(dtype=dt.name))
+        return dataclasses.replace(self, model=model, trunks=cast(self.trunks),
+                                   heads=cast(self.heads), head_dtype=dt.name)
+
     @staticmethod
     def lm(model: nn.Module, lm_params: PyTree) -> "Policy":
         return Policy(model, (lm_params,), (("logits", 0),), {})

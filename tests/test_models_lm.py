@@ -85,7 +85,7 @@ def test_kv_cache_decoding_equals_full_forward(lm):
         cache = out.cache
         errs.append(np.abs(np.asarray(out.logits[:, 0]) - full[:, i]).max())
     assert int(cache.index) == t
-    assert cache.k[0].shape == (b, t + extra, config.num_kv_heads, config.head_dim)
+    assert cache.k[0].shape == (b, config.num_kv_heads, t + extra, config.head_dim)  # head-major
     assert max(errs) < 1e-5, errs
 
 

@@ -56,7 +56,8 @@ class LMOutput(NamedTuple):
 class KVCache:
     """Per-layer keys/values and the next write slot.
 
-    k, v:  tuples (one per layer) of [B, S_max, H_kv, Dh] arrays.
+    k, v:  tuples (one per layer) of [B, H_kv, S_max, Dh] arrays (head-major: the layout the
+           attention contractions read directly, so a decoding step never transposes the cache).
     index: int32 scalar, the slot where the next token's keys are written.
     """
 
@@ -66,7 +67,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[1]
+        return self.k[0].shape[2]
 
 
 def init_cache(config, batch: int, max_len: int, dtype=None) -> KVCache:
@@ -75,7 +76,7 @@ def init_cache(config, batch: int, max_len: int, dtype=None) -> KVCache:
     dtype defaults to the config's compute dtype.
     """
     dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, max_len, config.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
     return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
                    index=jnp.zeros((), jnp.int32))
@@ -123,12 +124,13 @@ def attention_mask_and_positions(
 
 def attention(
     q: jax.Array,  # [B, T, H, Dh]
-    k: jax.Array,  # [B, S, H_kv, Dh]
-    v: jax.Array,  # [B, S, H_kv, Dh]
+    k: jax.Array,  # [B, S, H_kv, Dh] ("bshd") or [B, H_kv, S, Dh] ("bhsd", a KV cache)
+    v: jax.Array,  # same layout as k
     mask: jax.Array,  # [B, 1, T, S] bool
     scale: float,
     dropout: Optional[Callable[[jax.Array], jax.Array]] = None,
     impl: str = "xla",
+    kv_layout: str = "bshd",
 ) -> jax.Array:
     """softmax(q k^T * scale + mask) v with grouped KV heads; scores/softmax in float32.
 
@@ -138,20 +140,23 @@ def attention(
     einsum path runs. Returns [B, T, H, Dh] in q's dtype.
     """
     if impl != "xla" and dropout is None:
+        if kv_layout == "bhsd":
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
                                            implementation=None if impl == "auto" else impl)
         return out.astype(q.dtype)
     b, t, h, dh = q.shape
-    hkv = k.shape[2]
+    kv = {"bshd": "bskd", "bhsd": "bksd"}[kv_layout]
+    hkv = k.shape[kv.index("k")]
     g = h // hkv
     qg = q.reshape(b, t, hkv, g, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores * jnp.float32(scale)
     scores = jnp.where(mask[:, :, None], scores, MASK_VALUE)  # [B, H_kv, G, T, S]
     probs = jax.nn.softmax(scores, axis=-1)
     if dropout is not None:
         probs = dropout(probs)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v)
+    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs.astype(v.dtype), v)
     return out.reshape(b, t, h, dh).astype(q.dtype)
 
 
@@ -165,15 +170,16 @@ def attention_dropout(rate: float, deterministic: bool):
 
 
 def update_cache_layer(
-    cache_k: jax.Array,  # [B, S_max, H_kv, Dh]
-    cache_v: jax.Array,  # [B, S_max, H_kv, Dh]
+    cache_k: jax.Array,  # [B, H_kv, S_max, Dh]
+    cache_v: jax.Array,  # [B, H_kv, S_max, Dh]
     k: jax.Array,  # [B, T, H_kv, Dh]
     v: jax.Array,  # [B, T, H_kv, Dh]
     index: jax.Array,  # [] int32
 ) -> tuple[jax.Array, jax.Array]:
-    """Write the new keys/values at slots [index, index + T)."""
-    k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
-    v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+    """Write the new keys/values at slots [index, index + T); returns the caches ("bhsd")."""
+    put = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
+        cache, new.transpose(0, 2, 1, 3).astype(cache.dtype), index, axis=2)
+    k, v = put(cache_k, k), put(cache_v, v)
     return k, v
 
 

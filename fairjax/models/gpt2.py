@@ -168,7 +168,7 @@ class GPT2Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, layer_cache, cache_index):
-        """x: [B, T, d]; mask: [B, 1, T, S] bool; layer_cache: (k, v) [B, S_max, H, Dh] or None."""
+        """x: [B, T, d]; mask: [B, 1, T, S] bool; layer_cache: (k, v) [B, H, S_max, Dh] or None."""
         c = self.config
         b, t, d = x.shape
         out_std = c.initializer_range / math.sqrt(2 * c.num_layers)
@@ -181,6 +181,7 @@ class GPT2Attention(nn.Module):
         if c.scale_attn_by_inverse_layer_idx:
             scale /= float(self.layer_idx + 1)
         y = common.attention(q, k, v, mask, scale, impl=c.attention_impl,
+                             kv_layout="bshd" if layer_cache is None else "bhsd",
                              dropout=common.attention_dropout(c.attn_pdrop, self.deterministic))
         y = _dense(c, d, "c_proj", std=out_std)(y.reshape(b, t, d))
         return nn.Dropout(c.resid_pdrop)(y, deterministic=self.deterministic), new_cache

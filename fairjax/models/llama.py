@@ -221,6 +221,7 @@ class LlamaAttention(nn.Module):
         if layer_cache is not None:
             k, v = new_cache = common.update_cache_layer(*layer_cache, k, v, cache_index)
         y = common.attention(q, k, v, mask, 1.0 / math.sqrt(c.head_dim), impl=c.attention_impl,
+                             kv_layout="bshd" if layer_cache is None else "bhsd",
                              dropout=common.attention_dropout(c.attention_dropout,
                                                               self.deterministic))
         y = _dense(c, c.hidden_size, "o_proj", c.attention_bias)(y.reshape(b, t, -1))
