@@ -27,6 +27,9 @@ def base_config(algorithm: str) -> ConfigDict:
     c.model.base = ""  # HF dir supplying config.json + tokenizer for .pkl checkpoints
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
     c.model.remat = "none"  # activation rematerialisation per block: none | block | dots
+    # attention kernel: xla (exact einsum, any device) | cudnn (fused flash attention, GPU bf16:
+    # 1.9x faster BC steps for GPT-2 medium 16x1024 on an H100) | auto (jax.nn's choice)
+    c.model.attention = "xla"
     c.model.demo_size = "tiny"  # GPT-2 size preset used by model.init="demo-tiny"
 
     c.data = ConfigDict()

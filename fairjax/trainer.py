@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -667,7 +667,7 @@ def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None):
         source = Path(cfg.init.policy) / rd.MODEL_DIR
     if source is not None:
         mcfg, params, tok = load_model_dir(source, dtype=cfg.model.dtype)
-        mcfg = mcfg.replace(remat=cfg.model.remat)
+        mcfg = mcfg.replace(remat=cfg.model.remat, attention_impl=cfg.model.attention)
     elif cfg.model.init == "demo-tiny":
         from fairjax.data.jobs import JobsDataset
         from fairjax.models.gpt2 import PRESETS, init_params
@@ -677,12 +677,13 @@ def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None):
         tok = demo_tokenizer([e.prompt + "\n" + e.response for e in ds])
         mcfg = PRESETS[cfg.model.demo_size].replace(
             vocab_size=len(tok), dtype=cfg.model.dtype, remat=cfg.model.remat,
+            attention_impl=cfg.model.attention,
             max_positions=max(PRESETS[cfg.model.demo_size].max_positions, cfg.data.max_len))
         params = jax.device_get(init_params(mcfg, jax.random.PRNGKey(cfg.seed)))
     else:
         module, params, tok = load(cfg.model.init, base=cfg.model.base or None,
                                    dtype=cfg.model.dtype)
-        mcfg = module.config.replace(remat=cfg.model.remat)
+        mcfg = module.config.replace(remat=cfg.model.remat, attention_impl=cfg.model.attention)
     return mcfg, module_for(mcfg), params, tok
 
 
@@ -692,6 +693,23 @@ def _init_policy_params(cfg: Any):
     step = cfg.init.step if cfg.init.step in ("best", "latest") else int(cfg.init.step)
     _, params = rd.restore_policy_params(cfg.init.policy, step)
     return params
+
+
+def ilql_config(cfg: Any):
+    """`agents.ilql.ILQLConfig` from a config's `ilql` block."""
+    from fairjax.agents import ilql
+    from fairjax.losses.ilql import ILQLHparams
+
+    i = cfg.ilql
+    hp = ILQLHparams(gamma=i.gamma, tau=i.tau, cql_temp=i.cql_temp, beta=i.beta,
+                     exp_weights=i.exp_weights, clip_weight=i.clip_weight,
+                     transition_weight=i.transition_weight, dm_margin=i.dm_margin,
+                     double_q=i.double_q, awac_weight=i.awac_weight, v_weight=i.v_weight,
+                     q_weight=i.q_weight, cql_weight=i.cql_weight, dm_weight=i.dm_weight,
+                     mc_returns=i.mc_returns)
+    return ilql.ILQLConfig(hparams=hp, alpha=i.alpha, hard_update_every=i.hard_update_every or None,
+                           separate_policy=i.separate_policy, separate_target=i.separate_target,
+                           detach_v=i.detach_v, detach_q=i.detach_q, train_dropout=i.train_dropout)
 
 
 def build_algorithm(cfg: Any, module, mcfg, base_params, policy_params=None) -> Algorithm:
@@ -706,18 +724,8 @@ def build_algorithm(cfg: Any, module, mcfg, base_params, policy_params=None) -> 
         return lm.make_algorithm(module, c, policy)
     if cfg.algorithm == "ilql":
         from fairjax.agents import ilql
-        from fairjax.losses.ilql import ILQLHparams
 
-        i = cfg.ilql
-        hp = ILQLHparams(gamma=i.gamma, tau=i.tau, cql_temp=i.cql_temp, beta=i.beta,
-                         exp_weights=i.exp_weights, clip_weight=i.clip_weight,
-                         transition_weight=i.transition_weight, dm_margin=i.dm_margin,
-                         double_q=i.double_q, awac_weight=i.awac_weight, v_weight=i.v_weight,
-                         q_weight=i.q_weight, cql_weight=i.cql_weight, dm_weight=i.dm_weight,
-                         mc_returns=i.mc_returns)
-        c = ilql.ILQLConfig(hparams=hp, alpha=i.alpha, hard_update_every=i.hard_update_every or None,
-                            separate_policy=i.separate_policy, separate_target=i.separate_target,
-                            detach_v=i.detach_v, detach_q=i.detach_q, train_dropout=i.train_dropout)
+        c = ilql_config(cfg)
         init = lambda rng: ilql.init_from_bc(c, policy, base_params, rng,  # noqa: E731
                                              mcfg.hidden_size, mcfg.vocab_size)
         return ilql.make_algorithm(module, c, init)
@@ -818,10 +826,23 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
 
 
 # =========================================================================== run-dir policy
-def restore_policy(run_dir: str | os.PathLike, step: Any = None) -> tuple[Any, PyTree]:
-    """(model_config, policy LM params as numpy) of a run dir's checkpoint `step`
-    (None/"best" = lowest eval loss, else latest; "latest"; or an int). Rebuilds the objective
-    from config.json + model/ abstractly and restores only the params and frozen items."""
+class RestoredRun(NamedTuple):
+    """A run dir's checkpoint: its config, model and objective with trained `params`/`frozen`."""
+
+    config: Any
+    model_config: Any
+    module: Any
+    algorithm: Algorithm
+    params: PyTree
+    frozen: PyTree
+    tokenizer: Any
+    step: int
+
+
+def restore_run(run_dir: str | os.PathLike, step: Any = None) -> RestoredRun:
+    """Checkpoint `step` of a run dir (None/"best" = lowest eval loss, else latest; "latest"; or
+    an int): rebuilds the objective from config.json + model/ abstractly and restores only the
+    params and frozen items onto this host's first device (any saving topology)."""
     import orbax.checkpoint as ocp
 
     from fairjax.io.checkpoint import load_model_dir
@@ -829,9 +850,9 @@ def restore_policy(run_dir: str | os.PathLike, step: Any = None) -> tuple[Any, P
 
     run_dir = Path(run_dir).absolute()
     cfg = rd.load_config(run_dir)
-    mcfg, base, _ = load_model_dir(run_dir / rd.MODEL_DIR)
-    algorithm = build_algorithm(cfg, module_for(mcfg), mcfg, base)
-    # Restore onto this host's first device, whatever topology saved the checkpoint.
+    mcfg, base, tok = load_model_dir(run_dir / rd.MODEL_DIR)
+    module = module_for(mcfg)
+    algorithm = build_algorithm(cfg, module, mcfg, base)
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     params, frozen = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
@@ -844,8 +865,15 @@ def restore_policy(run_dir: str | os.PathLike, step: Any = None) -> tuple[Any, P
             **{k: ocp.args.StandardRestore(t) for k, t in trees.items()}))
     finally:
         manager.close()
-    _, lm_params = algorithm.policy(r["params"], r["frozen"] if "frozen" in trees else frozen)
-    return mcfg, jax.tree.map(np.asarray, jax.device_get(lm_params))
+    return RestoredRun(cfg, mcfg, module, algorithm, r["params"],
+                       r["frozen"] if "frozen" in trees else frozen, tok, int(s))
+
+
+def restore_policy(run_dir: str | os.PathLike, step: Any = None) -> tuple[Any, PyTree]:
+    """(model_config, policy LM params as numpy) of a run dir's checkpoint (see `restore_run`)."""
+    run = restore_run(run_dir, step)
+    _, lm_params = run.algorithm.policy(run.params, run.frozen)
+    return run.model_config, jax.tree.map(np.asarray, jax.device_get(lm_params))
 
 
 def load_policy_params(run_dir: str | os.PathLike, step: Optional[int] = None) -> PyTree:

@@ -1,0 +1,386 @@
+"""Evaluate rewrites: `python -m fairjax.evaluate --config=configs/eval.py [--config.x=...]`.
+
+FMs-at-work `eval_policy` + `distill_policy_eval` + `impact_ratio_calc` in one resumable command:
+
+1. load the systems: `checkpoint` (a fairjax run dir — for an ILQL run each `variants` entry
+   `name:adv_weight` decodes with the three trunks and β = adv_weight, β = 0 being the policy
+   trunk alone, i.e. the BC policy when awac_weight = 0; other sources — fairjax model dir, HF dir,
+   FMs-at-work BC `.pkl` with `base` — sample from the LM), plus `extra_checkpoints`
+   (`name=path,...`, each sampled plainly);
+2. read the eval postings (`data.eval`; "" = the checkpoint run's eval split), build each prompt
+   with the job template, and rewrite **every prompt once, in order** (upstream drew prompts with
+   replacement);
+3. score the original and every rewrite with the same scorer (diversity reward with its share
+   distances, selection and impact ratios per group and four-fifths flags; gender-coded wording
+   verdict; PII; length) and each system's own per-token NLL of the original and of its rewrite;
+4. write OUTPUT_DIR/eval_logs.jsonl (one row per prompt, all fields), summary.json (headline means
+   with bootstrap CIs and paired original→rewrite differences) and report/ (`eval.report`:
+   Markdown + reward histograms, impact-ratio bars with the 0.8 line, verdict shifts).
+
+Resumable: rows are appended a batch at a time; a re-run keeps the rows already written (a
+truncated last line from a crash is dropped) and continues after them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+LOG_FILE = "eval_logs.jsonl"
+SUMMARY_FILE = "summary.json"
+REPORT_DIR = "report"
+HEADLINE = ("reward", "ir_female", "ir_male", "has_pii", "n_chars", "nll", "nll_original")
+
+
+def define_flags() -> None:
+    """Define this CLI's absl flags (only when run as a program)."""
+    from ml_collections import config_flags
+
+    if "config" in flags.FLAGS:
+        return
+    config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/eval.py).",
+                                    lock_config=True)
+    flags.mark_flags_as_required(["config"])
+
+
+@dataclasses.dataclass
+class System:
+    """One way of rewriting: a decoding policy, its tokenizer and generation settings."""
+
+    name: str
+    policy: Any  # fairjax.generate.Policy
+    tokenizer: Any
+    generation: Any  # fairjax.generate.GenerationConfig
+    nll_params: Any  # policy LM params for the NLL columns
+    source: str
+
+
+# ----------------------------------------------------------------------------- systems
+def _generation(cfg: Any, adv_weight: float = 0.0):
+    from fairjax.generate import GenerationConfig
+
+    g = cfg.generation
+    return GenerationConfig(max_new_tokens=g.max_new_tokens, mode=g.mode, temperature=g.temperature,
+                            top_k=g.top_k, top_p=g.top_p, num_beams=g.num_beams,
+                            num_generations=g.num_generations, adv_weight=float(adv_weight),
+                            exp_adv=g.exp_adv, adv_clip=g.adv_clip if g.adv_clip > 0 else None)
+
+
+def parse_variants(spec: str) -> list[tuple[str, float]]:
+    """"bc:0,ilql_b8:8" -> [("bc", 0.0), ("ilql_b8", 8.0)]."""
+    out = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        name, sep, w = item.partition(":")
+        try:
+            out.append((name.strip(), float(w) if sep else 0.0))
+        except ValueError:
+            raise ValueError(f"config.variants: {item!r} is not NAME:ADV_WEIGHT") from None
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names) or "original" in names:
+        raise ValueError(f"config.variants: names must be unique and not 'original': {names}")
+    return out
+
+
+def parse_named_paths(spec: str) -> list[tuple[str, str]]:
+    """"alol=runs/a,bc=runs/b" -> [("alol", "runs/a"), ("bc", "runs/b")]."""
+    out = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"config.extra_checkpoints: {item!r} is not NAME=PATH")
+        out.append((name.strip(), path.strip()))
+    return out
+
+
+def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
+    """The systems to evaluate and, for a run dir checkpoint, its eval data path."""
+    from fairjax.generate import Policy
+
+    systems: list[System] = []
+    eval_path = None
+    for i, (name, path) in enumerate([("", cfg.checkpoint)] + parse_named_paths(cfg.extra_checkpoints)):
+        if not path:
+            raise ValueError("config.checkpoint is empty: give a run dir, model dir, HF dir or .pkl")
+        primary = i == 0
+        if _is_run_dir(path):
+            from fairjax import trainer
+
+            run = trainer.restore_run(path, None if cfg.step == "best" else
+                                      (cfg.step if cfg.step == "latest" else int(cfg.step)))
+            module, lm = run.algorithm.policy(run.params, run.frozen)
+            if primary:
+                eval_path = _run_eval_path(run.config, path)
+            if primary and run.config.algorithm == "ilql":
+                ic = trainer.ilql_config(run.config)
+                for vname, w in parse_variants(cfg.variants):
+                    pol = Policy.ilql(module, ic, run.params, run.frozen) if w else Policy.lm(module, lm)
+                    systems.append(System(vname, pol, run.tokenizer, _generation(cfg, w), lm, path))
+                continue
+            pol, tok = Policy.lm(module, lm), run.tokenizer
+        else:
+            from fairjax.models import load
+
+            module, lm, tok = load(path, base=cfg.base or None)
+            pol = Policy.lm(module, lm)
+        label = name or (parse_variants(cfg.variants)[0][0] if cfg.variants else "policy")
+        systems.append(System(label, pol, tok, _generation(cfg), lm, path))
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise ValueError(f"system names collide: {names}")
+    return systems, eval_path
+
+
+def _is_run_dir(path: str) -> bool:
+    from fairjax.io.run_dir import is_run_dir
+
+    return is_run_dir(path)
+
+
+def _run_eval_path(run_cfg: Any, run_dir: str) -> Optional[str]:
+    if run_cfg.data.eval:
+        return run_cfg.data.eval
+    if run_cfg.data.train:
+        return None
+    demo = Path(run_dir) / "data" / "jobs_eval.jsonl"
+    return str(demo) if demo.is_file() else None
+
+
+# ----------------------------------------------------------------------------- scoring
+def build_scorer(cfg: Any, run_dir_hint: Optional[str] = None):
+    """DiversityScorer over `scorer.pools` (comma-separated JSONL; "" = the demo candidates)."""
+    from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
+    from fairjax.rewards.embedders import HashingTfidfEmbedder
+    from fairjax.rewards.pool import CandidatePool, load_pool
+
+    paths = [p.strip() for p in cfg.scorer.pools.split(",") if p.strip()]
+    if not paths:
+        demo = Path(run_dir_hint or "") / "data" / "candidates.jsonl"
+        if not demo.is_file():
+            from fairjax.data.demo import write_demo
+
+            d = Path(cfg.output_dir) / "demo_data"
+            write_demo(d, seed=0)
+            demo = d / "candidates.jsonl"
+        paths = [str(demo)]
+    pool = CandidatePool.concat([load_pool(p) for p in paths])
+    s = cfg.scorer
+    dcfg = DiversityConfig(k=s.k, select_k=s.select_k, distance=s.distance,
+                           gender_target=s.gender_target, region_target=s.region_target)
+    return DiversityScorer(pool, HashingTfidfEmbedder(n_features=s.n_features), dcfg,
+                           cache_dir=s.cache_dir or None)
+
+
+def score_texts(texts: Sequence[str], scorer) -> list[dict]:
+    """Per-text score dicts (reward, shares, ir_*/sr_*, four-fifths flags, verdict, PII, length)."""
+    from fairjax.score import score
+
+    rows, _ = score([{"id": str(i), "text": t} for i, t in enumerate(texts)], scorer)
+    for r, t in zip(rows, texts):
+        r.pop("id")
+        r["n_chars"] = len(t)
+        r["has_pii"] = bool(r["pii_per_char"] > 0)
+    return rows
+
+
+_NLL_FNS: dict = {}
+
+
+def response_nll(policy_module, lm_params, tok, prompts: Sequence[str], responses: Sequence[str],
+                 max_len: int, batch_size: int = 16) -> list[float]:
+    """Mean per-token NLL of each `response</a>` after `<s>{prompt}</s>` under the LM (prompt
+    trimmed from the left to fit `max_len`; the response is cut to fit when it alone is too long)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from fairjax.data.layout import bucket_for, prompt_tokens
+
+    key = id(policy_module)
+    if key not in _NLL_FNS:
+        def nll(params, ids, mask, target_mask):
+            logits = policy_module.apply({"params": params}, ids, mask).logits[:, :-1]
+            logp = jax.nn.log_softmax(logits, -1)
+            tok_lp = jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+            w = target_mask[:, 1:]
+            return -(tok_lp * w).sum(-1) / jnp.maximum(w.sum(-1), 1)
+        _NLL_FNS[key] = jax.jit(nll)
+    fn = _NLL_FNS[key]
+    rows = []
+    for p, r in zip(prompts, responses):
+        resp = tok.encode_text(r)[: max_len - 3] + [tok.eoa_id]
+        pr = prompt_tokens(tok, p, max_len=max(2, max_len - len(resp)))
+        rows.append((np.concatenate([pr, np.asarray(resp, np.int32)]), len(pr)))
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        width = bucket_for(max(len(x) for x, _ in chunk), (64, 128, 256, 512, 1024, 2048, 4096))
+        ids = np.full((batch_size, width), tok.pad_id, np.int32)
+        mask = np.zeros((batch_size, width), np.int32)
+        tmask = np.zeros((batch_size, width), np.float32)
+        for j, (x, n_prompt) in enumerate(chunk):
+            ids[j, :len(x)], mask[j, :len(x)], tmask[j, n_prompt:len(x)] = x, 1, 1.0
+        out += [float(v) for v in np.asarray(fn(lm_params, ids, mask, tmask))[:len(chunk)]]
+    return out
+
+
+# ----------------------------------------------------------------------------- log file
+def read_log(path: Path) -> list[dict]:
+    """Rows already written; a truncated (crash) last line is dropped and the file repaired."""
+    if not path.is_file():
+        return []
+    rows, good_bytes = [], 0
+    with open(path, "rb") as f:
+        data = f.read()
+    for line in data.splitlines(keepends=True):
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("no newline")
+            rows.append(json.loads(line))
+            good_bytes += len(line)
+        except ValueError:
+            break
+    if good_bytes != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return rows
+
+
+def _append(path: Path, rows: Sequence[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- main
+def evaluate(cfg: Any) -> dict:
+    """Run the evaluation described by `cfg` (configs/eval.py); returns the summary dict."""
+    import jax
+
+    from fairjax.data.jobs import JobsDataset
+    from fairjax.eval.report import summarize_systems, write_report
+    from fairjax.generate import generate_texts
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    systems, run_eval = load_systems(cfg)
+    eval_path = cfg.data.eval or run_eval
+    if not eval_path:
+        raise ValueError("config.data.eval is empty and the checkpoint is not a run dir with an "
+                         "eval split: give the eval JSONL/CSV")
+    ds = JobsDataset.from_file(eval_path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
+    examples = list(ds)[: cfg.limit or None]
+    if not examples:
+        raise ValueError(f"{eval_path}: no postings to evaluate")
+    log = out / LOG_FILE
+    done = read_log(log)
+    for i, row in enumerate(done):
+        if row.get("index") != i or row.get("id") != examples[i].id:
+            raise ValueError(f"{log}:{i + 1}: row for {row.get('id')!r} does not match prompt "
+                             f"{i} ({examples[i].id!r}) of {eval_path}: use a new output_dir")
+    hint = cfg.checkpoint if _is_run_dir(cfg.checkpoint) else None
+    scorer = build_scorer(cfg, hint)
+    rng = jax.random.PRNGKey(cfg.seed)
+    chunk = cfg.batch_size * max(1, cfg.chunk_batches)
+    t0, n_new = time.perf_counter(), 0
+    for start in range(len(done), len(examples), chunk):
+        batch = examples[start:start + chunk]
+        prompts = [e.prompt for e in batch]
+        originals = [e.response for e in batch]
+        rows = [{"index": start + j, "id": e.id, "prompt": e.prompt,
+                 "original": {"text": e.response}} for j, e in enumerate(batch)]
+        for s in systems:
+            key = jax.random.fold_in(jax.random.fold_in(rng, start), zlib.crc32(s.name.encode()) % (2 ** 31))
+            gens = generate_texts(s.policy, s.tokenizer, prompts, s.generation, rng=key,
+                                  batch_size=cfg.batch_size,
+                                  max_prompt_tokens=cfg.max_prompt_tokens or None)
+            texts = [g["text"] for g in gens]
+            max_len = s.policy.model.config.max_positions
+            nll = response_nll(s.policy.model, s.nll_params, s.tokenizer, prompts, texts, max_len,
+                               cfg.batch_size)
+            nll_o = response_nll(s.policy.model, s.nll_params, s.tokenizer, prompts, originals,
+                                 max_len, cfg.batch_size)
+            for row, g, sc, a, b in zip(rows, gens, score_texts(texts, scorer), nll, nll_o):
+                row[s.name] = {"text": g["text"], **sc, "nll": a, "nll_original": b,
+                               **{k: g[k] for k in ("finished", "log_prob", "kl", "adv_sum",
+                                                    "num_new_tokens")}}
+        for row, sc in zip(rows, score_texts(originals, scorer)):
+            row["original"].update(sc)
+        _append(log, rows)
+        n_new += len(rows)
+        print(f"evaluate: {start + len(rows)}/{len(examples)} prompts "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    rows = read_log(log)
+    names = ["original"] + [s.name for s in systems]
+    by_system = {n: [{k: v for k, v in r[n].items() if k != "text"} for r in rows] for n in names}
+    meta = {"checkpoint": cfg.checkpoint, "extra_checkpoints": cfg.extra_checkpoints,
+            "eval_data": eval_path, "n_prompts": len(rows), "systems": names,
+            "scorer": {"pool": scorer.pool.describe(), "embedder": scorer.embedder.id},
+            "generation": {s.name: dataclasses.asdict(s.generation) for s in systems}}
+    paths = write_report(out / REPORT_DIR, by_system, meta, n_boot=cfg.n_boot, seed=cfg.seed,
+                         title="fairjax evaluation: original postings vs rewrites")
+    numbers = summarize_systems(by_system, "original", n_boot=cfg.n_boot, seed=cfg.seed)
+    summary = headline(numbers, meta)
+    summary["report"] = paths
+    with open(out / SUMMARY_FILE, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1, default=float)
+        f.write("\n")
+    return summary
+
+
+def headline(numbers: dict, meta: dict) -> dict:
+    """summary.json: per system the headline means (with bootstrap CIs), four-fifths violation
+    rates, verdict counts, and the paired change vs the original postings."""
+    out = {**meta, "systems": {}}
+    for name, entry in numbers["systems"].items():
+        m = entry["metrics"]
+        sys_out = {k: {x: m[k][x] for x in ("mean", "ci_low", "ci_high", "n")}
+                   for k in HEADLINE if k in m}
+        sys_out["four_fifths_violation_rate"] = entry.get("four_fifths_violation_rate", {})
+        sys_out["verdict_counts"] = entry.get("verdict_counts", {})
+        comp = numbers["comparisons"].get(name, {})
+        sys_out["vs_original"] = {k: {x: comp[k][x] for x in ("mean_diff", "ci_low", "ci_high",
+                                                                "win_rate")}
+                                  for k in ("reward", "ir_female", "ir_male") if k in comp}
+        out["systems"][name] = sys_out
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{'system':14s} {'reward':>22s} {'IR female':>10s} {'IR male':>8s} "
+             f"{'4/5 viol. (F)':>13s} {'Δreward vs original':>26s}"]
+    for name, s in summary["systems"].items():
+        r = s.get("reward", {})
+        d = s.get("vs_original", {}).get("reward")
+        ff = s.get("four_fifths_violation_rate", {}).get("female", float("nan"))
+        lines.append(
+            f"{name:14s} {r.get('mean', float('nan')):8.3f} [{r.get('ci_low', float('nan')):6.2f},"
+            f"{r.get('ci_high', float('nan')):6.2f}] "
+            f"{s.get('ir_female', {}).get('mean', float('nan')):10.3f} "
+            f"{s.get('ir_male', {}).get('mean', float('nan')):8.3f} {ff:13.1%} "
+            + (f"{d['mean_diff']:+8.3f} [{d['ci_low']:+.2f},{d['ci_high']:+.2f}]" if d else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    summary = evaluate(FLAGS.config)
+    print(format_summary(summary))
+    print(f"report: {summary['report']['markdown']}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, argv=sys.argv)
