@@ -43,4 +43,16 @@ def get_config():
     c.ilql.generation.temperature = 1.0  # sampling temperature
     c.ilql.generation.top_k = 0  # 0 = off
     c.optim.weight_decay = 0.1  # hx1-dev ILQL
+
+    # The FMs-at-work workflow in one command (fairjax/pipeline.py): BC -> ILQL -> evaluation.
+    # --config.pipeline.bc_warm_start=False --config.pipeline.evaluate=False = plain ILQL training.
+    c.pipeline = common.ConfigDict()
+    c.pipeline.bc_warm_start = True  # train RUN_DIR/bc first (skipped when init.policy is set)
+    c.pipeline.bc_steps = 300  # BC optimizer steps
+    c.pipeline.bc_lr = 1e-3  # BC peak learning rate (tiny demo model from scratch)
+    c.pipeline.evaluate = True  # generate + score + report into RUN_DIR/eval after training
+    c.pipeline.adv_weights = (1.0, 8.0)  # ILQL betas evaluated beside the BC policy (beta 0)
+    c.pipeline.eval_limit = 0  # eval postings (0 = the whole eval split)
+    c.pipeline.eval_pools = ""  # candidate pools for the scorer ("" = the demo candidates)
+    c.pipeline.eval_n_boot = 1000  # bootstrap resamples of the report's CIs
     return common.finish(c)

@@ -42,10 +42,15 @@ def main(argv: list[str]) -> None:
     parallel.initialize_distributed(cfg.distributed)
     if not FLAGS.verbose:  # Orbax/JAX INFO lines would drown the metric lines
         absl_logging.set_verbosity(absl_logging.WARNING)
-    result = trainer.train(cfg, FLAGS.run_dir)
+    from fairjax import pipeline
+
+    out = pipeline.run(cfg, FLAGS.run_dir)
+    result = out["train"]
     if parallel.is_main_process():
         print(f"done: {result.run_dir} step {result.step} best {result.best_step} "
               f"eval {result.eval_metrics.get('loss')}", flush=True)
+        if out["eval"]:
+            print(f"fairness report: {out['eval']['report']['markdown']}", flush=True)
 
 
 if __name__ == "__main__":

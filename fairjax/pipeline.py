@@ -1,0 +1,116 @@
+"""The FMs-at-work workflow behind `python -m fairjax.train --config=configs/ilql.py`:
+
+    BC (RUN_DIR/bc)  ->  ILQL from the BC policy (RUN_DIR)  ->  evaluation (RUN_DIR/eval)
+
+Stages are selected by the config's `pipeline` block (configs/ilql.py): `bc_warm_start` trains a
+BC policy first unless `init.policy` already names one; `evaluate` generates a rewrite of every
+eval posting with the BC policy (ILQL β = 0) and the ILQL-perturbed policy at each β in
+`pipeline.adv_weights`, scores them against the original postings and writes the report.
+Every stage resumes: a finished BC or ILQL run returns at once, the evaluation continues its
+eval_logs.jsonl. Configs without a `pipeline` block (or with every stage off) just train.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Optional
+
+from ml_collections import ConfigDict
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Fields the BC stage shares with the main run (same data, model, tokenizer, devices).
+SHARED = ("seed", "model", "data", "reward", "mesh", "distributed")
+
+
+def load_config_file(name: str):
+    """`configs/<name>.py`'s get_config() (unlocked)."""
+    path = CONFIG_DIR / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"fairjax_config_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    cfg.unlock()
+    return cfg
+
+
+def has_stages(cfg: Any) -> bool:
+    p = cfg.get("pipeline")
+    return p is not None and (p.bc_warm_start or p.evaluate)
+
+
+def bc_config(cfg: Any, run_dir: Path):
+    """The BC stage's config: configs/bc.py with the main run's shared fields and pipeline.bc_*."""
+    bc = load_config_file("bc")
+    for key in SHARED:
+        value = cfg[key]
+        bc[key] = ConfigDict(value.to_dict()) if isinstance(value, ConfigDict) else value
+    bc.optim.batch_size = cfg.optim.batch_size
+    bc.train.steps = cfg.pipeline.bc_steps
+    bc.optim.lr = cfg.pipeline.bc_lr
+    for key in ("progress", "tensorboard", "async_checkpoint", "log_every", "eval_every",
+                "eval_batches"):
+        bc.train[key] = cfg.train[key]
+    bc.train.save_every = cfg.pipeline.bc_steps
+    bc.run_dir = str(run_dir)
+    bc.lock()
+    return bc
+
+
+def eval_config(cfg: Any, run_dir: Path):
+    """configs/eval.py pointed at the ILQL run, variants bc (β=0) and ilql_b<β> per adv weight."""
+    ev = load_config_file("eval")
+    p = cfg.pipeline
+    ev.checkpoint = str(run_dir)
+    ev.output_dir = str(run_dir / "eval")
+    ev.seed = cfg.seed
+    ev.limit = p.eval_limit
+    weights = [float(w) for w in p.adv_weights]
+    ev.variants = ",".join(["bc:0"] + [f"ilql_b{w:g}:{w:g}" for w in weights if w > 0])
+    ev.generation.max_new_tokens = cfg.eval.max_new_tokens
+    ev.generation.temperature = cfg.ilql.generation.temperature
+    ev.generation.top_k = cfg.ilql.generation.top_k
+    ev.scorer.pools = p.eval_pools
+    ev.n_boot = p.eval_n_boot
+    ev.lock()
+    return ev
+
+
+def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
+    """Run the configured stages; returns {"bc": RunResult|None, "train": RunResult,
+    "eval": summary|None}."""
+    from fairjax import parallel, trainer
+
+    run_dir = Path(run_dir or cfg.run_dir).absolute()
+    out: dict = {"bc": None, "eval": None}
+    if not has_stages(cfg):
+        out["train"] = trainer.train(cfg, run_dir)
+        return out
+    cfg = cfg.copy_and_resolve_references()
+    cfg.unlock()
+    p = cfg.pipeline
+    if p.bc_warm_start and not cfg.init.policy:
+        bc_dir = run_dir / "bc"
+        _say(f"[pipeline 1/3] BC warm start -> {bc_dir}")
+        out["bc"] = trainer.train(bc_config(cfg, bc_dir), bc_dir)
+        cfg.init.policy = str(bc_dir)
+    _say(f"[pipeline 2/3] {cfg.algorithm.upper()} -> {run_dir}"
+         + (f" (policy from {cfg.init.policy})" if cfg.init.policy else ""))
+    cfg.lock()
+    out["train"] = trainer.train(cfg, run_dir)
+    if p.evaluate and cfg.algorithm == "ilql":
+        if parallel.is_main_process():
+            from fairjax import evaluate
+
+            ev = eval_config(cfg, run_dir)
+            _say(f"[pipeline 3/3] evaluation of {ev.variants} vs the original postings -> "
+                 f"{ev.output_dir}")
+            out["eval"] = evaluate.evaluate(ev)
+            _say(evaluate.format_summary(out["eval"]))
+    return out
+
+
+def _say(text: str) -> None:
+    from fairjax import parallel
+
+    if parallel.is_main_process():
+        print(text, flush=True)
