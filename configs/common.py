@@ -30,7 +30,8 @@ def base_config(algorithm: str) -> ConfigDict:
     # attention kernel: xla (exact einsum, any device) | cudnn (fused flash attention, GPU bf16:
     # 1.9x faster BC steps for GPT-2 medium 16x1024 on an H100) | auto (jax.nn's choice)
     c.model.attention = "xla"
-    c.model.demo_size = "tiny"  # GPT-2 size preset used by model.init="demo-tiny"
+    c.model.demo_size = "tiny"  # GPT-2 size preset used by model.init="demo-tiny" (tiny|mini|small|...)
+    c.model.demo_vocab_size = 1000  # BPE vocabulary trained on the train texts for "demo-tiny"
 
     c.data = ConfigDict()
     c.data.train = ""  # train JSONL/CSV file; "" = synthetic demo corpus written to RUN_DIR/data

@@ -60,6 +60,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("show", 20, "Per-posting rows to print (-1 = all).")
     flags.DEFINE_string("output", None, "Write per-posting results to this JSONL.")
     flags.DEFINE_string("summary_json", None, "Write the aggregate figures to this JSON file.")
+    flags.DEFINE_string("annotate", None, "Write a copy of --texts (JSONL) with the diversity reward "
+                        "in each record's 'reward' field (training data for BC/ILQL/A-LoL), "
+                        "and exit.")
 
 
 def _f(x: float) -> str:
@@ -158,6 +161,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.texts or not FLAGS.pool:
         raise app.UsageError("--texts and at least one --pool are required")
+    if FLAGS.annotate:
+        from fairjax.rewards.precompute import annotate_jsonl
+
+        n = annotate_jsonl(FLAGS.texts, FLAGS.annotate, build_scorer(), text_field=FLAGS.text_field)
+        print(f"wrote {n} records with 'reward' to {FLAGS.annotate}")
+        return
     records = read_records(FLAGS.texts, text_field=FLAGS.text_field, clean=False)
     if FLAGS.limit is not None:
         records = records[: FLAGS.limit]

@@ -674,7 +674,8 @@ def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None):
 
         ds = JobsDataset.from_file(train_path, text_field=cfg.data.text_field,
                                    on_error=cfg.data.on_error)
-        tok = demo_tokenizer([e.prompt + "\n" + e.response for e in ds])
+        tok = demo_tokenizer([e.prompt + "\n" + e.response for e in ds],
+                             cfg.model.demo_vocab_size)
         mcfg = PRESETS[cfg.model.demo_size].replace(
             vocab_size=len(tok), dtype=cfg.model.dtype, remat=cfg.model.remat,
             attention_impl=cfg.model.attention,
