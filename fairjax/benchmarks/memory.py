@@ -1,0 +1,100 @@
+"""Train-step device memory: `python -m fairjax.bench memory --model=llama --size=7b --algo=ilql`.
+
+Compiles the trainer's step for abstract shapes only (`jax.ShapeDtypeStruct` everywhere: no
+weights are materialised, so 7B shapes work on a laptop) and reads XLA's
+`compiled.memory_analysis()`: arguments (params + optimizer state + frozen copies + batch),
+temporaries (activations, gradients) and outputs minus donated aliases. The estimate of the peak
+is arguments + temporaries + outputs − aliases, for one device holding the whole state (divide the
+state by the FSDP degree for sharded runs). With `--algo=all` it tabulates BC, ILQL (three trunks)
+and A-LoL (policy + frozen reference). The measured peak of the current device
+(`device.memory_stats()["peak_bytes_in_use"]`) is printed when the backend reports it.
+"""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+
+GIB = 2 ** 30
+
+
+def _algorithm_cfg(algo: str, remat: str):
+    from fairjax.pipeline import load_config_file
+
+    cfg = load_config_file(algo)
+    cfg.model.remat = remat
+    return cfg
+
+
+def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
+             remat: str) -> dict:
+    """Memory analysis (bytes) of one compiled train step of `algo` on preset `family/size`."""
+    from fairjax import trainer
+    from fairjax.benchmarks.forward import FAMILIES, make_config
+    from fairjax.benchmarks.train import synthetic_batch
+    from fairjax.models import build_model
+    from fairjax.optim import make_optimizer
+
+    mcfg = make_config(family, size, dtype).replace(remat=remat)
+    mod = FAMILIES[family][0]
+    module = build_model(mcfg)
+    cfg = _algorithm_cfg(algo, remat)
+
+    def init(rng):  # traced: weights are never materialised
+        base = mod.init_params(mcfg, rng)
+        return trainer.build_algorithm(cfg, module, mcfg, base).init(rng)
+
+    rng = jax.random.PRNGKey(0)
+    params, frozen = jax.eval_shape(init, rng)
+    # The loss closes over the model and config only; its init is never called here.
+    algorithm = trainer.build_algorithm(cfg, module, mcfg, params)
+    optimizer = make_optimizer(cfg.optim, 1000)
+    state = {"params": params, "opt_state": jax.eval_shape(optimizer.init, params),
+             "frozen": frozen, "step": jax.ShapeDtypeStruct((), jnp.int32),
+             "rng": jax.ShapeDtypeStruct(rng.shape, rng.dtype)}
+    b = synthetic_batch(batch, seq, mcfg.vocab_size)
+    b = {k: jax.ShapeDtypeStruct((1,) + v.shape, v.dtype) for k, v in b.items()}
+    if algo == "alol":
+        b["sequence_reward"] = jax.ShapeDtypeStruct((1, batch), jnp.float32)
+        b["advantage"] = jax.ShapeDtypeStruct((1, batch), jnp.float32)
+        b["prompt_mask"] = jax.ShapeDtypeStruct((1, batch, seq), jnp.float32)
+    step = jax.jit(trainer.make_train_step(algorithm, optimizer), donate_argnums=(0,))
+    m = step.lower(state, b).compile().memory_analysis()
+    n = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))  # noqa: E731
+    out = {"algo": algo, "params_bytes": n(params), "frozen_bytes": n(frozen),
+           "opt_state_bytes": n(state["opt_state"])}
+    if m is not None:
+        out.update(argument_bytes=m.argument_size_in_bytes, temp_bytes=m.temp_size_in_bytes,
+                   output_bytes=m.output_size_in_bytes, alias_bytes=m.alias_size_in_bytes)
+        out["peak_estimate_bytes"] = (m.argument_size_in_bytes + m.temp_size_in_bytes
+                                      + m.output_size_in_bytes - m.alias_size_in_bytes)
+    return out
+
+
+def measured_peak() -> float | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def run(FLAGS) -> None:
+    batch, seq = FLAGS.batch or 1, FLAGS.seq or 512
+    dtype = FLAGS.dtype or "bfloat16"
+    algos = ("bc", "ilql", "alol") if FLAGS.algo == "all" else (FLAGS.algo,)
+    remat = getattr(FLAGS, "remat", None) or "block"
+    rows = [estimate(FLAGS.model, FLAGS.size, a, batch, seq, dtype, remat) for a in algos]
+    print(f"train-step memory {FLAGS.model}-{FLAGS.size} batch {batch} x {seq} {dtype} "
+          f"remat={remat}, one device holding the whole state (AdamW, float32 params)")
+    print(f"  {'algo':6s} {'params':>9s} {'frozen':>9s} {'adam':>9s} {'temps':>9s} {'peak est.':>10s}")
+    for r in rows:
+        g = lambda k: r.get(k, float("nan")) / GIB  # noqa: E731
+        print(f"  {r['algo']:6s} {g('params_bytes'):8.2f}G {g('frozen_bytes'):8.2f}G "
+              f"{g('opt_state_bytes'):8.2f}G {g('temp_bytes'):8.2f}G {g('peak_estimate_bytes'):9.2f}G")
+    peak = measured_peak()
+    print(f"  measured peak on {jax.devices()[0].device_kind}: "
+          + (f"{peak / GIB:.2f} GiB" if peak else "n/a (backend reports no memory stats)"))
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as fh:
+            json.dump({"model": FLAGS.model, "size": FLAGS.size, "batch": batch, "seq": seq,
+                       "dtype": dtype, "remat": remat, "rows": rows, "measured_peak": peak}, fh,
+                      indent=2)
