@@ -77,7 +77,7 @@ def base_config(algorithm: str) -> ConfigDict:
     c.train.check_finite = True  # stop with an error at the first non-finite loss
 
     c.eval = ConfigDict()
-    c.eval.generate = False  # also generate on eval prompts and score them (needs generate.py)
+    c.eval.generate = False  # at each eval, rewrite eval.num_prompts postings; log gen_reward (diversity)
     c.eval.num_prompts = 8  # prompts per generation eval
     c.eval.max_new_tokens = 64  # generation length
 

@@ -820,10 +820,54 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
     policy = _init_policy_params(cfg)
     algorithm = build_algorithm(cfg, module, mcfg, params, policy)
     train_it, eval_fn, per_epoch = build_data(cfg, tok, train_path, eval_path)
+    gen_fn = None
+    if cfg.eval.generate and eval_path:
+        gen_fn = make_eval_generate_fn(cfg, run_dir, algorithm, module, tok, eval_path)
     return Setup(algorithm=algorithm, train_data=train_it, eval_data=eval_fn,
                  rules=mcfg.partition_rules(), model_config=mcfg, tokenizer=tok,
                  initial_lm_params=policy if policy is not None else params,
-                 steps_per_epoch=per_epoch)
+                 steps_per_epoch=per_epoch, eval_generate_fn=gen_fn)
+
+
+def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module, tok,
+                          eval_path: str):
+    """`eval.generate`: at each evaluation, rewrite the first `eval.num_prompts` eval postings
+    (ILQL: perturbed with `ilql.generation.adv_weight`) and report the mean diversity reward of
+    the rewrites (`gen_reward`, pool = `reward.pool` or the demo candidates), their length and
+    the fraction that ended with `</a>`. Single-process runs only (skipped otherwise)."""
+    from fairjax.data.jobs import JobsDataset
+    from fairjax.generate import GenerationConfig, Policy, generate_texts
+    from fairjax.rewards.diversity import DiversityScorer
+    from fairjax.rewards.pool import load_pool
+
+    prompts = [e.prompt for e in JobsDataset.from_file(eval_path, text_field=cfg.data.text_field,
+                                                       on_error="skip")][: cfg.eval.num_prompts]
+    pool_path = cfg.reward.pool or str(run_dir / "data" / "candidates.jsonl")
+    if not os.path.isfile(pool_path):
+        raise ConfigError(f"config.eval.generate needs a candidate pool: config.reward.pool="
+                          f"{cfg.reward.pool!r} (no demo candidates at {pool_path})")
+    scorer = DiversityScorer(load_pool(pool_path))
+    ilql_cfg = ilql_config(cfg) if cfg.algorithm == "ilql" else None
+    g = cfg.ilql.generation if ilql_cfg is not None else None
+    gen_cfg = GenerationConfig(max_new_tokens=cfg.eval.max_new_tokens,
+                               temperature=g.temperature if g else 1.0, top_k=g.top_k if g else 0,
+                               adv_weight=g.adv_weight if g else 0.0)
+
+    def fn(params, frozen, step):
+        if jax.process_count() > 1:
+            return {}
+        if ilql_cfg is not None:
+            policy = Policy.ilql(module, ilql_cfg, params, frozen)
+        else:
+            policy = Policy.lm(*algorithm.policy(params, frozen))
+        rows = generate_texts(policy, tok, prompts, gen_cfg, rng=jax.random.PRNGKey(int(step)),
+                              batch_size=max(1, min(16, len(prompts))))
+        texts = [r["text"] for r in rows]
+        return {"gen_reward": float(np.mean(scorer.score_texts(texts))),
+                "gen_new_tokens": float(np.mean([r["num_new_tokens"] for r in rows])),
+                "gen_finished": float(np.mean([r["finished"] for r in rows]))}
+
+    return fn
 
 
 # =========================================================================== run-dir policy

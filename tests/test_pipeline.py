@@ -35,3 +35,16 @@ def test_stages_off_is_plain_training():
     ev = pipeline.eval_config(small_config("ilql", **{"pipeline.adv_weights": (0.0, 2.0, 8.0)}),
                               pipeline.Path("/r"))
     assert ev.variants == "bc:0,ilql_b2:2,ilql_b8:8" and ev.output_dir == "/r/eval"
+
+
+@pytest.mark.parametrize("algo", ["bc", "ilql"])
+def test_eval_generate_reports_reward_of_generations(tmp_path, algo):
+    from fairjax import trainer
+
+    cfg = small_config(algo, **{"train.steps": 2, "train.eval_every": 2, "eval.generate": True,
+                                "eval.num_prompts": 3, "eval.max_new_tokens": 5})
+    trainer.train(cfg, tmp_path)
+    evals = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l).get("split") == "eval"]
+    assert evals and all(k in evals[-1] for k in ("gen_reward", "gen_new_tokens", "gen_finished"))
+    assert 1 <= evals[-1]["gen_new_tokens"] <= 5
