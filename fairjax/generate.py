@@ -186,13 +186,13 @@ def process_logits(logits: jax.Array,  # [R, V] float32
 
 def advantage_logits(q_min: jax.Array,  # [R, V] min of the target Q heads
                      v: jax.Array,  # [R]
-                     cfg: GenerationConfig) -> tuple[jax.Array, jax.Array]:
+                     cfg: GenerationConfig, adv_weight=None) -> tuple[jax.Array, jax.Array]:
     """(perturbation [R, V], advantage A = Q̂ − V [R, V]) per upstream `sample_raw` step 4."""
     adv = q_min - v[:, None]
+    w = jnp.float32(cfg.adv_weight) if adv_weight is None else adv_weight  # [] (may be traced)
     if cfg.exp_adv:
-        pert = cfg.adv_weight * adv
+        pert = w * adv
     else:
-        w = jnp.float32(cfg.adv_weight)
         pert = jnp.log(jnp.where(adv > 0, w, 1.0 - w))
     if cfg.adv_clip is not None:
         pert = jnp.minimum(pert, jnp.float32(cfg.adv_clip))
@@ -202,7 +202,8 @@ def advantage_logits(q_min: jax.Array,  # [R, V] min of the target Q heads
 def step_logits(policy_logits: jax.Array,  # [R, V]
                 q_min: Optional[jax.Array],  # [R, V] or None (plain LM)
                 v: Optional[jax.Array],  # [R]
-                pad_id: int, cfg: GenerationConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+                pad_id: int, cfg: GenerationConfig, adv_weight=None
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(full sampling logits, base logits, advantage) [R, V] each; pad is -inf in full and base."""
     is_pad = jnp.arange(policy_logits.shape[-1]) == pad_id
     base = jnp.where(is_pad, NEG_INF, policy_logits.astype(jnp.float32))
@@ -211,7 +212,7 @@ def step_logits(policy_logits: jax.Array,  # [R, V]
         full = full + process_logits(base, cfg.temperature, cfg.top_k, cfg.top_p)
     adv = jnp.zeros_like(base)
     if q_min is not None:
-        pert, adv = advantage_logits(q_min, v, cfg)
+        pert, adv = advantage_logits(q_min, v, cfg, adv_weight)
         if cfg.include_adv:
             full = full + jnp.where(is_pad, NEG_INF, pert)
     if not cfg.include_logits and q_min is None:
@@ -304,7 +305,8 @@ def _decode(policy: Policy, trunks: tuple, heads: dict, prompt_ids: jax.Array,
         return (s["t"] < n_new) & ~jnp.all(s["finished"])
 
     def body(s):
-        full, base, adv = step_logits(*_heads_at(policy, s["hidden"], s["logits"]), pad_id, cfg)
+        full, base, adv = step_logits(*_heads_at(policy, s["hidden"], s["logits"]), pad_id, cfg,
+                                      heads.get("adv_weight"))
         logp_full = jax.nn.log_softmax(full, axis=-1)
         logp_base = jax.nn.log_softmax(base, axis=-1)
         rng, key = jax.random.split(s["rng"])
@@ -377,8 +379,14 @@ def generate(policy: Policy, prompt_ids,  # [B, P] int32, left-padded
     if n > 1:
         prompt_ids, prompt_mask = (jnp.repeat(x, n, axis=0) for x in (prompt_ids, prompt_mask))
     static = dataclasses.replace(policy, trunks=(), heads=None)
-    fn = _compiled(static, cfg, int(eoa_id), int(pad_id), mesh)
-    out = fn(policy.trunks, policy.heads, prompt_ids, prompt_mask, rng)
+    heads = dict(policy.heads)
+    if policy.is_ilql:  # β is an argument, not a constant: one compilation serves every β
+        heads["adv_weight"] = jnp.float32(cfg.adv_weight)
+        fn = _compiled(static, dataclasses.replace(cfg, adv_weight=float("nan")), int(eoa_id),
+                       int(pad_id), mesh)
+    else:
+        fn = _compiled(static, cfg, int(eoa_id), int(pad_id), mesh)
+    out = fn(policy.trunks, heads, prompt_ids, prompt_mask, rng)
     if n > 1:
         score = cfg.rerank_adv_weight * out.adv_sum + cfg.rerank_logprob_weight * out.log_prob
         best = jnp.argmax(score.reshape(-1, n), axis=-1) + jnp.arange(score.shape[0] // n) * n

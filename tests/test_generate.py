@@ -230,3 +230,21 @@ def test_generate_texts_in_order_with_layout(fixtures_dir):
         assert r["tokens"] == alone["tokens"]  # batch composition and padding change nothing
         assert r["num_new_tokens"] == len(r["tokens"]) <= 3
         assert set(r) >= {"text", "finished", "log_prob", "kl", "adv_sum"}
+
+
+def test_one_compilation_serves_every_beta(upstream):
+    from fairjax import generate as G
+
+    pol, gen, _ = upstream
+    ids = gen["prompt_tokens"]
+    outs = []
+    for beta in (1.0, 8.0):
+        cfg = GenerationConfig(max_new_tokens=2, mode="greedy", adv_weight=beta)
+        outs.append(generate(pol, ids, np.ones_like(ids), jax.random.PRNGKey(0), cfg, eoa_id=-1,
+                             pad_id=int(gen["pad_token_id"])))
+        if beta == 1.0:
+            size = G._compiled.cache_info().currsize
+    assert G._compiled.cache_info().currsize == size  # no new program for the second beta
+    # beta 8's first token is the argmax of the fixture's perturbed logits
+    full = gen["full_logits"]
+    assert int(outs[1].tokens[0, 0]) == int(np.argmax(np.where(np.isfinite(full), full, -np.inf)))
