@@ -382,7 +382,7 @@ def generate(policy: Policy, prompt_ids,  # [B, P] int32, left-padded
     heads = dict(policy.heads)
     if policy.is_ilql:  # β is an argument, not a constant: one compilation serves every β
         heads["adv_weight"] = jnp.float32(cfg.adv_weight)
-        fn = _compiled(static, dataclasses.replace(cfg, adv_weight=float("nan")), int(eoa_id),
+        fn = _compiled(static, dataclasses.replace(cfg, adv_weight=0.0), int(eoa_id),
                        int(pad_id), mesh)
     else:
         fn = _compiled(static, cfg, int(eoa_id), int(pad_id), mesh)
