@@ -19,6 +19,11 @@ def get_config():
     c.dpo.label_smoothing = 0.0  # cDPO epsilon in [0, 0.5)
     c.dpo.loss_type = "sigmoid"  # sigmoid | ipo
     c.dpo.reference_free = False  # drop the reference log-ratio
-    c.dpo.min_margin = 0.0  # only pairs whose reward gap exceeds this
+    c.dpo.min_margin = 0.0  # only pairs whose reward gap exceeds this (derived pairs)
+    # Pairs: a JSONL of {"prompt", "chosen", "rejected"}; "" = derive them from the postings of
+    # data.train: each posting vs its gender-coded-wording counterfactual (lexicon rewriter),
+    # ranked by the diversity reward over reward.pool (fairjax/data/pairs.py).
+    c.dpo.pairs = ""
+    c.dpo.eval_pairs = ""  # eval pairs JSONL ("" = derived from data.eval when pairs are derived)
     c.optim.lr = 5e-5
     return common.finish(c)

@@ -752,9 +752,15 @@ def build_algorithm(cfg: Any, module, mcfg, base_params, policy_params=None) -> 
                               "unlikelihood / awr / rwr need token scores and control tokens)")
         hp = PHFHParams(objective=objective)
         return phf.make_algorithm(module, phf.PHFConfig(hparams=hp), policy, mcfg.hidden_size)
-    raise ConfigError(f"config.algorithm={cfg.algorithm!r}: training from the config is not wired "
-                      "yet (dpo needs a preference-pair data pipeline); use the fairjax.agents "
-                      "API with trainer.train(setup=...)")
+    if cfg.algorithm == "dpo":
+        from fairjax.agents import dpo
+        from fairjax.losses.dpo import DPOHParams
+
+        d = cfg.dpo
+        hp = DPOHParams(beta=d.beta, label_smoothing=d.label_smoothing, loss_type=d.loss_type,
+                        reference_free=d.reference_free)
+        return dpo.make_algorithm(module, dpo.DPOConfig(hparams=hp), policy)
+    raise ConfigError(f"config.algorithm={cfg.algorithm!r}: not one of {ALGORITHMS}")
 
 
 def _with_advantage(collate_fn, baseline: float):
@@ -782,6 +788,8 @@ def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str]):
         raise ConfigError(f"config.reward.field={cfg.reward.field!r}: the job reader takes rewards "
                           "from the 'reward' field; rename the field in the data")
     trunc = Truncation(max_len=cfg.data.max_len)
+    if cfg.algorithm == "dpo":
+        return build_pair_data(cfg, tok, train_path, eval_path, trunc)
 
     def episodes(path):
         ds = JobsDataset.from_file(path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
@@ -810,6 +818,53 @@ def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str]):
         eval_eps = episodes(eval_path)
         eval_fn = lambda: BatchIterator(eval_eps, cfg.optim.batch_size, shuffle=False,  # noqa: E731
                                         num_epochs=1, drop_remainder=False, **common)
+    return train_it, eval_fn, train_it.batches_per_epoch()
+
+
+def build_pair_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc):
+    """DPO batches: `dpo.pairs` JSONL ({prompt, chosen, rejected}), or reward-ranked
+    (posting, gender-coded counterfactual) pairs of the job data (`data.pairs.pairs_from_postings`,
+    diversity reward over `reward.pool`, default: the demo candidates beside the train file)."""
+    from fairjax.data.batching import BatchIterator
+    from fairjax.data.jobs import JobsDataset
+    from fairjax.data.pairs import layout_pairs, pair_collate, pairs_from_postings, read_pairs
+
+    scorer = None
+
+    def pairs(path, explicit):
+        nonlocal scorer
+        if explicit:
+            return read_pairs(path)
+        if scorer is None:
+            from fairjax.rewards.diversity import DiversityScorer
+            from fairjax.rewards.pool import load_pool
+
+            pool = cfg.reward.pool or os.path.join(os.path.dirname(train_path), "candidates.jsonl")
+            if not os.path.isfile(pool):
+                raise ConfigError(f"dpo pairs from postings need a candidate pool: "
+                                  f"config.reward.pool={cfg.reward.pool!r} (nothing at {pool})")
+            scorer = DiversityScorer(load_pool(pool))
+        ds = JobsDataset.from_file(path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
+        return pairs_from_postings([e.prompt for e in ds], [e.response for e in ds], scorer,
+                                   cfg.dpo.min_margin)
+
+    explicit = bool(cfg.dpo.pairs)
+    train = layout_pairs(tok, pairs(cfg.dpo.pairs or train_path, explicit), trunc)
+    if len(train) < cfg.optim.batch_size:
+        raise ConfigError(f"dpo: only {len(train)} preference pairs from "
+                          f"{cfg.dpo.pairs or train_path} (< batch_size {cfg.optim.batch_size})")
+    common = dict(buckets=tuple(cfg.data.buckets), process_index=jax.process_index(),
+                  process_count=jax.process_count(),
+                  collate_fn=pair_collate(tok.pad_id, tuple(cfg.data.buckets)))
+    rows = cfg.optim.batch_size * cfg.optim.grad_accum
+    train_it = BatchIterator(train, rows, seed=cfg.seed, shuffle=cfg.data.shuffle, **common)
+    eval_fn = None
+    ev_src = cfg.dpo.eval_pairs or (None if explicit else eval_path)
+    if ev_src:
+        ev = layout_pairs(tok, pairs(ev_src, bool(cfg.dpo.eval_pairs)), trunc)
+        if ev:
+            eval_fn = lambda: BatchIterator(ev, cfg.optim.batch_size, shuffle=False,  # noqa: E731
+                                            num_epochs=1, drop_remainder=False, **common)
     return train_it, eval_fn, train_it.batches_per_epoch()
 
 
