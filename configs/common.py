@@ -97,6 +97,15 @@ def base_config(algorithm: str) -> ConfigDict:
     # multi-process only: exit with an error when no step completes for this long (dead peer)
     c.distributed.step_timeout_s = 600
 
+    c.lora = ConfigDict()  # LoRA adapters on one frozen base (fairjax/models/lora.py)
+    c.lora.enabled = False  # bc / alol: adapters on the policy (reference = base, adapters off);
+    # ilql: shared base with policy, Q/V and target adapter sets (Polyak target) + heads
+    c.lora.rank = 8
+    c.lora.alpha = 16.0  # scale alpha / rank
+    c.lora.dropout = 0.0  # recorded in the PEFT export (the merged-kernel form applies none)
+    c.lora.targets = ""  # regex on param paths ("" = GPT-2 attn/c_attn, LLaMA q_proj|v_proj)
+    c.lora.base_dtype = "float32"  # storage dtype of the frozen base (bfloat16 halves it)
+
     c.init = ConfigDict()
     c.init.policy = ""  # run dir (e.g. a BC run) whose policy initialises this run's policy
     c.init.step = "best"  # checkpoint of init.policy: best | latest | a step number

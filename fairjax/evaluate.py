@@ -120,8 +120,15 @@ def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
                 eval_path = _run_eval_path(run.config, path)
             if primary and run.config.algorithm == "ilql":
                 ic = trainer.ilql_config(run.config)
+                agent = (run.params, run.frozen)
+                if run.config.get("lora") is not None and run.config.lora.enabled:
+                    from fairjax.agents.lora import effective_ilql
+                    from fairjax.models.lora import LoraConfig
+
+                    lc = run.config.lora
+                    agent = effective_ilql(ic, *agent, LoraConfig(lc.rank, lc.alpha))
                 for vname, w in parse_variants(cfg.variants):
-                    pol = Policy.ilql(module, ic, run.params, run.frozen) if w else Policy.lm(module, lm)
+                    pol = Policy.ilql(module, ic, *agent) if w else Policy.lm(module, lm)
                     systems.append(System(vname, pol, run.tokenizer, _generation(cfg, w), lm, path))
                 continue
             pol, tok = Policy.lm(module, lm), run.tokenizer

@@ -713,9 +713,47 @@ def ilql_config(cfg: Any):
                            detach_v=i.detach_v, detach_q=i.detach_q, train_dropout=i.train_dropout)
 
 
+def build_lora_algorithm(cfg: Any, module, mcfg, base) -> Algorithm:
+    """`lora.enabled`: the objective on one frozen base (the BC policy when init.policy is set)."""
+    from fairjax.agents import lora as AL
+    from fairjax.models.lora import LoraConfig, cast_base
+
+    lc = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                    targets=cfg.lora.targets)
+    base = cast_base(base, cfg.lora.base_dtype)
+    if cfg.algorithm == "bc":
+        from fairjax.agents import lm
+        from fairjax.losses.bc import BCHparams
+
+        c = lm.LMConfig(BCHparams(cfg.bc.transition_weight, cfg.bc.normalize))
+        return AL.bc_algorithm(module, c, base, lc, mcfg.kind)
+    if cfg.algorithm == "ilql":
+        return AL.shared_base_ilql_algorithm(module, ilql_config(cfg), base, lc, mcfg.kind,
+                                             mcfg.hidden_size, mcfg.vocab_size)
+    if cfg.algorithm == "alol":
+        from fairjax.agents import alol
+
+        return AL.alol_algorithm(module, alol.ALoLConfig(hparams=alol_hparams(cfg)), base, lc,
+                                 mcfg.kind)
+    raise ConfigError(f"config.lora.enabled: LoRA is wired for bc, ilql and alol, not "
+                      f"{cfg.algorithm!r}")
+
+
+def alol_hparams(cfg: Any):
+    from fairjax.losses.alol import ALoLHParams
+
+    a = cfg.alol
+    return ALoLHParams(algorithm=a.algorithm, ppo_clip=a.ppo_clip if a.ppo_clip > 0 else None,
+                       kl_beta=a.kl_beta, gold_min_prob=a.gold_min_prob,
+                       clamp_ref_free_advantage=a.clamp_ref_free_advantage,
+                       reward_transform=a.reward_transform)
+
+
 def build_algorithm(cfg: Any, module, mcfg, base_params, policy_params=None) -> Algorithm:
     """The objective of `cfg.algorithm` around `module` (policy = `policy_params` or the base)."""
     policy = base_params if policy_params is None else policy_params
+    if cfg.get("lora") is not None and cfg.lora.enabled:
+        return build_lora_algorithm(cfg, module, mcfg, policy)
     if cfg.algorithm == "bc":
         from fairjax.agents import lm
         from fairjax.losses.bc import BCHparams
@@ -732,14 +770,8 @@ def build_algorithm(cfg: Any, module, mcfg, base_params, policy_params=None) -> 
         return ilql.make_algorithm(module, c, init)
     if cfg.algorithm == "alol":
         from fairjax.agents import alol
-        from fairjax.losses.alol import ALoLHParams
 
-        a = cfg.alol
-        hp = ALoLHParams(algorithm=a.algorithm, ppo_clip=a.ppo_clip if a.ppo_clip > 0 else None,
-                         kl_beta=a.kl_beta, gold_min_prob=a.gold_min_prob,
-                         clamp_ref_free_advantage=a.clamp_ref_free_advantage,
-                         reward_transform=a.reward_transform)
-        return alol.make_algorithm(module, alol.ALoLConfig(hparams=hp), policy)
+        return alol.make_algorithm(module, alol.ALoLConfig(hparams=alol_hparams(cfg)), policy)
     if cfg.algorithm == "phf":
         from fairjax.agents import phf
         from fairjax.losses.phf import PHFHParams
@@ -911,7 +943,13 @@ def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module,
     def fn(params, frozen, step):
         if jax.process_count() > 1:
             return {}
-        if ilql_cfg is not None:
+        if ilql_cfg is not None and cfg.lora.enabled:
+            from fairjax.agents.lora import effective_ilql
+            from fairjax.models.lora import LoraConfig
+
+            policy = Policy.ilql(module, ilql_cfg, *effective_ilql(
+                ilql_cfg, params, frozen, LoraConfig(cfg.lora.rank, cfg.lora.alpha)))
+        elif ilql_cfg is not None:
             policy = Policy.ilql(module, ilql_cfg, params, frozen)
         else:
             policy = Policy.lm(*algorithm.policy(params, frozen))

@@ -3,8 +3,9 @@
 Compiles the trainer's step for abstract shapes only (`jax.ShapeDtypeStruct` everywhere: no
 weights are materialised, so 7B shapes work on a laptop) and reads XLA's
 `compiled.memory_analysis()`: arguments (params + optimizer state + frozen copies + batch),
-temporaries (activations, gradients) and outputs minus donated aliases. The estimate of the peak
-is arguments + temporaries + outputs − aliases, for one device holding the whole state (divide the
+temporaries (activations, gradients) and outputs minus donated aliases. `<algo>_lora` rows use LoRA
+(rank 16 on the family's default projections, bfloat16 frozen base; ILQL = one shared base with
+policy/Q-V/target adapter sets). The estimate of the peak is arguments + temporaries + outputs − aliases, for one device holding the whole state (divide the
 state by the FSDP degree for sharded runs). With `--algo=all` it tabulates BC, ILQL (three trunks)
 and A-LoL (policy + frozen reference). The measured peak of the current device
 (`device.memory_stats()["peak_bytes_in_use"]`) is printed when the backend reports it.
@@ -20,10 +21,15 @@ GIB = 2 ** 30
 
 
 def _algorithm_cfg(algo: str, remat: str):
+    """configs/<algo>.py; "<algo>_lora" = LoRA (rank 16, bfloat16 frozen base; ILQL: shared base)."""
     from fairjax.pipeline import load_config_file
 
-    cfg = load_config_file(algo)
+    name, _, lora = algo.partition("_")
+    cfg = load_config_file(name)
     cfg.model.remat = remat
+    if lora:
+        cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha = True, 16, 32.0
+        cfg.lora.base_dtype = "bfloat16"
     return cfg
 
 
@@ -55,7 +61,7 @@ def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str
              "rng": jax.ShapeDtypeStruct(rng.shape, rng.dtype)}
     b = synthetic_batch(batch, seq, mcfg.vocab_size)
     b = {k: jax.ShapeDtypeStruct((1,) + v.shape, v.dtype) for k, v in b.items()}
-    if algo == "alol":
+    if algo.startswith("alol"):
         b["sequence_reward"] = jax.ShapeDtypeStruct((1, batch), jnp.float32)
         b["advantage"] = jax.ShapeDtypeStruct((1, batch), jnp.float32)
         b["prompt_mask"] = jax.ShapeDtypeStruct((1, batch, seq), jnp.float32)
@@ -80,15 +86,16 @@ def measured_peak() -> float | None:
 def run(FLAGS) -> None:
     batch, seq = FLAGS.batch or 1, FLAGS.seq or 512
     dtype = FLAGS.dtype or "bfloat16"
-    algos = ("bc", "ilql", "alol") if FLAGS.algo == "all" else (FLAGS.algo,)
+    algos = (("bc", "bc_lora", "ilql", "ilql_lora", "alol", "alol_lora") if FLAGS.algo == "all"
+             else (FLAGS.algo,))
     remat = getattr(FLAGS, "remat", None) or "block"
     rows = [estimate(FLAGS.model, FLAGS.size, a, batch, seq, dtype, remat) for a in algos]
     print(f"train-step memory {FLAGS.model}-{FLAGS.size} batch {batch} x {seq} {dtype} "
           f"remat={remat}, one device holding the whole state (AdamW, float32 params)")
-    print(f"  {'algo':6s} {'params':>9s} {'frozen':>9s} {'adam':>9s} {'temps':>9s} {'peak est.':>10s}")
+    print(f"  {'algo':9s} {'params':>9s} {'frozen':>9s} {'adam':>9s} {'temps':>9s} {'peak est.':>10s}")
     for r in rows:
         g = lambda k: r.get(k, float("nan")) / GIB  # noqa: E731
-        print(f"  {r['algo']:6s} {g('params_bytes'):8.2f}G {g('frozen_bytes'):8.2f}G "
+        print(f"  {r['algo']:9s} {g('params_bytes'):8.2f}G {g('frozen_bytes'):8.2f}G "
               f"{g('opt_state_bytes'):8.2f}G {g('temp_bytes'):8.2f}G {g('peak_estimate_bytes'):9.2f}G")
     peak = measured_peak()
     print(f"  measured peak on {jax.devices()[0].device_kind}: "
