@@ -1,6 +1,7 @@
 """Pretraining with human feedback objectives (Korbak et al. 2023) on the job corpus.
 
-`--config.phf.objective=` filtering | conditional | unlikelihood | awr | rwr (mle = plain LM).
+`--config.phf.objective=` filtering | unlikelihood | awr | rwr (mle = plain LM); the token scores
+of unlikelihood/AWR/RWR are -reward on every token of a posting.
 """
 import importlib.util
 import os
@@ -14,10 +15,13 @@ _spec.loader.exec_module(common)
 def get_config():
     c = common.base_config("phf")
     c.phf = common.ConfigDict()
-    c.phf.objective = "conditional"  # mle | filtering | conditional | unlikelihood | awr | rwr
+    # mle | filtering | unlikelihood | awr | rwr (conditional: library only, see docs/objectives.md)
+    c.phf.objective = "awr"
     c.phf.threshold = 0.0  # reward threshold (filtering keeps >=; conditional: good/bad token)
     c.phf.ul_alpha = 1.0  # unlikelihood weight
-    c.phf.ul_threshold = 0.00078  # unlikelihood token-score threshold (upstream)
+    # unlikelihood token-score threshold; job data scores tokens with -reward (the diversity
+    # reward is about -35..-10, so scores 10..35); upstream toxicity threshold: 0.00078
+    c.phf.ul_threshold = 25.0
     c.phf.awr_alpha = 0.5  # AWR value-loss weight
     c.phf.awr_beta = 1.0  # AWR / RWR temperature
     c.phf.clip_weight_max = 1000.0  # cap of exp(A / beta)

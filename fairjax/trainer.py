@@ -778,11 +778,15 @@ def build_algorithm(cfg: Any, module, mcfg, base_params, policy_params=None) -> 
 
         p = cfg.phf
         objective = PHF_ALIASES.get(p.objective, p.objective)
-        if objective not in ("mle", "filtering"):
-            raise ConfigError(f"config.phf.objective={p.objective!r}: only mle and filtering are "
-                              "wired to the job data in fairjax.trainer so far (conditional / "
-                              "unlikelihood / awr / rwr need token scores and control tokens)")
-        hp = PHFHParams(objective=objective)
+        if objective == "conditional":
+            raise ConfigError("config.phf.objective='conditional' needs the <|aligned|>/"
+                              "<|misaligned|> control tokens in the tokenizer and model "
+                              "(fairjax.data.phf_transforms); it is not wired into the job-data "
+                              "trainer: use mle | filtering | unlikelihood | awr | rwr")
+        hp = PHFHParams(objective=objective, ul_alpha=p.ul_alpha, ul_threshold=p.ul_threshold,
+                        awr_alpha=p.awr_alpha, awr_beta=p.awr_beta,
+                        clip_weight_max=p.clip_weight_max, use_value_head=p.use_value_head,
+                        fixed_value=p.fixed_value)
         return phf.make_algorithm(module, phf.PHFConfig(hparams=hp), policy, mcfg.hidden_size)
     if cfg.algorithm == "dpo":
         from fairjax.agents import dpo
@@ -800,6 +804,18 @@ def _with_advantage(collate_fn, baseline: float):
     def wrapped(*args, **kwargs):
         b = collate_fn(*args, **kwargs)
         b["advantage"] = (np.asarray(b["sequence_reward"], np.float32) - baseline).astype(np.float32)
+        return b
+    return wrapped
+
+
+def _with_token_scores(collate_fn):
+    """PHF unlikelihood/AWR/RWR on job data: every token of an episode carries its document's
+    misalignment score −reward (PHF scores are "higher = worse"; upstream gives each token its
+    sentence's score, a posting has one reward)."""
+    def wrapped(*args, **kwargs):
+        b = collate_fn(*args, **kwargs)
+        score = -np.asarray(b["sequence_reward"], np.float32)[:, None]
+        b["token_scores"] = (score * np.asarray(b["attn_mask"], np.float32)).astype(np.float32)
         return b
     return wrapped
 
@@ -837,6 +853,9 @@ def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str]):
     extras = cfg.algorithm in ("alol", "phf", "dpo")
     collate_fn = None
     train_eps = episodes(train_path)
+    if cfg.algorithm == "phf" and PHF_ALIASES.get(cfg.phf.objective, cfg.phf.objective) in (
+            "unlikelihood", "ul", "awr", "rwr"):
+        collate_fn = _with_token_scores(functools.partial(collate, pad_id=tok.pad_id, extras=True))
     if cfg.algorithm == "alol":
         base = float(np.mean([e.sequence_reward for e in train_eps]))
         collate_fn = _with_advantage(functools.partial(collate, pad_id=tok.pad_id, extras=True), base)
