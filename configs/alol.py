@@ -21,6 +21,8 @@ def get_config():
     c.alol.gold_min_prob = 0.1  # GOLD token weight floor (r_gold)
     c.alol.clamp_ref_free_advantage = False  # a_lol_ref_free uses A+ instead of A
     c.alol.reward_transform = "none"  # none | sigmoid, applied to rewards
-    c.alol.sampling = "good_priority"  # advantage-priority sampling of examples (A > 0)
+    # good_priority: examples drawn with replacement, p ∝ A+ (A = R - mean R; ∝ R for wbc/r_gold/
+    # r_lol) | good_random: uniform over A > 0 | uniform: all examples (A+ in the loss)
+    c.alol.sampling = "good_priority"
     c.optim.lr = 1e-4
     return common.finish(c)

@@ -808,6 +808,25 @@ def _with_advantage(collate_fn, baseline: float):
     return wrapped
 
 
+def alol_resample(cfg: Any, episodes: list, baseline: float) -> list:
+    """`alol.sampling` (A-LoL's priority sampling, data/alol_sampler.py): "uniform" keeps the data;
+    "good_priority" / "good_random" draw len(episodes) examples with replacement, ∝ A⁺ = max(R −
+    baseline, 0) (∝ R for wbc / r_gold / r_lol) or uniformly over A > 0, seeded by `seed`. The draw
+    is made once and reshuffled every epoch (upstream draws every batch: same distribution per
+    epoch)."""
+    from fairjax.data.alol_sampler import PrioritySampler
+
+    if cfg.alol.sampling == "uniform":
+        return episodes
+    rewards = np.asarray([e.sequence_reward for e in episodes], np.float64)
+    weights = rewards - baseline if alol_hparams(cfg).needs_advantage else rewards
+    try:
+        sampler = PrioritySampler(weights, cfg.alol.sampling, seed=cfg.seed)
+    except ValueError as e:
+        raise ConfigError(f"config.alol.sampling={cfg.alol.sampling!r}: {e}") from None
+    return [episodes[int(i)] for i in sampler.sample(len(episodes))]
+
+
 def _with_token_scores(collate_fn):
     """PHF unlikelihood/AWR/RWR on job data: every token of an episode carries its document's
     misalignment score −reward (PHF scores are "higher = worse"; upstream gives each token its
@@ -859,6 +878,7 @@ def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str]):
     if cfg.algorithm == "alol":
         base = float(np.mean([e.sequence_reward for e in train_eps]))
         collate_fn = _with_advantage(functools.partial(collate, pad_id=tok.pad_id, extras=True), base)
+        train_eps = alol_resample(cfg, train_eps, base)
     common = dict(pad_id=tok.pad_id, buckets=tuple(cfg.data.buckets), extras=extras,
                   collate_fn=collate_fn, process_index=jax.process_index(),
                   process_count=jax.process_count())
