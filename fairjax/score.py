@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from fairjax.data.jobs import extract_fields, read_records
-from fairjax.eval import fairness
+from fairjax.eval import fairness, stats
 from fairjax.rewards import lexicon, pii
 from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
 from fairjax.rewards.embedders import BertClsEmbedder, HashingTfidfEmbedder
@@ -106,7 +106,7 @@ def score(records: list[dict[str, Any]], scorer: DiversityScorer,
     numeric = {k: np.array([row[k] for row in rows], np.float64) for k in rows[0]
                if isinstance(rows[0][k], (int, float, bool)) and k != "id"}
     numeric["has_pii"] = np.array([p.total > 0 for p in piis], np.float64)
-    summary = {"n_texts": len(rows), "metrics": fairness.summarize_all(numeric),
+    summary = {"n_texts": len(rows), "metrics": stats.summarize_columns(numeric),
                "verdicts": dict(collections.Counter(c.verdict for c in codings).most_common()),
                "pool": scorer.pool.describe(), "embedder": scorer.embedder.id,
                "config": {k: getattr(scorer.config, k) for k in ("k", "select_k", "distance",

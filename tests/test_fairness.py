@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from fairjax.eval import fairness as F
+from fairjax.eval import stats as S
 
 
 def test_top_k_exact_ties_by_lower_index():
@@ -143,14 +144,19 @@ def test_member_counts_and_shares():
     assert np.isnan(shares[1]).all()
 
 
-def test_summaries_and_paired_comparison():
+def test_corpus_summaries_come_from_stats():
+    """fairness.py keeps per-text metrics only; corpus CIs / paired comparisons live in eval.stats
+    (one implementation), which is what score/report use."""
+    for dup in ("bootstrap_ci", "summarize", "summarize_all", "paired_comparison"):
+        assert not hasattr(F, dup), dup
     x = np.array([1.0, 2.0, 3.0, np.nan])
-    s = F.summarize(x, n_boot=200)
-    assert s["n"] == 3 and s["mean"] == pytest.approx(2.0) and s["std"] == pytest.approx(np.std([1, 2, 3]))
+    s = S.summarize_columns({"r": x}, n_boot=200)["r"]
+    assert s["n"] == 3 and s["n_nan"] == 1 and s["mean"] == pytest.approx(2.0)
+    assert s["std"] == pytest.approx(np.std([1, 2, 3], ddof=1))
     assert 1.0 <= s["ci_low"] <= 2.0 <= s["ci_high"] <= 3.0
-    pc = F.paired_comparison([1.0, 2.0, 3.0, np.nan], [2.0, 2.0, 5.0, 1.0], n_boot=200)
+    pc = S.paired_comparison([1.0, 2.0, 3.0, np.nan], [2.0, 2.0, 5.0, 1.0], n_boot=200)
     assert pc["n"] == 3 and pc["mean_diff"] == pytest.approx(1.0)
     assert pc["win_rate"] == pytest.approx(2 / 3) and pc["tie_rate"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="equal lengths"):
-        F.paired_comparison([1.0], [1.0, 2.0])
-    assert np.isnan(F.summarize(np.array([np.nan]))["mean"])
+        S.paired_comparison([1.0], [1.0, 2.0])
+    assert np.isnan(S.summarize_columns({"r": np.array([np.nan])})["r"]["mean"])
