@@ -54,7 +54,8 @@ class ILQLConfig:
     head_hidden_mult: MLP head width multiple (2 as upstream); head_dtype: compute dtype of the heads;
     train_dropout: run the trunks with dropout during `loss` (upstream trains in train() mode,
     dropout 0.1; default off = deterministic, the fixture setting); vocab_chunk: vocabulary columns
-    per block of the memory-lean head/CE reductions in `loss` (0 = materialise [B, A, V]).
+    per block of the memory-lean head/CE reductions in `loss` (0 = materialise [B, A, V];
+    None = `fairjax.losses.vocab.resolve_chunk`: $FAIRJAX_VOCAB_CHUNK or 8192).
     """
 
     hparams: ILQLHparams = ILQLHparams()
@@ -69,7 +70,7 @@ class ILQLConfig:
     head_hidden_mult: int = 2
     head_dtype: str = "float32"
     train_dropout: bool = False
-    vocab_chunk: int = V.DEFAULT_CHUNK
+    vocab_chunk: Optional[int] = None
 
     @property
     def policy_trained(self) -> bool:
@@ -302,7 +303,7 @@ def loss_fn(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch
     hp = cfg.hparams
     out = forward(model, cfg, params, frozen, batch, compute_policy=hp.awac_weight != 0,
                   target_full=False, dropout_rng=rng if cfg.train_dropout else None,
-                  vocab_chunk=cfg.vocab_chunk)
+                  vocab_chunk=V.resolve_chunk(cfg.vocab_chunk))
     policy = out.get("policy_ce", out.get("policy_logits"))
     return ilql_loss(out["vs_all"], out["q1_all"], out.get("q2_all"), out["target_q1"],
                      out.get("target_q2"), policy, batch, hp)

@@ -18,12 +18,27 @@ x·Eᵀ). Scores are computed as the Flax layers do: inputs and weights cast to 
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 DEFAULT_CHUNK = 8192
+CHUNK_ENV = "FAIRJAX_VOCAB_CHUNK"
+
+
+def resolve_chunk(chunk: Optional[int]) -> int:
+    """An agent config's `vocab_chunk`: the value itself, or when None the environment's
+    $FAIRJAX_VOCAB_CHUNK (benchmarks compare 0 = dense with chunked), else `DEFAULT_CHUNK`."""
+    if chunk is not None:
+        return int(chunk)
+    raw = os.environ.get(CHUNK_ENV, "")
+    try:
+        return int(raw) if raw else DEFAULT_CHUNK
+    except ValueError as e:
+        raise ValueError(f"${CHUNK_ENV}={raw!r}: expected an integer (0 = materialise the "
+                         f"vocabulary scores)") from e
 
 
 class VocabScores(NamedTuple):
@@ -88,30 +103,23 @@ def _backward(x, w, b, w_axis, chunk, dtype, aux, dz_fn):
         dx, dwc, dbc = vjp(dz)
         return dx, dwc, dbc, daux
 
-    zero_aux = jax.tree.map(jnp.zeros_like, aux)
-    dx = jnp.zeros_like(x)
-    daux = zero_aux
-    dws, dbs = [], []
-    if n:
-        def body(carry, i):
-            dx_, daux_ = carry
-            gx, gw, gb, ga = one(i * c, c)
-            return (dx_ + gx, jax.tree.map(jnp.add, daux_, ga)), (gw, gb)
+    # dW, db are written block by block into one buffer each (in place in the loop): no stacked
+    # copy of the gradient and no concatenation.
+    carry = (jnp.zeros_like(x), jnp.zeros(w.shape, jnp.float32), jnp.zeros(b.shape, jnp.float32),
+             jax.tree.map(jnp.zeros_like, aux))
 
-        (dx, daux), (gw, gb) = jax.lax.scan(body, (dx, daux), jnp.arange(n))
-        # gw: [n, K, c] (w_axis 1) or [n, c, K] (w_axis 0) -> columns in vocabulary order
-        if w_axis == 1:
-            dws.append(jnp.transpose(gw, (1, 0, 2)).reshape(w.shape[0], n * c))
-        else:
-            dws.append(gw.reshape(n * c, w.shape[1]))
-        dbs.append(gb.reshape(n * c))
+    def put(carry, start, size):
+        dx, dw, db, daux = carry
+        gx, gw, gb, ga = one(start, size)
+        dw = jax.lax.dynamic_update_slice_in_dim(dw, gw.astype(jnp.float32), start, axis=w_axis)
+        db = jax.lax.dynamic_update_slice_in_dim(db, gb.astype(jnp.float32), start, axis=0)
+        return dx + gx, dw, db, jax.tree.map(jnp.add, daux, ga)
+
+    if n:
+        carry, _ = jax.lax.scan(lambda c_, i: (put(c_, i * c, c), None), carry, jnp.arange(n))
     if rem:
-        gx, gw, gb, ga = one(n * c, rem)
-        dx, daux = dx + gx, jax.tree.map(jnp.add, daux, ga)
-        dws.append(gw)
-        dbs.append(gb)
-    dw = dws[0] if len(dws) == 1 else jnp.concatenate(dws, axis=w_axis)
-    db = dbs[0] if len(dbs) == 1 else jnp.concatenate(dbs)
+        carry = put(carry, n * c, rem)
+    dx, dw, db, daux = carry
     return dx, dw.astype(w.dtype), db.astype(b.dtype), daux
 
 
