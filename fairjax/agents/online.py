@@ -4,7 +4,8 @@ One `OnlineRL.step` on P prompts, G samples each (N = P·G rows, prompt-major: r
 
     rollout  (device)  `fairjax.generate` (jit, KV cache, rows sharded over the mesh) → completion
                        tokens [N, T]; one jitted forward gives per-token log-probs under the
-                       sampling policy (old) and the reference, the entropy, and (PPO) V(s_t)
+                       sampling policy (old; skipped when the only update is on-policy, see
+                       `needs_old_logps`) and the reference, and (PPO) V(s_t)
     scoring  (host)    texts → `scorer` (a `rewards.Scorer` or any texts → floats callable); an
                        exception or a non-finite score stops the step with a `RewardScoringError`
                        naming the prompt id and the sample
@@ -210,29 +211,41 @@ def values_of(parts: PolicyParts, cfg: OnlineConfig, params: PyTree, frozen: PyT
     return head.apply({"params": params["value_head"]}, hidden)[..., 0]
 
 
+def needs_old_logps(cfg: OnlineConfig) -> bool:
+    """False when the sampling policy's log-probs equal stop_gradient(current) at the only update
+    (one epoch, one minibatch, no PPO value targets, no RLOO KL in the reward): the rollout then
+    skips that forward pass, as trl does with num_iterations = 1."""
+    return (cfg.algo == "ppo" or cfg.epochs * cfg.minibatches > 1
+            or (cfg.algo == "rloo" and cfg.rloo.beta > 0))
+
+
 def _rollout_stats(parts, cfg, pad_id, params, frozen, seq, attn, plen):
-    """jit body: old log-probs, reference log-probs (or None), entropy, old values (or None)."""
-    lp, ent, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn,
-                                      plen, cfg.temperature, pad_id)
+    """jit body: old log-probs (or None, see `needs_old_logps`), reference log-probs (or None),
+    old values (PPO, else None)."""
+    lp = vals = ref_lp = None
+    if needs_old_logps(cfg):
+        lp, _, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn,
+                                        plen, cfg.temperature, pad_id)
+        if cfg.algo == "ppo":
+            vals = values_of(parts, cfg, params, frozen, seq, attn, plen, hid)
     ref = parts.ref_lm(params, frozen)
-    ref_lp = None if ref is None else completion_forward(parts.model, ref, seq, attn, plen,
-                                                         cfg.temperature, pad_id)[0]
-    vals = (values_of(parts, cfg, params, frozen, seq, attn, plen, hid)
-            if cfg.algo == "ppo" else None)
-    return lp, ref_lp, ent, vals
+    if ref is not None:
+        ref_lp = completion_forward(parts.model, ref, seq, attn, plen, cfg.temperature, pad_id)[0]
+    return lp, ref_lp, vals
 
 
 def loss_fn(parts: PolicyParts, cfg: OnlineConfig, pad_id: int, params: PyTree, frozen: PyTree,
             mb: dict, plen: int) -> tuple[jax.Array, dict]:
     """The objective of `cfg.algo` on a minibatch of rollout rows (keys of `OnlineRL._batch`)."""
     seq, attn, mask = mb["seq"], mb["attn"], mb["mask"]
-    lp, _, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn, plen,
-                                    cfg.temperature, pad_id)
+    lp, ent, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn,
+                                      plen, cfg.temperature, pad_id)
     ref = mb.get("ref_logps")
+    old = mb["old_logps"] if "old_logps" in mb else jax.lax.stop_gradient(lp)
     if cfg.algo == "grpo":
-        loss, m = grpo_loss_hp(lp, mb["old_logps"], ref, mb["advantages"], mask, cfg.grpo)
+        loss, m = grpo_loss_hp(lp, old, ref, mb["advantages"], mask, cfg.grpo)
     elif cfg.algo == "rloo":
-        loss, m = rloo_loss_hp(lp, mb["old_logps"], mb["advantages"], mask, cfg.rloo, ref)
+        loss, m = rloo_loss_hp(lp, old, mb["advantages"], mask, cfg.rloo, ref)
     else:
         v = values_of(parts, cfg, params, frozen, seq, attn, plen, hid)
         p = cfg.ppo
@@ -241,6 +254,7 @@ def loss_fn(parts: PolicyParts, cfg: OnlineConfig, pad_id: int, params: PyTree, 
                            vf_coef=p.vf_coef)
     if ref is not None:  # one KL metric for every algorithm: per-token k3 to the reference
         m["kl"] = masked_mean(k3_kl(jax.lax.stop_gradient(lp), ref), mask)
+    m["entropy"] = masked_mean(jax.lax.stop_gradient(ent), mask)
     return loss, m
 
 
@@ -358,8 +372,8 @@ class OnlineRL:
         seq = self._rows(np.concatenate([p_ids, np.asarray(out.tokens)], 1))
         attn = self._rows(np.concatenate([p_mask.astype(np.float32), mask], 1))
         mask_d = self._rows(mask)
-        old_lp, ref_lp, ent, old_v = self._stats(params, frozen, seq, attn)
-        jax.block_until_ready(old_lp)
+        old_lp, ref_lp, old_v = self._stats(params, frozen, seq, attn)
+        jax.block_until_ready((old_lp, ref_lp))
         t1 = time.perf_counter()
 
         tokens, finished = np.asarray(out.tokens), np.asarray(out.finished)
@@ -368,7 +382,9 @@ class OnlineRL:
         rewards = score_completions(self.scorer, texts, prompt_ids, G)
         t2 = time.perf_counter()
 
-        batch = {"seq": seq, "attn": attn, "mask": mask_d, "old_logps": old_lp}
+        batch = {"seq": seq, "attn": attn, "mask": mask_d}
+        if old_lp is not None:
+            batch["old_logps"] = old_lp
         if ref_lp is not None:
             batch["ref_logps"] = ref_lp
         r = jnp.asarray(rewards, jnp.float32)
@@ -403,7 +419,7 @@ class OnlineRL:
         metrics = {
             "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
             "completion_length": float(lengths.mean()), "finished": float(finished.mean()),
-            "entropy": float(jax.device_get(masked_mean(ent, mask_d))),
+            "entropy": float(first["entropy"]),  # of the sampling policy (first update)
             "time/rollout": t1 - t0, "time/scoring": t2 - t1, "time/update": t3 - t2,
             "rollout_tokens_per_s": n_tok / max(t1 - t0, 1e-9),
             "loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]),

@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per chip
 PRESETS = {"tiny": dict(prompt=32, new=32, batch=8, group=4),
            "small": dict(prompt=64, new=64, batch=8, group=4)}
 
@@ -85,7 +86,10 @@ def fairjax_step(mcfg, algo: str, prompts, hf_tok, new: int, batch: int, group: 
                      "scoring": m["time/scoring"], "update": m["time/update"]})
         assert m["completion_length"] == new
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    return {"s_per_step": mean["total"], "split_s": {k: mean[k] for k in ("rollout", "scoring",
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+    update_flops = 6.0 * n_params * batch * (cfg.max_prompt_tokens + new)  # fwd + bwd, dense
+    return {"params": n_params, "update_tflops_per_s": update_flops / mean["update"] / 1e12,
+            "s_per_step": mean["total"], "split_s": {k: mean[k] for k in ("rollout", "scoring",
                                                                           "update")},
             "tokens_per_s": batch * new / mean["total"],
             "rollout_tokens_per_s": batch * new / mean["rollout"], "compile_s": compile_s}
@@ -175,6 +179,11 @@ def run(FLAGS) -> None:
         res["speedup_vs_trl"] = t["s_per_step"] / f["s_per_step"]
         print(f"  trl GRPOTrainer: {t['s_per_step']:.3f} s/step, {t['tokens_per_s']:.1f} tok/s")
         print(f"  speed-up fairjax / trl = {res['speedup_vs_trl']:.2f}x per step (goal >= 3x on CPU)")
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in res["device"]), None)
+    if peak:
+        res["update_mfu"] = f["update_tflops_per_s"] / peak
+        print(f"  update: {f['update_tflops_per_s']:.1f} TFLOP/s = {100 * res['update_mfu']:.1f}% "
+              f"MFU of {peak:.0f} dense bf16 TFLOP/s (6·params·tokens)")
     if FLAGS.json:
         with open(FLAGS.json, "w") as fh:
             json.dump(res, fh, indent=2)
