@@ -29,6 +29,10 @@ import numpy as np
 
 from fairjax.rewards.base import Scorer
 
+RUN_SPEC_FILE = "reward_spec.json"  # in a run dir: the trained reward's spec (+ normalize, cache)
+RUN_NORMALIZER_FILE = "reward_normalizer.json"  # in a run dir: normalize.fit_normalizer stats
+DEMO_STANDIN = ("demo stand-in lexical reward −10·|#agentic − #communal phrases| "
+                "(fairjax/data/demo/generator.py), not the diversity reward")
 SCORERS = ("diversity", "gender_coded", "pii", "preservation", "composite")
 TERMS = SCORERS[:-1]
 
@@ -218,3 +222,21 @@ def build_reward_scorer(cfg: Any, default_pool: Optional[str] = None,
     if name == "composite":
         return CompositeScorer([(t, w, term(t)) for t, w in composite_terms(cfg)])
     return term(name)
+
+
+def trained_reward(run_cfg: Any, run_dir: Optional[str | os.PathLike] = None) -> dict[str, Any]:
+    """What a run trained on (for summaries): its RUN_SPEC_FILE when written, else the config."""
+    if run_dir is not None and os.path.isfile(os.path.join(run_dir, RUN_SPEC_FILE)):
+        with open(os.path.join(run_dir, RUN_SPEC_FILE), encoding="utf-8") as f:
+            return json.load(f)
+    algo = _get(run_cfg, "algorithm", "")
+    if algo == "bc":
+        return {"scorer": "none", "note": "BC imitates the postings; it trains on no reward"}
+    name = _get(run_cfg, "reward.scorer", "")
+    if name:
+        return {"scorer": name, "normalize": _get(run_cfg, "reward.normalize", "none")}
+    if not _get(run_cfg, "data.train", ""):
+        return {"scorer": "demo_standin", "note": DEMO_STANDIN}
+    return {"scorer": "data_field", "field": _get(run_cfg, "reward.field", "reward"),
+            "data": _get(run_cfg, "data.train", ""),
+            "note": "rewards precomputed into the data; their scorer is whatever wrote the field"}
