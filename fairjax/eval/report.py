@@ -17,6 +17,10 @@ the same prompts, in the same order, e.g.
 * `verdicts.png`  verdict counts per system (stacked bars) and, for the first non-reference system,
   the reference -> system transition matrix.
 
+With `headline` (fairjax.evaluate's summary) and `examples`, report.md opens with the headline
+(trained/reported reward, one table per system with CIs, a one-line verdict, the sanity rows, three
+example rewrites, the selection tables) and moves the per-metric tables to an appendix.
+
 A plot is skipped when its columns are absent. NaN entries (e.g. an impact ratio where a group is
 absent from the pool) are left out of means and counted (`n_nan`).
 """
