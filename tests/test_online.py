@@ -158,3 +158,15 @@ def test_eight_fake_devices_equal_one_device(algo, epochs):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_reference_scorers_get_the_original_posting_of_each_row():
+    from fairjax.rewards.registry import CompositeScorer, PreservationScorer
+
+    scorer = CompositeScorer([("preservation", 1.0, PreservationScorer(None, "chrf"))])
+    texts = ["the job pays well", "zzz", "a team of engineers", "a team of engineers"]
+    got = score_completions(scorer, texts, ["p0", "p1"], 2,
+                            references=["the job pays well", "a team of engineers"])
+    assert got[0] > 0.99 and got[1] < 0.2 and got[2] > 0.99 and got[3] > 0.99
+    with pytest.raises(RewardScoringError, match="needs the original posting"):
+        score_completions(scorer, texts, ["p0", "p1"], 2)

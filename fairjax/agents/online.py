@@ -260,23 +260,34 @@ def loss_fn(parts: PolicyParts, cfg: OnlineConfig, pad_id: int, params: PyTree, 
 
 # ----------------------------------------------------------------------------- scoring
 def score_completions(scorer: Union[Callable, Any], texts: Sequence[str],
-                      prompt_ids: Sequence[Any], group_size: int) -> np.ndarray:
-    """texts [N] → rewards [N] float64 on the host. `scorer` has `score_texts` or is callable.
-    An exception or a non-finite score raises `RewardScoringError` naming the prompt id and the
-    sample (the failing sample is found by rescoring one text at a time)."""
-    fn = scorer.score_texts if hasattr(scorer, "score_texts") else scorer
-    name = getattr(scorer, "name", getattr(fn, "__name__", type(scorer).__name__))
+                      prompt_ids: Sequence[Any], group_size: int,
+                      references: Optional[Sequence[str]] = None) -> np.ndarray:
+    """texts [N] → rewards [N] float64 on the host. `scorer` has `score_texts` or is callable; a
+    scorer with `needs_reference` (content preservation, `rewards.registry`) also gets the
+    original posting of each row (`references` [N/G], one per prompt). An exception or a
+    non-finite score raises `RewardScoringError` naming the prompt id and the sample (the failing
+    sample is found by rescoring one text at a time)."""
+    base = scorer.score_texts if hasattr(scorer, "score_texts") else scorer
+    name = getattr(scorer, "name", getattr(base, "__name__", type(scorer).__name__))
+    if getattr(scorer, "needs_reference", False):
+        if references is None:
+            raise RewardScoringError(f"reward scorer {name} needs the original posting of each "
+                                     "prompt: pass references= to OnlineRL.step")
+        refs = [references[i // group_size] for i in range(len(texts))]
+        fn = lambda idx: base([texts[i] for i in idx], [refs[i] for i in idx])  # noqa: E731
+    else:
+        fn = lambda idx: base([texts[i] for i in idx])  # noqa: E731
 
     def where(i):
         return (f"prompt {prompt_ids[i // group_size]!r}, sample {i % group_size} (row {i}): "
                 f"{texts[i][:200]!r}")
 
     try:
-        r = np.asarray(fn(list(texts)), dtype=np.float64).reshape(-1)
+        r = np.asarray(fn(range(len(texts))), dtype=np.float64).reshape(-1)
     except Exception as batch_exc:  # locate the sample
-        for i, t in enumerate(texts):
+        for i in range(len(texts)):
             try:
-                fn([t])
+                fn([i])
             except Exception as exc:
                 raise RewardScoringError(f"reward scorer {name} failed on {where(i)}: "
                                          f"{type(exc).__name__}: {exc}") from exc
@@ -350,8 +361,10 @@ class OnlineRL:
 
     # --- one RL step
     def step(self, state: dict, prompts: Sequence[np.ndarray],  # P rows of prompt token ids
-             prompt_ids: Optional[Sequence[Any]] = None) -> tuple[dict, dict, dict]:
-        """One rollout + update. Returns (new state, metrics of floats, rollout record with
+             prompt_ids: Optional[Sequence[Any]] = None,
+             references: Optional[Sequence[str]] = None) -> tuple[dict, dict, dict]:
+        """One rollout + update; `references`: the original text of each prompt (for scorers
+        that need one). Returns (new state, metrics of floats, rollout record with
         texts/rewards/advantages per row for logging)."""
         cfg, G = self.cfg, self.cfg.group_size
         if len(prompts) != cfg.prompts_per_step:
@@ -379,7 +392,7 @@ class OnlineRL:
         tokens, finished = np.asarray(out.tokens), np.asarray(out.finished)
         texts = [self.tok.decode([int(t) for t in tokens[i, :lengths[i] - int(finished[i])]])
                  for i in range(len(lengths))]
-        rewards = score_completions(self.scorer, texts, prompt_ids, G)
+        rewards = score_completions(self.scorer, texts, prompt_ids, G, references)
         t2 = time.perf_counter()
 
         batch = {"seq": seq, "attn": attn, "mask": mask_d}
