@@ -97,8 +97,12 @@ class OnlineConfig:
     def beta(self) -> float:
         return {"grpo": self.grpo.beta, "rloo": self.rloo.beta, "ppo": self.ppo.beta}[self.algo]
 
-    def validate(self, data_parallel: int = 1, prefix: str = "online") -> "OnlineConfig":
-        """Raise ConfigError naming the offending key; returns self."""
+    def validate(self, data_parallel: int = 1, prefix: str = "online",
+                 batch_key: Optional[str] = None) -> "OnlineConfig":
+        """Raise ConfigError naming the offending key (`prefix`.<field>; the batch size as
+        `batch_key`, default `prefix`.batch_size); returns self."""
+        batch_key = batch_key or f"{prefix}.batch_size"
+
         def bad(key, msg):
             raise ConfigError(f"{prefix}.{key}: {msg}")
 
@@ -113,13 +117,12 @@ class OnlineConfig:
         if self.algo == "grpo" and self.group_size < 2:
             bad("group_size", "1 gives every completion a zero group advantage; use >= 2")
         if self.batch_size < 1 or self.batch_size % self.group_size:
-            bad("group_size", f"{self.group_size} does not divide {prefix}.batch_size="
+            bad("group_size", f"{self.group_size} does not divide {batch_key}="
                 f"{self.batch_size} (completions per step = prompts × group_size)")
         if self.epochs < 1 or self.minibatches < 1:
             bad("epochs", f"epochs={self.epochs} and minibatches={self.minibatches} must be >= 1")
         if self.rows % self.minibatches:
-            bad("minibatches", f"{self.minibatches} does not divide {prefix}.batch_size="
-                f"{self.rows}")
+            bad("minibatches", f"{self.minibatches} does not divide {batch_key}={self.rows}")
         if (self.rows // self.minibatches) % data_parallel:
             bad("minibatches", f"minibatch of {self.rows // self.minibatches} rows is not divisible "
                 f"by the {data_parallel} data-parallel devices")
@@ -372,7 +375,8 @@ class OnlineRL:
                              f"{cfg.prompts_per_step}")
         prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
         t0 = time.perf_counter()
-        rng, k_gen, k_perm = jax.random.split(state["rng"], 3)
+        # rollout key of step s = fold_in(rng, s) (rng fixed, as the generic loop's step keys)
+        k_gen, k_perm = jax.random.split(jax.random.fold_in(state["rng"], state["step"]))
         p_ids, p_mask = left_pad([np.asarray(p)[-cfg.max_prompt_tokens:] for p in prompts],
                                  cfg.max_prompt_tokens, self.pad_id)
         p_ids, p_mask = np.repeat(p_ids, G, 0), np.repeat(p_mask, G, 0)  # row p·G + g
@@ -446,7 +450,7 @@ class OnlineRL:
         metrics["ratio_mean/first"] = float(first["ratio_mean"])  # on-policy: 1
         if "kl" in first:  # KL of the sampling policy to the reference (first update, on-policy)
             metrics["kl"] = float(first["kl"])
-        new_state = {**state, "params": params, "step": state["step"] + 1, "rng": rng}
+        new_state = {**state, "params": params, "step": state["step"] + 1}
         record = {"texts": texts, "rewards": rewards, "advantages": np.asarray(adv),
                   "finished": finished, "lengths": lengths,
                   "prompt_ids": [prompt_ids[i // G] for i in range(n)]}
