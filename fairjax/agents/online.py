@@ -417,7 +417,7 @@ class OnlineRL:
         batch["advantages"] = self._rows(adv)
 
         n, mbs = cfg.rows, cfg.rows // cfg.minibatches
-        step_metrics = []
+        state_in, step_metrics = state, []
         for e in range(cfg.epochs):
             order = (np.arange(n) if cfg.minibatches == 1 else
                      np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, e), n)))
@@ -450,7 +450,12 @@ class OnlineRL:
         metrics["ratio_mean/first"] = float(first["ratio_mean"])  # on-policy: 1
         if "kl" in first:  # KL of the sampling policy to the reference (first update, on-policy)
             metrics["kl"] = float(first["kl"])
-        new_state = {**state, "params": params, "step": state["step"] + 1}
+        finite = all(np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+                     for m in allm)
+        metrics["finite"] = float(finite)
+        # a non-finite update is not applied: the caller gets the input state back (finite = 0)
+        new_state = ({**state, "params": params, "step": state["step"] + 1} if finite
+                     else state_in)
         record = {"texts": texts, "rewards": rewards, "advantages": np.asarray(adv),
                   "finished": finished, "lengths": lengths,
                   "prompt_ids": [prompt_ids[i // G] for i in range(n)]}
