@@ -193,14 +193,18 @@ def completion_forward(model: nn.Module, lm: PyTree, seq: jax.Array,  # [N, Lp +
     """(log-probs [N, T], entropy [N, T], hidden [N, T, d]) of the completion tokens seq[:, plen:]
     under softmax(logits / temperature) with `<|pad|>` excluded; hidden = the state predicting
     each completion token (what V(s_t) reads)."""
-    out = model.apply({"params": lm}, seq, attn)
-    logits = out.logits[:, plen - 1:-1].astype(jnp.float32) / temperature  # [N, T, V]
+    from fairjax.agents.ilql import lm_logits_from_hidden
+
+    # the LM head runs on the completion positions only (the prompt's [N, Lp, V] is never built)
+    hidden = model.apply({"params": lm}, seq, attn, compute_logits=False).hidden_states
+    hidden = hidden[:, plen - 1:-1]  # [N, T, d]: the states that predict the completion tokens
+    logits = lm_logits_from_hidden(lm, hidden) / temperature  # [N, T, V] float32
     logits = logits.at[..., pad_id].set(-1e9)  # finite: pad rows after `</a>` stay NaN-free
     logp_all = jax.nn.log_softmax(logits, axis=-1)
     comp = seq[:, plen:]
     logps = jnp.where(comp == pad_id, 0.0, gather_tokens(logp_all, comp))  # [N, T]
     entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)  # [N, T]
-    return logps, entropy, out.hidden_states[:, plen - 1:-1]
+    return logps, entropy, hidden
 
 
 def values_of(parts: PolicyParts, cfg: OnlineConfig, params: PyTree, frozen: PyTree,
