@@ -93,10 +93,8 @@ def run(main: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]
 
     argv = list(sys.argv if argv is None else argv)
     debug = os.environ.get("FAIRJAX_TRACEBACK", "") not in ("", "0")
-    started = []
 
     def wrapped(args):
-        started.append(True)
         quiet_logs()
         try:
             return main(args)
@@ -106,13 +104,48 @@ def run(main: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]
             print(format_error(e), file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
 
+    app.run(wrapped, argv=argv, flags_parser=_parse_flags if not debug else _absl_parse)
+
+
+def _absl_parse(args: list[str]) -> list[str]:
+    from absl import app
+
+    return app.parse_flags_with_usage(args)
+
+
+def _parse_flags(args: list[str]) -> list[str]:
+    """absl's flag parsing, but a bad flag or `--config.*` override ends in one `error:` line with
+    exit status 2 instead of absl's FATAL block or an ml_collections traceback."""
+    from absl import flags
+
     try:
-        app.run(wrapped, argv=argv)
+        rest = flags.FLAGS(args)
+    except flags.Error as e:
+        msg = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+        print(f"error: {msg} (--helpfull lists the flags)", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
     except (KeyError, AttributeError, ValueError, TypeError) as e:
-        if started or debug:  # raised by main itself: a bug, keep the traceback
-            raise
-        line = config_override_error(e, argv)
+        line = config_override_error(e, args)
         if line is None:
             raise
         print(line, file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+    _check_config_files(flags.FLAGS)
+    return rest
+
+
+def _check_config_files(parsed) -> None:
+    """ml_collections defers a config file's load error until the config is first read (a
+    traceback deep in main): report it now as `error: --config=FILE: ...`."""
+    for name in list(parsed):
+        value = parsed[name].value
+        if type(value).__name__ != "_ErrorConfig":
+            continue
+        try:
+            getattr(value, "anything")
+        except Exception as e:  # noqa: BLE001 - ml_collections raises IOError/OSError here
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            filename = getattr(parsed[name], "config_filename", "")
+            print(f"error: --{name}={filename}: cannot load the config file "
+                  f"({lines[-1] if lines else type(e).__name__})", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)

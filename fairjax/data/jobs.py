@@ -329,7 +329,9 @@ def _normalize(obj: Any, text_field: str, from_csv: bool, clean: bool) -> dict[s
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     if text_field not in obj or obj[text_field] is None:
-        raise ValueError(f"missing text field '{text_field}' (present: {sorted(obj)[:12]})")
+        raise ValueError(f"missing text field '{text_field}' (present: {sorted(obj)[:12]}); name "
+                         "the field that holds the posting (score/rate: --text_field=NAME, train: "
+                         "--config.data.text_field=NAME)")
     raw = obj[text_field]
     if not isinstance(raw, str):
         raise ValueError(f"field '{text_field}' must be a string, got {type(raw).__name__}")

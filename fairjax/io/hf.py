@@ -194,8 +194,9 @@ def hf_config_dict(config, tokenizer=None) -> dict:
     vocabulary (e.g. GPT-2's default 50256 in a 1,000-token model) is dropped rather than written."""
     hf = config.to_hf()
     vocab = hf.get("vocab_size")
+    hf_tok = getattr(tokenizer, "hf", None)  # the wrapped HF tokenizer of a fairjax Tokenizer
     for key in TOKEN_ID_KEYS:
-        tok_id = getattr(tokenizer.hf, key, None) if tokenizer is not None else hf.get(key)
+        tok_id = getattr(hf_tok, key, None) if hf_tok is not None else hf.get(key)
         ids = tok_id if isinstance(tok_id, (list, tuple)) else [tok_id]
         ok = all(i is not None and (vocab is None or 0 <= int(i) < vocab) for i in ids)
         hf[key] = (list(tok_id) if isinstance(tok_id, (list, tuple)) else int(tok_id)) if ok else None
