@@ -2,6 +2,7 @@
 exported trunk, `--to=peft` loads with peft itself onto the exported base, stderr stays clean."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ def _cli(*args, block_torch=False, tmp_path=None):
 
 
 def _assert_quiet(stderr):
-    bad = [ln for ln in stderr.splitlines() if any(n in ln for n in NOISE)]
+    bad = [ln for ln in stderr.splitlines()
+           if any(n in ln for n in NOISE) or re.match(r"[IW]\d{4} \d\d:\d\d", ln)]  # absl INFO/WARNING
     assert not bad, bad
 
 
