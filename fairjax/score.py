@@ -97,6 +97,10 @@ def score(records: list[dict[str, Any]], scorer: DiversityScorer,
                 row[f"share_{name}"] = float(res.shares[a][i, g])
             row[f"distance_{a}"] = float(res.distance[a][i])
         row.update({k: float(v[i]) for k, v in rates.items()})
+        for a in scorer.attrs:  # per-group counts behind the corpus selection table
+            sel, pool = res.counts[a]
+            for g, name in enumerate(res.groups[a]):
+                row[f"n_sel_{name}"], row[f"n_pool_{name}"] = int(sel[i, g]), int(pool[i, g])
         row.update({k: bool(v[i]) for k, v in flags_.items()})
         c = codings[i]
         row.update({"masculine": c.masculine, "feminine": c.feminine, "coded_ratio": c.coded_ratio,
@@ -134,7 +138,7 @@ def print_report(rows: list[dict], summary: dict, show: int, out=sys.stdout) -> 
     print(f"\n== aggregate over {summary['n_texts']} texts ({summary['pool']}; "
           f"embedder {summary['embedder']}; {summary['config']})", file=out)
     for k, s in summary["metrics"].items():
-        if k == "n_matched" or k.startswith(("sr_", "pii_")) and k != "pii_per_char":
+        if k == "n_matched" or k.startswith(("sr_", "pii_", "n_sel_", "n_pool_")) and k != "pii_per_char":
             continue
         print(f"  {k:<28} mean {s['mean']:9.4f}  std {s['std']:8.4f}  "
               f"95% CI [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  n={s['n']}", file=out)
