@@ -97,8 +97,12 @@ class OnlineConfig:
     def beta(self) -> float:
         return {"grpo": self.grpo.beta, "rloo": self.rloo.beta, "ppo": self.ppo.beta}[self.algo]
 
-    def validate(self, data_parallel: int = 1, prefix: str = "online") -> "OnlineConfig":
-        """Raise ConfigError naming the offending key; returns self."""
+    def validate(self, data_parallel: int = 1, prefix: str = "online",
+                 batch_key: Optional[str] = None) -> "OnlineConfig":
+        """Raise ConfigError naming the offending key (`prefix`.<field>; the batch size as
+        `batch_key`, default `prefix`.batch_size); returns self."""
+        batch_key = batch_key or f"{prefix}.batch_size"
+
         def bad(key, msg):
             raise ConfigError(f"{prefix}.{key}: {msg}")
 
@@ -113,13 +117,12 @@ class OnlineConfig:
         if self.algo == "grpo" and self.group_size < 2:
             bad("group_size", "1 gives every completion a zero group advantage; use >= 2")
         if self.batch_size < 1 or self.batch_size % self.group_size:
-            bad("group_size", f"{self.group_size} does not divide {prefix}.batch_size="
+            bad("group_size", f"{self.group_size} does not divide {batch_key}="
                 f"{self.batch_size} (completions per step = prompts × group_size)")
         if self.epochs < 1 or self.minibatches < 1:
             bad("epochs", f"epochs={self.epochs} and minibatches={self.minibatches} must be >= 1")
         if self.rows % self.minibatches:
-            bad("minibatches", f"{self.minibatches} does not divide {prefix}.batch_size="
-                f"{self.rows}")
+            bad("minibatches", f"{self.minibatches} does not divide {batch_key}={self.rows}")
         if (self.rows // self.minibatches) % data_parallel:
             bad("minibatches", f"minibatch of {self.rows // self.minibatches} rows is not divisible "
                 f"by the {data_parallel} data-parallel devices")
@@ -260,23 +263,34 @@ def loss_fn(parts: PolicyParts, cfg: OnlineConfig, pad_id: int, params: PyTree, 
 
 # ----------------------------------------------------------------------------- scoring
 def score_completions(scorer: Union[Callable, Any], texts: Sequence[str],
-                      prompt_ids: Sequence[Any], group_size: int) -> np.ndarray:
-    """texts [N] → rewards [N] float64 on the host. `scorer` has `score_texts` or is callable.
-    An exception or a non-finite score raises `RewardScoringError` naming the prompt id and the
-    sample (the failing sample is found by rescoring one text at a time)."""
-    fn = scorer.score_texts if hasattr(scorer, "score_texts") else scorer
-    name = getattr(scorer, "name", getattr(fn, "__name__", type(scorer).__name__))
+                      prompt_ids: Sequence[Any], group_size: int,
+                      references: Optional[Sequence[str]] = None) -> np.ndarray:
+    """texts [N] → rewards [N] float64 on the host. `scorer` has `score_texts` or is callable; a
+    scorer with `needs_reference` (content preservation, `rewards.registry`) also gets the
+    original posting of each row (`references` [N/G], one per prompt). An exception or a
+    non-finite score raises `RewardScoringError` naming the prompt id and the sample (the failing
+    sample is found by rescoring one text at a time)."""
+    base = scorer.score_texts if hasattr(scorer, "score_texts") else scorer
+    name = getattr(scorer, "name", getattr(base, "__name__", type(scorer).__name__))
+    if getattr(scorer, "needs_reference", False):
+        if references is None:
+            raise RewardScoringError(f"reward scorer {name} needs the original posting of each "
+                                     "prompt: pass references= to OnlineRL.step")
+        refs = [references[i // group_size] for i in range(len(texts))]
+        fn = lambda idx: base([texts[i] for i in idx], [refs[i] for i in idx])  # noqa: E731
+    else:
+        fn = lambda idx: base([texts[i] for i in idx])  # noqa: E731
 
     def where(i):
         return (f"prompt {prompt_ids[i // group_size]!r}, sample {i % group_size} (row {i}): "
                 f"{texts[i][:200]!r}")
 
     try:
-        r = np.asarray(fn(list(texts)), dtype=np.float64).reshape(-1)
+        r = np.asarray(fn(range(len(texts))), dtype=np.float64).reshape(-1)
     except Exception as batch_exc:  # locate the sample
-        for i, t in enumerate(texts):
+        for i in range(len(texts)):
             try:
-                fn([t])
+                fn([i])
             except Exception as exc:
                 raise RewardScoringError(f"reward scorer {name} failed on {where(i)}: "
                                          f"{type(exc).__name__}: {exc}") from exc
@@ -350,8 +364,10 @@ class OnlineRL:
 
     # --- one RL step
     def step(self, state: dict, prompts: Sequence[np.ndarray],  # P rows of prompt token ids
-             prompt_ids: Optional[Sequence[Any]] = None) -> tuple[dict, dict, dict]:
-        """One rollout + update. Returns (new state, metrics of floats, rollout record with
+             prompt_ids: Optional[Sequence[Any]] = None,
+             references: Optional[Sequence[str]] = None) -> tuple[dict, dict, dict]:
+        """One rollout + update; `references`: the original text of each prompt (for scorers
+        that need one). Returns (new state, metrics of floats, rollout record with
         texts/rewards/advantages per row for logging)."""
         cfg, G = self.cfg, self.cfg.group_size
         if len(prompts) != cfg.prompts_per_step:
@@ -359,7 +375,8 @@ class OnlineRL:
                              f"{cfg.prompts_per_step}")
         prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
         t0 = time.perf_counter()
-        rng, k_gen, k_perm = jax.random.split(state["rng"], 3)
+        # rollout key of step s = fold_in(rng, s) (rng fixed, as the generic loop's step keys)
+        k_gen, k_perm = jax.random.split(jax.random.fold_in(state["rng"], state["step"]))
         p_ids, p_mask = left_pad([np.asarray(p)[-cfg.max_prompt_tokens:] for p in prompts],
                                  cfg.max_prompt_tokens, self.pad_id)
         p_ids, p_mask = np.repeat(p_ids, G, 0), np.repeat(p_mask, G, 0)  # row p·G + g
@@ -379,7 +396,7 @@ class OnlineRL:
         tokens, finished = np.asarray(out.tokens), np.asarray(out.finished)
         texts = [self.tok.decode([int(t) for t in tokens[i, :lengths[i] - int(finished[i])]])
                  for i in range(len(lengths))]
-        rewards = score_completions(self.scorer, texts, prompt_ids, G)
+        rewards = score_completions(self.scorer, texts, prompt_ids, G, references)
         t2 = time.perf_counter()
 
         batch = {"seq": seq, "attn": attn, "mask": mask_d}
@@ -433,7 +450,7 @@ class OnlineRL:
         metrics["ratio_mean/first"] = float(first["ratio_mean"])  # on-policy: 1
         if "kl" in first:  # KL of the sampling policy to the reference (first update, on-policy)
             metrics["kl"] = float(first["kl"])
-        new_state = {**state, "params": params, "step": state["step"] + 1, "rng": rng}
+        new_state = {**state, "params": params, "step": state["step"] + 1}
         record = {"texts": texts, "rewards": rewards, "advantages": np.asarray(adv),
                   "finished": finished, "lengths": lengths,
                   "prompt_ids": [prompt_ids[i // G] for i in range(n)]}
