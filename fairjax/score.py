@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from fairjax.data.jobs import extract_fields, read_records
+from fairjax.data.jobs import DataError, extract_fields, read_records
 from fairjax.eval import fairness, stats
 from fairjax.rewards import lexicon, pii
 from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
@@ -168,14 +168,24 @@ def main(argv: list[str]) -> None:
     if FLAGS.annotate:
         from fairjax.rewards.precompute import annotate_jsonl
 
-        n = annotate_jsonl(FLAGS.texts, FLAGS.annotate, build_scorer(), text_field=FLAGS.text_field)
-        print(f"wrote {n} records with 'reward' to {FLAGS.annotate}")
+        n = annotate_jsonl(FLAGS.texts, FLAGS.annotate, build_scorer(), text_field=FLAGS.text_field,
+                           limit=FLAGS.limit)
+        with open(FLAGS.annotate, encoding="utf-8") as f:
+            rewards = np.array([np.nan if (r := json.loads(line)["reward"]) is None else r
+                                for line in f], np.float64)
+        ok = rewards[~np.isnan(rewards)]
+        spread = (f"reward mean {ok.mean():.3f}, min {ok.min():.3f}, max {ok.max():.3f}" if ok.size
+                  else "no finite reward")
+        limit = f" (--limit={FLAGS.limit})" if FLAGS.limit is not None else ""
+        print(f"annotated {n} records of {FLAGS.texts}{limit} -> {FLAGS.annotate}: {spread}; "
+              f"{int(np.isnan(rewards).sum())} without a labelled match (reward null)")
         return
     records = read_records(FLAGS.texts, text_field=FLAGS.text_field, clean=False)
     if FLAGS.limit is not None:
         records = records[: FLAGS.limit]
     if not records:
-        raise app.UsageError(f"{FLAGS.texts}: no texts")
+        raise DataError(f"{FLAGS.texts}: no records (empty file, or --limit=0); expected one JSON "
+                        f"object (or CSV row) with a {FLAGS.text_field!r} field per line")
     rows, summary = score(records, build_scorer(), FLAGS.occupation_field)
     print_report(rows, summary, FLAGS.show)
     if FLAGS.output:
@@ -188,5 +198,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from fairjax import cli
+
     define_flags()
-    app.run(main)
+    cli.run(main)

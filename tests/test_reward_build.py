@@ -184,3 +184,52 @@ def test_empty_candidate_match_stops_the_build(tmp_path):
     assert lenient.score_texts(["zzz qqq www"])[0] == -100.0
     with pytest.raises(ScorerFailure, match="text 0: empty candidate match"):
         build_reward_scorer(cfg).score_texts(["zzz qqq www"])
+
+
+# --------------------------------------------------------------------------- run-dir wiring
+def _run_cfg(tmp_path, algorithm="ilql", scorer="diversity", normalize="standardize"):
+    reward = _cfg(tmp_path, scorer)
+    reward.update({"normalize": normalize, "cache_dir": str(tmp_path / "cache"), "field": "reward"})
+    return ConfigDict({"algorithm": algorithm, "reward": reward,
+                       "data": {"train": "x", "text_field": "text", "on_error": "raise"}})
+
+
+def test_prepare_rewards_scores_normalises_and_stores_in_the_run_dir(tmp_path):
+    from fairjax.rewards.registry import RUN_NORMALIZER_FILE, RUN_SPEC_FILE, trained_reward
+    from fairjax.rewards.training import prepare_rewards
+
+    texts = ["python backend engineer postgres", "nurse at the city hospital", "python data spark"]
+    train, _ = _data(tmp_path, texts)
+    ev = tmp_path / "eval.jsonl"
+    ev.write_text(json.dumps({"id": "e0", "text": "accountant cpa", "company": "Acme"}) + "\n")
+    cfg = _run_cfg(tmp_path)
+    run = tmp_path / "run"
+    tr, ev_out = prepare_rewards(cfg, run, str(train), str(ev), progress=False)
+    rows = [json.loads(x) for x in open(tr)]
+    raw = build_reward_scorer(cfg.reward).score_texts(texts)
+    np.testing.assert_allclose([r["reward_raw"] for r in rows], raw)
+    np.testing.assert_allclose([r["reward"] for r in rows], (raw - raw.mean()) / raw.std())
+    ev_row = json.loads(open(ev_out).read())
+    assert ev_row["company"] == "Acme"  # the record as written, plus its rewards
+    stats = N.load_normalizer(run / RUN_NORMALIZER_FILE)
+    assert ev_row["reward"] == pytest.approx(float(N.apply_normalizer([ev_row["reward_raw"]], stats)[0]))
+    spec = trained_reward(None, run)
+    assert spec["scorer"] == "diversity" and spec["normalize"] == "standardize"
+    assert json.loads((run / RUN_SPEC_FILE).read_text()) == spec
+    # resuming with another normalisation is refused; with the same one, the stored stats are reused
+    with pytest.raises(ValueError, match="trained with reward.normalize='standardize'"):
+        prepare_rewards(_run_cfg(tmp_path, normalize="rank"), run, str(train), str(ev), progress=False)
+    (run / RUN_NORMALIZER_FILE).write_text(json.dumps({**stats, "mean": 0.0, "std": 1.0}))
+    tr2, _ = prepare_rewards(cfg, run, str(train), None, progress=False)
+    np.testing.assert_allclose([json.loads(x)["reward"] for x in open(tr2)], raw)
+
+
+def test_prepare_rewards_bc_and_field_rewards(tmp_path):
+    from fairjax.rewards.training import prepare_rewards
+
+    train, _ = _data(tmp_path, ["a b", "c d"])  # no reward field
+    run = tmp_path / "run"
+    assert prepare_rewards(_run_cfg(tmp_path, "bc"), run, str(train), None) == (str(train), None)
+    assert json.loads((run / "reward_spec.json").read_text())["scorer"] == "none"
+    with pytest.raises(ValueError, match=r"train.jsonl:1: record id 'r0' has no 'reward'"):
+        prepare_rewards(_run_cfg(tmp_path, scorer="", normalize="minmax"), run, str(train), None)

@@ -91,11 +91,12 @@ def precompute_rewards(texts: Sequence[str], scorer: Scorer,
 
 def annotate_jsonl(in_path: str | os.PathLike, out_path: str | os.PathLike, scorer: Scorer,
                    text_field: str = "text", reward_field: str = "reward",
-                   cache_path: Optional[str | os.PathLike] = None, progress: bool = True) -> int:
+                   cache_path: Optional[str | os.PathLike] = None, progress: bool = True,
+                   limit: Optional[int] = None) -> int:
     """Copy a JSONL dataset adding `reward_field` = scorer(text); returns the number of rows.
 
-    Bad lines (invalid JSON, non-object, missing/non-string text) raise ValueError with file:line.
-    Refuses to overwrite the input file.
+    `limit`: copy and score only the first `limit` records. Bad lines (invalid JSON, non-object,
+    missing/non-string text) raise ValueError with file:line. Refuses to overwrite the input file.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if in_path.resolve() == out_path.resolve():
@@ -103,6 +104,8 @@ def annotate_jsonl(in_path: str | os.PathLike, out_path: str | os.PathLike, scor
     rows = []
     with open(in_path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
+            if limit is not None and len(rows) >= limit:
+                break
             if not line.strip():
                 continue
             try:
@@ -112,6 +115,9 @@ def annotate_jsonl(in_path: str | os.PathLike, out_path: str | os.PathLike, scor
             if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
                 raise ValueError(f"{in_path}:{n}: expected an object with a string {text_field!r} field")
             rows.append(rec)
+    if not rows:
+        raise ValueError(f"{in_path}: no records (the file is empty); expected one JSON object "
+                         f"with a string {text_field!r} field per line")
     rewards = precompute_rewards([r[text_field] for r in rows], scorer, cache_path, progress=progress)
     tmp = out_path.with_name(out_path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
