@@ -26,7 +26,7 @@ def base_config(algorithm: str) -> ConfigDict:
     c.model.init = "demo-tiny"
     c.model.base = ""  # HF dir supplying config.json + tokenizer for .pkl checkpoints
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
-    c.model.remat = "none"  # activation rematerialisation per block: none | block | dots
+    c.model.remat = "none"  # per-block remat: none | block | dots | dots_saveable | offload
     # attention kernel: xla (exact einsum, any device) | cudnn (fused flash attention, GPU bf16:
     # 1.9x faster BC steps for GPT-2 medium 16x1024 on an H100) | auto (jax.nn's choice)
     c.model.attention = "xla"

@@ -15,14 +15,16 @@ optimizer steps, never micro-steps. The schedule therefore receives optimizer-st
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from fairjax.io.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")
+PARAM_DTYPES = ("float32", "bfloat16")
 
 
 def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
@@ -53,6 +55,9 @@ def decay_mask(params: Any) -> Any:
 def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
     """clip_by_global_norm(cfg.clip) (skipped when clip <= 0) -> AdamW(schedule, b1, b2, eps,
     weight_decay; mask = `decay_mask` unless `cfg.decay_norms_and_biases`)."""
+    param_dtype = getattr(cfg, "param_dtype", None) or "float32"
+    if param_dtype not in PARAM_DTYPES:
+        raise ConfigError(f"optim.param_dtype={param_dtype!r}; expected one of {list(PARAM_DTYPES)}")
     schedule = make_schedule(cfg, total_steps)
     mask = None if cfg.decay_norms_and_biases else decay_mask
     parts = []
@@ -60,4 +65,43 @@ def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
         parts.append(optax.clip_by_global_norm(cfg.clip))
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, mask=mask))
-    return optax.chain(*parts)
+    opt = optax.chain(*parts)
+    return with_master_weights(opt) if param_dtype != "float32" else opt
+
+
+class MasterState(NamedTuple):
+    """float32 master copy of the (low-precision) params and the wrapped optimizer's state."""
+
+    master: Any
+    inner: Any
+
+
+def with_master_weights(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """bf16 parameters with float32 master weights (`optim.param_dtype = "bfloat16"`).
+
+    The train state's params are low precision (the forward/backward read them: half the bytes);
+    this wrapper keeps θ32 in its state, runs `inner` on float32 gradients against θ32
+    (θ32 ← θ32 + inner(g32)), and returns updates u = θ32_new − θ (float32) so that
+    `optax.apply_updates(θ, u)` = cast(θ32_new) to θ's dtype. Float32 params pass through
+    unchanged (the plain path)."""
+
+    def init(params):
+        master = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+        return MasterState(master=master, inner=inner.init(master))
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("with_master_weights.update needs params (the low-precision copy)")
+        g32 = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        u, inner_state = inner.update(g32, state.inner, state.master)
+        master = optax.apply_updates(state.master, u)
+        out = jax.tree.map(lambda m, p: m - p.astype(jnp.float32), master, params)
+        return out, MasterState(master=master, inner=inner_state)
+
+    return optax.GradientTransformation(init, update)
+
+
+def cast_params(params: Any, dtype: str) -> Any:
+    """Floating leaves of `params` in `dtype` (the bf16 train-state copy of master weights)."""
+    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
+                        params)

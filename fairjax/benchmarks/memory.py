@@ -5,13 +5,16 @@ weights are materialised, so 7B shapes work on a laptop) and reads XLA's
 `compiled.memory_analysis()`: arguments (params + optimizer state + frozen copies + batch),
 temporaries (activations, gradients) and outputs minus donated aliases. `<algo>_lora` rows use LoRA
 (rank 16 on the family's default projections, bfloat16 frozen base; ILQL = one shared base with
-policy/Q-V/target adapter sets). The estimate of the peak is arguments + temporaries + outputs − aliases, for one device holding the whole state (divide the
+policy/Q-V/target adapter sets); `<algo>_qlora` the same with the block kernels of the frozen base
+stored in nf4 through qwix (`<algo>_qlora8`: int8). The estimate of the peak is arguments + temporaries + outputs − aliases, for one device holding the whole state (divide the
 state by the FSDP degree for sharded runs). With `--algo=all` it tabulates BC, ILQL (three trunks)
 and A-LoL (policy + frozen reference). The measured peak of the current device
 (`device.memory_stats()["peak_bytes_in_use"]`) is printed when the backend reports it.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 
 import jax
@@ -20,17 +23,41 @@ import jax.numpy as jnp
 GIB = 2 ** 30
 
 
+QUANT_SUFFIX = {"lora": "none", "qlora": "nf4", "qlora8": "int8"}
+
+
 def _algorithm_cfg(algo: str, remat: str):
-    """configs/<algo>.py; "<algo>_lora" = LoRA (rank 16, bfloat16 frozen base; ILQL: shared base)."""
+    """configs/<algo>.py; "<algo>_lora" = LoRA (rank 16, bfloat16 frozen base; ILQL: shared base),
+    "<algo>_qlora" / "<algo>_qlora8" = the same on an nf4 / int8 base."""
     from fairjax.pipeline import load_config_file
 
     name, _, lora = algo.partition("_")
     cfg = load_config_file(name)
     cfg.model.remat = remat
     if lora:
+        if lora not in QUANT_SUFFIX:
+            raise ValueError(f"--algo={algo!r}: suffix must be one of {sorted(QUANT_SUFFIX)}")
         cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha = True, 16, 32.0
         cfg.lora.base_dtype = "bfloat16"
     return cfg
+
+
+@contextlib.contextmanager
+def _lora_quant(algo: str):
+    """The trainer builds `LoraConfig` from rank/alpha/dropout/targets; until its builder reads
+    `lora.quant` (LoraConfig.from_config), the quantised rows set the default here."""
+    quant = QUANT_SUFFIX.get(algo.partition("_")[2], "none")
+    if quant == "none":
+        yield
+        return
+    from fairjax.models import lora as L
+
+    orig = L.LoraConfig
+    L.LoraConfig = functools.partial(orig, quant=quant)
+    try:
+        yield
+    finally:
+        L.LoraConfig = orig
 
 
 def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
@@ -49,12 +76,14 @@ def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str
 
     def init(rng):  # traced: weights are never materialised
         base = mod.init_params(mcfg, rng)
-        return trainer.build_algorithm(cfg, module, mcfg, base).init(rng)
+        with _lora_quant(algo):
+            return trainer.build_algorithm(cfg, module, mcfg, base).init(rng)
 
     rng = jax.random.PRNGKey(0)
     params, frozen = jax.eval_shape(init, rng)
     # The loss closes over the model and config only; its init is never called here.
-    algorithm = trainer.build_algorithm(cfg, module, mcfg, params)
+    with _lora_quant(algo):
+        algorithm = trainer.build_algorithm(cfg, module, mcfg, params)
     optimizer = make_optimizer(cfg.optim, 1000)
     state = {"params": params, "opt_state": jax.eval_shape(optimizer.init, params),
              "frozen": frozen, "step": jax.ShapeDtypeStruct((), jnp.int32),
@@ -86,17 +115,20 @@ def measured_peak() -> float | None:
 def run(FLAGS) -> None:
     batch, seq = FLAGS.batch or 1, FLAGS.seq or 512
     dtype = FLAGS.dtype or "bfloat16"
-    algos = (("bc", "bc_lora", "ilql", "ilql_lora", "alol", "alol_lora") if FLAGS.algo == "all"
+    algos = (tuple(f"{a}{s}" for a in ("bc", "ilql", "alol") for s in ("", "_lora", "_qlora"))
+             if FLAGS.algo == "all"
              else (FLAGS.algo,))
     remat = getattr(FLAGS, "remat", None) or "block"
     rows = [estimate(FLAGS.model, FLAGS.size, a, batch, seq, dtype, remat) for a in algos]
     print(f"train-step memory {FLAGS.model}-{FLAGS.size} batch {batch} x {seq} {dtype} "
           f"remat={remat}, one device holding the whole state (AdamW, float32 params)")
-    print(f"  {'algo':9s} {'params':>9s} {'frozen':>9s} {'adam':>9s} {'temps':>9s} {'peak est.':>10s}")
+    print(f"  {'algo':11s} {'params':>9s} {'frozen':>9s} {'adam':>9s} {'args':>9s} {'temps':>9s} "
+          f"{'peak est.':>10s}")
     for r in rows:
         g = lambda k: r.get(k, float("nan")) / GIB  # noqa: E731
-        print(f"  {r['algo']:9s} {g('params_bytes'):8.2f}G {g('frozen_bytes'):8.2f}G "
-              f"{g('opt_state_bytes'):8.2f}G {g('temp_bytes'):8.2f}G {g('peak_estimate_bytes'):9.2f}G")
+        print(f"  {r['algo']:11s} {g('params_bytes'):8.2f}G {g('frozen_bytes'):8.2f}G "
+              f"{g('opt_state_bytes'):8.2f}G {g('argument_bytes'):8.2f}G {g('temp_bytes'):8.2f}G "
+              f"{g('peak_estimate_bytes'):9.2f}G")
     peak = measured_peak()
     print(f"  measured peak on {jax.devices()[0].device_kind}: "
           + (f"{peak / GIB:.2f} GiB" if peak else "n/a (backend reports no memory stats)"))

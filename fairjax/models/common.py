@@ -35,7 +35,10 @@ ATTENTION_IMPLS = ("xla", "cudnn", "auto")  # see `attention`
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,
     "block": jax.checkpoint_policies.nothing_saveable,       # recompute the whole block
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight-matmul outputs
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep every matmul output
+    # keep weight-matmul outputs in pinned host memory (device -> host offload; GPU/TPU)
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
 }
 
 
@@ -212,7 +215,7 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def remat_block(block_cls: type[nn.Module], remat: str) -> type[nn.Module]:
-    """Wrap a block class with `nn.remat` according to `remat` ('none' | 'block' | 'dots')."""
+    """Wrap a block class with `nn.remat` under the named policy (a key of `REMAT_POLICIES`)."""
     if remat not in REMAT_POLICIES:
         raise ConfigError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}")
     if remat == "none":

@@ -38,7 +38,7 @@ ACTIVATIONS = {
 class GPT2Config:
     """GPT-2 hyper-parameters (HF `GPT2Config` semantics) + fairjax run options.
 
-    dtype: compute dtype name (params are always float32); remat: 'none' | 'block' | 'dots'.
+    dtype: compute dtype name (params are always float32); remat: a key of common.REMAT_POLICIES (none | block | dots | dots_saveable | offload).
     """
 
     kind: ClassVar[str] = "gpt2"

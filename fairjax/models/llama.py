@@ -35,7 +35,7 @@ class LlamaConfig:
 
     rope_scaling: None or a tuple of (key, value) pairs of HF `rope_parameters` other than
     rope_theta (e.g. `(("factor", 8.0), ("rope_type", "llama3"), ...)`).
-    dtype: compute dtype name (params always float32); remat: 'none' | 'block' | 'dots'.
+    dtype: compute dtype name (params always float32); remat: a key of common.REMAT_POLICIES (none | block | dots | dots_saveable | offload).
     """
 
     kind: ClassVar[str] = "llama"
