@@ -1,7 +1,7 @@
 """Train-step throughput: `python -m fairjax.bench train --algo=ilql --size=small`.
 
 Times the compiled fairjax train step (the trainer's own `compile_train_step`: scan over one
-micro-batch, AdamW, Polyak update) on random weights of a GPT-2 preset with a synthetic batch in
+micro-batch, AdamW, Polyak update) on random weights of a GPT-2 (or, --model=llama, LLaMA) preset with a synthetic batch in
 the ILQL layout (prompt = first half, response = second half; B x T = 8 x 128 by default), and,
 when torch is importable, a plain Hugging Face PyTorch GPT-2 LM step (AdamW) on the same shapes.
 
@@ -49,30 +49,36 @@ def _time(fn, steps: int) -> float:
 
 
 def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: int,
-                 attention: str = "xla", profile_dir: str | None = None) -> dict:
+                 attention: str = "xla", profile_dir: str | None = None, family: str = "gpt2",
+                 remat: str = "none", lora: str | None = None) -> dict:
+    """Time the trainer's compiled step of `algo` (configs/<algo>.py) on random `family/size`
+    weights. lora: None = full fine-tuning; 'none' | 'int8' | 'nf4' = LoRA (rank 16, bf16 base
+    stored as given; ILQL = one shared base). Returns step_s, tokens_per_s, flops (XLA cost
+    analysis), params_lm and, when the backend reports it, peak_bytes (device memory stats)."""
     from fairjax import parallel, trainer
-    from fairjax.models.gpt2 import GPT2LMHeadModel, PRESETS, init_params
+    from fairjax.benchmarks.forward import FAMILIES, make_config
+    from fairjax.benchmarks.memory import _algorithm_cfg, _lora_quant
+    from fairjax.models.lora import cast_base
     from fairjax.optim import make_optimizer
 
-    cfg_path = {"ilql": "ilql", "bc": "bc"}[algo]
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "cfg", Path(__file__).resolve().parents[2] / "configs" / f"{cfg_path}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    mcfg = PRESETS[size].replace(dtype=dtype, vocab_size=PRESETS[size].vocab_size + 6,
-                                 attention_impl=attention)
-    params = init_params(mcfg, jax.random.PRNGKey(0))
-    alg = trainer.build_algorithm(cfg, GPT2LMHeadModel(mcfg), mcfg, params)
-    mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-    opt = make_optimizer(cfg.optim, 1000)
-    plan = trainer.StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
-    step = trainer.compile_train_step(alg, opt, plan)
+    suffix = {None: "", "none": "_lora", "nf4": "_qlora", "int8": "_qlora8"}[lora]
+    cfg = _algorithm_cfg(algo + suffix, remat)
+    base = make_config(family, size, dtype, attention).replace(remat=remat)
+    mcfg = base.replace(vocab_size=base.vocab_size + 6)
+    mod, model_cls = FAMILIES[family]
+    init = (lambda r: mod.init_params(mcfg, r)) if lora is None else (  # noqa: E731
+        lambda r: cast_base(mod.init_params(mcfg, r), "bfloat16"))
+    params = jax.jit(init)(jax.random.PRNGKey(0))
+    with _lora_quant(algo + suffix):
+        alg = trainer.build_algorithm(cfg, model_cls(mcfg), mcfg, params)
+        mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+        opt = make_optimizer(cfg.optim, 1000)
+        plan = trainer.StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
+        step = trainer.compile_train_step(alg, opt, plan)
+        state = {"s": plan.init()}
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    del params
     b = parallel.shard_batch(trainer._stack_micro(synthetic_batch(batch, seq, mcfg.vocab_size), 1), mesh)
-    state = {"s": plan.init()}
     compiled = step.lower(state["s"], b).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -83,8 +89,10 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
         jax.block_until_ready(m["loss"])
 
     dt = _time(run, steps)
-    n_params = sum(x.size for x in jax.tree.leaves(params))
     out = {"step_s": dt, "tokens_per_s": batch * seq / dt, "flops": flops, "params_lm": n_params}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        out["peak_bytes"] = int(stats["peak_bytes_in_use"])
     if profile_dir:
         from fairjax.benchmarks import profile
 
@@ -122,13 +130,13 @@ def run(FLAGS) -> None:
     steps = FLAGS.steps or 3
     on_cpu = jax.default_backend() == "cpu"
     dtype = FLAGS.dtype or ("float32" if on_cpu else "bfloat16")
-    if FLAGS.model != "gpt2":
-        raise SystemExit("benchmarks/train: only --model=gpt2 is wired")
+    if FLAGS.model != "gpt2" and FLAGS.torch:
+        raise SystemExit("benchmarks/train: the torch baseline is GPT-2 only; pass --notorch")
     res = {"algo": FLAGS.algo, "size": FLAGS.size, "batch": batch, "seq": seq, "dtype": dtype,
            "device": jax.devices()[0].device_kind}
     res["attention"] = getattr(FLAGS, "attention", "xla")
     res["fairjax"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps, res["attention"],
-                                  getattr(FLAGS, "profile", None))
+                                  getattr(FLAGS, "profile", None), family=FLAGS.model)
     peak = next((v for k, v in PEAK_BF16.items() if k in res["device"]), None)
     if peak and not on_cpu and res["fairjax"]["flops"]:
         res["fairjax"]["mfu"] = res["fairjax"]["flops"] / res["fairjax"]["step_s"] / peak
