@@ -43,7 +43,7 @@ def convert(source: str, output: str, *, base: Optional[str] = None, to: str = "
             chat_template: bool = False) -> Path:
     """Convert `source` to `to` format at `output`; returns the written path."""
     from fairjax.io import checkpoint
-    from fairjax.models import load_config_params_tokenizer
+    from fairjax.runs import load_config_params_tokenizer
 
     if to not in TARGETS:
         raise ValueError(f"--to={to!r}; expected one of {TARGETS}")
@@ -74,8 +74,8 @@ def convert(source: str, output: str, *, base: Optional[str] = None, to: str = "
 
 
 def _user_errors() -> tuple[type, ...]:
-    from fairjax.data.tokenizer import VocabMismatchError
-    from fairjax.io.errors import CheckpointMismatchError, ConfigError
+    from fairjax.io.tokenizer import VocabMismatchError
+    from fairjax.errors import CheckpointMismatchError, ConfigError
     from fairjax.io.torch_pickle import UnsafePickleError
 
     return (CheckpointMismatchError, ConfigError, VocabMismatchError, UnsafePickleError,
