@@ -1,0 +1,424 @@
+"""Online RL with a host-side reward: GRPO, RLOO and PPO rollouts and updates (no trainer internals).
+
+One `OnlineRL.step` on P prompts, G samples each (N = P·G rows, prompt-major: row p·G + g):
+
+    rollout  (device)  `fairjax.generate` (jit, KV cache, rows sharded over the mesh) → completion
+                       tokens [N, T]; one jitted forward gives per-token log-probs under the
+                       sampling policy (old) and the reference, the entropy, and (PPO) V(s_t)
+    scoring  (host)    texts → `scorer` (a `rewards.Scorer` or any texts → floats callable); an
+                       exception or a non-finite score stops the step with a `RewardScoringError`
+                       naming the prompt id and the sample
+    advantages         GRPO: group-normalised;  RLOO: leave-one-out (k1 KL in the reward);
+                       PPO: per-token KL-in-reward + score on `</a>`, GAE, whitened
+    update   (device)  `epochs` passes of `minibatches` jitted optax steps over the rollout batch
+
+Completion layout (FMs-at-work): prompts are `<s>{prompt}</s>` (`data.layout.prompt_tokens`),
+left-padded to `max_prompt_tokens`; the completion ends with `</a>`; a completion cut by
+`max_new_tokens` is scored all the same and counted as unfinished. The mask covers the completion
+tokens through `</a>`. Log-probs use the sampling temperature (logits / T, `<|pad|>` excluded, as
+the decoder); top-k / top-p are not part of the trained distribution (as trl).
+
+Parameters: `params = {"policy": θ, ["value_head", "value_lm"]}` where θ is the full LM tree or
+(LoRA) the adapters over `frozen["base"]`; the reference is the initial policy: a frozen copy
+`frozen["ref"]` (full) or the base with adapters off (LoRA, no second copy); none when
+`reference="none"`. The state (params, frozen, opt_state, step, rng) is a pytree: checkpointing it
+with the data position resumes exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fairjax.generate import GenerationConfig, Policy, generate, left_pad
+from fairjax.io.errors import ConfigError
+from fairjax.losses.common import gather_tokens, masked_mean
+from fairjax.losses.grpo import GRPOHParams, group_advantages, grpo_loss_hp, k3_kl
+from fairjax.losses.ppo import PPOHParams, gae, ppo_loss, token_rewards, whiten
+from fairjax.losses.rloo import RLOOHParams, kl_penalized_rewards, rloo_advantages, rloo_loss_hp
+from fairjax.models import lora as L
+from fairjax.models.heads import MLPHead
+
+PyTree = Any
+ALGOS = ("grpo", "rloo", "ppo")
+REFERENCES = ("initial", "none")
+VALUE_TRUNKS = ("policy", "separate")
+
+
+class RewardScoringError(RuntimeError):
+    """The reward scorer raised or returned a non-finite score for a sample."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """algo: "grpo" | "rloo" | "ppo"; batch_size: completions per step N (= P prompts × G);
+    group_size: G samples per prompt (must divide batch_size);
+    max_prompt_tokens / max_new_tokens: prompt width (left-trimmed) and completion length T;
+    temperature / top_k / top_p: sampling; epochs × minibatches: optimizer steps per rollout batch
+    (trl's num_iterations; PPO epochs); reference: "initial" (frozen initial policy; LoRA: adapters
+    off) | "none"; value_trunk (PPO): "policy" (head on the policy trunk) | "separate" (own trunk
+    initialised from the policy); grpo / rloo / ppo: the loss options."""
+
+    algo: str = "grpo"
+    batch_size: int = 8
+    group_size: int = 4
+    max_prompt_tokens: int = 64
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    epochs: int = 1
+    minibatches: int = 1
+    reference: str = "initial"
+    value_trunk: str = "policy"
+    value_hidden_mult: int = 2
+    grpo: GRPOHParams = GRPOHParams()
+    rloo: RLOOHParams = RLOOHParams()
+    ppo: PPOHParams = PPOHParams()
+
+    @property
+    def rows(self) -> int:
+        return self.batch_size
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.group_size
+
+    @property
+    def beta(self) -> float:
+        return {"grpo": self.grpo.beta, "rloo": self.rloo.beta, "ppo": self.ppo.beta}[self.algo]
+
+    def validate(self, data_parallel: int = 1, prefix: str = "online") -> "OnlineConfig":
+        """Raise ConfigError naming the offending key; returns self."""
+        def bad(key, msg):
+            raise ConfigError(f"{prefix}.{key}: {msg}")
+
+        if self.algo not in ALGOS:
+            bad("algo", f"expected one of {ALGOS}, got {self.algo!r}")
+        if self.reference not in REFERENCES:
+            bad("reference", f"expected one of {REFERENCES}, got {self.reference!r}")
+        if self.value_trunk not in VALUE_TRUNKS:
+            bad("value_trunk", f"expected one of {VALUE_TRUNKS}, got {self.value_trunk!r}")
+        if self.group_size < 1 or (self.algo == "rloo" and self.group_size < 2):
+            bad("group_size", f"{self.group_size}: must be >= 1 (>= 2 for rloo's leave-one-out)")
+        if self.algo == "grpo" and self.group_size < 2:
+            bad("group_size", "1 gives every completion a zero group advantage; use >= 2")
+        if self.batch_size < 1 or self.batch_size % self.group_size:
+            bad("group_size", f"{self.group_size} does not divide {prefix}.batch_size="
+                f"{self.batch_size} (completions per step = prompts × group_size)")
+        if self.epochs < 1 or self.minibatches < 1:
+            bad("epochs", f"epochs={self.epochs} and minibatches={self.minibatches} must be >= 1")
+        if self.rows % self.minibatches:
+            bad("minibatches", f"{self.minibatches} does not divide {prefix}.batch_size="
+                f"{self.rows}")
+        if (self.rows // self.minibatches) % data_parallel:
+            bad("minibatches", f"minibatch of {self.rows // self.minibatches} rows is not divisible "
+                f"by the {data_parallel} data-parallel devices")
+        if self.beta > 0 and self.reference == "none":
+            bad(f"{self.algo}.beta", f"{self.beta} > 0 needs a reference policy; set "
+                f"{prefix}.reference='initial' or {prefix}.{self.algo}.beta=0")
+        if self.max_prompt_tokens < 2 or self.max_new_tokens < 1:
+            bad("max_prompt_tokens", f"max_prompt_tokens={self.max_prompt_tokens} (>= 2) and "
+                f"max_new_tokens={self.max_new_tokens} (>= 1)")
+        return self
+
+    def generation(self) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, mode="sample",
+                                temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+
+# ----------------------------------------------------------------------------- parameters
+@dataclasses.dataclass(frozen=True)
+class PolicyParts:
+    """How the trained tree maps to LMs: `lora_scale` None = full fine-tuning, else LoRA α/r."""
+
+    model: nn.Module
+    lora_scale: Optional[float] = None
+    reference: bool = True  # False: no reference LM (OnlineConfig.reference="none")
+
+    def policy_lm(self, params: PyTree, frozen: PyTree) -> PyTree:
+        if self.lora_scale is None:
+            return params["policy"]
+        return L.apply(frozen["base"], params["policy"], self.lora_scale)
+
+    def ref_lm(self, params: PyTree, frozen: PyTree) -> Optional[PyTree]:
+        if not self.reference:
+            return None
+        return frozen["base"] if self.lora_scale is not None else frozen["ref"]
+
+
+def init_params(parts: PolicyParts, cfg: OnlineConfig, policy: PyTree, rng: jax.Array,
+                base: Optional[PyTree] = None) -> tuple[PyTree, PyTree]:
+    """(params, frozen) from the initial policy tree (full) or adapters + `base` (LoRA)."""
+    params: dict = {"policy": policy}
+    frozen: dict = {}
+    if parts.lora_scale is not None:
+        if base is None:
+            raise ConfigError("online LoRA: init_params needs the frozen `base` params")
+        frozen["base"] = base
+        lm = L.apply(base, policy, parts.lora_scale)
+    else:
+        lm = policy
+        if cfg.reference == "initial":
+            frozen["ref"] = jax.tree.map(jnp.copy, policy)
+    if cfg.algo == "ppo":
+        if cfg.value_trunk == "separate":
+            if parts.lora_scale is not None:
+                raise ConfigError("online.value_trunk='separate' is not yet supported with LoRA "
+                                  "(use value_trunk='policy')")
+            params["value_lm"] = jax.tree.map(jnp.copy, lm)
+        d = parts.model.config.hidden_size
+        head = MLPHead(1, cfg.value_hidden_mult)
+        params["value_head"] = head.init(rng, jnp.zeros((1, d)))["params"]
+    return params, frozen
+
+
+# ----------------------------------------------------------------------------- forward
+def completion_forward(model: nn.Module, lm: PyTree, seq: jax.Array,  # [N, Lp + T]
+                       attn: jax.Array,  # [N, Lp + T]
+                       plen: int, temperature: float, pad_id: int
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(log-probs [N, T], entropy [N, T], hidden [N, T, d]) of the completion tokens seq[:, plen:]
+    under softmax(logits / temperature) with `<|pad|>` excluded; hidden = the state predicting
+    each completion token (what V(s_t) reads)."""
+    out = model.apply({"params": lm}, seq, attn)
+    logits = out.logits[:, plen - 1:-1].astype(jnp.float32) / temperature  # [N, T, V]
+    logits = logits.at[..., pad_id].set(-1e9)  # finite: pad rows after `</a>` stay NaN-free
+    logp_all = jax.nn.log_softmax(logits, axis=-1)
+    comp = seq[:, plen:]
+    logps = jnp.where(comp == pad_id, 0.0, gather_tokens(logp_all, comp))  # [N, T]
+    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)  # [N, T]
+    return logps, entropy, out.hidden_states[:, plen - 1:-1]
+
+
+def values_of(parts: PolicyParts, cfg: OnlineConfig, params: PyTree, frozen: PyTree,
+              seq, attn, plen: int, hidden_policy: jax.Array) -> jax.Array:
+    """V(s_t) [N, T] from the value head on the policy trunk's or the value trunk's states."""
+    hidden = hidden_policy
+    if cfg.value_trunk == "separate":
+        hidden = parts.model.apply({"params": params["value_lm"]}, seq, attn,
+                                   compute_logits=False).hidden_states[:, plen - 1:-1]
+    head = MLPHead(1, cfg.value_hidden_mult)
+    return head.apply({"params": params["value_head"]}, hidden)[..., 0]
+
+
+def _rollout_stats(parts, cfg, pad_id, params, frozen, seq, attn, plen):
+    """jit body: old log-probs, reference log-probs (or None), entropy, old values (or None)."""
+    lp, ent, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn,
+                                      plen, cfg.temperature, pad_id)
+    ref = parts.ref_lm(params, frozen)
+    ref_lp = None if ref is None else completion_forward(parts.model, ref, seq, attn, plen,
+                                                         cfg.temperature, pad_id)[0]
+    vals = (values_of(parts, cfg, params, frozen, seq, attn, plen, hid)
+            if cfg.algo == "ppo" else None)
+    return lp, ref_lp, ent, vals
+
+
+def loss_fn(parts: PolicyParts, cfg: OnlineConfig, pad_id: int, params: PyTree, frozen: PyTree,
+            mb: dict, plen: int) -> tuple[jax.Array, dict]:
+    """The objective of `cfg.algo` on a minibatch of rollout rows (keys of `OnlineRL._batch`)."""
+    seq, attn, mask = mb["seq"], mb["attn"], mb["mask"]
+    lp, _, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn, plen,
+                                    cfg.temperature, pad_id)
+    ref = mb.get("ref_logps")
+    if cfg.algo == "grpo":
+        loss, m = grpo_loss_hp(lp, mb["old_logps"], ref, mb["advantages"], mask, cfg.grpo)
+    elif cfg.algo == "rloo":
+        loss, m = rloo_loss_hp(lp, mb["old_logps"], mb["advantages"], mask, cfg.rloo, ref)
+    else:
+        v = values_of(parts, cfg, params, frozen, seq, attn, plen, hid)
+        p = cfg.ppo
+        loss, m = ppo_loss(lp, mb["old_logps"], v, mb["old_values"], mb["advantages"],
+                           mb["returns"], mask, epsilon=p.epsilon, value_clip=p.value_clip,
+                           vf_coef=p.vf_coef)
+    if ref is not None:  # one KL metric for every algorithm: per-token k3 to the reference
+        m["kl"] = masked_mean(k3_kl(jax.lax.stop_gradient(lp), ref), mask)
+    return loss, m
+
+
+# ----------------------------------------------------------------------------- scoring
+def score_completions(scorer: Union[Callable, Any], texts: Sequence[str],
+                      prompt_ids: Sequence[Any], group_size: int) -> np.ndarray:
+    """texts [N] → rewards [N] float64 on the host. `scorer` has `score_texts` or is callable.
+    An exception or a non-finite score raises `RewardScoringError` naming the prompt id and the
+    sample (the failing sample is found by rescoring one text at a time)."""
+    fn = scorer.score_texts if hasattr(scorer, "score_texts") else scorer
+    name = getattr(scorer, "name", getattr(fn, "__name__", type(scorer).__name__))
+
+    def where(i):
+        return (f"prompt {prompt_ids[i // group_size]!r}, sample {i % group_size} (row {i}): "
+                f"{texts[i][:200]!r}")
+
+    try:
+        r = np.asarray(fn(list(texts)), dtype=np.float64).reshape(-1)
+    except Exception as batch_exc:  # locate the sample
+        for i, t in enumerate(texts):
+            try:
+                fn([t])
+            except Exception as exc:
+                raise RewardScoringError(f"reward scorer {name} failed on {where(i)}: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+        raise RewardScoringError(f"reward scorer {name} failed on the batch of {len(texts)} "
+                                 f"completions: {batch_exc}") from batch_exc
+    if r.shape != (len(texts),):
+        raise RewardScoringError(f"reward scorer {name} returned shape {r.shape} for "
+                                 f"{len(texts)} completions")
+    bad = np.flatnonzero(~np.isfinite(r))
+    if bad.size:
+        raise RewardScoringError(f"reward scorer {name} returned {r[bad[0]]} for {where(bad[0])}"
+                                 f" ({bad.size} non-finite scores in the batch)")
+    return r
+
+
+# ----------------------------------------------------------------------------- the step
+class OnlineRL:
+    """Rollout → score → advantages → update (module doc). `tokenizer` needs `decode`,
+    `eoa_id`, `pad_id`; `optimizer` is an optax transformation of `params`."""
+
+    def __init__(self, parts: PolicyParts, cfg: OnlineConfig, tokenizer, scorer,
+                 optimizer: optax.GradientTransformation, mesh: Optional[Mesh] = None):
+        from fairjax.parallel import data_parallel_size
+
+        dp = 1 if mesh is None else data_parallel_size(mesh)
+        self.cfg = cfg.validate(dp)
+        parts = dataclasses.replace(parts, reference=cfg.reference == "initial")
+        self.parts, self.tok, self.scorer, self.opt, self.mesh = parts, tokenizer, scorer, optimizer, mesh
+        self.pad_id, self.eoa_id = int(tokenizer.pad_id), int(tokenizer.eoa_id)
+        plen = cfg.max_prompt_tokens
+        stats = lambda p, f, s, a: _rollout_stats(parts, cfg, self.pad_id, p, f, s, a, plen)
+        self._stats = jax.jit(stats)
+        self._update = jax.jit(self._update_fn)
+        self._ppo_targets = jax.jit(self._ppo_targets_fn)
+
+    # --- state
+    def init_state(self, policy: PyTree, rng: jax.Array, base: Optional[PyTree] = None) -> dict:
+        k_init, k_roll = jax.random.split(rng)
+        params, frozen = init_params(self.parts, self.cfg, policy, k_init, base)
+        state = {"params": params, "frozen": frozen, "opt_state": self.opt.init(params),
+                 "step": jnp.zeros((), jnp.int32), "rng": k_roll}
+        if self.mesh is not None:
+            state = jax.device_put(state, NamedSharding(self.mesh, P()))
+        return state
+
+    def _rows(self, x):
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(jnp.asarray(x), NamedSharding(self.mesh, P(("data", "fsdp"))))
+
+    def _update_fn(self, params, frozen, opt_state, mb):
+        fn = lambda p: loss_fn(self.parts, self.cfg, self.pad_id, p, frozen, mb,
+                               self.cfg.max_prompt_tokens)
+        (_, metrics), grads = jax.value_and_grad(fn, has_aux=True)(params)
+        updates, opt_state = self.opt.update(grads, opt_state, params)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    def _ppo_targets_fn(self, scores, old_lp, ref_lp, values, mask):
+        p = self.cfg.ppo
+        ref = old_lp if ref_lp is None else ref_lp
+        r = token_rewards(scores, old_lp, ref, mask, p.beta)
+        adv, ret = gae(r, values, mask, p.gamma, p.lam)
+        return (whiten(adv, mask) if p.whiten_advantages else adv), ret
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """`<s>{prompt}</s>` ids per prompt, trimmed from the left to `max_prompt_tokens`."""
+        from fairjax.data.layout import prompt_tokens
+
+        return [prompt_tokens(self.tok, p, max_len=self.cfg.max_prompt_tokens) for p in prompts]
+
+    # --- one RL step
+    def step(self, state: dict, prompts: Sequence[np.ndarray],  # P rows of prompt token ids
+             prompt_ids: Optional[Sequence[Any]] = None) -> tuple[dict, dict, dict]:
+        """One rollout + update. Returns (new state, metrics of floats, rollout record with
+        texts/rewards/advantages per row for logging)."""
+        cfg, G = self.cfg, self.cfg.group_size
+        if len(prompts) != cfg.prompts_per_step:
+            raise ValueError(f"step got {len(prompts)} prompts; online.batch_size / group_size = "
+                             f"{cfg.prompts_per_step}")
+        prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
+        t0 = time.perf_counter()
+        rng, k_gen, k_perm = jax.random.split(state["rng"], 3)
+        p_ids, p_mask = left_pad([np.asarray(p)[-cfg.max_prompt_tokens:] for p in prompts],
+                                 cfg.max_prompt_tokens, self.pad_id)
+        p_ids, p_mask = np.repeat(p_ids, G, 0), np.repeat(p_mask, G, 0)  # row p·G + g
+        params, frozen = state["params"], state["frozen"]
+        pol = Policy.lm(self.parts.model, self.parts.policy_lm(params, frozen))
+        out = generate(pol, p_ids, p_mask, k_gen, cfg.generation(), eoa_id=self.eoa_id,
+                       pad_id=self.pad_id, mesh=self.mesh)
+        lengths = np.asarray(out.lengths)
+        mask = (np.arange(cfg.max_new_tokens)[None] < lengths[:, None]).astype(np.float32)
+        seq = self._rows(np.concatenate([p_ids, np.asarray(out.tokens)], 1))
+        attn = self._rows(np.concatenate([p_mask.astype(np.float32), mask], 1))
+        mask_d = self._rows(mask)
+        old_lp, ref_lp, ent, old_v = self._stats(params, frozen, seq, attn)
+        jax.block_until_ready(old_lp)
+        t1 = time.perf_counter()
+
+        tokens, finished = np.asarray(out.tokens), np.asarray(out.finished)
+        texts = [self.tok.decode([int(t) for t in tokens[i, :lengths[i] - int(finished[i])]])
+                 for i in range(len(lengths))]
+        rewards = score_completions(self.scorer, texts, prompt_ids, G)
+        t2 = time.perf_counter()
+
+        batch = {"seq": seq, "attn": attn, "mask": mask_d, "old_logps": old_lp}
+        if ref_lp is not None:
+            batch["ref_logps"] = ref_lp
+        r = jnp.asarray(rewards, jnp.float32)
+        if cfg.algo == "grpo":
+            adv = group_advantages(r, G, cfg.grpo.scale_rewards)
+        elif cfg.algo == "rloo":
+            if cfg.rloo.beta:
+                r = kl_penalized_rewards(r, old_lp, ref_lp, mask_d, cfg.rloo.beta)
+            adv = rloo_advantages(r, G, cfg.rloo.normalize_advantages)
+        else:
+            adv, batch["returns"] = self._ppo_targets(r, old_lp, ref_lp, old_v, mask_d)
+            batch["old_values"] = old_v
+        batch["advantages"] = self._rows(adv)
+
+        n, mbs = cfg.rows, cfg.rows // cfg.minibatches
+        step_metrics = []
+        for e in range(cfg.epochs):
+            order = (np.arange(n) if cfg.minibatches == 1 else
+                     np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, e), n)))
+            for k in range(cfg.minibatches):
+                idx = order[k * mbs:(k + 1) * mbs]
+                mb = batch if cfg.minibatches == 1 else {
+                    key: self._rows(jnp.asarray(v)[idx]) for key, v in batch.items()}
+                params, opt_state, m = self._update(params, frozen, state["opt_state"], mb)
+                state = {**state, "opt_state": opt_state}
+                step_metrics.append(m)
+        jax.block_until_ready(params)
+        t3 = time.perf_counter()
+
+        first, last = jax.device_get(step_metrics[0]), jax.device_get(step_metrics[-1])
+        n_tok = float(mask.sum())
+        metrics = {
+            "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
+            "completion_length": float(lengths.mean()), "finished": float(finished.mean()),
+            "entropy": float(jax.device_get(masked_mean(ent, mask_d))),
+            "time/rollout": t1 - t0, "time/scoring": t2 - t1, "time/update": t3 - t2,
+            "rollout_tokens_per_s": n_tok / max(t1 - t0, 1e-9),
+            "loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]),
+            "updates": float(len(step_metrics)),
+        }
+        allm = jax.device_get(step_metrics)
+        for key in ("clip_ratio/low", "clip_ratio/high", "clip_ratio/region", "ratio_mean",
+                    "value_loss", "policy_loss"):
+            if key in first:  # averaged over the epochs × minibatches updates
+                metrics[key] = float(np.mean([m[key] for m in allm]))
+        metrics["ratio_mean/first"] = float(first["ratio_mean"])  # on-policy: 1
+        if "kl" in first:  # KL of the sampling policy to the reference (first update, on-policy)
+            metrics["kl"] = float(first["kl"])
+        new_state = {**state, "params": params, "step": state["step"] + 1, "rng": rng}
+        record = {"texts": texts, "rewards": rewards, "advantages": np.asarray(adv),
+                  "finished": finished, "lengths": lengths,
+                  "prompt_ids": [prompt_ids[i // G] for i in range(n)]}
+        return new_state, metrics, record
