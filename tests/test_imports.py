@@ -21,7 +21,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("fairjax.data", "fairjax.losses", "fairjax.rewards", "fairjax.rewriters",
      "fairjax.optim", "fairjax.parallel"),
     ("fairjax.agents",),                                                # objectives + registry
-    ("fairjax.train.loop", "fairjax.generate"),
+    ("fairjax.train.loop", "fairjax.generate",
+     "fairjax.agents.online"),                                         # online RL samples: uses generate
     ("fairjax.runs",),                                                  # restore run dirs
     ("fairjax.train", "fairjax.train.build"),                           # config -> objects
     ("fairjax.pipeline", "fairjax.evaluate", "fairjax.score"),
