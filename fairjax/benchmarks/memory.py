@@ -22,10 +22,10 @@ GIB = 2 ** 30
 
 def _algorithm_cfg(algo: str, remat: str):
     """configs/<algo>.py; "<algo>_lora" = LoRA (rank 16, bfloat16 frozen base; ILQL: shared base)."""
-    from fairjax.pipeline import load_config_file
+    from fairjax.benchmarks import repo_config
 
     name, _, lora = algo.partition("_")
-    cfg = load_config_file(name)
+    cfg = repo_config(name)
     cfg.model.remat = remat
     if lora:
         cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha = True, 16, 32.0

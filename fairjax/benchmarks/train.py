@@ -56,15 +56,9 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     from fairjax.optim import make_optimizer
     from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
 
-    cfg_path = {"ilql": "ilql", "bc": "bc"}[algo]
-    import importlib.util
-    from pathlib import Path
+    from fairjax.benchmarks import repo_config
 
-    spec = importlib.util.spec_from_file_location(
-        "cfg", Path(__file__).resolve().parents[2] / "configs" / f"{cfg_path}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    cfg = repo_config({"ilql": "ilql", "bc": "bc"}[algo])
     mcfg = PRESETS[size].replace(dtype=dtype, vocab_size=PRESETS[size].vocab_size + 6,
                                  attention_impl=attention)
     params = init_params(mcfg, jax.random.PRNGKey(0))
