@@ -34,7 +34,11 @@ def get_config():
     c.data.on_error = "raise"  # bad record: raise (file:line) | skip
 
     c.generation = ConfigDict()
-    c.generation.max_new_tokens = 128  # per rewrite, </a> included (upstream 256)
+    # Per rewrite, </a> included (upstream 256). 0 = from the data: the `length_percentile`
+    # percentile of the eval postings' token lengths + 1. Any value is capped so that half of the
+    # model's context stays for the prompt (summary.json says which value was used and why).
+    c.generation.max_new_tokens = 0
+    c.generation.length_percentile = 95.0
     c.generation.mode = "sample"  # sample | greedy | beam
     c.generation.temperature = 1.0
     c.generation.top_k = 0  # 0 = off

@@ -1,6 +1,6 @@
 """Benchmarks: `python -m fairjax.bench TARGET [--flags]`.
 
-Targets (one module each in `fairjax/benchmarks/`): forward, train, generate, reward, memory.
+Targets (one module each in `fairjax/benchmarks/`): forward, train, generate, reward, memory, rl.
 Each prints a human-readable table and, with --json=PATH, writes its figures as JSON.
 Speed is measured here, never asserted in tests.
 """
@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-TARGETS = ("forward", "train", "generate", "reward", "memory")
+TARGETS = ("forward", "train", "generate", "reward", "memory", "rl")
 
 
 def define_flags() -> None:
@@ -21,7 +21,7 @@ def define_flags() -> None:
         return
     flags.DEFINE_string("model", "gpt2", "Model family: gpt2 | llama.")
     flags.DEFINE_string("size", "small", "Model size preset (tiny, small=124M, medium=355M, 1b, 7b, ...).")
-    flags.DEFINE_string("algo", "ilql", "Objective for train/generate/memory: bc | ilql | alol | dpo.")
+    flags.DEFINE_string("algo", "ilql", "Objective for train/generate/memory: bc | ilql | alol | dpo; for rl: grpo | rloo | ppo.")
     flags.DEFINE_integer("batch", None, "Batch size (default: the target's own).")
     flags.DEFINE_integer("seq", None, "Sequence length / new tokens (default: the target's own).")
     flags.DEFINE_integer("steps", None, "Timed iterations (default: the target's own).")

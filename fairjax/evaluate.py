@@ -13,9 +13,19 @@ FMs-at-work `eval_policy` + `distill_policy_eval` + `impact_ratio_calc` in one r
 3. score the original and every rewrite with the same scorer (diversity reward with its share
    distances, selection and impact ratios per group and four-fifths flags; gender-coded wording
    verdict; PII; length) and each system's own per-token NLL of the original and of its rewrite;
-4. write OUTPUT_DIR/eval_logs.jsonl (one row per prompt, all fields), summary.json (headline means
-   with bootstrap CIs and paired original→rewrite differences) and report/ (`eval.report`:
-   Markdown + reward histograms, impact-ratio bars with the 0.8 line, verdict shifts).
+   and what each rewrite keeps of its original (`eval.preservation`: cosine under the scorer's
+   embedder, chrF, skills kept, header fields kept, length ratio);
+4. write OUTPUT_DIR/eval_logs.jsonl (one row per prompt, all fields), summary.json (top level:
+   `trained_reward` of the checkpoint, `reported_reward`, a `sanity` row with the reward of
+   word-shuffled and generic text against the originals; per system: headline means with bootstrap
+   CIs, `finished_share` (rewrites that ended with `</a>`), `preservation`, corpus selection tables
+   per attribute in fairlearn's MetricFrame shape, paired and length-controlled differences vs the
+   original) and report/ (`eval.report`: headline table, verdict, examples, appendix, figures).
+
+`generation.max_new_tokens = 0` (default) takes the `generation.length_percentile` percentile of the
+eval postings' token lengths (+1 for `</a>`); any value is capped so that at least half of each
+system's model context stays for the prompt (the quoted original), and the summary says which
+value was used and why, with the share of prompts that had to be cut to fit.
 
 Resumable: rows are appended a batch at a time; a re-run keeps the rows already written (a
 truncated last line from a crash is dropped) and continues after them.
@@ -38,6 +48,7 @@ LOG_FILE = "eval_logs.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_DIR = "report"
 HEADLINE = ("reward", "ir_female", "ir_male", "has_pii", "n_chars", "nll", "nll_original")
+SANITY_TEXT = "We are hiring. Join our team. Apply now."  # degenerate rewrite for the sanity row
 
 
 def define_flags() -> None:
@@ -68,7 +79,8 @@ def _generation(cfg: Any, adv_weight: float = 0.0):
     from fairjax.generate import GenerationConfig
 
     g = cfg.generation
-    return GenerationConfig(max_new_tokens=g.max_new_tokens, mode=g.mode, temperature=g.temperature,
+    # max_new_tokens = 0 ("from the data") is resolved per system by `_size_generation`
+    return GenerationConfig(max_new_tokens=max(1, g.max_new_tokens), mode=g.mode, temperature=g.temperature,
                             top_k=g.top_k, top_p=g.top_p, num_beams=g.num_beams,
                             num_generations=g.num_generations, adv_weight=float(adv_weight),
                             exp_adv=g.exp_adv, adv_clip=g.adv_clip if g.adv_clip > 0 else None)
@@ -160,6 +172,47 @@ def _run_eval_path(run_cfg: Any, run_dir: str) -> Optional[str]:
         return None
     demo = Path(run_dir) / "data" / "jobs_eval.jsonl"
     return str(demo) if demo.is_file() else None
+
+
+def trained_reward_of(path: str) -> dict:
+    """The reward a checkpoint was trained on (run dirs; other checkpoints: unknown)."""
+    from fairjax.rewards.registry import trained_reward
+
+    if not _is_run_dir(path):
+        return {"scorer": "unknown", "note": f"{path} is not a fairjax run dir"}
+    from fairjax.io.run_dir import load_config
+
+    return trained_reward(load_config(path), path)
+
+
+def choose_max_new_tokens(requested: int, reference_lengths: Sequence[int], max_positions: int,
+                          percentile: float = 95.0) -> tuple[int, str]:
+    """(max_new_tokens, why): `requested` > 0 or the `percentile` of the reference postings' token
+    lengths + 1 (`</a>`), capped at max_positions − max_positions // 2 (half the context stays
+    for the prompt)."""
+    import numpy as np
+
+    cap = max_positions - max(2, max_positions // 2)
+    if requested > 0:
+        if requested <= cap:
+            return requested, "config"
+        return cap, (f"config value {requested} leaves less than half of the {max_positions} "
+                     f"positions for the prompt: capped to {cap}")
+    if not len(reference_lengths):
+        raise ValueError("generation.max_new_tokens=0 needs reference postings to size rewrites")
+    want = int(np.ceil(np.percentile(np.asarray(reference_lengths), percentile))) + 1
+    if want <= cap:
+        return want, f"p{percentile:g} of the eval postings' token lengths + </a>"
+    return cap, (f"p{percentile:g} of the eval postings' token lengths + </a> = {want}, capped to "
+                 f"{cap} (half of the model's {max_positions} positions)")
+
+
+def _shuffle_words(text: str, seed: int) -> str:
+    import numpy as np
+
+    words = text.split()
+    np.random.default_rng(seed).shuffle(words)
+    return " ".join(words)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -275,6 +328,8 @@ def evaluate(cfg: Any) -> dict:
     import jax
 
     from fairjax.data.jobs import JobsDataset
+    from fairjax.data.layout import prompt_tokens
+    from fairjax.eval import fairness, preservation
     from fairjax.eval.report import summarize_systems, write_report
     from fairjax.generate import generate_texts
 
@@ -297,6 +352,7 @@ def evaluate(cfg: Any) -> dict:
                              f"{i} ({examples[i].id!r}) of {eval_path}: use a new output_dir")
     hint = cfg.checkpoint if _is_run_dir(cfg.checkpoint) else None
     scorer = build_scorer(cfg, hint)
+    gen_info = _size_generation(cfg, systems, examples)
     rng = jax.random.PRNGKey(cfg.seed)
     chunk = cfg.batch_size * max(1, cfg.chunk_batches)
     t0, n_new = time.perf_counter(), 0
@@ -306,21 +362,30 @@ def evaluate(cfg: Any) -> dict:
         originals = [e.response for e in batch]
         rows = [{"index": start + j, "id": e.id, "prompt": e.prompt,
                  "original": {"text": e.response}} for j, e in enumerate(batch)]
+        orig_vecs = scorer.embedder.embed(originals)
         for s in systems:
             key = jax.random.fold_in(jax.random.fold_in(rng, start), zlib.crc32(s.name.encode()) % (2 ** 31))
             gens = generate_texts(s.policy, s.tokenizer, prompts, s.generation, rng=key,
                                   batch_size=cfg.batch_size,
                                   max_prompt_tokens=cfg.max_prompt_tokens or None)
             texts = [g["text"] for g in gens]
+            kept = preservation.preservation_rows(originals, texts, orig_vecs,
+                                                  scorer.embedder.embed(texts),
+                                                  [e.metadata for e in batch])
+            limit = gen_info[s.name]["prompt_limit"]
+            cut = [len(prompt_tokens(s.tokenizer, p)) > limit for p in prompts]
             max_len = s.policy.model.config.max_positions
             nll = response_nll(s.policy.model, s.nll_params, s.tokenizer, prompts, texts, max_len,
                                cfg.batch_size)
             nll_o = response_nll(s.policy.model, s.nll_params, s.tokenizer, prompts, originals,
                                  max_len, cfg.batch_size)
-            for row, g, sc, a, b in zip(rows, gens, score_texts(texts, scorer), nll, nll_o):
+            for j, (row, g, sc, a, b) in enumerate(zip(rows, gens, score_texts(texts, scorer), nll,
+                                                        nll_o)):
                 row[s.name] = {"text": g["text"], **sc, "nll": a, "nll_original": b,
                                **{k: g[k] for k in ("finished", "log_prob", "kl", "adv_sum",
-                                                    "num_new_tokens")}}
+                                                    "num_new_tokens")},
+                               **{k: float(v[j]) for k, v in kept.items()},
+                               "prompt_truncated": bool(cut[j])}
         for row, sc in zip(rows, score_texts(originals, scorer)):
             row["original"].update(sc)
         _append(log, rows)
@@ -330,19 +395,115 @@ def evaluate(cfg: Any) -> dict:
     rows = read_log(log)
     names = ["original"] + [s.name for s in systems]
     by_system = {n: [{k: v for k, v in r[n].items() if k != "text"} for r in rows] for n in names}
+    reported = {"scorer": "diversity", "pool": scorer.pool.describe(),
+                "embedder": scorer.embedder.id,
+                "settings": {k: cfg.scorer[k] for k in ("k", "select_k", "distance",
+                                                         "gender_target", "region_target")}}
+    trained = {s.name: trained_reward_of(s.source) for s in systems}
     meta = {"checkpoint": cfg.checkpoint, "extra_checkpoints": cfg.extra_checkpoints,
             "eval_data": eval_path, "n_prompts": len(rows), "systems": names,
+            "trained_reward": trained_reward_of(cfg.checkpoint), "trained_reward_by_system": trained,
+            "reported_reward": reported,
             "scorer": {"pool": scorer.pool.describe(), "embedder": scorer.embedder.id},
-            "generation": {s.name: dataclasses.asdict(s.generation) for s in systems}}
-    paths = write_report(out / REPORT_DIR, by_system, meta, n_boot=cfg.n_boot, seed=cfg.seed,
-                         title="fairjax evaluation: original postings vs rewrites")
+            "generation": {s.name: {**dataclasses.asdict(s.generation), **gen_info[s.name]}
+                           for s in systems}}
     numbers = summarize_systems(by_system, "original", n_boot=cfg.n_boot, seed=cfg.seed)
     summary = headline(numbers, meta)
+    extras = corpus_tables(by_system, scorer, n_boot=cfg.n_boot, seed=cfg.seed)
+    for name, entry in extras.items():
+        summary["systems"][name].update(entry)
+    summary["sanity"] = sanity_rows([r["original"]["text"] for r in rows],
+                                    by_system["original"], scorer, cfg.n_boot, cfg.seed)
+    summary["four_fifths_note"] = fairness.FOUR_FIFTHS_NOTE
+    examples = [{"id": r["id"], **{n: r[n]["text"] for n in names}} for r in rows[:3]]
+    paths = write_report(out / REPORT_DIR, by_system, meta, n_boot=cfg.n_boot, seed=cfg.seed,
+                         title="fairjax evaluation: original postings vs rewrites",
+                         headline=summary, examples=examples)
     summary["report"] = paths
     with open(out / SUMMARY_FILE, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, default=float)
         f.write("\n")
     return summary
+
+
+def _size_generation(cfg: Any, systems: list[System], examples: Sequence[Any]) -> dict[str, dict]:
+    """Set each system's max_new_tokens (`choose_max_new_tokens`); returns {name: {max_new_tokens,
+    max_new_tokens_reason, prompt_limit}} for the summary."""
+    lengths: dict[int, list[int]] = {}
+    info = {}
+    for s in systems:
+        key = id(s.tokenizer)
+        if key not in lengths:
+            lengths[key] = [len(s.tokenizer.encode_text(e.response)) for e in examples]
+        n_pos = s.policy.model.config.max_positions
+        n_new, why = choose_max_new_tokens(cfg.generation.max_new_tokens, lengths[key], n_pos,
+                                           cfg.generation.length_percentile)
+        s.generation = dataclasses.replace(s.generation, max_new_tokens=n_new)
+        limit = n_pos - n_new
+        if cfg.max_prompt_tokens:
+            limit = min(limit, cfg.max_prompt_tokens)
+        info[s.name] = {"max_new_tokens": n_new, "max_new_tokens_reason": why, "prompt_limit": limit}
+    return info
+
+
+def corpus_tables(by_system: dict, scorer, n_boot: int, seed: int) -> dict[str, dict]:
+    """Per rewrite system: finished_share, preservation means (CIs), prompt-truncation share,
+    selection tables per attribute (MetricFrame shape), reward differences vs the original and vs
+    the first rewrite system, raw and length-controlled (n_chars)."""
+    import numpy as np
+
+    from fairjax.eval import fairness, preservation, stats
+
+    def col(name: str, key: str) -> np.ndarray:
+        return np.array([np.nan if r.get(key) is None else float(r[key]) for r in by_system[name]])
+
+    names = list(by_system)
+    rewriters = [n for n in names if n != "original"]
+    out: dict[str, dict] = {}
+    for name in names:
+        rows = by_system[name]
+        entry: dict[str, Any] = {"fairness": {}}
+        for a in scorer.attrs:
+            g = scorer.names[a]
+            if all(f"n_pool_{x}" in rows[0] for x in g):
+                entry["fairness"][a] = fairness.selection_table(
+                    np.stack([col(name, f"n_sel_{x}") for x in g], 1),
+                    np.stack([col(name, f"n_pool_{x}") for x in g], 1), g, n_boot=n_boot, seed=seed)
+        if name != "original":
+            s = stats.mean_std_ci(col(name, "finished"), n_boot=n_boot, seed=seed)
+            entry["finished_share"] = {k: s[k] for k in ("mean", "ci_low", "ci_high", "n")}
+            entry["prompt_truncated_share"] = float(np.nanmean(col(name, "prompt_truncated")))
+            entry["preservation"] = {
+                m: {k: v for k, v in stats.mean_std_ci(col(name, m), n_boot=n_boot, seed=seed).items()
+                    if k in ("mean", "ci_low", "ci_high", "n")}
+                for m in preservation.METRICS if m in rows[0]}
+            lc = {"vs_original": preservation.length_controlled_difference(
+                col("original", "reward"), col(name, "reward"), col("original", "n_chars"),
+                col(name, "n_chars"), n_boot=n_boot, seed=seed)}
+            if rewriters and name != rewriters[0]:
+                lc[f"vs_{rewriters[0]}"] = preservation.length_controlled_difference(
+                    col(rewriters[0], "reward"), col(name, "reward"), col(rewriters[0], "n_chars"),
+                    col(name, "n_chars"), n_boot=n_boot, seed=seed)
+            entry["reward_length_controlled"] = lc
+        out[name] = entry
+    return out
+
+
+def sanity_rows(originals: Sequence[str], original_rows: Sequence[dict], scorer, n_boot: int,
+                seed: int) -> dict:
+    """Reported reward of the originals with their words shuffled, and of one generic text, against
+    the originals (paired): a reward that rates these above the original can be gamed."""
+    from fairjax.eval import stats
+
+    base = [r["reward"] for r in original_rows]
+    out = {"original": stats.mean_std_ci(base, n_boot=n_boot, seed=seed)}
+    for name, texts in (("shuffled_words", [_shuffle_words(t, seed + i) for i, t in enumerate(originals)]),
+                        ("generic_text", [SANITY_TEXT] * len(originals))):
+        r = [x["reward"] for x in score_texts(texts, scorer)]
+        out[name] = {**stats.mean_std_ci(r, n_boot=n_boot, seed=seed),
+                     "vs_original": stats.paired_comparison(base, r, n_boot=n_boot, seed=seed)}
+    out["generic_text"]["text"] = SANITY_TEXT
+    return out
 
 
 def headline(numbers: dict, meta: dict) -> dict:
@@ -364,8 +525,12 @@ def headline(numbers: dict, meta: dict) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'system':14s} {'reward':>22s} {'IR female':>10s} {'IR male':>8s} "
-             f"{'4/5 viol. (F)':>13s} {'Δreward vs original':>26s}"]
+    tr = summary.get("trained_reward", {})
+    lines = [f"trained reward: {tr.get('scorer')}" + (f" ({tr['note']})" if tr.get("note") else ""),
+             f"reported reward: {summary.get('reported_reward', {}).get('scorer', 'diversity')} "
+             f"(candidate pool {summary.get('reported_reward', {}).get('pool', '?')})",
+             f"{'system':14s} {'reward':>22s} {'IR female':>10s} {'IR male':>8s} "
+             f"{'4/5 viol. (F)':>13s} {'Δreward vs original':>26s} {'finished':>8s} {'chrF':>6s}"]
     for name, s in summary["systems"].items():
         r = s.get("reward", {})
         d = s.get("vs_original", {}).get("reward")
@@ -375,7 +540,10 @@ def format_summary(summary: dict) -> str:
             f"{r.get('ci_high', float('nan')):6.2f}] "
             f"{s.get('ir_female', {}).get('mean', float('nan')):10.3f} "
             f"{s.get('ir_male', {}).get('mean', float('nan')):8.3f} {ff:13.1%} "
-            + (f"{d['mean_diff']:+8.3f} [{d['ci_low']:+.2f},{d['ci_high']:+.2f}]" if d else ""))
+            + (f"{d['mean_diff']:+8.3f} [{d['ci_low']:+.2f},{d['ci_high']:+.2f}]" if d else " " * 26)
+            + (f" {s['finished_share']['mean']:8.0%}" if "finished_share" in s else "")
+            + (f" {s['preservation']['chrf']['mean']:6.1f}" if "chrf" in s.get("preservation", {})
+               else ""))
     return "\n".join(lines)
 
 
@@ -391,5 +559,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from fairjax import cli
+
     define_flags()
-    app.run(main, argv=sys.argv)
+    cli.run(main)

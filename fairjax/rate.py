@@ -184,5 +184,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from fairjax import cli
+
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from fairjax.data.jobs import extract_fields, read_records
+from fairjax.data.jobs import DataError, extract_fields, read_records
 from fairjax.eval import fairness, stats
 from fairjax.rewards import lexicon, pii
 from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
@@ -97,6 +97,10 @@ def score(records: list[dict[str, Any]], scorer: DiversityScorer,
                 row[f"share_{name}"] = float(res.shares[a][i, g])
             row[f"distance_{a}"] = float(res.distance[a][i])
         row.update({k: float(v[i]) for k, v in rates.items()})
+        for a in scorer.attrs:  # per-group counts behind the corpus selection table
+            sel, pool = res.counts[a]
+            for g, name in enumerate(res.groups[a]):
+                row[f"n_sel_{name}"], row[f"n_pool_{name}"] = int(sel[i, g]), int(pool[i, g])
         row.update({k: bool(v[i]) for k, v in flags_.items()})
         c = codings[i]
         row.update({"masculine": c.masculine, "feminine": c.feminine, "coded_ratio": c.coded_ratio,
@@ -134,7 +138,7 @@ def print_report(rows: list[dict], summary: dict, show: int, out=sys.stdout) -> 
     print(f"\n== aggregate over {summary['n_texts']} texts ({summary['pool']}; "
           f"embedder {summary['embedder']}; {summary['config']})", file=out)
     for k, s in summary["metrics"].items():
-        if k == "n_matched" or k.startswith(("sr_", "pii_")) and k != "pii_per_char":
+        if k == "n_matched" or k.startswith(("sr_", "pii_", "n_sel_", "n_pool_")) and k != "pii_per_char":
             continue
         print(f"  {k:<28} mean {s['mean']:9.4f}  std {s['std']:8.4f}  "
               f"95% CI [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  n={s['n']}", file=out)
@@ -164,14 +168,24 @@ def main(argv: list[str]) -> None:
     if FLAGS.annotate:
         from fairjax.rewards.precompute import annotate_jsonl
 
-        n = annotate_jsonl(FLAGS.texts, FLAGS.annotate, build_scorer(), text_field=FLAGS.text_field)
-        print(f"wrote {n} records with 'reward' to {FLAGS.annotate}")
+        n = annotate_jsonl(FLAGS.texts, FLAGS.annotate, build_scorer(), text_field=FLAGS.text_field,
+                           limit=FLAGS.limit)
+        with open(FLAGS.annotate, encoding="utf-8") as f:
+            rewards = np.array([np.nan if (r := json.loads(line)["reward"]) is None else r
+                                for line in f], np.float64)
+        ok = rewards[~np.isnan(rewards)]
+        spread = (f"reward mean {ok.mean():.3f}, min {ok.min():.3f}, max {ok.max():.3f}" if ok.size
+                  else "no finite reward")
+        limit = f" (--limit={FLAGS.limit})" if FLAGS.limit is not None else ""
+        print(f"annotated {n} records of {FLAGS.texts}{limit} -> {FLAGS.annotate}: {spread}; "
+              f"{int(np.isnan(rewards).sum())} without a labelled match (reward null)")
         return
     records = read_records(FLAGS.texts, text_field=FLAGS.text_field, clean=False)
     if FLAGS.limit is not None:
         records = records[: FLAGS.limit]
     if not records:
-        raise app.UsageError(f"{FLAGS.texts}: no texts")
+        raise DataError(f"{FLAGS.texts}: no records (empty file, or --limit=0); expected one JSON "
+                        f"object (or CSV row) with a {FLAGS.text_field!r} field per line")
     rows, summary = score(records, build_scorer(), FLAGS.occupation_field)
     print_report(rows, summary, FLAGS.show)
     if FLAGS.output:
@@ -184,5 +198,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from fairjax import cli
+
     define_flags()
-    app.run(main)
+    cli.run(main)

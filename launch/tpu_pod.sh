@@ -18,7 +18,11 @@ GCLOUD_FLAGS=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do GCLOUD_FLAGS+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
 REMOTE_DIR=${FAIRJAX_REMOTE_DIR:-~/fairjax}
-ARGS=$(printf ' %q' "$@")
-gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" "${GCLOUD_FLAGS[@]}" --worker=all \
-  --command="cd $REMOTE_DIR && python3 -m fairjax.train --config.distributed.auto=True \
---config.model.dtype=bfloat16 $ARGS"
+# Our overrides go AFTER the caller's flags (ml_collections needs --config=FILE before any
+# --config.* override); each only when the caller did not set that key.
+EXTRA=()
+case " $* " in *" --config.distributed.auto="*) ;; *) EXTRA+=(--config.distributed.auto=True) ;; esac
+case " $* " in *" --config.model.dtype="*) ;; *) EXTRA+=(--config.model.dtype=bfloat16) ;; esac
+ARGS=$(printf ' %q' "$@" "${EXTRA[@]}")
+gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" ${GCLOUD_FLAGS[@]+"${GCLOUD_FLAGS[@]}"} \
+  --worker=all --command="cd $REMOTE_DIR && python3 -m fairjax.train$ARGS"

@@ -186,11 +186,15 @@ def test_cli_main_reports_errors(gpt2, tmp_path, capsys):
     convert_cli.define_flags()
     try:
         flags.FLAGS(argv)
-        assert convert_cli.main(["convert"]) == 1  # no --base for a bare state dict
-        assert "needs base=HF_DIR" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="needs base=HF_DIR") as err:  # no --base for a .pkl
+            convert_cli.main(["convert"])
+        from fairjax import cli
+
+        assert cli.is_user_error(err.value)  # -> one `error:` line, exit 2 (tests/test_cli_errors.py)
         flags.FLAGS(argv + [f"--base={root / 'hf'}", "--to=hf"])
-        assert convert_cli.main(["convert"]) == 0
+        convert_cli.main(["convert"])
         assert (tmp_path / "o" / "model.safetensors").is_file()
+        assert "exported: the language model of" in capsys.readouterr().out
     finally:
         flags.FLAGS.unparse_flags()
 

@@ -53,6 +53,27 @@ def test_rows_in_order_with_all_fields_and_resume(ilql_run, tmp_path):
         assert r["bc"]["adv_sum"] == 0.0 and r["ilql"]["adv_sum"] != 0.0
     assert set(summary["systems"]) == {"original", "bc", "ilql"}
     assert "vs_original" in summary["systems"]["ilql"]
+    # the demo ILQL run trains on the generator's stand-in reward, and the summary says so
+    assert summary["trained_reward"]["scorer"] == "demo_standin"
+    assert "not the diversity reward" in summary["trained_reward"]["note"]
+    assert summary["reported_reward"]["scorer"] == "diversity"
+    for name in ("bc", "ilql"):
+        s = summary["systems"][name]
+        finished = [r[name]["finished"] for r in rows]
+        assert s["finished_share"]["mean"] == pytest.approx(sum(finished) / len(finished))
+        assert set(s["preservation"]) == {"cosine", "chrf", "skills_kept", "header_kept", "length_ratio"}
+        ratios = [r[name]["length_ratio"] for r in rows]
+        assert s["preservation"]["length_ratio"]["mean"] == pytest.approx(sum(ratios) / len(ratios))
+        assert 0.0 <= s["prompt_truncated_share"] <= 1.0
+        assert {"raw", "covariate", "binned"} <= set(s["reward_length_controlled"]["vs_original"])
+    assert "vs_bc" in summary["systems"]["ilql"]["reward_length_controlled"]
+    table = summary["systems"]["original"]["fairness"]["gender"]
+    assert set(table["by_group"]) == {"female", "male"} and "ratio" in table
+    assert {"shuffled_words", "generic_text"} <= set(summary["sanity"])
+    assert "US employment-law heuristic" in summary["four_fifths_note"]
+    md = (out / E.REPORT_DIR / "report.md").read_text()
+    assert md.index("Verdict:") < md.index("## Appendix") and "Trained reward:** demo_standin" in md
+    assert "### Examples" in md and "### Sanity" in md
     assert (out / E.SUMMARY_FILE).is_file()
     for f in ("report.md", "report.json", "reward_distributions.png", "impact_ratios.png"):
         assert (out / E.REPORT_DIR / f).is_file()
@@ -85,3 +106,22 @@ def test_hf_dir_checkpoint_and_errors(fixtures_dir, ilql_run, tmp_path):
         E.parse_named_paths("nopath")
     with pytest.raises(ValueError, match="data.eval"):
         E.evaluate(eval_config(fixtures_dir / "gpt2_tiny" / "hf", tmp_path / "x", variants="g"))
+
+
+def test_max_new_tokens_from_data_and_context():
+    assert E.choose_max_new_tokens(0, [10, 20, 30, 40], 1024, 50) == (26, "p50 of the eval postings' "
+                                                                       "token lengths + </a>")
+    n, why = E.choose_max_new_tokens(0, [300] * 5, 128)
+    assert n == 64 and "capped to 64" in why  # half of the context stays for the prompt
+    n, why = E.choose_max_new_tokens(128, [300], 128)
+    assert n == 64 and "config value 128" in why
+    assert E.choose_max_new_tokens(32, [300], 128) == (32, "config")
+
+
+def test_default_generation_fits_the_demo_context(ilql_run, tmp_path):
+    """With the defaults (max_new_tokens from the data) the demo run evaluates instead of failing
+    with "max_new_tokens=128 leaves no room for a prompt in 128 positions"."""
+    s = E.evaluate(eval_config(ilql_run, tmp_path / "d", limit=2, variants="bc:0",
+                               **{"generation.max_new_tokens": 0}))
+    g = s["generation"]["bc"]
+    assert 1 <= g["max_new_tokens"] <= 64 and g["prompt_limit"] >= 64

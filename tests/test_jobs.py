@@ -72,6 +72,15 @@ def test_clean_html_keeps_link_text_and_literal_words():
                    "Reply to <at> <company> now\n\n- Go")
 
 
+def test_clean_html_keeps_literal_control_strings():
+    assert clean_html("Use <s> and </a> tags") == "Use <s> and </a> tags"
+    raw = "Write <a> or </s>, never </eod> or <|pad|><br>"
+    assert clean_html(raw) == "Write <a> or </s>, never </eod> or <|pad|>"
+    # a real anchor still becomes its text, and a later literal </a> survives it
+    out = clean_html('See <a href="https://x.io">our site</a>; type </a> then <s> <b>now</b>')
+    assert out == "See our site; type </a> then <s> now"
+
+
 def test_prompt_template_exact_wording():
     p = build_prompt("Orig text", "Paris or Remote", "Acme", "Backend Engineer", ["Python", "SQL"])
     assert p == ("Original job description for reference: 'Orig text' \nBased on the original "

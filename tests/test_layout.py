@@ -52,18 +52,27 @@ def test_collate_matches_upstream_batch(tok, meta, fixtures_dir):
 
 def test_masks_and_extras(tok, meta):
     eps = _episodes(tok, meta)
-    ep = eps[0]
-    # response mask marks exactly the action targets tokens[action_idxs + 1]; the last is </a>
-    assert ep.response_mask.sum() == len(ep.action_idxs)
-    assert ep.tokens[ep.action_idxs[-1] + 1] == tok.eoa_id
-    assert ep.prompt_mask[0] == 1 and ep.prompt_mask[ep.action_idxs[0]] == 1  # <s> and </s>
-    assert ep.prompt_mask[-1] == 0 and ep.response_mask[-1] == 0  # </eod> is neither
-    b = collate(eps, tok.pad_id, extras=True, buckets=(16, 64))
-    assert b["tokens"].shape[1] == 64 and b["state_idxs"].shape[1] == 64
-    assert b["action_idxs"].shape[1] == 63
-    np.testing.assert_allclose(b["sequence_reward"], [d["env_reward"] for d in meta["datapoints"]])
-    assert (b["prompt_mask"] * b["response_mask"]).sum() == 0
-    assert (b["terminals"][:, eps[0].num_states:] == 1).all()
+    for ep in eps:
+        # response mask marks exactly the action targets tokens[action_idxs + 1]; the last is </a>
+        assert ep.response_mask.sum() == len(ep.action_idxs)
+        assert ep.tokens[ep.action_idxs[-1] + 1] == tok.eoa_id
+        assert ep.prompt_mask[0] == 1 and ep.prompt_mask[ep.action_idxs[0]] == 1  # <s> and </s>
+        assert ep.prompt_mask[-1] == 0 and ep.response_mask[-1] == 0  # </eod> is neither
+    assert max(e.length for e in eps) > 16  # so the (16, 64) buckets pick 64 below
+    # the same checks for every row order: nothing may assume which episode is the longest
+    for order in (list(range(len(eps))), list(range(len(eps)))[::-1]):
+        rows = [eps[i] for i in order]
+        b = collate(rows, tok.pad_id, extras=True, buckets=(16, 64))
+        assert b["tokens"].shape[1] == 64 and b["state_idxs"].shape[1] == 64
+        assert b["action_idxs"].shape[1] == 63
+        np.testing.assert_allclose(b["sequence_reward"],
+                                   [meta["datapoints"][i]["env_reward"] for i in order])
+        assert (b["prompt_mask"] * b["response_mask"]).sum() == 0
+        for r, ep in enumerate(rows):
+            assert b["terminals"][r, ep.num_states - 1] == 1  # the episode's own last state
+            assert (b["terminals"][r, ep.num_states:] == 1).all()  # state padding is terminal
+            assert (b["terminals"][r, :ep.num_states - 1] == 0).all()
+            np.testing.assert_array_equal(b["tokens"][r, :ep.length], ep.tokens)
 
 
 def test_literal_control_strings_stay_text(tok):

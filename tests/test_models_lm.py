@@ -89,6 +89,33 @@ def test_kv_cache_decoding_equals_full_forward(lm):
     assert max(errs) < 1e-5, errs
 
 
+def test_kv_cache_all_padding_prefill_chunk(lm):
+    """A row of 11 real tokens in 24, prefill 12: its whole prefill chunk and its first decoded
+    position are padding. Cached decoding must still equal the full forward at EVERY position
+    (a query with no visible key used to average over the cache's unwritten slots)."""
+    config, params, ref, _ = lm
+    model = model_class(config)(config)
+    ids = np.asarray(ref["input_ids"][:1]).repeat(2, 0)  # row 0 of the fixture: 24 real tokens
+    t = ids.shape[1]
+    assert t == 24 and ref["attention_mask"][0].all()
+    mask = np.ones_like(ids)
+    mask[1, :t - 11] = 0
+    ids[1, :t - 11] = ids[1, 0]  # padding ids are arbitrary: the mask hides them
+    full = np.asarray(model.apply({"params": params}, ids, mask).logits)
+    extra, prefill = 2, 12
+    cache_mask = np.concatenate([mask, np.ones((2, extra), mask.dtype)], axis=1)
+    step = jax.jit(lambda p, x, c: model.apply({"params": p}, x, cache_mask, cache=c))
+    out = step(params, ids[:, :prefill], common.init_cache(config, 2, t + extra))
+    errs = [np.abs(np.asarray(out.logits) - full[:, :prefill]).max()]
+    for i in range(prefill, t):
+        out = step(params, ids[:, i:i + 1], out.cache)
+        errs.append(np.abs(np.asarray(out.logits[:, 0]) - full[:, i]).max())
+    assert max(errs) < 1e-5, errs
+    # and the real tokens of the short row are independent of the padding in front of them
+    alone = np.asarray(model.apply({"params": params}, ids[1:, t - 11:]).logits)
+    np.testing.assert_allclose(full[1, t - 11:], alone[0], atol=1e-5)
+
+
 def test_bfloat16_compute_close(lm):
     config, params, ref, _ = lm
     ids, mask = ref["input_ids"], ref["attention_mask"]

@@ -13,7 +13,7 @@ import pytest
 
 from fairjax.agents.online import (OnlineConfig, OnlineRL, PolicyParts, RewardScoringError,
                                    score_completions)
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.losses.grpo import GRPOHParams
 from fairjax.losses.ppo import PPOHParams
 from fairjax.models import gpt2
@@ -49,14 +49,16 @@ def _rl(algo="grpo", lr=3e-2, scorer=count3, parts=None, **kw):
     return OnlineRL(parts or PolicyParts(model), cfg, Tok(), scorer, optax.adam(lr))
 
 
-def _run(rl, steps, policy=None, base=None):
+def _run(rl, steps, policy=None, base=None, snapshot_at=None):
     params = gpt2.init_params(MCFG, jax.random.PRNGKey(0)) if policy is None else policy
     st = rl.init_state(params, jax.random.PRNGKey(1), base=base)
-    hist = []
-    for _ in range(steps):
+    hist, snap = [], None
+    for k in range(steps):
+        if k == snapshot_at:
+            snap = jax.device_get(st)  # what a checkpoint holds (the rollout key included)
         st, m, _ = rl.step(st, PROMPTS, ["a", "b"])
         hist.append(m)
-    return st, hist
+    return (st, hist) if snapshot_at is None else (st, hist, snap)
 
 
 @pytest.mark.parametrize("algo,steps,lr,kw", [
@@ -65,8 +67,16 @@ def _run(rl, steps, policy=None, base=None):
     pytest.param("ppo", 12, 1e-2, dict(epochs=2, minibatches=2, ppo=PPOHParams(beta=0.0)),
                  marks=pytest.mark.slow)])
 def test_reward_rises_to_the_toy_optimum(algo, steps, lr, kw):
-    _, hist = _run(_rl(algo, lr, **kw), steps)
+    rl = _rl(algo, lr, **kw)
+    st, hist, snap = _run(rl, steps, snapshot_at=steps - 2)
     r = [m["reward/mean"] for m in hist]
+    # resuming from the snapshot replays the last two steps exactly (rollouts and updates)
+    again = snap
+    for _ in range(2):
+        again, m, _ = rl.step(again, PROMPTS, ["a", "b"])
+    assert m["reward/mean"] == hist[-1]["reward/mean"]
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 again["params"], st["params"])
     assert hist[0]["kl"] == 0.0 and abs(hist[0]["ratio_mean/first"] - 1.0) < 1e-6  # on-policy, ref = init
     assert np.mean(r[:2]) < 2.0 and np.mean(r[-3:]) >= 5.0, r  # optimum 8
     for key in ("reward/std", "entropy", "finished", "completion_length", "clip_ratio/region",
@@ -158,3 +168,15 @@ def test_eight_fake_devices_equal_one_device(algo, epochs):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_reference_scorers_get_the_original_posting_of_each_row():
+    from fairjax.rewards.registry import CompositeScorer, PreservationScorer
+
+    scorer = CompositeScorer([("preservation", 1.0, PreservationScorer(None, "chrf"))])
+    texts = ["the job pays well", "zzz", "a team of engineers", "a team of engineers"]
+    got = score_completions(scorer, texts, ["p0", "p1"], 2,
+                            references=["the job pays well", "a team of engineers"])
+    assert got[0] > 0.99 and got[1] < 0.2 and got[2] > 0.99 and got[3] > 0.99
+    with pytest.raises(RewardScoringError, match="needs the original posting"):
+        score_completions(scorer, texts, ["p0", "p1"], 2)

@@ -4,7 +4,8 @@ One `OnlineRL.step` on P prompts, G samples each (N = P·G rows, prompt-major: r
 
     rollout  (device)  `fairjax.generate` (jit, KV cache, rows sharded over the mesh) → completion
                        tokens [N, T]; one jitted forward gives per-token log-probs under the
-                       sampling policy (old) and the reference, the entropy, and (PPO) V(s_t)
+                       sampling policy (old; skipped when the only update is on-policy, see
+                       `needs_old_logps`) and the reference, and (PPO) V(s_t)
     scoring  (host)    texts → `scorer` (a `rewards.Scorer` or any texts → floats callable); an
                        exception or a non-finite score stops the step with a `RewardScoringError`
                        naming the prompt id and the sample
@@ -39,7 +40,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fairjax.generate import GenerationConfig, Policy, generate, left_pad
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.losses.common import gather_tokens, masked_mean
 from fairjax.losses.grpo import GRPOHParams, group_advantages, grpo_loss_hp, k3_kl
 from fairjax.losses.ppo import PPOHParams, gae, ppo_loss, token_rewards, whiten
@@ -96,8 +97,12 @@ class OnlineConfig:
     def beta(self) -> float:
         return {"grpo": self.grpo.beta, "rloo": self.rloo.beta, "ppo": self.ppo.beta}[self.algo]
 
-    def validate(self, data_parallel: int = 1, prefix: str = "online") -> "OnlineConfig":
-        """Raise ConfigError naming the offending key; returns self."""
+    def validate(self, data_parallel: int = 1, prefix: str = "online",
+                 batch_key: Optional[str] = None) -> "OnlineConfig":
+        """Raise ConfigError naming the offending key (`prefix`.<field>; the batch size as
+        `batch_key`, default `prefix`.batch_size); returns self."""
+        batch_key = batch_key or f"{prefix}.batch_size"
+
         def bad(key, msg):
             raise ConfigError(f"{prefix}.{key}: {msg}")
 
@@ -112,13 +117,12 @@ class OnlineConfig:
         if self.algo == "grpo" and self.group_size < 2:
             bad("group_size", "1 gives every completion a zero group advantage; use >= 2")
         if self.batch_size < 1 or self.batch_size % self.group_size:
-            bad("group_size", f"{self.group_size} does not divide {prefix}.batch_size="
+            bad("group_size", f"{self.group_size} does not divide {batch_key}="
                 f"{self.batch_size} (completions per step = prompts × group_size)")
         if self.epochs < 1 or self.minibatches < 1:
             bad("epochs", f"epochs={self.epochs} and minibatches={self.minibatches} must be >= 1")
         if self.rows % self.minibatches:
-            bad("minibatches", f"{self.minibatches} does not divide {prefix}.batch_size="
-                f"{self.rows}")
+            bad("minibatches", f"{self.minibatches} does not divide {batch_key}={self.rows}")
         if (self.rows // self.minibatches) % data_parallel:
             bad("minibatches", f"minibatch of {self.rows // self.minibatches} rows is not divisible "
                 f"by the {data_parallel} data-parallel devices")
@@ -210,29 +214,41 @@ def values_of(parts: PolicyParts, cfg: OnlineConfig, params: PyTree, frozen: PyT
     return head.apply({"params": params["value_head"]}, hidden)[..., 0]
 
 
+def needs_old_logps(cfg: OnlineConfig) -> bool:
+    """False when the sampling policy's log-probs equal stop_gradient(current) at the only update
+    (one epoch, one minibatch, no PPO value targets, no RLOO KL in the reward): the rollout then
+    skips that forward pass, as trl does with num_iterations = 1."""
+    return (cfg.algo == "ppo" or cfg.epochs * cfg.minibatches > 1
+            or (cfg.algo == "rloo" and cfg.rloo.beta > 0))
+
+
 def _rollout_stats(parts, cfg, pad_id, params, frozen, seq, attn, plen):
-    """jit body: old log-probs, reference log-probs (or None), entropy, old values (or None)."""
-    lp, ent, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn,
-                                      plen, cfg.temperature, pad_id)
+    """jit body: old log-probs (or None, see `needs_old_logps`), reference log-probs (or None),
+    old values (PPO, else None)."""
+    lp = vals = ref_lp = None
+    if needs_old_logps(cfg):
+        lp, _, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn,
+                                        plen, cfg.temperature, pad_id)
+        if cfg.algo == "ppo":
+            vals = values_of(parts, cfg, params, frozen, seq, attn, plen, hid)
     ref = parts.ref_lm(params, frozen)
-    ref_lp = None if ref is None else completion_forward(parts.model, ref, seq, attn, plen,
-                                                         cfg.temperature, pad_id)[0]
-    vals = (values_of(parts, cfg, params, frozen, seq, attn, plen, hid)
-            if cfg.algo == "ppo" else None)
-    return lp, ref_lp, ent, vals
+    if ref is not None:
+        ref_lp = completion_forward(parts.model, ref, seq, attn, plen, cfg.temperature, pad_id)[0]
+    return lp, ref_lp, vals
 
 
 def loss_fn(parts: PolicyParts, cfg: OnlineConfig, pad_id: int, params: PyTree, frozen: PyTree,
             mb: dict, plen: int) -> tuple[jax.Array, dict]:
     """The objective of `cfg.algo` on a minibatch of rollout rows (keys of `OnlineRL._batch`)."""
     seq, attn, mask = mb["seq"], mb["attn"], mb["mask"]
-    lp, _, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn, plen,
-                                    cfg.temperature, pad_id)
+    lp, ent, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn,
+                                      plen, cfg.temperature, pad_id)
     ref = mb.get("ref_logps")
+    old = mb["old_logps"] if "old_logps" in mb else jax.lax.stop_gradient(lp)
     if cfg.algo == "grpo":
-        loss, m = grpo_loss_hp(lp, mb["old_logps"], ref, mb["advantages"], mask, cfg.grpo)
+        loss, m = grpo_loss_hp(lp, old, ref, mb["advantages"], mask, cfg.grpo)
     elif cfg.algo == "rloo":
-        loss, m = rloo_loss_hp(lp, mb["old_logps"], mb["advantages"], mask, cfg.rloo, ref)
+        loss, m = rloo_loss_hp(lp, old, mb["advantages"], mask, cfg.rloo, ref)
     else:
         v = values_of(parts, cfg, params, frozen, seq, attn, plen, hid)
         p = cfg.ppo
@@ -241,28 +257,40 @@ def loss_fn(parts: PolicyParts, cfg: OnlineConfig, pad_id: int, params: PyTree, 
                            vf_coef=p.vf_coef)
     if ref is not None:  # one KL metric for every algorithm: per-token k3 to the reference
         m["kl"] = masked_mean(k3_kl(jax.lax.stop_gradient(lp), ref), mask)
+    m["entropy"] = masked_mean(jax.lax.stop_gradient(ent), mask)
     return loss, m
 
 
 # ----------------------------------------------------------------------------- scoring
 def score_completions(scorer: Union[Callable, Any], texts: Sequence[str],
-                      prompt_ids: Sequence[Any], group_size: int) -> np.ndarray:
-    """texts [N] → rewards [N] float64 on the host. `scorer` has `score_texts` or is callable.
-    An exception or a non-finite score raises `RewardScoringError` naming the prompt id and the
-    sample (the failing sample is found by rescoring one text at a time)."""
-    fn = scorer.score_texts if hasattr(scorer, "score_texts") else scorer
-    name = getattr(scorer, "name", getattr(fn, "__name__", type(scorer).__name__))
+                      prompt_ids: Sequence[Any], group_size: int,
+                      references: Optional[Sequence[str]] = None) -> np.ndarray:
+    """texts [N] → rewards [N] float64 on the host. `scorer` has `score_texts` or is callable; a
+    scorer with `needs_reference` (content preservation, `rewards.registry`) also gets the
+    original posting of each row (`references` [N/G], one per prompt). An exception or a
+    non-finite score raises `RewardScoringError` naming the prompt id and the sample (the failing
+    sample is found by rescoring one text at a time)."""
+    base = scorer.score_texts if hasattr(scorer, "score_texts") else scorer
+    name = getattr(scorer, "name", getattr(base, "__name__", type(scorer).__name__))
+    if getattr(scorer, "needs_reference", False):
+        if references is None:
+            raise RewardScoringError(f"reward scorer {name} needs the original posting of each "
+                                     "prompt: pass references= to OnlineRL.step")
+        refs = [references[i // group_size] for i in range(len(texts))]
+        fn = lambda idx: base([texts[i] for i in idx], [refs[i] for i in idx])  # noqa: E731
+    else:
+        fn = lambda idx: base([texts[i] for i in idx])  # noqa: E731
 
     def where(i):
         return (f"prompt {prompt_ids[i // group_size]!r}, sample {i % group_size} (row {i}): "
                 f"{texts[i][:200]!r}")
 
     try:
-        r = np.asarray(fn(list(texts)), dtype=np.float64).reshape(-1)
+        r = np.asarray(fn(range(len(texts))), dtype=np.float64).reshape(-1)
     except Exception as batch_exc:  # locate the sample
-        for i, t in enumerate(texts):
+        for i in range(len(texts)):
             try:
-                fn([t])
+                fn([i])
             except Exception as exc:
                 raise RewardScoringError(f"reward scorer {name} failed on {where(i)}: "
                                          f"{type(exc).__name__}: {exc}") from exc
@@ -336,8 +364,10 @@ class OnlineRL:
 
     # --- one RL step
     def step(self, state: dict, prompts: Sequence[np.ndarray],  # P rows of prompt token ids
-             prompt_ids: Optional[Sequence[Any]] = None) -> tuple[dict, dict, dict]:
-        """One rollout + update. Returns (new state, metrics of floats, rollout record with
+             prompt_ids: Optional[Sequence[Any]] = None,
+             references: Optional[Sequence[str]] = None) -> tuple[dict, dict, dict]:
+        """One rollout + update; `references`: the original text of each prompt (for scorers
+        that need one). Returns (new state, metrics of floats, rollout record with
         texts/rewards/advantages per row for logging)."""
         cfg, G = self.cfg, self.cfg.group_size
         if len(prompts) != cfg.prompts_per_step:
@@ -345,7 +375,8 @@ class OnlineRL:
                              f"{cfg.prompts_per_step}")
         prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
         t0 = time.perf_counter()
-        rng, k_gen, k_perm = jax.random.split(state["rng"], 3)
+        # rollout key of step s = fold_in(rng, s) (rng fixed, as the generic loop's step keys)
+        k_gen, k_perm = jax.random.split(jax.random.fold_in(state["rng"], state["step"]))
         p_ids, p_mask = left_pad([np.asarray(p)[-cfg.max_prompt_tokens:] for p in prompts],
                                  cfg.max_prompt_tokens, self.pad_id)
         p_ids, p_mask = np.repeat(p_ids, G, 0), np.repeat(p_mask, G, 0)  # row p·G + g
@@ -358,17 +389,19 @@ class OnlineRL:
         seq = self._rows(np.concatenate([p_ids, np.asarray(out.tokens)], 1))
         attn = self._rows(np.concatenate([p_mask.astype(np.float32), mask], 1))
         mask_d = self._rows(mask)
-        old_lp, ref_lp, ent, old_v = self._stats(params, frozen, seq, attn)
-        jax.block_until_ready(old_lp)
+        old_lp, ref_lp, old_v = self._stats(params, frozen, seq, attn)
+        jax.block_until_ready((old_lp, ref_lp))
         t1 = time.perf_counter()
 
         tokens, finished = np.asarray(out.tokens), np.asarray(out.finished)
         texts = [self.tok.decode([int(t) for t in tokens[i, :lengths[i] - int(finished[i])]])
                  for i in range(len(lengths))]
-        rewards = score_completions(self.scorer, texts, prompt_ids, G)
+        rewards = score_completions(self.scorer, texts, prompt_ids, G, references)
         t2 = time.perf_counter()
 
-        batch = {"seq": seq, "attn": attn, "mask": mask_d, "old_logps": old_lp}
+        batch = {"seq": seq, "attn": attn, "mask": mask_d}
+        if old_lp is not None:
+            batch["old_logps"] = old_lp
         if ref_lp is not None:
             batch["ref_logps"] = ref_lp
         r = jnp.asarray(rewards, jnp.float32)
@@ -403,7 +436,7 @@ class OnlineRL:
         metrics = {
             "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
             "completion_length": float(lengths.mean()), "finished": float(finished.mean()),
-            "entropy": float(jax.device_get(masked_mean(ent, mask_d))),
+            "entropy": float(first["entropy"]),  # of the sampling policy (first update)
             "time/rollout": t1 - t0, "time/scoring": t2 - t1, "time/update": t3 - t2,
             "rollout_tokens_per_s": n_tok / max(t1 - t0, 1e-9),
             "loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]),
@@ -417,7 +450,7 @@ class OnlineRL:
         metrics["ratio_mean/first"] = float(first["ratio_mean"])  # on-policy: 1
         if "kl" in first:  # KL of the sampling policy to the reference (first update, on-policy)
             metrics["kl"] = float(first["kl"])
-        new_state = {**state, "params": params, "step": state["step"] + 1, "rng": rng}
+        new_state = {**state, "params": params, "step": state["step"] + 1}
         record = {"texts": texts, "rewards": rewards, "advantages": np.asarray(adv),
                   "finished": finished, "lengths": lengths,
                   "prompt_ids": [prompt_ids[i // G] for i in range(n)]}

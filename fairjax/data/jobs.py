@@ -15,8 +15,11 @@ HTML cleanup (`clean_html`): known HTML tags only (`<p>`/`</p>` -> blank line, `
 `<li>` -> "- ", other known tags dropped, their text kept), then entities unescaped. Unlike
 upstream `remove_links`, which deleted `<a ...>...</a>` with its text (often the only way to apply),
 an anchor becomes its link text, or its URL when the text is empty or shortened with "...".
-Unknown angle-bracket words (HN posts write `<at>`, `<company>` as text) are left alone; control
-tokens can't arise from text anyway, because the layout inserts them as ids only.
+Unknown angle-bracket words (HN posts write `<at>`, `<company>` as text) are left alone, and so are
+the bare spellings of the layout's control strings, `<s>`, `</s>`, `<a>`, `</a>` (no attributes):
+a posting that writes "Use <s> and </a> tags" keeps them as text (an anchor needs attributes,
+`<a href=...>...</a>`; strikethrough `<s>` is thus kept literally). Control tokens can't arise from
+text anyway, because the layout inserts them as ids only.
 
 Splits are hashed: `split_of(key)` maps sha256(key) to a split by cumulative fractions with the
 smallest exact integer modulus (so 0.8/0.1/0.1 is `sha256(id) mod 10` -> 0-7 train, 8 eval,
@@ -62,8 +65,9 @@ class DataError(ValueError):
 _KNOWN_TAGS = ("a|abbr|b|big|blockquote|body|br|center|code|dd|del|div|dl|dt|em|font|h[1-6]|head|hr|"
                "html|i|img|ins|kbd|li|ol|p|pre|s|small|span|strike|strong|sub|sup|table|tbody|td|"
                "th|thead|tr|tt|u|ul")
-_TAG_RE = re.compile(rf"</?(?:{_KNOWN_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE)
-_ANCHOR_RE = re.compile(r"<a\b([^<>]*)>(.*?)</a\s*>", re.IGNORECASE | re.DOTALL)
+# `(?!</?[as]>)`: the bare control-string spellings <s> </s> <a> </a> are text, never markup
+_TAG_RE = re.compile(rf"(?!</?[as]>)</?(?:{_KNOWN_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE)
+_ANCHOR_RE = re.compile(r"<a\s([^<>]*)>(.*?)</a\s*>", re.IGNORECASE | re.DOTALL)
 _HREF_RE = re.compile(r"""href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
 
 
@@ -325,7 +329,9 @@ def _normalize(obj: Any, text_field: str, from_csv: bool, clean: bool) -> dict[s
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     if text_field not in obj or obj[text_field] is None:
-        raise ValueError(f"missing text field '{text_field}' (present: {sorted(obj)[:12]})")
+        raise ValueError(f"missing text field '{text_field}' (present: {sorted(obj)[:12]}); name "
+                         "the field that holds the posting (score/rate: --text_field=NAME, train: "
+                         "--config.data.text_field=NAME)")
     raw = obj[text_field]
     if not isinstance(raw, str):
         raise ValueError(f"field '{text_field}' must be a string, got {type(raw).__name__}")

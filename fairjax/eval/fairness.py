@@ -41,6 +41,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from fairjax.eval.stats import resample_indices
+
 FOUR_FIFTHS = 0.8
 DISTANCES = ("signed_tv", "paper")
 
@@ -155,6 +157,15 @@ def share_distance(p: np.ndarray, q: np.ndarray, mode: str = "signed_tv") -> np.
 
 
 # --------------------------------------------------------------------------- impact ratios
+def selection_counts(top_idx: np.ndarray, valid: np.ndarray, codes: np.ndarray, n_groups: int,
+                     select_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(selected [N, G], pool [N, G]) member counts per group: pool = the valid slots of top_idx
+    [N, k] (best first), selected = its first `select_k` valid slots."""
+    rank = np.cumsum(valid, axis=1)  # valid slots come first (ineligible ones are -inf, ranked last)
+    selected = valid & (rank <= select_k)
+    return member_counts(top_idx, codes, n_groups, selected), member_counts(top_idx, codes, n_groups, valid)
+
+
 def rates_from_ranking(top_idx: np.ndarray, valid: np.ndarray, codes: np.ndarray,
                        names: Sequence[str], select_k: int) -> dict[str, np.ndarray]:
     """SR/IR from a ranked pool (the core of `impact_ratios`, reused by the diversity reward).
@@ -163,11 +174,7 @@ def rates_from_ranking(top_idx: np.ndarray, valid: np.ndarray, codes: np.ndarray
     codes: [M] group codes; select_k: the selected set is the first `select_k` valid pool slots.
     Returns {"sr_<g>": [N], "ir_<g>": [N]} float64 (NaN where g is absent from the pool).
     """
-    g = len(names)
-    rank = np.cumsum(valid, axis=1)  # valid slots come first (ineligible ones are -inf, ranked last)
-    selected = valid & (rank <= select_k)
-    pool_n = member_counts(top_idx, codes, g, valid)
-    sel_n = member_counts(top_idx, codes, g, selected)
+    sel_n, pool_n = selection_counts(top_idx, valid, codes, len(names), select_k)
     with np.errstate(invalid="ignore", divide="ignore"):
         sr = np.where(pool_n > 0, sel_n / np.maximum(pool_n, 1), np.nan)
         best = np.full(sr.shape[0], np.nan)
@@ -219,3 +226,59 @@ def four_fifths_flags(rates: Mapping[str, np.ndarray], threshold: float = FOUR_F
     if flags:
         flags["violates_any"] = np.any(np.stack(list(flags.values())), axis=0)
     return flags
+
+
+# --------------------------------------------------------------------------- corpus tables
+FOUR_FIFTHS_NOTE = ("The four-fifths rule (impact ratio < 0.8 flags adverse impact) is a US "
+                    "employment-law heuristic from the EEOC Uniform Guidelines (29 CFR 1607.4(D)), "
+                    "not a statistical test and not the legal standard outside the US.")
+
+
+def _table_stats(sel: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """[..., G] pooled counts -> [..., G + 3]: per-group rate, overall, difference, ratio."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(pool > 0, sel / np.maximum(pool, 1), np.nan)
+        overall = sel.sum(-1) / np.maximum(pool.sum(-1), 1)
+        any_ = ~np.isnan(rate).all(-1)
+        hi = np.where(any_, np.nanmax(np.where(any_[..., None], rate, 0.0), -1), np.nan)
+        lo = np.where(any_, np.nanmin(np.where(any_[..., None], rate, 0.0), -1), np.nan)
+        ratio = np.where(hi > 0, lo / np.where(hi > 0, hi, 1.0), np.nan)
+    return np.concatenate([rate, overall[..., None], (hi - lo)[..., None], ratio[..., None]], -1)
+
+
+def selection_table(selected: Any, pool: Any, names: Sequence[str], n_boot: int = 1000,
+                    seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
+    """Corpus selection rates in the shape of fairlearn's `MetricFrame(metrics=selection_rate)`.
+
+    selected, pool: [N, G] per-posting counts of selected / matched candidates per group (a
+    candidate slot of a posting's pool is one decision, selected or not). Pooled over postings:
+    by_group[g] = Σ selected_g / Σ pool_g (MetricFrame.by_group), overall = Σ selected / Σ pool,
+    difference = max_g − min_g, ratio = min_g / max_g (MetricFrame.ratio(), fairlearn's
+    demographic_parity_ratio; the corpus impact ratio). Groups with no pooled member are NaN and
+    left out of min/max. CIs: percentile bootstrap over postings (clusters), `n_boot` resamples.
+    """
+    sel, pl = np.asarray(selected, np.float64), np.asarray(pool, np.float64)
+    if sel.shape != pl.shape or sel.ndim != 2 or sel.shape[1] != len(names):
+        raise ValueError(f"selection_table needs selected and pool of shape [N, {len(names)}], got "
+                         f"{sel.shape} and {pl.shape}")
+    if (sel > pl).any() or (sel < 0).any():
+        raise ValueError("selection_table: selected counts must lie in [0, pool counts]")
+    point = _table_stats(sel.sum(0), pl.sum(0))
+    n = sel.shape[0]
+    boots = np.concatenate([_table_stats(sel[i].sum(1), pl[i].sum(1))
+                            for i in resample_indices(n, n_boot, np.random.default_rng(seed))]) if n else np.empty((0, point.size))
+    a = (1.0 - ci) / 2.0
+
+    def entry(j: int) -> dict[str, Any]:
+        col = boots[:, j][~np.isnan(boots[:, j])] if boots.size else np.empty(0)
+        lo, hi = np.quantile(col, [a, 1 - a]) if col.size else (np.nan, np.nan)
+        return {"value": float(point[j]), "ci_low": float(lo), "ci_high": float(hi)}
+
+    g = len(names)
+    by_group = {name: {**entry(j), "n_selected": int(sel[:, j].sum()), "n_pool": int(pl[:, j].sum())}
+                for j, name in enumerate(names)}
+    ratio = entry(g + 2)
+    return {"metric": "selection_rate", "by_group": by_group, "overall": entry(g),
+            "difference": entry(g + 1), "ratio": ratio,
+            "four_fifths_violation": bool(ratio["value"] < FOUR_FIFTHS) if np.isfinite(ratio["value"]) else None,
+            "n_postings": int(n), "ci_level": ci}

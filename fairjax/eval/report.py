@@ -17,6 +17,10 @@ the same prompts, in the same order, e.g.
 * `verdicts.png`  verdict counts per system (stacked bars) and, for the first non-reference system,
   the reference -> system transition matrix.
 
+With `headline` (fairjax.evaluate's summary) and `examples`, report.md opens with the headline
+(trained/reported reward, one table per system with CIs, a one-line verdict, the sanity rows, three
+example rewrites, the selection tables) and moves the per-metric tables to an appendix.
+
 A plot is skipped when its columns are absent. NaN entries (e.g. an impact ratio where a group is
 absent from the pool) are left out of means and counted (`n_nan`).
 """
@@ -194,7 +198,8 @@ def plot_impact_ratios(summary: Mapping[str, Any], path: str) -> Optional[str]:
     if not groups:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(systems)) + 2), 4))
+    # readable at normal size: at most 10 x 4.5 inches at 100 dpi, whatever the group count
+    fig, ax = plt.subplots(figsize=(min(10.0, max(5.0, 0.45 * len(groups) * len(systems) + 2)), 4.5))
     width = 0.8 / len(systems)
     for j, s in enumerate(systems):
         m = summary["systems"][s]["metrics"]
@@ -206,14 +211,15 @@ def plot_impact_ratios(summary: Mapping[str, Any], path: str) -> Optional[str]:
         ax.errorbar(x, mean, yerr=np.stack([mean - lo, hi - mean]), fmt="none", ecolor="black",
                     capsize=3, lw=1)
     ax.axhline(FOUR_FIFTHS, color="crimson", ls="--", lw=1.5, label="four-fifths rule (0.8)")
-    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 4 else 0,
+                  ha="right" if len(groups) > 4 else "center")
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("mean impact ratio (95% CI)")
     ax.set_title("Impact ratio per group")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -271,10 +277,144 @@ def _fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def _ci(m: Optional[Mapping[str, Any]], value: str = "mean", lo: str = "ci_low", hi: str = "ci_high",
+        signed: bool = False) -> str:
+    if not m or m.get(value) is None or not math.isfinite(float(m[value])):
+        return "–"
+    f = (lambda x: f"{x:+.3g}") if signed else (lambda x: f"{x:.3g}")
+    ok = all(m.get(k) is not None and math.isfinite(float(m[k])) for k in (lo, hi))
+    return f"{f(m[value])} [{f(m[lo])}, {f(m[hi])}]" if ok else f(m[value])
+
+
+def _reward_name(r: Mapping[str, Any]) -> str:
+    name = str(r.get("scorer", "?"))
+    if r.get("normalize") not in (None, "none"):
+        name += f" ({r['normalize']})"
+    return name
+
+
+def verdict_line(headline: Mapping[str, Any]) -> str:
+    """One sentence: the rewrite system with the largest reported-reward gain, whether it holds with
+    length controlled, what it keeps and finishes, and whether the reward can be gamed."""
+    systems = {k: v for k, v in headline.get("systems", {}).items() if k != "original"}
+    cands = [(v["vs_original"]["reward"]["mean_diff"], k) for k, v in systems.items()
+             if v.get("vs_original", {}).get("reward", {}).get("mean_diff") is not None]
+    if not cands:
+        return "Verdict: no rewrite system to compare."
+    _, best = max(cands)
+    e = systems[best]
+    d = e["vs_original"]["reward"]
+    lc = e.get("reward_length_controlled", {}).get("vs_original", {})
+    sig = d["ci_low"] is not None and (d["ci_low"] > 0 or d["ci_high"] < 0)
+    lc_sig = lc.get("covariate_ci") and all(x is not None for x in lc["covariate_ci"]) and \
+        (lc["covariate_ci"][0] > 0 or lc["covariate_ci"][1] < 0)
+    out = (f"Verdict: `{best}` changes the reported reward most, by {_ci(d, 'mean_diff', signed=True)} "
+           f"vs the originals ({'CI excludes 0' if sig else 'not distinguishable from 0'}; with length "
+           f"as covariate {lc.get('covariate', float('nan')):+.3g}, "
+           f"{'CI excludes 0' if lc_sig else 'not distinguishable from 0'})")
+    if "finished_share" in e:
+        out += f"; it finishes {e['finished_share']['mean']:.0%} of its rewrites"
+    pres = e.get("preservation", {})
+    if "chrf" in pres:
+        out += f" and keeps chrF {pres['chrf']['mean']:.0f}"
+        if "skills_kept" in pres and pres["skills_kept"].get("mean") is not None:
+            out += f", {pres['skills_kept']['mean']:.0%} of the skills"
+    gamed = [k for k, v in headline.get("sanity", {}).items() if isinstance(v, Mapping)
+             and v.get("vs_original", {}).get("ci_low") is not None and v["vs_original"]["ci_low"] > 0]
+    if gamed:
+        out += (f". Caution: {' and '.join(gamed)} also score above the originals, so this reward can "
+                "be gamed by text that no longer describes the job; read it with the preservation columns")
+    return out + "."
+
+
+def _cell(text: Any, width: int = 360) -> str:
+    t = str(text or "").replace("|", "\\|").replace("\n", " ⏎ ")
+    return t if len(t) <= width else t[:width] + " …"
+
+
+def render_headline(headline: Mapping[str, Any], examples: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The first page: rewards trained/reported, one table per system with CIs, the verdict,
+    the sanity row, three examples and the corpus selection tables."""
+    tr = headline.get("trained_reward_by_system", {})
+    rep = headline.get("reported_reward", {})
+    lines = [f"**Reported reward:** {_reward_name(rep)}"
+             + (f" (pool {rep['pool']}; {rep.get('settings', {})})" if rep.get("pool") else "")
+             + f". **Trained reward:** {_reward_name(headline.get('trained_reward', {}))}"
+             + (f" — {headline['trained_reward']['note']}" if headline.get("trained_reward", {}).get("note")
+                else "") + ".", ""]
+    attrs = sorted({a for v in headline["systems"].values() for a in v.get("fairness", {})})
+    head = (["system", "trained on", "reported reward", "Δ vs original", "Δ length-controlled"]
+            + [f"impact ratio ({a})" for a in attrs]
+            + ["cosine", "chrF", "skills kept", "header kept", "length ratio", "finished"])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in headline["systems"].items():
+        pres = e.get("preservation", {})
+        lc = e.get("reward_length_controlled", {}).get("vs_original", {})
+        lc_cell = _ci({"m": lc.get("covariate"), "lo": (lc.get("covariate_ci") or [None, None])[0],
+                       "hi": (lc.get("covariate_ci") or [None, None])[1]}, "m", "lo", "hi", True) if lc else "–"
+        row = [f"`{name}`", _reward_name(tr.get(name, {})) if name != "original" else "–",
+               _ci(e.get("reward")), _ci(e.get("vs_original", {}).get("reward"), "mean_diff", signed=True),
+               lc_cell]
+        for a in attrs:
+            r = e.get("fairness", {}).get(a, {}).get("ratio")
+            row.append(_ci(r, "value") if r else "–")
+        row += [_ci(pres.get(m)) for m in ("cosine", "chrf", "skills_kept", "header_kept", "length_ratio")]
+        row.append(_ci(e.get("finished_share")))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Means with percentile-bootstrap 95% CIs over postings. Impact ratio = min/max of the "
+              "corpus selection rates over groups (top-k matched candidates; fairlearn's "
+              "demographic_parity_ratio). Δ length-controlled: the system effect with log(1 + chars) "
+              "as covariate. Preservation compares each rewrite with its own original (cosine under "
+              "the reward's embedder; chrF 0–100; shares of skills and header fields kept; "
+              "characters rewrite/original); finished = rewrites that ended with `</a>`.", "",
+              verdict_line(headline), ""]
+    if headline.get("four_fifths_note"):
+        lines += [f"_Note: {headline['four_fifths_note']}_", ""]
+    san = headline.get("sanity")
+    if san:
+        lines += ["### Sanity: can the reward be gamed?", "",
+                  "| text | reported reward | Δ vs original (paired) |", "|---|---|---|",
+                  f"| original postings | {_ci(san['original'])} | – |"]
+        for k, v in san.items():
+            if k != "original":
+                label = {"shuffled_words": "original, words shuffled",
+                         "generic_text": f"generic text “{v.get('text', '')}”"}.get(k, k)
+                lines.append(f"| {label} | {_ci(v)} | {_ci(v['vs_original'], 'mean_diff', signed=True)} |")
+        lines += ["", "A reward that rates shuffled or generic text at or above the originals can be "
+                  "raised by rewrites that no longer describe the job.", ""]
+    if examples:
+        names = [k for k in examples[0] if k != "id"]
+        lines += ["### Examples (first three eval postings)", "",
+                  "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+        for ex in examples:
+            lines.append("| " + " | ".join(_cell(ex.get(n)) for n in names) + " |")
+        lines.append("")
+    tables = [(n, a, t) for n, e in headline["systems"].items() for a, t in e.get("fairness", {}).items()]
+    if tables:
+        lines += ["### Selection rates per group (fairlearn MetricFrame form)", ""]
+        for n, a, t in tables:
+            lines += [f"`{n}`, {a}:", "", "| group | selection rate [95% CI] | matched | selected |",
+                      "|---|---|---|---|"]
+            for g, v in t["by_group"].items():
+                lines.append(f"| {g} | {_ci(v, 'value')} | {v['n_pool']} | {v['n_selected']} |")
+            lines += [f"| overall | {_ci(t['overall'], 'value')} | | |",
+                      f"| difference (max − min) | {_ci(t['difference'], 'value')} | | |",
+                      f"| ratio (min / max) | {_ci(t['ratio'], 'value')} | | |", ""]
+    return lines
+
+
 def render_markdown(summary: Mapping[str, Any], images: Mapping[str, str], title: str,
-                    extra: Optional[Mapping[str, Any]] = None) -> str:
-    lines = [f"# {title}", "", f"Reference system: `{summary['reference']}`. Means with percentile "
-             "bootstrap 95% CIs; NaN rows (e.g. a group absent from the candidate pool) excluded.", ""]
+                    extra: Optional[Mapping[str, Any]] = None,
+                    headline: Optional[Mapping[str, Any]] = None,
+                    examples: Sequence[Mapping[str, Any]] = ()) -> str:
+    lines = [f"# {title}", ""]
+    if headline:
+        lines += render_headline(headline, examples)
+    if images:
+        lines += ["## Figures", ""] + [f"![{k}]({os.path.basename(v)})" for k, v in images.items()] + [""]
+    lines += ["## Appendix: every metric per system" if headline else "## Metrics per system", "",
+              f"Reference system: `{summary['reference']}`. Means with percentile "
+              "bootstrap 95% CIs; NaN rows (e.g. a group absent from the candidate pool) excluded.", ""]
     for s, e in summary["systems"].items():
         lines += [f"## {s} ({e['n_rows']} rows)", "", "| metric | mean | std | 95% CI | n |",
                   "|---|---|---|---|---|"]
@@ -298,8 +438,6 @@ def render_markdown(summary: Mapping[str, Any], images: Mapping[str, str], title
                          f"{_fmt(c['mean_diff'])} | [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}] | "
                          f"{_fmt(c['stderr'])} | {c['wins']}/{c['ties']}/{c['losses']} | {c['n']} |")
         lines.append("")
-    if images:
-        lines += ["## Figures", ""] + [f"![{k}]({os.path.basename(v)})" for k, v in images.items()] + [""]
     if extra:
         lines += ["## Run summary", "", "```json", json.dumps(_jsonable(dict(extra)), indent=1), "```", ""]
     return "\n".join(lines)
@@ -308,8 +446,12 @@ def render_markdown(summary: Mapping[str, Any], images: Mapping[str, str], title
 def write_report(out_dir: str | os.PathLike, rows_by_system: Mapping[str, Any],
                  summary: Optional[Mapping[str, Any]] = None, *, reference: str = "original",
                  reward_fields: Sequence[str] = REWARD_FIELDS, n_boot: int = 1000, seed: int = 0,
-                 title: str = "fairjax evaluation report") -> dict[str, str]:
-    """Write report.json, report.md and the PNG plots into out_dir; returns {name: path}."""
+                 title: str = "fairjax evaluation report",
+                 headline: Optional[Mapping[str, Any]] = None,
+                 examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
+    """Write report.json, report.md and the PNG plots into out_dir; returns {name: path}.
+    `headline` (evaluate's summary) and `examples` ([{"id", system: text}]) put the headline
+    section first and the per-metric tables in an appendix."""
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     numbers = summarize_systems(rows_by_system, reference, n_boot, seed)
@@ -327,5 +469,6 @@ def write_report(out_dir: str | os.PathLike, rows_by_system: Mapping[str, Any],
         json.dump(_jsonable({**numbers, "summary": dict(summary or {})}), f, indent=1)
         f.write("\n")
     with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(render_markdown(numbers, images, title, summary))
+        f.write(render_markdown(numbers, images, title, summary, _jsonable(dict(headline or {})),
+                                examples))
     return paths

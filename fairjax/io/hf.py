@@ -182,8 +182,25 @@ def load_hf_dir(path: str | os.PathLike, **overrides):
 
 
 # --------------------------------------------------------------------------- writing
-def _generation_config(config) -> dict:
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def hf_config_dict(config, tokenizer=None) -> dict:
+    """config.json content: `config.to_hf()` with bos/eos/pad ids taken from `tokenizer` (its HF
+    `bos_token`/`eos_token`/`pad_token`) when given. Without a tokenizer, an id outside the
+    vocabulary (e.g. GPT-2's default 50256 in a 1,000-token model) is dropped rather than written."""
     hf = config.to_hf()
+    vocab = hf.get("vocab_size")
+    hf_tok = getattr(tokenizer, "hf", None)  # the wrapped HF tokenizer of a fairjax Tokenizer
+    for key in TOKEN_ID_KEYS:
+        tok_id = getattr(hf_tok, key, None) if hf_tok is not None else hf.get(key)
+        ids = tok_id if isinstance(tok_id, (list, tuple)) else [tok_id]
+        ok = all(i is not None and (vocab is None or 0 <= int(i) < vocab) for i in ids)
+        hf[key] = (list(tok_id) if isinstance(tok_id, (list, tuple)) else int(tok_id)) if ok else None
+    return hf
+
+
+def _generation_config(hf: dict) -> dict:
     gen = {"_from_model_config": True}
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if hf.get(key) is not None:
@@ -193,7 +210,8 @@ def _generation_config(config) -> dict:
 
 def write_hf_dir(out_dir: str | os.PathLike, config, params, tokenizer=None,
                  shard_size_bytes: Optional[int] = None, overwrite: bool = False) -> Path:
-    """Write a HF directory that `transformers` loads: config.json, generation_config.json,
+    """Write a HF directory that `transformers` loads: config.json, generation_config.json (token
+    ids from `tokenizer` when given, see `hf_config_dict`),
     model.safetensors (or shards `model-0000i-of-0000n.safetensors` + index when the weights
     exceed `shard_size_bytes`) and, if given, the tokenizer (`tokenizer.save(out_dir)`).
 
@@ -206,8 +224,9 @@ def write_hf_dir(out_dir: str | os.PathLike, config, params, tokenizer=None,
         raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace its files")
     state_dict = model_module(config.kind).params_to_hf(params, config)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n")
-    (out / "generation_config.json").write_text(json.dumps(_generation_config(config), indent=2) + "\n")
+    hf_cfg = hf_config_dict(config, tokenizer)
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(_generation_config(hf_cfg), indent=2) + "\n")
     total = sum(v.nbytes for v in state_dict.values())
     if shard_size_bytes is None or total <= shard_size_bytes:
         write_safetensors(out / SAFE_WEIGHTS, state_dict)

@@ -16,6 +16,7 @@ Saving/restoring a train state given its abstract template is here (`state_items
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pprint
 from pathlib import Path
@@ -85,12 +86,29 @@ def _tuples(d: Any) -> Any:
     return d
 
 
+class _DropReadOnlyNotice(logging.Filter):
+    """Orbax warns "Given directory is read only" (and that save_interval_steps became 0) whenever a
+    manager is opened with `read_only=True`, which fairjax does to restore from a (writable) run
+    dir: that is our choice, not a property of the directory, so those lines are dropped."""
+
+    NOTICES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTICES)
+
+
+_READ_ONLY_FILTER = _DropReadOnlyNotice()
+
+
 def checkpoint_manager(run_dir: Union[str, os.PathLike], *, keep: int = 2, async_save: bool = True,
                        read_only: bool = False):
     """Orbax CheckpointManager on RUN_DIR/checkpoints keeping the `keep` latest checkpoints plus
     the one with the lowest `eval_loss` metric."""
     import orbax.checkpoint as ocp
     from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+    if read_only:  # before the options: they log one of the notices too
+        logging.getLogger("absl").addFilter(_READ_ONLY_FILTER)  # idempotent
 
     policy = pp.AnyPreservationPolicy([
         pp.LatestN(n=max(int(keep), 1)),

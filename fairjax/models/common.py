@@ -116,6 +116,12 @@ def attention_mask_and_positions(
     key_ok = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
     causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
     mask = key_ok & causal[None, None]
+    # A query with no visible key (a left-padding position) would softmax uniformly over ALL
+    # S slots: the full forward's S = T future tokens, a cache's S_max slots (unwritten zeros
+    # included), so cached decoding of an all-padding prefill chunk differed from the full
+    # forward there. Such a query attends to its own slot instead: the same in both paths.
+    own = (jnp.arange(s)[None, :] == q_slot[:, None])[None, None]  # [1, 1, T, S]
+    mask = mask | (own & ~mask.any(axis=-1, keepdims=True))
     if position_ids is None:
         pos = default_position_ids(attention_mask)
         position_ids = pos if cache is None else jax.lax.dynamic_slice_in_dim(pos, start, t, axis=1)

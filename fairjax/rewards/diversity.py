@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from fairjax.eval import fairness
+from fairjax.rewards.base import ScorerFailure
 from fairjax.rewards.embedders import Embedder, HashingTfidfEmbedder
 from fairjax.rewards.pool import GENDERS, REGIONS, CandidatePool, location_tokens
 
@@ -74,6 +75,8 @@ class DiversityResult:
     distance: dict[str, np.ndarray]         # attr -> [N]
     rates: dict[str, dict[str, np.ndarray]]  # attr -> {"sr_<g>": [N], "ir_<g>": [N]}
     groups: dict[str, list[str]]            # attr -> group names (column order of shares)
+    counts: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+    # attr -> (selected [N, G], pool [N, G]) member counts (fairness.selection_table input)
     top_idx: Optional[np.ndarray] = None    # [N, k] matched candidates, best first (if kept)
 
 
@@ -86,7 +89,8 @@ class DiversityScorer:
 
     def __init__(self, pool: CandidatePool, embedder: Optional[Embedder] = None,
                  config: DiversityConfig = DiversityConfig(),
-                 cache_dir: Optional[str | os.PathLike] = None):
+                 cache_dir: Optional[str | os.PathLike] = None, strict: bool = False):
+        self.strict = strict  # score_texts raises ScorerFailure on a text with no labelled match
         if len(pool) == 0:
             raise ValueError("the candidate pool is empty")
         self.pool, self.config = pool, config
@@ -185,7 +189,7 @@ class DiversityScorer:
             top = fairness.top_k_indices(sim, k)
             top_all[s:s + len(top)] = top
             valid_all[s:s + len(top)] = np.isfinite(np.take_along_axis(sim, top, axis=1))
-        shares, targets, dist, rates = {}, {}, {}, {}
+        shares, targets, dist, rates, counts = {}, {}, {}, {}, {}
         total = np.zeros(n)
         for a in self.attrs:
             g = len(self.names[a])
@@ -194,15 +198,24 @@ class DiversityScorer:
             dist[a] = fairness.share_distance(shares[a], targets[a], cfg.distance)
             rates[a] = fairness.rates_from_ranking(top_all, valid_all, self.codes[a], self.names[a],
                                                    cfg.select_k)
+            counts[a] = fairness.selection_counts(top_all, valid_all, self.codes[a], g, cfg.select_k)
             total += dist[a]
         reward = -100.0 * total
         reward[np.isnan(reward)] = NO_MATCH_REWARD  # no (labelled) candidate matched
         return DiversityResult(reward=reward, n_matched=valid_all.sum(axis=1), shares=shares,
                                targets=targets, distance=dist, rates=rates, groups=dict(self.names),
-                               top_idx=top_all if keep_top else None)
+                               counts=counts, top_idx=top_all if keep_top else None)
 
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
         """texts [N] -> diversity reward [N] float64 (no location filter information: uses none)."""
         if self.config.location_filter:
             raise ValueError("this scorer filters by location: call evaluate(texts, locations=...)")
-        return self.evaluate(texts).reward
+        res = self.evaluate(texts)
+        if self.strict:
+            for a in self.attrs:
+                bad = np.nonzero(np.isnan(res.distance[a]))[0]
+                if bad.size:
+                    raise ScorerFailure(int(bad[0]), f"empty candidate match: none of the top "
+                                        f"{self.config.k} candidates has a {a} label "
+                                        f"({int(res.n_matched[bad[0]])} eligible matches)")
+        return res.reward

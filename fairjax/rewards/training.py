@@ -1,0 +1,135 @@
+"""The reward a run trains on: score (or read), normalise and store it when the data is built.
+
+`prepare_rewards(cfg, run_dir, train_path, eval_path)` runs before the training data is laid out:
+
+1. rewards: `reward.scorer` set -> every train/eval record is scored by that scorer
+   (`registry.build_reward_scorer`) through the cached build (`precompute.build_rewards`, progress
+   bar, cache keyed by data and scorer hashes under `reward.cache_dir`); otherwise the records'
+   own `reward` field is used;
+2. normalisation: `reward.normalize` statistics are fitted on the train split's rewards
+   (`normalize.fit_normalizer`) and stored in RUN_DIR/reward_normalizer.json; a resumed run (or
+   anything that reuses the run's rewards) loads that file and applies it unchanged;
+3. the rewarded copies RUN_DIR/data/rewarded/{train,eval}.jsonl (the records as read, `reward` =
+   the normalised reward, `reward_raw` = before normalisation) are what the objective trains on;
+4. RUN_DIR/reward_spec.json names the trained reward (scorer spec, normalisation, data files,
+   cache files); `registry.trained_reward` reads it for every summary.
+
+Objectives without a reward (BC) keep their data untouched and record `{"scorer": "none"}`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from fairjax.rewards import normalize as norm
+from fairjax.rewards.registry import (DEMO_STANDIN, RUN_NORMALIZER_FILE, RUN_SPEC_FILE,
+                                      build_reward_scorer, reward_spec)
+
+NO_REWARD_OBJECTIVES = ("bc",)
+REWARDED_DIR = "rewarded"
+
+
+def _raw_objects(path: str, records: list[dict]) -> list[dict]:
+    """The records as written in a JSONL file (by source line); CSV: the canonical records."""
+    if path.lower().endswith(".csv"):
+        return [{k: v for k, v in r.items() if k not in ("source", "extra")} | r.get("extra", {})
+                for r in records]
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    return [json.loads(lines[int(r["source"].rsplit(":", 1)[1]) - 1]) for r in records]
+
+
+def _field_spec(cfg: Any, train_path: str) -> dict:
+    """The trained reward when it is the data's own `reward` field."""
+    if not cfg.data.train:
+        return {"scorer": "demo_standin", "note": DEMO_STANDIN}
+    return {"scorer": "data_field", "field": "reward", "data": os.path.abspath(train_path),
+            "note": "rewards precomputed into the data; their scorer is whatever wrote the field"}
+
+
+def _field_rewards(records: list[dict]) -> np.ndarray:
+    missing = [r for r in records if r.get("reward") is None]
+    if missing:
+        raise ValueError(f"{missing[0]['source']}: record id {missing[0]['id']!r} has no 'reward' "
+                         f"({len(missing)} records lack it): set config.reward.scorer (e.g. "
+                         "diversity) to score the data, or precompute the field")
+    return np.array([r["reward"] for r in records], np.float64)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_path: Optional[str],
+                    progress: bool = True) -> tuple[str, Optional[str]]:
+    """(train path, eval path) to train on; see the module docstring. `cfg`: the run config."""
+    from fairjax.data.jobs import read_records
+
+    run_dir = Path(run_dir)
+    r = cfg.reward
+    mode = r.get("normalize", "none") or "none"
+    spec_path = run_dir / RUN_SPEC_FILE
+    if cfg.algorithm in NO_REWARD_OBJECTIVES:
+        _write_json(spec_path, {"scorer": "none", "note": f"{cfg.algorithm} trains on no reward"})
+        return train_path, eval_path
+    if not r.scorer and mode == "none":
+        _write_json(spec_path, {**_field_spec(cfg, train_path), "normalize": "none"})
+        return train_path, eval_path
+    splits = {"train": train_path, **({"eval": eval_path} if eval_path else {})}
+    records = {s: read_records(p, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
+               for s, p in splits.items()}
+    if r.scorer:
+        from fairjax.rewards.precompute import build_rewards
+
+        default_pool = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
+        default_pool = default_pool if os.path.isfile(default_pool) else None
+        spec = reward_spec(r, default_pool)
+        cache_dir = r.get("cache_dir", "") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "fairjax", "rewards")
+        scorer = build_reward_scorer(r, default_pool, cache_dir=os.path.join(cache_dir, "pools"))
+        raw, caches = {}, {}
+        for s, p in splits.items():
+            raw[s], caches[s] = build_rewards(p, records[s], scorer, spec, cache_dir, progress=progress)
+        spec = {**spec, "cache": {s: str(c) for s, c in caches.items()}}
+    else:
+        raw = {s: _field_rewards(recs) for s, recs in records.items()}
+        spec = _field_spec(cfg, train_path)
+    norm_path = run_dir / RUN_NORMALIZER_FILE
+    if norm_path.is_file():  # a resumed run applies the statistics it trained with
+        stats = norm.load_normalizer(norm_path)
+        if stats["mode"] != mode:
+            raise ValueError(f"{norm_path}: this run was trained with reward.normalize="
+                             f"{stats['mode']!r}, the config says {mode!r}; use a new run_dir")
+    else:
+        stats = norm.fit_normalizer(raw["train"], mode)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        norm.save_normalizer(stats, norm_path)
+    out = {}
+    for s, p in splits.items():
+        rows = _raw_objects(p, records[s])
+        for row, x, y in zip(rows, raw[s], norm.apply_normalizer(raw[s], stats)):
+            row["reward_raw"], row["reward"] = float(x), float(y)
+        out[s] = run_dir / "data" / REWARDED_DIR / f"{s}.jsonl"
+        _write_jsonl(out[s], rows)
+    _write_json(spec_path, {**spec, "normalize": mode, "normalizer": str(norm_path),
+                            "data": {s: os.path.abspath(p) for s, p in splits.items()},
+                            "train_reward_raw": {"mean": float(raw["train"].mean()),
+                                                 "std": float(raw["train"].std()),
+                                                 "n": int(raw["train"].size)}})
+    return str(out["train"]), (str(out["eval"]) if "eval" in out else None)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
