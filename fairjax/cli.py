@@ -78,11 +78,14 @@ def config_override_error(e: BaseException, argv: Sequence[str]) -> Optional[str
 
 
 def quiet_logs(verbose: bool = False) -> None:
-    """absl (JAX/Orbax) logging at WARNING unless `verbose`; call inside main (after flags)."""
+    """absl (JAX/Orbax) logging at WARNING unless `verbose`, `--verbosity` or a CLI's own
+    `--verbose` flag (fairjax.train) asks for INFO; call inside main (after flags)."""
     from absl import flags
     from absl import logging as absl_logging
 
-    if verbose or ("verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present):
+    explicit = "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present
+    wants_info = "verbose" in flags.FLAGS and bool(flags.FLAGS["verbose"].value)  # train's --verbose
+    if verbose or explicit or wants_info:
         return
     absl_logging.set_verbosity(absl_logging.WARNING)
 

@@ -38,6 +38,7 @@ import optax
 from fairjax.agents.base import Algorithm, identity_update
 from fairjax.losses.alol import ALoLHParams, alol_loss, transform_rewards
 from fairjax.losses.common import scatter_positions, token_logprobs
+from fairjax.losses.vocab import lm_token_ce, resolve_chunk
 from fairjax.models.heads import MLPHead
 
 PyTree = Any
@@ -208,12 +209,22 @@ def sequence_rewards(batch: dict) -> jax.Array:
 
 
 def lm_forward(model: nn.Module, params: PyTree, tokens: jax.Array, attn_mask: jax.Array,
-               rng: Optional[jax.Array] = None, dropout: bool = False):
-    """(token log-probs [B, T-1], final hidden states [B, T, d]) of the LM on tokens [B, T]."""
+               rng: Optional[jax.Array] = None, dropout: bool = False,
+               vocab_chunk: Optional[int] = None):
+    """(token log-probs [B, T-1], final hidden states [B, T, d]) of the LM on tokens [B, T].
+
+    vocab_chunk > 0: log-probs from the hidden states and the LM head in vocabulary chunks
+    (`fairjax.losses.vocab.lm_token_ce`: no [B, T, V] logits kept); 0: from the full logits;
+    None: `fairjax.losses.vocab.resolve_chunk`."""
     det = not (dropout and rng is not None)
+    vocab_chunk = resolve_chunk(vocab_chunk)
+    lean = vocab_chunk > 0
     out = model.apply({"params": params}, tokens, attn_mask, deterministic=det,
-                      rngs=None if det else {"dropout": rng})
-    return token_logprobs(out.logits, tokens), out.hidden_states
+                      rngs=None if det else {"dropout": rng}, compute_logits=not lean)
+    h = out.hidden_states
+    if lean:
+        return -lm_token_ce(params, h, tokens, h.dtype, vocab_chunk), h
+    return token_logprobs(out.logits, tokens), h
 
 
 def prompt_hidden_states(model: nn.Module, ref_params: PyTree, batch: dict):

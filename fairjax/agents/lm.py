@@ -14,6 +14,7 @@ import jax
 
 from fairjax.agents.base import Algorithm, identity_update
 from fairjax.losses.bc import BCHparams, bc_loss
+from fairjax.losses.vocab import lm_token_ce, resolve_chunk
 
 PyTree = Any
 
@@ -21,18 +22,27 @@ PyTree = Any
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
     """hparams: BC loss options; train_dropout: run the LM with dropout in `loss` (upstream trains
-    in train() mode; default off = deterministic)."""
+    in train() mode; default off = deterministic); vocab_chunk: vocabulary columns per block of
+    the chunked LM-head cross-entropy (no [B, T, V] logits kept; 0 = materialise the logits;
+    None = $FAIRJAX_VOCAB_CHUNK or 8192, `fairjax.losses.vocab.resolve_chunk`)."""
 
     hparams: BCHparams = BCHparams()
     train_dropout: bool = False
+    vocab_chunk: Optional[int] = None
 
 
 def loss_fn(model: nn.Module, cfg: LMConfig, params: PyTree, batch: dict,
             rng: Optional[jax.Array] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """BC loss. batch: tokens, attn_mask [B, T]; action_idxs [B, A]; terminals [B, S]."""
     det = not (cfg.train_dropout and rng is not None)
+    chunk = resolve_chunk(cfg.vocab_chunk)
+    lean = chunk > 0
     out = model.apply({"params": params}, batch["tokens"], batch["attn_mask"], deterministic=det,
-                      rngs=None if det else {"dropout": rng})
+                      rngs=None if det else {"dropout": rng}, compute_logits=not lean)
+    if lean:
+        h = out.hidden_states
+        ce = lm_token_ce(params, h, batch["tokens"], h.dtype, chunk)  # [B, T-1]
+        return bc_loss(ce, batch, cfg.hparams, ce=True)
     return bc_loss(out.logits, batch, cfg.hparams)
 
 
