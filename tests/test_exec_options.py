@@ -9,7 +9,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from fairjax import optim
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.models import common, gpt2, llama
 
 

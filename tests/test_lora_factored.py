@@ -12,7 +12,7 @@ from fairjax.agents import ilql as I
 from fairjax.agents import lm as LM
 from fairjax.agents import lora as AL
 from fairjax.benchmarks.train import synthetic_batch
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.models import gpt2, llama
 from fairjax.models import lora as L
 

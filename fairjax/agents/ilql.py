@@ -34,10 +34,13 @@ import jax.numpy as jnp
 import optax
 
 from fairjax.agents.base import Algorithm
+from fairjax.agents.registry import Objective, config_block, register
+from fairjax.errors import ConfigError
 from fairjax.losses import vocab as V
 from fairjax.losses.common import gather_positions
 from fairjax.losses.ilql import ILQLHparams, TokenCE, ilql_loss, select_tokens
-from fairjax.io.hf import config_from_hf_dir, model_module
+from fairjax.io.hf import config_from_hf_dir
+from fairjax.models import model_module
 from fairjax.models.heads import MLPHead, head_params_from_torch
 
 PyTree = Any
@@ -376,3 +379,38 @@ __all__ = ["ILQLConfig", "apply_head", "apply_head_at", "apply_heads", "head_sco
            "init_from_bc", "init_from_hf", "init_from_upstream", "init_heads", "loss_fn",
            "lm_logits_from_hidden", "make_algorithm", "online_targets", "params_from_upstream_parts",
            "trunks", "update_frozen", "config_from_upstream", "hparams_from_upstream"]
+
+
+# ----------------------------------------------------------------------------- config wiring
+def from_config(cfg: Any) -> ILQLConfig:
+    """`ILQLConfig` from the `ilql` block: loss fields -> ILQLHparams, agent fields -> ILQLConfig
+    (hard_update_every 0 = never); `ilql.generation` is read by decoding."""
+    c = cfg.ilql
+    if not 0.0 < c.tau < 1.0:
+        raise ConfigError(f"config.ilql.tau={c.tau}; the expectile must be in (0, 1)")
+    for name in ("gamma", "alpha"):
+        if not 0.0 <= c[name] <= 1.0:
+            raise ConfigError(f"config.ilql.{name}={c[name]}; expected in [0, 1]")
+    if c.cql_temp <= 0:
+        raise ConfigError(f"config.ilql.cql_temp={c.cql_temp}; expected > 0")
+    return config_block(cfg, "ilql", ILQLConfig, hparams=ILQLHparams, ignore=("generation",),
+                        convert={"hard_update_every": lambda n: n or None})
+
+
+def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Algorithm:
+    c = from_config(cfg)
+    init = lambda rng: init_from_bc(c, policy, base_params, rng,  # noqa: E731
+                                    model_config.hidden_size, model_config.vocab_size)
+    return make_algorithm(module, c, init)
+
+
+def build_lora(cfg: Any, module: nn.Module, model_config, base, lora_cfg) -> Algorithm:
+    from fairjax.agents import lora
+
+    return lora.shared_base_ilql_algorithm(module, from_config(cfg), base, lora_cfg,
+                                           model_config.kind, model_config.hidden_size,
+                                           model_config.vocab_size)
+
+
+OBJECTIVE = register(Objective(name="ilql", agent_config=from_config, build=build,
+                               build_lora=build_lora))

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 
 from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.registry import Objective, config_block, register
 from fairjax.losses.bc import BCHparams, bc_loss
 from fairjax.losses.vocab import lm_token_ce, resolve_chunk
 
@@ -56,3 +57,25 @@ def make_algorithm(model: nn.Module, cfg: LMConfig, init: Any) -> Algorithm:
         update_frozen=identity_update,
         policy=lambda params, frozen: (model, params),
     )
+
+
+# ----------------------------------------------------------------------------- config wiring
+def from_config(cfg: Any) -> LMConfig:
+    """`LMConfig` from the `bc` block (transition_weight, normalize -> BCHparams; train_dropout)."""
+    return config_block(cfg, "bc", LMConfig, hparams=BCHparams)
+
+
+def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Algorithm:
+    return make_algorithm(module, from_config(cfg), policy)
+
+
+def build_lora(cfg: Any, module: nn.Module, model_config, base, lora_cfg) -> Algorithm:
+    from fairjax.agents import lora
+
+    # The LoRA form runs its LM deterministically (no dropout) whatever bc.train_dropout says.
+    c = dataclasses.replace(from_config(cfg), train_dropout=False)
+    return lora.bc_algorithm(module, c, base, lora_cfg, model_config.kind)
+
+
+OBJECTIVE = register(Objective(name="bc", agent_config=from_config, build=build,
+                               build_lora=build_lora))

@@ -55,11 +55,13 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     weights. lora: None = full fine-tuning; 'none' | 'int8' | 'nf4' = LoRA (rank 16, bf16 base
     stored as given; ILQL = one shared base). Returns step_s, tokens_per_s, flops (XLA cost
     analysis), params_lm and, when the backend reports it, peak_bytes (device memory stats)."""
-    from fairjax import parallel, trainer
+    from fairjax import parallel
+    from fairjax.agents.registry import build_algorithm
     from fairjax.benchmarks.forward import FAMILIES, make_config
     from fairjax.benchmarks.memory import _algorithm_cfg, _lora_quant
     from fairjax.models.lora import cast_base
     from fairjax.optim import make_optimizer
+    from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
 
     suffix = {None: "", "none": "_lora", "nf4": "_qlora", "int8": "_qlora8"}[lora]
     cfg = _algorithm_cfg(algo + suffix, remat)
@@ -70,15 +72,15 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
         lambda r: cast_base(mod.init_params(mcfg, r), "bfloat16"))
     params = jax.jit(init)(jax.random.PRNGKey(0))
     with _lora_quant(algo + suffix):
-        alg = trainer.build_algorithm(cfg, model_cls(mcfg), mcfg, params)
+        alg = build_algorithm(cfg, model_cls(mcfg), mcfg, params)
         mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
         opt = make_optimizer(cfg.optim, 1000)
-        plan = trainer.StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
-        step = trainer.compile_train_step(alg, opt, plan)
+        plan = StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
+        step = compile_train_step(alg, opt, plan)
         state = {"s": plan.init()}
     n_params = sum(x.size for x in jax.tree.leaves(params))
     del params
-    b = parallel.shard_batch(trainer._stack_micro(synthetic_batch(batch, seq, mcfg.vocab_size), 1), mesh)
+    b = parallel.shard_batch(stack_micro(synthetic_batch(batch, seq, mcfg.vocab_size), 1), mesh)
     compiled = step.lower(state["s"], b).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.models.common import path_str
 
 PyTree = Any
