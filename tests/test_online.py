@@ -13,7 +13,7 @@ import pytest
 
 from fairjax.agents.online import (OnlineConfig, OnlineRL, PolicyParts, RewardScoringError,
                                    score_completions)
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.losses.grpo import GRPOHParams
 from fairjax.losses.ppo import PPOHParams
 from fairjax.models import gpt2

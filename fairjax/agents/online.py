@@ -40,7 +40,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fairjax.generate import GenerationConfig, Policy, generate, left_pad
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.losses.common import gather_tokens, masked_mean
 from fairjax.losses.grpo import GRPOHParams, group_advantages, grpo_loss_hp, k3_kl
 from fairjax.losses.ppo import PPOHParams, gae, ppo_loss, token_rewards, whiten
