@@ -39,8 +39,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fairjax.generate import GenerationConfig, Policy, generate, left_pad
 from fairjax.errors import ConfigError
+from fairjax.generate import GenerationConfig, Policy, generate, left_pad
 from fairjax.losses.common import gather_tokens, masked_mean
 from fairjax.losses.grpo import GRPOHParams, group_advantages, grpo_loss_hp, k3_kl
 from fairjax.losses.ppo import PPOHParams, gae, ppo_loss, token_rewards, whiten
