@@ -10,13 +10,13 @@ import importlib.util
 import os
 
 _spec = importlib.util.spec_from_file_location(
-    "fairjax_configs_grpo", os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo.py"))
-grpo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grpo)
-common = grpo.common
+    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def get_config():
+    grpo = common.sibling("grpo")  # the online keys and the pipeline block shared with GRPO
     c = common.base_config("ppo")
     b = grpo.online_block(c, "ppo")
     b.group_size = 1  # PPO needs no group; prompts per step = optim.batch_size

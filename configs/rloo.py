@@ -4,19 +4,19 @@ folded into the reward. Same pipeline and sampling keys as configs/grpo.py."""
 import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
+# configs/grpo.py holds the online keys and the pipeline block (and loads configs/common.py)
+_grpo = importlib.util.spec_from_file_location(
     "fairjax_configs_grpo", os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo.py"))
-grpo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grpo)
-common = grpo.common
+grpo = importlib.util.module_from_spec(_grpo)
+_grpo.loader.exec_module(grpo)
 
 
 def get_config():
-    c = common.base_config("rloo")
+    c = grpo.common.base_config("rloo")
     b = grpo.online_block(c, "rloo")
     b.epsilon_low = 0.2
     b.epsilon_high = 0.2
     b.beta = 0.05  # k1 KL to the reference, summed over the completion, subtracted from r
     b.normalize_advantages = False  # whiten A over the batch
     grpo.pipeline(c)
-    return common.finish(c)
+    return grpo.common.finish(c)
