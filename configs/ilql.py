@@ -43,6 +43,9 @@ def get_config():
     c.ilql.generation.temperature = 1.0  # sampling temperature
     c.ilql.generation.top_k = 0  # 0 = off
     c.optim.weight_decay = 0.1  # hx1-dev ILQL
+    # Rewards sit on the </a> action: raw negative rewards (diversity ~ -22) make ending the worst
+    # action at every state, so ILQL at beta >= 4 never finishes (docs/data-and-rewards.md)
+    c.reward.normalize = "standardize"
 
     # The FMs-at-work workflow in one command (fairjax/pipeline.py): BC -> ILQL -> evaluation.
     # --config.pipeline.bc_warm_start=False --config.pipeline.evaluate=False = plain ILQL training.

@@ -16,6 +16,7 @@ import jax
 from fairjax.data.batching import BatchIterator
 from fairjax.data.jobs import JobsDataset
 from fairjax.data.task import JobRewriteTask
+from fairjax.rewards.training import NO_REWARD_OBJECTIVES
 
 
 def iterators(cfg: Any, train: list, eval_: Optional[list], **common) -> tuple:
@@ -41,7 +42,9 @@ def episode_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc
         ds = JobsDataset.from_file(path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
         if select is not None:
             ds = select(ds, path)
-        return JobRewriteTask(ds).episodes(tok, trunc).prepare()
+        # BC trains on no reward: postings without one are fine (the layout's reward slot is 0)
+        default = 0.0 if cfg.algorithm in NO_REWARD_OBJECTIVES else None
+        return JobRewriteTask(ds, default_reward=default).episodes(tok, trunc).prepare()
 
     train_eps = episodes(train_path)
     collate_fn = None

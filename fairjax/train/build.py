@@ -49,6 +49,11 @@ def validate_config(cfg: Any) -> None:
     for name in ("optim.weight_decay", "optim.warmup_steps", "train.steps", "train.epochs",
                  "train.eval_every", "train.save_every", "optim.end_lr_ratio"):
         _positive(cfg, name, allow_zero=True)
+    from fairjax.rewards.normalize import MODES
+    from fairjax.rewards.registry import SCORERS
+
+    choice("reward.scorer", cfg.reward.scorer, ("",) + SCORERS)
+    choice("reward.normalize", cfg.reward.normalize, MODES)
     if cfg.train.steps == 0 and cfg.train.epochs == 0:
         raise ConfigError("config.train.steps and config.train.epochs are both 0; set one")
     if not (0.0 <= cfg.optim.b1 < 1.0 and 0.0 <= cfg.optim.b2 < 1.0):
@@ -157,32 +162,54 @@ def _init_policy_params(cfg: Any):
     return params
 
 
-def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str]):
+def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str],
+               reference: Optional[dict] = None):
     """(train BatchIterator over global steps, eval factory or None, steps per epoch): the
     objective's `build_data` hook, else job-posting episodes (`fairjax.data.episodes`)."""
     from fairjax.data.episodes import episode_data
     from fairjax.data.layout import Truncation
 
-    if cfg.reward.scorer:
-        raise ConfigError(f"config.reward.scorer={cfg.reward.scorer!r}: scoring rewards during "
-                          "training is not wired yet; precompute them into the data's 'reward'")
     if cfg.reward.field != "reward":
         raise ConfigError(f"config.reward.field={cfg.reward.field!r}: the job reader takes rewards "
                           "from the 'reward' field; rename the field in the data")
     trunc = Truncation(max_len=cfg.data.max_len)
     spec = registry.get(cfg.algorithm)
     if spec.build_data is not None:
-        return spec.build_data(cfg, tok, train_path, eval_path, trunc)
+        import inspect
+
+        kw = ({"reference": reference}
+              if "reference" in inspect.signature(spec.build_data).parameters else {})
+        return spec.build_data(cfg, tok, train_path, eval_path, trunc, **kw)
     return episode_data(cfg, tok, train_path, eval_path, trunc)
+
+
+def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Optional[str]):
+    """(train path, eval path) carrying the reward the run trains on (`rewards.training`):
+    scored / normalised on process 0, stored in the run dir, read by every process."""
+    from fairjax.rewards.training import prepare_rewards, rewarded_paths
+
+    if parallel.is_main_process():
+        try:
+            prepare_rewards(cfg, run_dir, train_path, eval_path, progress=cfg.train.progress)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("fairjax rewards")
+    return rewarded_paths(run_dir, train_path, eval_path)
 
 
 def build_setup(cfg: Any, run_dir: Path) -> Setup:
     """Model, tokenizer, data and objective from the config (see configs/common.py)."""
-    train_path, eval_path = data_paths(cfg, run_dir)
+    train_path, eval_path = training_rewards(cfg, run_dir, *data_paths(cfg, run_dir))
     mcfg, module, params, tok = build_model(cfg, run_dir, train_path)
     policy = _init_policy_params(cfg)
     algorithm = build_algorithm(cfg, module, mcfg, params, policy)
-    train_it, eval_fn, per_epoch = build_data(cfg, tok, train_path, eval_path)
+    # objectives that read the initial policy while building data (A-LoL's V(x)) get it here
+    reference = {"module": module, "params": policy if policy is not None else params,
+                 "run_dir": run_dir}
+    train_it, eval_fn, per_epoch = build_data(cfg, tok, train_path, eval_path, reference)
     gen_fn = None
     if cfg.eval.generate and eval_path:
         gen_fn = make_eval_generate_fn(cfg, run_dir, algorithm, module, tok, eval_path)
