@@ -58,6 +58,9 @@ def get_config():
     c.pipeline.eval_limit = 0  # eval postings (0 = the whole eval split)
     c.pipeline.eval_pools = ""  # candidate pools for the scorer ("" = the demo candidates)
     c.pipeline.eval_n_boot = 1000  # bootstrap resamples of the report's CIs
+    # rewrite length of the evaluation (0 = p95 of the eval postings' token lengths, capped at half
+    # of the model's context so the prompt keeps the quoted original)
+    c.pipeline.eval_max_new_tokens = 0
     # The stage configs travel inside this config (and so inside RUN_DIR/config.json): the BC
     # warm start is configs/bc.py without the fields it shares with this run (common.SHARED);
     # the evaluation is configs/eval.py. pipeline.bc_* / eval_* / adv_weights override them.

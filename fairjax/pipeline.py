@@ -71,7 +71,7 @@ def eval_config(cfg: Any, run_dir: Path):
     ev.limit = p.eval_limit
     weights = [float(w) for w in p.adv_weights]
     ev.variants = ",".join(["bc:0"] + [f"ilql_b{w:g}:{w:g}" for w in weights if w > 0])
-    ev.generation.max_new_tokens = cfg.eval.max_new_tokens
+    ev.generation.max_new_tokens = p.eval_max_new_tokens  # 0 = from the eval postings' lengths
     ev.generation.temperature = cfg.ilql.generation.temperature
     ev.generation.top_k = cfg.ilql.generation.top_k
     ev.scorer.pools = p.eval_pools

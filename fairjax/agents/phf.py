@@ -66,8 +66,9 @@ def loss_fn(model: nn.Module, cfg: PHFConfig, params: dict, batch: dict,
         raise KeyError(f"PHF {cfg.hparams.objective}: batch needs 'token_scores' [B, T] "
                        f"(keys: {sorted(batch)})")
     mask = attn[:, 1:] * attn[:, :-1]
-    if not cfg.train_on_prompt:
-        mask = mask * target_mask(batch, tokens.shape[1])  # [B, T-1] response tokens only
+    if not cfg.train_on_prompt and ("response_mask" in batch or "action_idxs" in batch):
+        # job episodes: response tokens only; plain LM text (no prompt/response split) keeps all
+        mask = mask * target_mask(batch, tokens.shape[1])  # [B, T-1]
     return phf_loss(logp, mask, cfg.hparams, scores, values)
 
 
