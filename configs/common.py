@@ -3,14 +3,19 @@
 Every field is documented in place. Override any field on the command line:
 `python -m fairjax.train --config=configs/ilql.py --config.optim.lr=1e-4 --config.mesh.fsdp=2`.
 The config is locked: an unknown key or a value of the wrong type fails before any work starts,
-and `fairjax.trainer.validate_config` checks ranges and choices. Optional fields use
+and `fairjax.train.build.validate_config` checks ranges and choices. Optional fields use
 `placeholder(type)` so they are typed but may be None.
 
 Defaults are sized for the one-command demo (a tiny random GPT-2 on the synthetic demo corpus,
 a few minutes on 2 CPU cores); the FMs-at-work paper values are given in comments.
 """
+import importlib.util
+import os
+
 from ml_collections import ConfigDict
 from ml_collections.config_dict import placeholder
+
+from fairjax.pipeline import SHARED  # fields a stage takes from the main run
 
 
 def base_config(algorithm: str) -> ConfigDict:
@@ -116,6 +121,26 @@ def finish(c: ConfigDict) -> ConfigDict:
     """Lock the config: unknown keys now raise."""
     c.lock()
     return c
+
+
+def sibling(name: str):
+    """The module `configs/<name>.py` beside this file (configs are loaded by path, not as a
+    package, so they import each other this way)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"fairjax_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stage(config: ConfigDict) -> ConfigDict:
+    """A training config as a pipeline stage: without the SHARED fields (the main run's are
+    used), locked."""
+    config.unlock()
+    for key in SHARED:
+        del config[key]  # the main run's value is used (fairjax.pipeline.bc_config)
+    config.lock()
+    return config
 
 
 def optional(kind):

@@ -55,4 +55,10 @@ def get_config():
     c.pipeline.eval_limit = 0  # eval postings (0 = the whole eval split)
     c.pipeline.eval_pools = ""  # candidate pools for the scorer ("" = the demo candidates)
     c.pipeline.eval_n_boot = 1000  # bootstrap resamples of the report's CIs
+    # The stage configs travel inside this config (and so inside RUN_DIR/config.json): the BC
+    # warm start is configs/bc.py without the fields it shares with this run (common.SHARED);
+    # the evaluation is configs/eval.py. pipeline.bc_* / eval_* / adv_weights override them.
+    c.stages = common.ConfigDict()
+    c.stages.bc = common.stage(common.sibling("bc").get_config())
+    c.stages.eval = common.sibling("eval").get_config()
     return common.finish(c)

@@ -32,11 +32,19 @@ def define_flags() -> None:
     flags.DEFINE_string("profile", None, "train: also trace 3 steps into this directory and print "
                         "the device time per kernel and category.")
     flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
+    flags.DEFINE_integer("vocab_chunk", None, "Vocabulary block of the chunked heads/CE "
+                         "(0 = materialise [B, A, V] / [B, T, V]; default $FAIRJAX_VOCAB_CHUNK "
+                         "or 8192).")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in TARGETS:
         raise app.UsageError(f"usage: python -m fairjax.bench {{{'|'.join(TARGETS)}}} [--flags]")
+    if flags.FLAGS.vocab_chunk is not None:  # read by fairjax.losses.vocab.resolve_chunk
+        import os
+
+        from fairjax.losses.vocab import CHUNK_ENV
+        os.environ[CHUNK_ENV] = str(flags.FLAGS.vocab_chunk)
     module = importlib.import_module(f"fairjax.benchmarks.{argv[1]}")
     module.run(flags.FLAGS)
 

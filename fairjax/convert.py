@@ -47,7 +47,7 @@ def convert(source: str, output: str, *, base: Optional[str] = None, to: str = "
             chat_template: bool = False) -> Path:
     """Convert `source` to `to` format at `output`; returns the written path."""
     from fairjax.io import checkpoint
-    from fairjax.models import load_config_params_tokenizer
+    from fairjax.runs import load_config_params_tokenizer
 
     if to not in TARGETS:
         raise ValueError(f"--to={to!r}; expected one of {TARGETS}")
@@ -82,9 +82,8 @@ def convert(source: str, output: str, *, base: Optional[str] = None, to: str = "
 def export_peft(run_dir: str, out: Path) -> Path:
     """A LoRA run's adapters (best checkpoint) as a PEFT dir at `out`, its frozen base as a HF dir
     at `out/base` (tokenizer included)."""
-    from fairjax import trainer
+    from fairjax.errors import ConfigError
     from fairjax.io import checkpoint
-    from fairjax.io.errors import ConfigError
     from fairjax.io.hf import write_hf_dir
     from fairjax.models import lora as L
 
@@ -92,7 +91,9 @@ def export_peft(run_dir: str, out: Path) -> Path:
     if not checkpoint.is_run_dir(path) or not (path / "config.json").is_file():
         raise ConfigError(f"--source={run_dir}: --to=peft needs a fairjax run directory of a LoRA "
                           "run (config.json + model/ + checkpoints/)")
-    run = trainer.restore_run(path)
+    from fairjax.runs import restore_run
+
+    run = restore_run(path)
     lc = run.config.lora
     adapters_only = isinstance(run.params, dict) and all(
         isinstance(v, dict) and set(v) == {"a", "b"} for v in run.params.values())

@@ -123,15 +123,17 @@ def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
             raise ValueError("config.checkpoint is empty: give a run dir, model dir, HF dir or .pkl")
         primary = i == 0
         if _is_run_dir(path):
-            from fairjax import trainer
+            from fairjax.runs import restore_run
 
-            run = trainer.restore_run(path, None if cfg.step == "best" else
-                                      (cfg.step if cfg.step == "latest" else int(cfg.step)))
+            run = restore_run(path, None if cfg.step == "best" else
+                              (cfg.step if cfg.step == "latest" else int(cfg.step)))
             module, lm = run.algorithm.policy(run.params, run.frozen)
             if primary:
                 eval_path = _run_eval_path(run.config, path)
             if primary and run.config.algorithm == "ilql":
-                ic = trainer.ilql_config(run.config)
+                from fairjax.agents import ilql
+
+                ic = ilql.from_config(run.config)
                 agent = (run.params, run.frozen)
                 if run.config.get("lora") is not None and run.config.lora.enabled:
                     from fairjax.agents.lora import effective_ilql
@@ -145,7 +147,7 @@ def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
                 continue
             pol, tok = Policy.lm(module, lm), run.tokenizer
         else:
-            from fairjax.models import load
+            from fairjax.runs import load
 
             module, lm, tok = load(path, base=cfg.base or None)
             pol = Policy.lm(module, lm)

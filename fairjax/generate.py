@@ -40,7 +40,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.models.common import init_cache
 
 PyTree = Any

@@ -5,7 +5,7 @@ optionally not applied to LayerNorm/RMSNorm scales and biases) with a warmup + (
 constant) learning-rate schedule.
 
 Gradient accumulation is NOT done here with `optax.MultiSteps`: the trainer's compiled step
-scans over `grad_accum` micro-batches (`fairjax.trainer.make_train_step`) and applies ONE optimizer
+scans over `grad_accum` micro-batches (`fairjax.train.loop.make_train_step`) and applies ONE optimizer
 update per step. Why: (1) one jit call = one optimizer step, so `Algorithm.update_frozen` (ILQL's
 Polyak target update) runs once per optimizer step exactly as upstream
 (`iql_train_loop.py` updates after every `grad_accum_steps` micro-batches) without a host-side
@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import optax
 
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")
 

@@ -2,8 +2,9 @@
 
     BC (RUN_DIR/bc)  ->  ILQL from the BC policy (RUN_DIR)  ->  evaluation (RUN_DIR/eval)
 
-Stages are selected by the config's `pipeline` block (configs/ilql.py): `bc_warm_start` trains a
-BC policy first unless `init.policy` already names one; `evaluate` generates a rewrite of every
+Stages are selected by the config's `pipeline` block and configured by its `stages` block
+(configs/ilql.py carries configs/bc.py and configs/eval.py there; no file is read here):
+`bc_warm_start` trains a BC policy first unless `init.policy` already names one; `evaluate` generates a rewrite of every
 eval posting with the BC policy (ILQL β = 0) and the ILQL-perturbed policy at each β in
 `pipeline.adv_weights`, scores them against the original postings and writes the report.
 Every stage resumes: a finished BC or ILQL run returns at once, the evaluation continues its
@@ -11,26 +12,30 @@ eval_logs.jsonl. Configs without a `pipeline` block (or with every stage off) ju
 """
 from __future__ import annotations
 
-import importlib.util
+import copy
 from pathlib import Path
 from typing import Any, Optional
 
 from ml_collections import ConfigDict
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-# Fields the BC stage shares with the main run (same data, model, tokenizer, devices).
+from fairjax.errors import ConfigError
+
+# Fields the BC stage shares with the main run (same data, model, tokenizer, devices); the stage
+# config in `config.stages.bc` omits them (configs/common.py `stage`).
 SHARED = ("seed", "model", "data", "reward", "mesh", "distributed")
 
 
-def load_config_file(name: str):
-    """`configs/<name>.py`'s get_config() (unlocked)."""
-    path = CONFIG_DIR / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"fairjax_config_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    cfg.unlock()
-    return cfg
+def stage_config(cfg: Any, name: str):
+    """A copy (unlocked) of `cfg.stages.<name>`, the stage config the main config carries (no
+    file is read: an installed package and a run dir's saved config reproduce the pipeline)."""
+    stages = cfg.get("stages")
+    if stages is None or stages.get(name) is None:
+        raise ConfigError(f"config.stages.{name} is missing: the pipeline stages need their "
+                          f"config inside the main config (see configs/ilql.py `c.stages`), or "
+                          f"turn the stage off (config.pipeline.*)")
+    out = copy.deepcopy(stages[name])
+    out.unlock()
+    return out
 
 
 def has_stages(cfg: Any) -> bool:
@@ -39,8 +44,8 @@ def has_stages(cfg: Any) -> bool:
 
 
 def bc_config(cfg: Any, run_dir: Path):
-    """The BC stage's config: configs/bc.py with the main run's shared fields and pipeline.bc_*."""
-    bc = load_config_file("bc")
+    """The BC stage's config: `cfg.stages.bc` with the main run's shared fields and pipeline.bc_*."""
+    bc = stage_config(cfg, "bc")
     for key in SHARED:
         value = cfg[key]
         bc[key] = ConfigDict(value.to_dict()) if isinstance(value, ConfigDict) else value
@@ -57,8 +62,8 @@ def bc_config(cfg: Any, run_dir: Path):
 
 
 def eval_config(cfg: Any, run_dir: Path):
-    """configs/eval.py pointed at the ILQL run, variants bc (β=0) and ilql_b<β> per adv weight."""
-    ev = load_config_file("eval")
+    """`cfg.stages.eval` pointed at the ILQL run, variants bc (β=0) and ilql_b<β> per adv weight."""
+    ev = stage_config(cfg, "eval")
     p = cfg.pipeline
     ev.checkpoint = str(run_dir)
     ev.output_dir = str(run_dir / "eval")
@@ -78,12 +83,13 @@ def eval_config(cfg: Any, run_dir: Path):
 def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     """Run the configured stages; returns {"bc": RunResult|None, "train": RunResult,
     "eval": summary|None}."""
-    from fairjax import parallel, trainer
+    from fairjax import parallel
+    from fairjax.train.build import train
 
     run_dir = Path(run_dir or cfg.run_dir).absolute()
     out: dict = {"bc": None, "eval": None}
     if not has_stages(cfg):
-        out["train"] = trainer.train(cfg, run_dir)
+        out["train"] = train(cfg, run_dir)
         return out
     cfg = cfg.copy_and_resolve_references()
     cfg.unlock()
@@ -91,12 +97,12 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     if p.bc_warm_start and not cfg.init.policy:
         bc_dir = run_dir / "bc"
         _say(f"[pipeline 1/3] BC warm start -> {bc_dir}")
-        out["bc"] = trainer.train(bc_config(cfg, bc_dir), bc_dir)
+        out["bc"] = train(bc_config(cfg, bc_dir), bc_dir)
         cfg.init.policy = str(bc_dir)
     _say(f"[pipeline 2/3] {cfg.algorithm.upper()} -> {run_dir}"
          + (f" (policy from {cfg.init.policy})" if cfg.init.policy else ""))
     cfg.lock()
-    out["train"] = trainer.train(cfg, run_dir)
+    out["train"] = train(cfg, run_dir)
     if p.evaluate and cfg.algorithm == "ilql":
         if parallel.is_main_process():
             from fairjax import evaluate

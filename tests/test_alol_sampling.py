@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from trainer_fixtures import small_config
 
 
@@ -12,7 +12,7 @@ class Ep:
 
 
 def test_good_priority_draws_positive_advantages_in_proportion():
-    from fairjax.trainer import alol_resample
+    from fairjax.agents.alol import alol_resample
 
     eps = [Ep(r) for r in (0.0, 1.0, 2.0, 3.0, 6.0)]  # mean 2.4: A+ = 0, 0, 0, 0.6, 3.6
     out = alol_resample(small_config("alol", **{"alol.sampling": "good_priority"}), eps * 400, 2.4)

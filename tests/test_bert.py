@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from fairjax.io.errors import CheckpointMismatchError, ConfigError
+from fairjax.errors import CheckpointMismatchError, ConfigError
 
 TOL = 1e-4
 

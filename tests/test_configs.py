@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 
-from fairjax import trainer
 from fairjax.io import run_dir as rd
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
+from fairjax.train.build import validate_config
 
 from trainer_fixtures import REPO, load_config
 
@@ -19,7 +19,7 @@ NAMES = ("bc", "ilql", "alol", "phf", "dpo")
 def test_config_loads_validates_and_is_locked(name):
     cfg = load_config(name)
     assert cfg.algorithm == name
-    trainer.validate_config(cfg)
+    validate_config(cfg)
     with pytest.raises(AttributeError):
         cfg.optim.no_such_key = 1
     with pytest.raises(TypeError):
@@ -45,20 +45,20 @@ def test_validate_rejects_bad_values(key, value, match):
         node = getattr(node, p)
     setattr(node, leaf[-1], value)
     with pytest.raises(ConfigError, match=match):
-        trainer.validate_config(cfg)
+        validate_config(cfg)
 
 
 def test_alol_and_phf_variants_are_selectable():
     cfg = load_config("alol")
     cfg.alol.algorithm = "a_lol_seq"
-    trainer.validate_config(cfg)
+    validate_config(cfg)
     cfg.alol.algorithm = "a_lol_typo"
     with pytest.raises(ConfigError, match="alol.algorithm"):
-        trainer.validate_config(cfg)
+        validate_config(cfg)
     cfg = load_config("phf")
     for objective in ("filter", "conditional", "ul", "awr", "rwr"):
         cfg.phf.objective = objective
-        trainer.validate_config(cfg)
+        validate_config(cfg)
 
 
 def test_saved_config_py_relaunches_the_same_config(tmp_path):

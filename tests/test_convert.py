@@ -13,11 +13,11 @@ from absl import flags
 
 from fairjax import convert as convert_cli
 from fairjax.convert import convert
-from fairjax.data.tokenizer import VocabMismatchError
-from fairjax.io.errors import CheckpointMismatchError
+from fairjax.io.tokenizer import VocabMismatchError
+from fairjax.errors import CheckpointMismatchError
 from fairjax.io.hf import read_hf_state_dict
 from fairjax.io.torch_pickle import load_torch_pickle, save_torch_pickle
-from fairjax.models import load
+from fairjax.runs import load
 
 REPO = Path(__file__).resolve().parents[1]
 

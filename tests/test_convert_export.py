@@ -39,12 +39,12 @@ def _assert_quiet(stderr):
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     """A tiny BC run with LoRA adapters (demo corpus, 1,000-token demo vocabulary)."""
-    from fairjax import trainer
+    from fairjax.train.build import train
 
     run = tmp_path_factory.mktemp("lora") / "run"
     cfg = small_config("bc", **{"train.steps": 4, "train.eval_every": 0, "train.save_every": 4,
                                 "optim.lr": 3e-2, "lora.enabled": True, "lora.rank": 4})
-    trainer.train(cfg, run)
+    train(cfg, run)
     return run
 
 
@@ -85,7 +85,7 @@ def test_peft_export_loads_in_peft_and_matches_fairjax(lora_run, tmp_path):
     import transformers
     from safetensors.numpy import load_file
 
-    from fairjax.models import load
+    from fairjax.runs import load
 
     out = tmp_path / "peft"
     res = _cli(f"--source={lora_run}", f"--output={out}", "--to=peft")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fairjax.io.errors import CheckpointMismatchError
+from fairjax.errors import CheckpointMismatchError
 from fairjax.io.torch_pickle import load_torch_pickle, save_torch_pickle
 from fairjax.io.upstream import (HEADS, TRUNKS, bc_to_converted, detect_format, split_upstream,
                                  to_upstream_bc, to_upstream_iql)
@@ -97,7 +97,7 @@ def test_bad_iql_checkpoints(iql_sd):
 
 
 def test_load_upstream_ilql_parts(fixtures_dir, iql_sd):
-    from fairjax.models import load_upstream_ilql
+    from fairjax.io.loader import load_upstream_ilql
 
     out = load_upstream_ilql(fixtures_dir / "ilql_tiny" / "iql_state_dict.pkl",
                              base=fixtures_dir / "gpt2_tiny" / "hf")

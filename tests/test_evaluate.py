@@ -10,11 +10,11 @@ from trainer_fixtures import load_config, small_config
 
 @pytest.fixture(scope="module")
 def ilql_run(tmp_path_factory):
-    from fairjax import trainer
+    from fairjax.train.build import train
 
     run = tmp_path_factory.mktemp("ilql_run")
     cfg = small_config("ilql", **{"train.steps": 4})
-    trainer.train(cfg, run)
+    train(cfg, run)
     return run
 
 

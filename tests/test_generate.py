@@ -14,7 +14,7 @@ import pytest
 from fairjax.agents import ilql as A
 from fairjax.generate import (GenerationConfig, Policy, generate, left_pad, next_token_logits,
                               process_logits)
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.models import gpt2, llama
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def test_data_parallel_generation_equals_one_device():
 
 
 def test_generate_texts_in_order_with_layout(fixtures_dir):
-    from fairjax.data.tokenizer import Tokenizer
+    from fairjax.io.tokenizer import Tokenizer
     from fairjax.generate import generate_texts
     from fairjax.io.hf import load_hf_dir
 

@@ -6,7 +6,7 @@ import pytest
 
 from fairjax.data.layout import (LayoutStats, SequenceTooLongError, Truncation, bucket_for, collate,
                                  collate_pairs, layout, layout_example, layout_pair, prompt_tokens)
-from fairjax.data.tokenizer import Tokenizer
+from fairjax.io.tokenizer import Tokenizer
 
 KEYS = ("tokens", "state_idxs", "action_idxs", "rewards", "terminals")
 

@@ -1,16 +1,17 @@
-"""fairjax.models.load: HF dirs, HF ids from the local cache, model dirs, run dirs, vocab handling."""
+"""fairjax.runs.load (fairjax.io.loader.load + run dirs): HF dirs, HF ids from the local cache, model dirs, run dirs, vocab handling."""
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from fairjax.data.tokenizer import Tokenizer
+from fairjax.io.tokenizer import Tokenizer
 from fairjax.io.checkpoint import (find_lm_params, load_model_dir, restore_pytree,
                                    save_model_dir, save_pytree)
-from fairjax.io.errors import CheckpointMismatchError
+from fairjax.errors import CheckpointMismatchError
 from fairjax.io.hf import load_hf_dir, read_hf_state_dict, write_safetensors
-from fairjax.models import build_model, get_config_class, load
+from fairjax.models import build_model, get_config_class
+from fairjax.runs import load
 from test_convert import assert_trees_equal, reference_logits
 
 

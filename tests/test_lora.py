@@ -68,13 +68,14 @@ def test_peft_export_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_shared_base_ilql_trains_adapters_and_heads_only(tmp_path):
-    from fairjax import trainer
+    from fairjax.runs import restore_run
+    from fairjax.train.build import train
 
     cfg = small_config("ilql", **{"train.steps": 24, "train.log_every": 4, "train.eval_every": 0,
                                   "optim.lr": 3e-3, "lora.enabled": True, "lora.rank": 4,
                                   "pipeline.bc_warm_start": False, "pipeline.evaluate": False})
-    res = trainer.train(cfg, tmp_path)
-    run = trainer.restore_run(tmp_path, "latest")
+    res = train(cfg, tmp_path)
+    run = restore_run(tmp_path, "latest")
     # the trained params are adapters + heads; the base sits in frozen, untouched
     flat = {L.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(run.params)[0]}
     assert flat and all(k.endswith(("/a", "/b")) or k.startswith("heads/") for k in flat)

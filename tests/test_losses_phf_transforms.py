@@ -62,7 +62,7 @@ def test_constant_length_chunks():
 
 
 def test_control_tokens_in_tokenizer_and_resize(fixtures_dir):
-    from fairjax.data.tokenizer import Tokenizer
+    from fairjax.io.tokenizer import Tokenizer
     from fairjax.io import hf
 
     tok = Tokenizer.from_dir(fixtures_dir / "gpt2_tiny" / "hf")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.models import gpt2, llama
 from fairjax.models.common import init_cache
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fairjax.io import hf
-from fairjax.io.errors import CheckpointMismatchError, ConfigError
+from fairjax.errors import CheckpointMismatchError, ConfigError
 from fairjax.models import gpt2
 
 

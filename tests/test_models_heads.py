@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fairjax.io.errors import CheckpointMismatchError
+from fairjax.errors import CheckpointMismatchError
 from fairjax.models.heads import MLPHead, head_params_from_torch, head_params_to_torch
 
 

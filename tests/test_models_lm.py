@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fairjax.io import hf
-from fairjax.io.errors import CheckpointMismatchError
+from fairjax.errors import CheckpointMismatchError
 from fairjax.models import common
 
 KINDS = ["gpt2_tiny", "llama_tiny"]

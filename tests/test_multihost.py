@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from fairjax.io.run_dir import restore_policy_params
+from fairjax.runs import restore_policy as restore_policy_params
 
 from trainer_fixtures import REPO
 

@@ -44,7 +44,7 @@ def test_read_pairs_errors_name_the_line(tmp_path):
 
 
 def test_dpo_trains_from_config_on_explicit_pairs(tmp_path):
-    from fairjax import trainer
+    from fairjax.train.build import train
 
     rng = np.random.default_rng(0)
     words = ["team", "build", "ship", "data", "care", "grow", "learn", "code"]
@@ -56,7 +56,7 @@ def test_dpo_trains_from_config_on_explicit_pairs(tmp_path):
     cfg = small_config("dpo", **{"train.steps": 12, "train.log_every": 4, "train.eval_every": 0,
                                  "optim.lr": 3e-3, "dpo.pairs": str(tmp_path / "pairs.jsonl"),
                                  "dpo.beta": 0.5})
-    trainer.train(cfg, tmp_path / "run")
+    train(cfg, tmp_path / "run")
     logs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in logs if r["split"] == "train"]
     assert train[-1]["loss"] < train[0]["loss"]

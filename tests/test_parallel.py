@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from fairjax import parallel
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 

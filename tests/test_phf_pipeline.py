@@ -3,17 +3,17 @@ import json
 
 import pytest
 
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from trainer_fixtures import small_config
 
 
 @pytest.mark.parametrize("objective", ["awr", "unlikelihood", "rwr"])
 def test_phf_objectives_train_from_config(tmp_path, objective):
-    from fairjax import trainer
+    from fairjax.train.build import train
 
     cfg = small_config("phf", **{"phf.objective": objective, "train.steps": 6,
                                  "train.log_every": 2, "train.eval_every": 0})
-    trainer.train(cfg, tmp_path)
+    train(cfg, tmp_path)
     logs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logs if r["split"] == "train"]
     assert len(losses) == 3 and all(abs(l) < 1e6 for l in losses)  # finite, logged
@@ -23,7 +23,7 @@ def test_phf_objectives_train_from_config(tmp_path, objective):
 
 
 def test_conditional_is_refused_with_a_reason(tmp_path):
-    from fairjax import trainer
+    from fairjax.train.build import train
 
     with pytest.raises(ConfigError, match="control tokens"):
-        trainer.train(small_config("phf", **{"phf.objective": "conditional"}), tmp_path)
+        train(small_config("phf", **{"phf.objective": "conditional"}), tmp_path)

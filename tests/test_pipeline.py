@@ -4,7 +4,8 @@ import json
 import pytest
 
 from fairjax import pipeline
-from trainer_fixtures import small_config
+from fairjax.errors import ConfigError
+from trainer_fixtures import load_config, small_config
 
 
 @pytest.mark.slow
@@ -37,13 +38,54 @@ def test_stages_off_is_plain_training():
     assert ev.variants == "bc:0,ilql_b2:2,ilql_b8:8" and ev.output_dir == "/r/eval"
 
 
+def test_stage_configs_come_from_the_saved_config_not_from_files(tmp_path, monkeypatch):
+    import builtins
+    import importlib.util
+
+    from fairjax.io import run_dir as rd
+
+    cfg = small_config("ilql", **{"pipeline.bc_steps": 7, "pipeline.adv_weights": (2.0,)})
+    want_bc = pipeline.bc_config(cfg, tmp_path / "bc")
+    want_ev = pipeline.eval_config(cfg, tmp_path)
+    rd.save_config(cfg, tmp_path)
+    saved = rd.load_config(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a stage config read a file at run time: {args[:1]}")
+
+    # from here on no configs/*.py (nor any other file) can be read
+    monkeypatch.setattr(importlib.util, "spec_from_file_location", refuse)
+    monkeypatch.setattr(builtins, "open", refuse)
+    bc = pipeline.bc_config(saved, tmp_path / "bc")
+    ev = pipeline.eval_config(saved, tmp_path)
+    monkeypatch.undo()
+    # the run dir's saved config reproduces both stages exactly
+    assert bc.to_dict() == want_bc.to_dict() and ev.to_dict() == want_ev.to_dict()
+    # BC stage = configs/bc.py + the main run's shared fields + pipeline.bc_*
+    ref_bc, ref_ev = load_config("bc"), load_config("eval")
+    assert bc.algorithm == "bc" and bc.bc.to_dict() == ref_bc.bc.to_dict()
+    assert bc.model.to_dict() == cfg.model.to_dict() and bc.data.to_dict() == cfg.data.to_dict()
+    assert bc.train.steps == 7 and bc.optim.lr == cfg.pipeline.bc_lr and bc.run_dir == str(tmp_path / "bc")
+    # evaluation stage = configs/eval.py pointed at the run
+    assert ev.scorer.to_dict() == ref_ev.scorer.to_dict() and ev.data.to_dict() == ref_ev.data.to_dict()
+    assert ev.variants == "bc:0,ilql_b2:2" and ev.checkpoint == str(tmp_path)
+
+
+def test_missing_stage_config_is_a_config_error(tmp_path):
+    cfg = small_config("ilql")
+    cfg.unlock()
+    del cfg["stages"]
+    with pytest.raises(ConfigError, match="config.stages.bc"):
+        pipeline.bc_config(cfg, tmp_path)
+
+
 @pytest.mark.parametrize("algo", ["bc", "ilql"])
 def test_eval_generate_reports_reward_of_generations(tmp_path, algo):
-    from fairjax import trainer
+    from fairjax.train.build import train
 
     cfg = small_config(algo, **{"train.steps": 2, "train.eval_every": 2, "eval.generate": True,
                                 "eval.num_prompts": 3, "eval.max_new_tokens": 5})
-    trainer.train(cfg, tmp_path)
+    train(cfg, tmp_path)
     evals = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
              if json.loads(l).get("split") == "eval"]
     assert evals and all(k in evals[-1] for k in ("gen_reward", "gen_new_tokens", "gen_finished"))

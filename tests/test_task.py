@@ -10,7 +10,7 @@ from fairjax.data.task import (EpisodeDataset, Environment, IterableDataset, Job
                                JobRewriteTask, ListDataset, Observation, TextObservation,
                                iterate_observations)
 from fairjax.data.layout import Truncation, collate
-from fairjax.data.tokenizer import Tokenizer
+from fairjax.io.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from fairjax.data.tokenizer import (LAYOUT_TOKENS, Tokenizer, VocabMismatchError,
+from fairjax.io.tokenizer import (LAYOUT_TOKENS, Tokenizer, VocabMismatchError,
                                     assert_vocab_matches, resize_embeddings)
 
 

@@ -7,7 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from fairjax import trainer
+from fairjax.errors import ConfigError
+from fairjax.train import loop
+from fairjax.train.build import train
 from fairjax.io import run_dir as rd
 
 from trainer_fixtures import small_config, toy_setup
@@ -19,7 +21,7 @@ def _params(result):
 
 def test_train_logs_checkpoints_and_learns(tmp_path):
     cfg = small_config("bc", **{"train.steps": 12, "train.keep": 1, "optim.lr": 0.3})
-    res = trainer.train(cfg, tmp_path, setup=toy_setup(cfg))
+    res = train(cfg, tmp_path, setup=toy_setup(cfg))
     assert res.step == 12
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_losses = [l["loss"] for l in lines if l["split"] == "train"]
@@ -38,13 +40,13 @@ def test_train_logs_checkpoints_and_learns(tmp_path):
 
 def test_resume_from_checkpoint_is_exact(tmp_path):
     cfg = small_config("bc", **{"train.steps": 9, "train.keep": 10})
-    full = trainer.train(cfg, tmp_path / "a", setup=toy_setup(cfg))
+    full = train(cfg, tmp_path / "a", setup=toy_setup(cfg))
     # a run that "died" after step 3: keep only that checkpoint and its metrics
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     for p in (tmp_path / "b" / "checkpoints").iterdir():
         if p.name.isdigit() and int(p.name) > 3:
             shutil.rmtree(p)
-    resumed = trainer.train(cfg, tmp_path / "b", setup=toy_setup(cfg))
+    resumed = train(cfg, tmp_path / "b", setup=toy_setup(cfg))
     assert resumed.step == 9
     for x, y in zip(jax.tree.leaves(_params(full)), jax.tree.leaves(_params(resumed))):
         np.testing.assert_array_equal(x, y)
@@ -54,25 +56,25 @@ def test_resume_from_checkpoint_is_exact(tmp_path):
 
 def test_resume_false_refuses_to_overwrite(tmp_path):
     cfg = small_config("bc", **{"train.steps": 3})
-    trainer.train(cfg, tmp_path, setup=toy_setup(cfg))
+    train(cfg, tmp_path, setup=toy_setup(cfg))
     cfg.train.resume = False
-    with pytest.raises(trainer.ConfigError, match="resume=False"):
-        trainer.train(cfg, tmp_path, setup=toy_setup(cfg))
+    with pytest.raises(ConfigError, match="resume=False"):
+        train(cfg, tmp_path, setup=toy_setup(cfg))
 
 
 def test_grad_accumulation_equals_large_batch(tmp_path):
     big = small_config("bc", **{"optim.batch_size": 8, "optim.grad_accum": 1})
     acc = small_config("bc", **{"optim.batch_size": 4, "optim.grad_accum": 2})
-    a = trainer.train(big, tmp_path / "a", setup=toy_setup(big, noise=0.0))
-    b = trainer.train(acc, tmp_path / "b", setup=toy_setup(acc, noise=0.0))
+    a = train(big, tmp_path / "a", setup=toy_setup(big, noise=0.0))
+    b = train(acc, tmp_path / "b", setup=toy_setup(acc, noise=0.0))
     for x, y in zip(jax.tree.leaves(_params(a)), jax.tree.leaves(_params(b))):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
     cfg = small_config("bc", **{"train.steps": 12})
-    with pytest.raises(trainer.NonFiniteLossError, match="step 5") as err:
-        trainer.train(cfg, tmp_path, setup=toy_setup(cfg, nan_at_step=5))
+    with pytest.raises(loop.NonFiniteLossError, match="step 5") as err:
+        train(cfg, tmp_path, setup=toy_setup(cfg, nan_at_step=5))
     assert err.value.step == 5
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [3]
@@ -80,9 +82,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
     plan_cfg = toy_setup(cfg)
     from fairjax import parallel
     from fairjax.optim import make_optimizer
-    plan = trainer.StatePlan(plan_cfg.algorithm, make_optimizer(cfg.optim, 12),
-                             parallel.make_mesh(cfg.mesh), plan_cfg.rules, cfg.seed)
-    state, data_state = trainer.restore_state(manager, 3, plan)
+    plan = loop.StatePlan(plan_cfg.algorithm, make_optimizer(cfg.optim, 12),
+                          parallel.make_mesh(cfg.mesh), plan_cfg.rules, cfg.seed)
+    state, data_state = loop.restore_state(manager, 3, plan)
     manager.close()
     assert int(state["step"]) == 3 and data_state["index"] > 0
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from fairjax.agents.base import Algorithm
-from fairjax.trainer import Setup
+from fairjax.train.loop import Setup
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,15 +127,16 @@ def toy_setup(cfg, nan_at_step=None, process_index=0, process_count=1, noise=1e-
 def gpt2_parts(fixtures_dir, algorithm: str, data_dir, **overrides):
     """(cfg, Setup-like pieces) for a real objective on the fixture tiny GPT-2 + demo postings:
     returns (cfg, algorithm, rules, train BatchIterator)."""
-    from fairjax import trainer
+    from fairjax.agents.registry import build_algorithm
     from fairjax.data.demo import write_demo
-    from fairjax.models import load
+    from fairjax.runs import load
+    from fairjax.train.build import build_data
 
     module, params, tok = load(str(Path(fixtures_dir) / "gpt2_tiny" / "hf"))
     cfg = small_config(algorithm, **{"data.max_len": 64, "data.buckets": (32, 64), **overrides})
     paths = write_demo(data_dir, n_postings=40, n_candidates=4, seed=0)
-    alg = trainer.build_algorithm(cfg, module, module.config, params)
-    train_it, _, _ = trainer.build_data(cfg, tok, paths["train"], None)
+    alg = build_algorithm(cfg, module, module.config, params)
+    train_it, _, _ = build_data(cfg, tok, paths["train"], None)
     return cfg, alg, module.config.partition_rules(), train_it
 
 
@@ -143,19 +144,19 @@ def run_steps(cfg, alg, rules, batches, mesh_shape, n_steps=3, devices=None):
     """n optimizer steps on a mesh (data, fsdp, tensor); returns (losses, params as numpy)."""
     from ml_collections import ConfigDict
 
-    from fairjax import parallel, trainer
+    from fairjax import parallel
     from fairjax.optim import make_optimizer
+    from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
 
     mesh = parallel.make_mesh(ConfigDict(dict(zip(("data", "fsdp", "tensor"), mesh_shape))),
                               devices)
     opt = make_optimizer(cfg.optim, 10)
-    plan = trainer.StatePlan(alg, opt, mesh, rules, cfg.seed)
-    step = trainer.compile_train_step(alg, opt, plan)
+    plan = StatePlan(alg, opt, mesh, rules, cfg.seed)
+    step = compile_train_step(alg, opt, plan)
     state = plan.init()
     losses = []
     for b in batches[:n_steps]:
-        state, m = step(state, parallel.shard_batch(trainer._stack_micro(b, cfg.optim.grad_accum),
-                                                    mesh))
+        state, m = step(state, parallel.shard_batch(stack_micro(b, cfg.optim.grad_accum), mesh))
         losses.append(float(m["loss"]))
     return np.asarray(losses), jax.tree.map(np.asarray, jax.device_get(state["params"]))
 

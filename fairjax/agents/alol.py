@@ -36,8 +36,11 @@ import numpy as np
 import optax
 
 from fairjax.agents.base import Algorithm, identity_update
-from fairjax.losses.alol import ALoLHParams, alol_loss, transform_rewards
+from fairjax.agents.registry import Objective, choice, config_block, register
+from fairjax.errors import ConfigError
+from fairjax.losses.alol import ALGORITHMS, ALoLHParams, alol_loss, transform_rewards
 from fairjax.losses.common import scatter_positions, token_logprobs
+from fairjax.losses.vocab import lm_token_ce, resolve_chunk
 from fairjax.models.heads import MLPHead
 
 PyTree = Any
@@ -208,12 +211,22 @@ def sequence_rewards(batch: dict) -> jax.Array:
 
 
 def lm_forward(model: nn.Module, params: PyTree, tokens: jax.Array, attn_mask: jax.Array,
-               rng: Optional[jax.Array] = None, dropout: bool = False):
-    """(token log-probs [B, T-1], final hidden states [B, T, d]) of the LM on tokens [B, T]."""
+               rng: Optional[jax.Array] = None, dropout: bool = False,
+               vocab_chunk: Optional[int] = None):
+    """(token log-probs [B, T-1], final hidden states [B, T, d]) of the LM on tokens [B, T].
+
+    vocab_chunk > 0: log-probs from the hidden states and the LM head in vocabulary chunks
+    (`fairjax.losses.vocab.lm_token_ce`: no [B, T, V] logits kept); 0: from the full logits;
+    None: `fairjax.losses.vocab.resolve_chunk`."""
     det = not (dropout and rng is not None)
+    vocab_chunk = resolve_chunk(vocab_chunk)
+    lean = vocab_chunk > 0
     out = model.apply({"params": params}, tokens, attn_mask, deterministic=det,
-                      rngs=None if det else {"dropout": rng})
-    return token_logprobs(out.logits, tokens), out.hidden_states
+                      rngs=None if det else {"dropout": rng}, compute_logits=not lean)
+    h = out.hidden_states
+    if lean:
+        return -lm_token_ce(params, h, tokens, h.dtype, vocab_chunk), h
+    return token_logprobs(out.logits, tokens), h
 
 
 def prompt_hidden_states(model: nn.Module, ref_params: PyTree, batch: dict):
@@ -298,3 +311,70 @@ def make_algorithm(model: nn.Module, cfg: ALoLConfig, init: Any, *,
         update_frozen=identity_update,
         policy=lambda params, frozen: (model, params),
     )
+
+
+# ----------------------------------------------------------------------------- config wiring
+def from_config(cfg: Any) -> ALoLConfig:
+    """`ALoLConfig` from the `alol` block (ppo_clip <= 0 = no clamp); `alol.sampling` is read by
+    the data hook."""
+    choice("alol.algorithm", cfg.alol.algorithm, ALGORITHMS)
+    choice("alol.reward_transform", cfg.alol.reward_transform, ("none", "sigmoid"))
+    return config_block(cfg, "alol", ALoLConfig, hparams=ALoLHParams, ignore=("sampling",),
+                        convert={"ppo_clip": lambda v: v if v > 0 else None})
+
+
+def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Algorithm:
+    return make_algorithm(module, from_config(cfg), policy)
+
+
+def build_lora(cfg: Any, module: nn.Module, model_config, base, lora_cfg) -> Algorithm:
+    from fairjax.agents import lora
+
+    return lora.alol_algorithm(module, from_config(cfg), base, lora_cfg, model_config.kind)
+
+
+def with_advantage(collate_fn, baseline: float):
+    """Collate wrapper: A-LoL without a fitted value head, advantage = R - mean train reward."""
+    def wrapped(*args, **kwargs):
+        b = collate_fn(*args, **kwargs)
+        b["advantage"] = (np.asarray(b["sequence_reward"], np.float32) - baseline).astype(np.float32)
+        return b
+    return wrapped
+
+
+def alol_resample(cfg: Any, episodes: list, baseline: float) -> list:
+    """`alol.sampling` (A-LoL's priority sampling, data/alol_sampler.py): "uniform" keeps the data;
+    "good_priority" / "good_random" draw len(episodes) examples with replacement, ∝ A⁺ = max(R −
+    baseline, 0) (∝ R for wbc / r_gold / r_lol) or uniformly over A > 0, seeded by `seed`. The draw
+    is made once and reshuffled every epoch (upstream draws every batch: same distribution per
+    epoch)."""
+    from fairjax.data.alol_sampler import PrioritySampler
+
+    if cfg.alol.sampling == "uniform":
+        return episodes
+    rewards = np.asarray([e.sequence_reward for e in episodes], np.float64)
+    weights = rewards - baseline if from_config(cfg).hparams.needs_advantage else rewards
+    try:
+        sampler = PrioritySampler(weights, cfg.alol.sampling, seed=cfg.seed)
+    except ValueError as e:
+        raise ConfigError(f"config.alol.sampling={cfg.alol.sampling!r}: {e}") from None
+    return [episodes[int(i)] for i in sampler.sample(len(episodes))]
+
+
+def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
+    """Episodes with rewards; advantage = R - mean train reward; `alol.sampling` resampling."""
+    import functools
+
+    from fairjax.data.episodes import episode_data
+    from fairjax.data.layout import collate
+
+    def prepare(train_eps):
+        base = float(np.mean([e.sequence_reward for e in train_eps]))
+        fn = with_advantage(functools.partial(collate, pad_id=tok.pad_id, extras=True), base)
+        return alol_resample(cfg, train_eps, base), fn
+
+    return episode_data(cfg, tok, train_path, eval_path, trunc, extras=True, prepare=prepare)
+
+
+OBJECTIVE = register(Objective(name="alol", agent_config=from_config, build=build,
+                               build_lora=build_lora, build_data=build_data))

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 
 from fairjax.agents.alol import init_with_reference, lm_forward
 from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.registry import Objective, choice, config_block, register
+from fairjax.errors import ConfigError
 from fairjax.losses.dpo import DPOHParams, dpo_loss
 
 PyTree = Any
@@ -85,3 +87,64 @@ def make_algorithm(model: nn.Module, cfg: DPOConfig, init: Any, *,
         update_frozen=identity_update,
         policy=lambda params, frozen: (model, params),
     )
+
+
+# ----------------------------------------------------------------------------- config wiring
+def from_config(cfg: Any) -> DPOConfig:
+    """`DPOConfig` from the `dpo` block; pairs / eval_pairs / min_margin are read by the data hook."""
+    choice("dpo.loss_type", cfg.dpo.loss_type, ("sigmoid", "ipo"))
+    if not 0.0 <= cfg.dpo.label_smoothing < 0.5:
+        raise ConfigError(f"config.dpo.label_smoothing={cfg.dpo.label_smoothing}; "
+                          "expected in [0, 0.5)")
+    return config_block(cfg, "dpo", DPOConfig, hparams=DPOHParams,
+                        ignore=("pairs", "eval_pairs", "min_margin"))
+
+
+def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Algorithm:
+    return make_algorithm(module, from_config(cfg), policy)
+
+
+def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
+    """DPO batches: `dpo.pairs` JSONL ({prompt, chosen, rejected}), or reward-ranked
+    (posting, gender-coded counterfactual) pairs of the job data (`data.pairs.pairs_from_postings`,
+    diversity reward over `reward.pool`, default: the demo candidates beside the train file)."""
+    import os
+
+    from fairjax.data.episodes import iterators
+    from fairjax.data.jobs import JobsDataset
+    from fairjax.data.pairs import layout_pairs, pair_collate, pairs_from_postings, read_pairs
+
+    scorer = None
+
+    def pairs(path, explicit):
+        nonlocal scorer
+        if explicit:
+            return read_pairs(path)
+        if scorer is None:
+            from fairjax.rewards.diversity import DiversityScorer
+            from fairjax.rewards.pool import load_pool
+
+            pool = cfg.reward.pool or os.path.join(os.path.dirname(train_path), "candidates.jsonl")
+            if not os.path.isfile(pool):
+                raise ConfigError(f"dpo pairs from postings need a candidate pool: "
+                                  f"config.reward.pool={cfg.reward.pool!r} (nothing at {pool})")
+            scorer = DiversityScorer(load_pool(pool))
+        ds = JobsDataset.from_file(path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
+        return pairs_from_postings([e.prompt for e in ds], [e.response for e in ds], scorer,
+                                   cfg.dpo.min_margin)
+
+    explicit = bool(cfg.dpo.pairs)
+    train = layout_pairs(tok, pairs(cfg.dpo.pairs or train_path, explicit), trunc)
+    if len(train) < cfg.optim.batch_size:
+        raise ConfigError(f"dpo: only {len(train)} preference pairs from "
+                          f"{cfg.dpo.pairs or train_path} (< batch_size {cfg.optim.batch_size})")
+    ev = None
+    ev_src = cfg.dpo.eval_pairs or (None if explicit else eval_path)
+    if ev_src:
+        ev = layout_pairs(tok, pairs(ev_src, bool(cfg.dpo.eval_pairs)), trunc) or None
+    return iterators(cfg, train, ev, buckets=tuple(cfg.data.buckets),
+                     collate_fn=pair_collate(tok.pad_id, tuple(cfg.data.buckets)))
+
+
+OBJECTIVE = register(Objective(name="dpo", agent_config=from_config, build=build,
+                               build_data=build_data))

@@ -17,8 +17,11 @@ so with `awac_weight == 0` (and `train_policy` left at its default) the policy l
 `frozen["policy"]` instead: it is never computed during training, never decayed, and costs no
 optimizer state (2× its size in Adam moments).
 
-Only arrays needed by the loss are materialised over the vocabulary: the online Q heads
-([B, A, V], for CQL/DM); the target heads are evaluated only at the taken tokens during training.
+Nothing is materialised over the vocabulary during training (`vocab_chunk` > 0, the default): the
+online Q heads enter the loss through Q(a_t), the CQL log-sum-exp and the DM hinge sum, computed
+in vocabulary chunks with a custom VJP (`fairjax.losses.vocab`), the policy through its per-token
+CE likewise, and the target heads only at the taken tokens. `vocab_chunk=0` materialises the
+[B, A, V] Q scores and [B, T, V] logits (the reference path; same losses and gradients).
 """
 from __future__ import annotations
 
@@ -31,9 +34,13 @@ import jax.numpy as jnp
 import optax
 
 from fairjax.agents.base import Algorithm
+from fairjax.agents.registry import Objective, config_block, register
+from fairjax.errors import ConfigError
+from fairjax.losses import vocab as V
 from fairjax.losses.common import gather_positions
-from fairjax.losses.ilql import ILQLHparams, ilql_loss, select_tokens
-from fairjax.io.hf import config_from_hf_dir, model_module
+from fairjax.losses.ilql import ILQLHparams, TokenCE, ilql_loss, select_tokens
+from fairjax.io.hf import config_from_hf_dir
+from fairjax.models import model_module
 from fairjax.models.heads import MLPHead, head_params_from_torch
 
 PyTree = Any
@@ -49,7 +56,9 @@ class ILQLConfig:
     gradient into the trunk; train_policy: None = (awac_weight != 0) (see module docstring);
     head_hidden_mult: MLP head width multiple (2 as upstream); head_dtype: compute dtype of the heads;
     train_dropout: run the trunks with dropout during `loss` (upstream trains in train() mode,
-    dropout 0.1; default off = deterministic, the fixture setting).
+    dropout 0.1; default off = deterministic, the fixture setting); vocab_chunk: vocabulary columns
+    per block of the memory-lean head/CE reductions in `loss` (0 = materialise [B, A, V];
+    None = `fairjax.losses.vocab.resolve_chunk`: $FAIRJAX_VOCAB_CHUNK or 8192).
     """
 
     hparams: ILQLHparams = ILQLHparams()
@@ -64,6 +73,7 @@ class ILQLConfig:
     head_hidden_mult: int = 2
     head_dtype: str = "float32"
     train_dropout: bool = False
+    vocab_chunk: Optional[int] = None
 
     @property
     def policy_trained(self) -> bool:
@@ -86,16 +96,32 @@ def apply_head(p, hidden: jax.Array, dtype: str = "float32") -> jax.Array:
     return _head(p, dtype).apply({"params": p}, hidden)
 
 
+def _head_hidden(p, hidden: jax.Array, dtype: str) -> jax.Array:
+    """relu(fc_in(hidden)) [..., 2d] in `dtype`, as `MLPHead` computes it."""
+    dt = jnp.dtype(dtype)
+    return jax.nn.relu(hidden.astype(dt) @ p["fc_in"]["kernel"].astype(dt)
+                       + p["fc_in"]["bias"].astype(dt))
+
+
 def apply_head_at(p, hidden: jax.Array,  # [..., d]
                   tokens: jax.Array,  # [...] int
                   dtype: str = "float32") -> jax.Array:
     """One output entry per position, head(hidden)[..., token] -> [...] float32, without computing
     the other |V|−1 outputs (gathers columns of the output kernel)."""
-    dt = jnp.dtype(dtype)
-    h = jax.nn.relu(hidden.astype(dt) @ p["fc_in"]["kernel"].astype(dt) + p["fc_in"]["bias"].astype(dt))
-    w = jnp.take(p["fc_out"]["kernel"].T, tokens, axis=0).astype(dt)  # [..., 2d]
-    return (jnp.sum(h.astype(jnp.float32) * w.astype(jnp.float32), axis=-1)
-            + jnp.take(p["fc_out"]["bias"], tokens).astype(jnp.float32))
+    return V.linear_columns(_head_hidden(p, hidden, dtype), p["fc_out"]["kernel"],
+                            p["fc_out"]["bias"], tokens, dtype=dtype)
+
+
+def head_scores(p, hidden: jax.Array,  # [B, A, d]
+                tokens: jax.Array,  # [B, A] int a_t
+                hp: ILQLHparams, dtype: str = "float32",
+                chunk: int = V.DEFAULT_CHUNK) -> V.VocabScores:
+    """A Q head's `VocabScores` [B, A] (Q(a_t), lse(Q/cql_temp), DM hinge sum) computed in
+    vocabulary chunks: no [B, A, V] array is kept for the backward pass."""
+    margin = hp.dm_margin
+    return V.linear_scores(_head_hidden(p, hidden, dtype), p["fc_out"]["kernel"],
+                           p["fc_out"]["bias"], tokens, temp=hp.cql_temp, margin=margin,
+                           w_axis=1, chunk=chunk, dtype=dtype)
 
 
 def apply_heads(heads_params: dict, hidden: jax.Array,  # [B, T, d]
@@ -197,17 +223,14 @@ def trunks(cfg: ILQLConfig, params: dict, frozen: dict) -> dict[str, PyTree]:
 def lm_logits_from_hidden(lm_params: PyTree, hidden: jax.Array) -> jax.Array:
     """LM head on final hidden states [..., d] -> [..., V] float32 (untied `lm_head/kernel`, else
     the tied input embedding: GPT-2 `wte`, LLaMA `embed_tokens`)."""
-    if "lm_head" in lm_params:
-        w = lm_params["lm_head"]["kernel"]  # [d, V]
-    else:
-        emb = lm_params["wte"] if "wte" in lm_params else lm_params["embed_tokens"]
-        w = emb["embedding"].T
+    w, axis = V.lm_head_weights(lm_params)
+    w = w if axis == 1 else w.T  # [d, V]
     return (hidden @ w.astype(hidden.dtype)).astype(jnp.float32)
 
 
 def forward(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch: dict, *,
             compute_policy: bool = True, target_full: bool = True,
-            dropout_rng: Optional[jax.Array] = None) -> dict[str, jax.Array]:
+            dropout_rng: Optional[jax.Array] = None, vocab_chunk: int = 0) -> dict[str, jax.Array]:
     """Run the trunks and heads on a batch.
 
     batch: tokens, attn_mask [B, T]; state_idxs [B, S]; action_idxs [B, A].
@@ -215,7 +238,13 @@ def forward(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch
     ([B, A, V] if target_full else [B, A] at the taken tokens); target_qs_all [B, A, V] (min, if
     target_full); policy_logits [B, T, V] (if compute_policy); hidden states h_qv, h_target
     [B, T, d] (and h_policy when computed); select_tokens [B, A].
+    With `vocab_chunk` > 0 (training; needs target_full=False) q1_all / q2_all are
+    `VocabScores` [B, A] and the policy comes as `policy_ce`, a `TokenCE` [B, T-1], both
+    computed in vocabulary chunks (no [B, A, V] / [B, T, V] arrays).
     """
+    lean = vocab_chunk > 0
+    if lean and target_full:
+        raise ValueError("ilql.forward: vocab_chunk > 0 (chunked heads) needs target_full=False")
     tokens, mask = batch["tokens"], batch["attn_mask"]
     s_idx = batch["state_idxs"].astype(jnp.int32)
     a_idx = batch["action_idxs"].astype(jnp.int32)
@@ -228,7 +257,7 @@ def forward(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch
         return model.apply({"params": p}, tokens, mask, compute_logits=logits, deterministic=det,
                            rngs=rngs)
 
-    qv_logits = compute_policy and not cfg.separate_policy and not cfg.detach_pi
+    qv_logits = compute_policy and not cfg.separate_policy and not cfg.detach_pi and not lean
     qv_out = run(tr["qv"], qv_logits)
     h = qv_out.hidden_states  # [B, T, d]
     if cfg.separate_target:
@@ -244,13 +273,20 @@ def forward(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch
     h_aq = jax.lax.stop_gradient(h_a) if cfg.detach_q else h_a
     th = jax.lax.stop_gradient(frozen["target_heads"])
     for name in cfg.heads:
-        out[f"{name}_all"] = apply_head(hd[name], h_aq, dt)
+        out[f"{name}_all"] = (head_scores(hd[name], h_aq, out["select_tokens"], cfg.hparams, dt,
+                                          vocab_chunk) if lean else apply_head(hd[name], h_aq, dt))
         out[f"target_{name}"] = (apply_head(th[name], h_ta, dt) if target_full else
                                  apply_head_at(th[name], h_ta, out["select_tokens"], dt))
     if target_full:
         tq = [out[f"target_{n}"] for n in cfg.heads]
         out["target_qs_all"] = tq[0] if len(tq) == 1 else jnp.minimum(*tq)
-    if compute_policy:
+    if compute_policy and lean:
+        hp_ = run(tr["policy"], False).hidden_states if cfg.separate_policy else h
+        h_in = jax.lax.stop_gradient(hp_) if cfg.detach_pi else hp_
+        out["h_policy"] = hp_
+        out["policy_ce"] = TokenCE(V.lm_token_ce(tr["policy"], h_in, tokens, h_in.dtype,
+                                                 vocab_chunk))
+    elif compute_policy:
         if cfg.separate_policy:
             pout = run(tr["policy"], not cfg.detach_pi)
             hp_, logits = pout.hidden_states, pout.logits
@@ -269,9 +305,11 @@ def loss_fn(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch
     """ILQL training loss (the policy trunk runs only when awac_weight != 0, as upstream)."""
     hp = cfg.hparams
     out = forward(model, cfg, params, frozen, batch, compute_policy=hp.awac_weight != 0,
-                  target_full=False, dropout_rng=rng if cfg.train_dropout else None)
+                  target_full=False, dropout_rng=rng if cfg.train_dropout else None,
+                  vocab_chunk=V.resolve_chunk(cfg.vocab_chunk))
+    policy = out.get("policy_ce", out.get("policy_logits"))
     return ilql_loss(out["vs_all"], out["q1_all"], out.get("q2_all"), out["target_q1"],
-                     out.get("target_q2"), out.get("policy_logits"), batch, hp)
+                     out.get("target_q2"), policy, batch, hp)
 
 
 def online_targets(cfg: ILQLConfig, params: dict) -> dict:
@@ -337,7 +375,42 @@ def config_from_upstream(ilql: dict, loss_weights: dict, **overrides) -> ILQLCon
     return ILQLConfig(**kw)
 
 
-__all__ = ["ILQLConfig", "apply_head", "apply_head_at", "apply_heads", "assemble", "forward",
+__all__ = ["ILQLConfig", "apply_head", "apply_head_at", "apply_heads", "head_scores", "assemble", "forward",
            "init_from_bc", "init_from_hf", "init_from_upstream", "init_heads", "loss_fn",
            "lm_logits_from_hidden", "make_algorithm", "online_targets", "params_from_upstream_parts",
            "trunks", "update_frozen", "config_from_upstream", "hparams_from_upstream"]
+
+
+# ----------------------------------------------------------------------------- config wiring
+def from_config(cfg: Any) -> ILQLConfig:
+    """`ILQLConfig` from the `ilql` block: loss fields -> ILQLHparams, agent fields -> ILQLConfig
+    (hard_update_every 0 = never); `ilql.generation` is read by decoding."""
+    c = cfg.ilql
+    if not 0.0 < c.tau < 1.0:
+        raise ConfigError(f"config.ilql.tau={c.tau}; the expectile must be in (0, 1)")
+    for name in ("gamma", "alpha"):
+        if not 0.0 <= c[name] <= 1.0:
+            raise ConfigError(f"config.ilql.{name}={c[name]}; expected in [0, 1]")
+    if c.cql_temp <= 0:
+        raise ConfigError(f"config.ilql.cql_temp={c.cql_temp}; expected > 0")
+    return config_block(cfg, "ilql", ILQLConfig, hparams=ILQLHparams, ignore=("generation",),
+                        convert={"hard_update_every": lambda n: n or None})
+
+
+def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Algorithm:
+    c = from_config(cfg)
+    init = lambda rng: init_from_bc(c, policy, base_params, rng,  # noqa: E731
+                                    model_config.hidden_size, model_config.vocab_size)
+    return make_algorithm(module, c, init)
+
+
+def build_lora(cfg: Any, module: nn.Module, model_config, base, lora_cfg) -> Algorithm:
+    from fairjax.agents import lora
+
+    return lora.shared_base_ilql_algorithm(module, from_config(cfg), base, lora_cfg,
+                                           model_config.kind, model_config.hidden_size,
+                                           model_config.vocab_size)
+
+
+OBJECTIVE = register(Objective(name="ilql", agent_config=from_config, build=build,
+                               build_lora=build_lora))

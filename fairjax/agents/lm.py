@@ -13,7 +13,9 @@ import flax.linen as nn
 import jax
 
 from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.registry import Objective, config_block, register
 from fairjax.losses.bc import BCHparams, bc_loss
+from fairjax.losses.vocab import lm_token_ce, resolve_chunk
 
 PyTree = Any
 
@@ -21,18 +23,27 @@ PyTree = Any
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
     """hparams: BC loss options; train_dropout: run the LM with dropout in `loss` (upstream trains
-    in train() mode; default off = deterministic)."""
+    in train() mode; default off = deterministic); vocab_chunk: vocabulary columns per block of
+    the chunked LM-head cross-entropy (no [B, T, V] logits kept; 0 = materialise the logits;
+    None = $FAIRJAX_VOCAB_CHUNK or 8192, `fairjax.losses.vocab.resolve_chunk`)."""
 
     hparams: BCHparams = BCHparams()
     train_dropout: bool = False
+    vocab_chunk: Optional[int] = None
 
 
 def loss_fn(model: nn.Module, cfg: LMConfig, params: PyTree, batch: dict,
             rng: Optional[jax.Array] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """BC loss. batch: tokens, attn_mask [B, T]; action_idxs [B, A]; terminals [B, S]."""
     det = not (cfg.train_dropout and rng is not None)
+    chunk = resolve_chunk(cfg.vocab_chunk)
+    lean = chunk > 0
     out = model.apply({"params": params}, batch["tokens"], batch["attn_mask"], deterministic=det,
-                      rngs=None if det else {"dropout": rng})
+                      rngs=None if det else {"dropout": rng}, compute_logits=not lean)
+    if lean:
+        h = out.hidden_states
+        ce = lm_token_ce(params, h, batch["tokens"], h.dtype, chunk)  # [B, T-1]
+        return bc_loss(ce, batch, cfg.hparams, ce=True)
     return bc_loss(out.logits, batch, cfg.hparams)
 
 
@@ -46,3 +57,25 @@ def make_algorithm(model: nn.Module, cfg: LMConfig, init: Any) -> Algorithm:
         update_frozen=identity_update,
         policy=lambda params, frozen: (model, params),
     )
+
+
+# ----------------------------------------------------------------------------- config wiring
+def from_config(cfg: Any) -> LMConfig:
+    """`LMConfig` from the `bc` block (transition_weight, normalize -> BCHparams; train_dropout)."""
+    return config_block(cfg, "bc", LMConfig, hparams=BCHparams)
+
+
+def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Algorithm:
+    return make_algorithm(module, from_config(cfg), policy)
+
+
+def build_lora(cfg: Any, module: nn.Module, model_config, base, lora_cfg) -> Algorithm:
+    from fairjax.agents import lora
+
+    # The LoRA form runs its LM deterministically (no dropout) whatever bc.train_dropout says.
+    c = dataclasses.replace(from_config(cfg), train_dropout=False)
+    return lora.bc_algorithm(module, c, base, lora_cfg, model_config.kind)
+
+
+OBJECTIVE = register(Objective(name="bc", agent_config=from_config, build=build,
+                               build_lora=build_lora))

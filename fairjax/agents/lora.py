@@ -9,9 +9,11 @@
   like upstream's target trunk) — plus the V/Q heads, through the SAME loss code as full ILQL
   (`agents.ilql.loss_fn` on the effective trunks). The optimizer state covers adapters + heads only.
 
-The merged kernels are built inside the jitted step (transient, in the base dtype); adapter
-dropout is not applied by this merged-kernel formulation (LoraConfig.dropout is kept for the PEFT
-metadata).
+Training runs the FACTORED form (`models.lora.Factored`): x·A·B is added to each adapted layer's
+output, so no full-size kernel or kernel gradient is built, and adapter dropout
+(`LoraConfig.dropout`) is applied in the loss (key derived from the step's rng). With
+`LoraConfig.quant` = int8 | nf4 the frozen base is quantised through qwix in `init` (QLoRA) and
+dequantised layer by layer in the step. `policy` returns merged params (generation/export).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from fairjax.agents import ilql as I
@@ -29,13 +32,31 @@ from fairjax.models import lora as L
 PyTree = Any
 
 
+def _frozen_base(base: PyTree, lora_cfg: L.LoraConfig) -> PyTree:
+    """The stored base: quantised through qwix when `lora_cfg.quant` is int8 | nf4 (scales in the
+    base's float dtype)."""
+    if lora_cfg.quant == "none":
+        return base
+    dt = next((x.dtype for x in jax.tree.leaves(base) if jnp.issubdtype(x.dtype, jnp.floating)),
+              jnp.bfloat16)
+    return L.quantize_base(base, lora_cfg.quant, jnp.dtype(dt).name)
+
+
+def _eff(base, adapters, lora_cfg: L.LoraConfig, rng, tag: int):
+    """Factored effective params; adapter dropout keyed by fold_in(rng, tag) when training."""
+    key = None if rng is None or lora_cfg.dropout == 0 else jax.random.fold_in(rng, tag)
+    return L.attach(base, adapters, lora_cfg.scale, lora_cfg.dropout, key)
+
+
 def bc_algorithm(model: nn.Module, lm_cfg: LM.LMConfig, base: PyTree, lora_cfg: L.LoraConfig,
                  kind: str) -> Algorithm:
     scale = lora_cfg.scale
+    fm = L.Factored(model)
     return Algorithm(
         name="bc_lora",
-        init=lambda rng: (L.init(base, lora_cfg, kind, rng), {"base": base}),
-        loss=lambda p, f, batch, rng: LM.loss_fn(model, lm_cfg, L.apply(f["base"], p, scale), batch, rng),
+        init=lambda rng: (L.init(base, lora_cfg, kind, rng), {"base": _frozen_base(base, lora_cfg)}),
+        loss=lambda p, f, batch, rng: LM.loss_fn(fm, lm_cfg, _eff(f["base"], p, lora_cfg, rng, 1),
+                                                 batch, rng),
         update_frozen=identity_update,
         policy=lambda p, f: (model, L.apply(f["base"], p, scale)),
     )
@@ -46,26 +67,41 @@ def alol_algorithm(model: nn.Module, alol_cfg, base: PyTree, lora_cfg: L.LoraCon
     from fairjax.agents import alol as AL
 
     scale = lora_cfg.scale
+    fm = L.Factored(model)
 
     def loss(p, f, batch, rng):
         frozen = {"ref": f["base"]}  # adapters disabled = the reference policy
-        return AL.loss_fn(model, alol_cfg, L.apply(f["base"], p, scale), frozen, batch, rng)
+        return AL.loss_fn(fm, alol_cfg, _eff(f["base"], p, lora_cfg, rng, 1), frozen, batch, rng)
 
     return Algorithm(
         name=f"{alol_cfg.hparams.algorithm}_lora",
-        init=lambda rng: (L.init(base, lora_cfg, kind, rng), {"base": base}),
+        init=lambda rng: (L.init(base, lora_cfg, kind, rng), {"base": _frozen_base(base, lora_cfg)}),
         loss=loss, update_frozen=identity_update,
         policy=lambda p, f: (model, L.apply(f["base"], p, scale)))
 
 
 def _full(cfg: I.ILQLConfig, params: dict, frozen: dict, scale: float) -> tuple[dict, dict]:
-    """Effective ILQL (params, frozen) in the layout `agents.ilql` expects."""
+    """Effective ILQL (params, frozen) with MERGED trunks (generation / export)."""
     base = frozen["base"]
     full_p = {"qv": L.apply(base, params["qv"], scale), "heads": params["heads"]}
     full_f = {"target_heads": frozen["target_heads"],
               "target": L.apply(base, frozen["target"], scale)}
     pol = params.get("policy", frozen.get("policy"))
     (full_p if "policy" in params else full_f)["policy"] = L.apply(base, pol, scale)
+    return full_p, full_f
+
+
+def _factored(params: dict, frozen: dict, lora_cfg: L.LoraConfig, rng) -> tuple[dict, dict]:
+    """Effective ILQL (params, frozen) for `Factored`: each trunk = base + its adapter set
+    (dropout on the trained sets only)."""
+    base = frozen["base"]
+    full_p = {"qv": _eff(base, params["qv"], lora_cfg, rng, 1), "heads": params["heads"]}
+    full_f = {"target_heads": frozen["target_heads"],
+              "target": _eff(base, frozen["target"], lora_cfg, None, 0)}
+    if "policy" in params:
+        full_p["policy"] = _eff(base, params["policy"], lora_cfg, rng, 2)
+    else:
+        full_f["policy"] = _eff(base, frozen["policy"], lora_cfg, None, 0)
     return full_p, full_f
 
 
@@ -85,13 +121,15 @@ def shared_base_ilql_algorithm(model: nn.Module, cfg: I.ILQLConfig, base: PyTree
         qv = L.init(base, lora_cfg, kind, k_qv)
         policy = L.init(base, lora_cfg, kind, k_pol)
         params = {"qv": qv, "heads": heads}
-        frozen = {"base": base, "target": jax.tree.map(lambda x: x + 0, qv),
+        frozen = {"base": _frozen_base(base, lora_cfg), "target": jax.tree.map(lambda x: x + 0, qv),
                   "target_heads": jax.tree.map(lambda x: x + 0, {k: heads[k] for k in cfg.heads})}
         (params if cfg.policy_trained else frozen)["policy"] = policy
         return params, frozen
 
+    fm = L.Factored(model)
+
     def loss(params, frozen, batch, rng):
-        return I.loss_fn(model, cfg, *_full(cfg, params, frozen, scale), batch, rng)
+        return I.loss_fn(fm, cfg, *_factored(params, frozen, lora_cfg, rng), batch, rng)
 
     def update_frozen(params, frozen, step):
         new = {"target": params["qv"], "target_heads": {k: params["heads"][k] for k in cfg.heads}}

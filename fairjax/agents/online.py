@@ -40,7 +40,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fairjax.generate import GenerationConfig, Policy, generate, left_pad
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.losses.common import gather_tokens, masked_mean
 from fairjax.losses.grpo import GRPOHParams, group_advantages, grpo_loss_hp, k3_kl
 from fairjax.losses.ppo import PPOHParams, gae, ppo_loss, token_rewards, whiten
@@ -193,14 +193,18 @@ def completion_forward(model: nn.Module, lm: PyTree, seq: jax.Array,  # [N, Lp +
     """(log-probs [N, T], entropy [N, T], hidden [N, T, d]) of the completion tokens seq[:, plen:]
     under softmax(logits / temperature) with `<|pad|>` excluded; hidden = the state predicting
     each completion token (what V(s_t) reads)."""
-    out = model.apply({"params": lm}, seq, attn)
-    logits = out.logits[:, plen - 1:-1].astype(jnp.float32) / temperature  # [N, T, V]
+    from fairjax.agents.ilql import lm_logits_from_hidden
+
+    # the LM head runs on the completion positions only (the prompt's [N, Lp, V] is never built)
+    hidden = model.apply({"params": lm}, seq, attn, compute_logits=False).hidden_states
+    hidden = hidden[:, plen - 1:-1]  # [N, T, d]: the states that predict the completion tokens
+    logits = lm_logits_from_hidden(lm, hidden) / temperature  # [N, T, V] float32
     logits = logits.at[..., pad_id].set(-1e9)  # finite: pad rows after `</a>` stay NaN-free
     logp_all = jax.nn.log_softmax(logits, axis=-1)
     comp = seq[:, plen:]
     logps = jnp.where(comp == pad_id, 0.0, gather_tokens(logp_all, comp))  # [N, T]
     entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)  # [N, T]
-    return logps, entropy, out.hidden_states[:, plen - 1:-1]
+    return logps, entropy, hidden
 
 
 def values_of(parts: PolicyParts, cfg: OnlineConfig, params: PyTree, frozen: PyTree,
@@ -417,7 +421,7 @@ class OnlineRL:
         batch["advantages"] = self._rows(adv)
 
         n, mbs = cfg.rows, cfg.rows // cfg.minibatches
-        step_metrics = []
+        state_in, step_metrics = state, []
         for e in range(cfg.epochs):
             order = (np.arange(n) if cfg.minibatches == 1 else
                      np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, e), n)))
@@ -450,7 +454,12 @@ class OnlineRL:
         metrics["ratio_mean/first"] = float(first["ratio_mean"])  # on-policy: 1
         if "kl" in first:  # KL of the sampling policy to the reference (first update, on-policy)
             metrics["kl"] = float(first["kl"])
-        new_state = {**state, "params": params, "step": state["step"] + 1}
+        finite = all(np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+                     for m in allm)
+        metrics["finite"] = float(finite)
+        # a non-finite update is not applied: the caller gets the input state back (finite = 0)
+        new_state = ({**state, "params": params, "step": state["step"] + 1} if finite
+                     else state_in)
         record = {"texts": texts, "rewards": rewards, "advantages": np.asarray(adv),
                   "finished": finished, "lengths": lengths,
                   "prompt_ids": [prompt_ids[i // G] for i in range(n)]}

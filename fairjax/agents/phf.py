@@ -21,10 +21,13 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fairjax.agents.alol import lm_forward
 from fairjax.agents.base import Algorithm, identity_update
-from fairjax.losses.phf import PHFHParams, phf_loss
+from fairjax.agents.registry import Objective, choice, config_block, register
+from fairjax.errors import ConfigError
+from fairjax.losses.phf import OBJECTIVES, PHFHParams, phf_loss
 
 PyTree = Any
 
@@ -80,3 +83,71 @@ def make_algorithm(model: nn.Module, cfg: PHFConfig, init: Any, hidden_size: int
         update_frozen=identity_update,
         policy=lambda params, frozen: (model, params["lm"]),
     )
+
+
+# ----------------------------------------------------------------------------- config wiring
+ALIASES = {"filter": "filtering", "ul": "unlikelihood"}
+
+
+def objective_of(cfg: Any) -> str:
+    """`phf.objective` with its aliases resolved."""
+    return ALIASES.get(cfg.phf.objective, cfg.phf.objective)
+
+
+def from_config(cfg: Any) -> PHFConfig:
+    """`PHFConfig` from the `phf` block; `phf.threshold` is read by the data hook (filtering)."""
+    choice("phf.objective", objective_of(cfg), OBJECTIVES)
+    return config_block(cfg, "phf", PHFConfig, hparams=PHFHParams, ignore=("threshold",),
+                        convert={"objective": lambda o: ALIASES.get(o, o)})
+
+
+def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Algorithm:
+    if objective_of(cfg) == "conditional":
+        raise ConfigError("config.phf.objective='conditional' needs the <|aligned|>/"
+                          "<|misaligned|> control tokens in the tokenizer and model "
+                          "(fairjax.data.phf_transforms); it is not wired into the job-data "
+                          "trainer: use mle | filtering | unlikelihood | awr | rwr")
+    return make_algorithm(module, from_config(cfg), policy, model_config.hidden_size)
+
+
+def with_token_scores(collate_fn):
+    """Collate wrapper for unlikelihood/AWR/RWR on job data: every token of an episode carries
+    its document's misalignment score −reward (PHF scores are "higher = worse"; upstream gives
+    each token its sentence's score, a posting has one reward)."""
+    def wrapped(*args, **kwargs):
+        b = collate_fn(*args, **kwargs)
+        score = -np.asarray(b["sequence_reward"], np.float32)[:, None]
+        b["token_scores"] = (score * np.asarray(b["attn_mask"], np.float32)).astype(np.float32)
+        return b
+    return wrapped
+
+
+def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
+    """Episodes with rewards; filtering keeps reward >= `phf.threshold`; unlikelihood / AWR / RWR
+    batches carry per-token scores."""
+    import functools
+
+    from fairjax.data.episodes import episode_data
+    from fairjax.data.jobs import JobsDataset
+    from fairjax.data.layout import collate
+
+    objective = objective_of(cfg)
+
+    def select(ds, path):
+        ds = JobsDataset([e for e in ds if e.reward is not None and e.reward >= cfg.phf.threshold])
+        if len(ds) == 0:
+            raise ConfigError(f"phf filtering: no example of {path} has reward >= "
+                              f"{cfg.phf.threshold}")
+        return ds
+
+    def prepare(train_eps):
+        return train_eps, with_token_scores(functools.partial(collate, pad_id=tok.pad_id,
+                                                              extras=True))
+
+    return episode_data(cfg, tok, train_path, eval_path, trunc, extras=True,
+                        select=select if objective == "filtering" else None,
+                        prepare=prepare if objective in ("unlikelihood", "awr", "rwr") else None)
+
+
+OBJECTIVE = register(Objective(name="phf", agent_config=from_config, build=build,
+                               build_data=build_data))

@@ -22,10 +22,10 @@ GIB = 2 ** 30
 
 def _algorithm_cfg(algo: str, remat: str):
     """configs/<algo>.py; "<algo>_lora" = LoRA (rank 16, bfloat16 frozen base; ILQL: shared base)."""
-    from fairjax.pipeline import load_config_file
+    from fairjax.benchmarks import repo_config
 
     name, _, lora = algo.partition("_")
-    cfg = load_config_file(name)
+    cfg = repo_config(name)
     cfg.model.remat = remat
     if lora:
         cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha = True, 16, 32.0
@@ -36,11 +36,12 @@ def _algorithm_cfg(algo: str, remat: str):
 def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
              remat: str) -> dict:
     """Memory analysis (bytes) of one compiled train step of `algo` on preset `family/size`."""
-    from fairjax import trainer
+    from fairjax.agents.registry import build_algorithm
     from fairjax.benchmarks.forward import FAMILIES, make_config
     from fairjax.benchmarks.train import synthetic_batch
     from fairjax.models import build_model
     from fairjax.optim import make_optimizer
+    from fairjax.train.loop import make_train_step
 
     mcfg = make_config(family, size, dtype).replace(remat=remat)
     mod = FAMILIES[family][0]
@@ -49,12 +50,12 @@ def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str
 
     def init(rng):  # traced: weights are never materialised
         base = mod.init_params(mcfg, rng)
-        return trainer.build_algorithm(cfg, module, mcfg, base).init(rng)
+        return build_algorithm(cfg, module, mcfg, base).init(rng)
 
     rng = jax.random.PRNGKey(0)
     params, frozen = jax.eval_shape(init, rng)
     # The loss closes over the model and config only; its init is never called here.
-    algorithm = trainer.build_algorithm(cfg, module, mcfg, params)
+    algorithm = build_algorithm(cfg, module, mcfg, params)
     optimizer = make_optimizer(cfg.optim, 1000)
     state = {"params": params, "opt_state": jax.eval_shape(optimizer.init, params),
              "frozen": frozen, "step": jax.ShapeDtypeStruct((), jnp.int32),
@@ -65,7 +66,7 @@ def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str
         b["sequence_reward"] = jax.ShapeDtypeStruct((1, batch), jnp.float32)
         b["advantage"] = jax.ShapeDtypeStruct((1, batch), jnp.float32)
         b["prompt_mask"] = jax.ShapeDtypeStruct((1, batch, seq), jnp.float32)
-    step = jax.jit(trainer.make_train_step(algorithm, optimizer), donate_argnums=(0,))
+    step = jax.jit(make_train_step(algorithm, optimizer), donate_argnums=(0,))
     m = step.lower(state, b).compile().memory_analysis()
     n = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))  # noqa: E731
     out = {"algo": algo, "params_bytes": n(params), "frozen_bytes": n(frozen),

@@ -50,28 +50,24 @@ def _time(fn, steps: int) -> float:
 
 def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: int,
                  attention: str = "xla", profile_dir: str | None = None) -> dict:
-    from fairjax import parallel, trainer
+    from fairjax import parallel
+    from fairjax.agents.registry import build_algorithm
     from fairjax.models.gpt2 import GPT2LMHeadModel, PRESETS, init_params
     from fairjax.optim import make_optimizer
+    from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
 
-    cfg_path = {"ilql": "ilql", "bc": "bc"}[algo]
-    import importlib.util
-    from pathlib import Path
+    from fairjax.benchmarks import repo_config
 
-    spec = importlib.util.spec_from_file_location(
-        "cfg", Path(__file__).resolve().parents[2] / "configs" / f"{cfg_path}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    cfg = repo_config({"ilql": "ilql", "bc": "bc"}[algo])
     mcfg = PRESETS[size].replace(dtype=dtype, vocab_size=PRESETS[size].vocab_size + 6,
                                  attention_impl=attention)
     params = init_params(mcfg, jax.random.PRNGKey(0))
-    alg = trainer.build_algorithm(cfg, GPT2LMHeadModel(mcfg), mcfg, params)
+    alg = build_algorithm(cfg, GPT2LMHeadModel(mcfg), mcfg, params)
     mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
     opt = make_optimizer(cfg.optim, 1000)
-    plan = trainer.StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
-    step = trainer.compile_train_step(alg, opt, plan)
-    b = parallel.shard_batch(trainer._stack_micro(synthetic_batch(batch, seq, mcfg.vocab_size), 1), mesh)
+    plan = StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
+    step = compile_train_step(alg, opt, plan)
+    b = parallel.shard_batch(stack_micro(synthetic_batch(batch, seq, mcfg.vocab_size), 1), mesh)
     state = {"s": plan.init()}
     compiled = step.lower(state["s"], b).compile()
     cost = compiled.cost_analysis()

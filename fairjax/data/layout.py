@@ -44,7 +44,7 @@ Utterance = tuple[Text, Optional[float]]
 
 
 class TokenizerLike(Protocol):
-    """What the layout needs from `fairjax.data.tokenizer.Tokenizer`."""
+    """What the layout needs from `fairjax.io.tokenizer.Tokenizer`."""
 
     eoa_id: int
     boa_id: int

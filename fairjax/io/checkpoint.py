@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from fairjax.io.errors import CheckpointMismatchError, ConfigError
+from fairjax.errors import CheckpointMismatchError, ConfigError
 
 MODEL_JSON = "fairjax_model.json"
 FORMAT_VERSION = 1
@@ -119,7 +119,7 @@ def save_model_dir(path: str | os.PathLike, config, params, tokenizer,
 
     config: GPT2Config / LlamaConfig; params: the LM param tree; tokenizer: fairjax Tokenizer.
     """
-    from fairjax.data.tokenizer import assert_vocab_matches
+    from fairjax.io.tokenizer import assert_vocab_matches
 
     if tokenizer is not None:
         assert_vocab_matches(tokenizer, config, allow_padding=True)
@@ -156,7 +156,7 @@ def read_model_json(path: str | os.PathLike) -> dict:
 
 
 def config_from_model_dir(path: str | os.PathLike, dtype: Optional[str] = None):
-    from fairjax.io.hf import model_module
+    from fairjax.models import model_module
 
     meta = read_model_json(path)
     options = dict(meta.get("options") or {})
@@ -172,7 +172,7 @@ def config_from_model_dir(path: str | os.PathLike, dtype: Optional[str] = None):
 def check_params(config, params, source: str = "params") -> None:
     """Raise CheckpointMismatchError unless `params` has exactly the model's paths and shapes."""
     from fairjax.models import common
-    from fairjax.io.hf import model_module
+    from fairjax.models import model_module
 
     want = common.flat_shapes(common.abstract_params(model_module(config.kind).Model(config)))
     got = common.flat_shapes(params)
@@ -187,7 +187,7 @@ def check_params(config, params, source: str = "params") -> None:
 
 def load_model_dir(path: str | os.PathLike, dtype: Optional[str] = None):
     """(config, float32 numpy params, Tokenizer | None) of a fairjax model directory."""
-    from fairjax.data.tokenizer import Tokenizer
+    from fairjax.io.tokenizer import Tokenizer
 
     path = _abs(path)
     config = config_from_model_dir(path, dtype)
@@ -210,7 +210,7 @@ def find_lm_params(tree: Any, config, prefer: tuple[str, ...] = ("policy", "para
     path: one containing a `prefer` name and no optimizer/target/reference name wins.
     Returns (path tuple, params). Raises CheckpointMismatchError if none matches."""
     from fairjax.models import common
-    from fairjax.io.hf import model_module
+    from fairjax.models import model_module
 
     want = common.flat_shapes(common.abstract_params(model_module(config.kind).Model(config)))
     found: list[tuple[tuple[str, ...], Any]] = []
@@ -243,12 +243,14 @@ def find_lm_params(tree: Any, config, prefer: tuple[str, ...] = ("policy", "para
     return min(found, key=rank)
 
 
-def load_run_dir(path: str | os.PathLike, step=None, dtype: Optional[str] = None):
+def load_run_dir(path: str | os.PathLike, step=None, dtype: Optional[str] = None,
+                 restore_policy=None):
     """(config, policy params, tokenizer) of a fairjax run directory.
 
     config + tokenizer come from `run_dir/model/`. Params: for a trainer run (config.json present)
-    `fairjax.trainer.load_policy_params(run_dir, step)` rebuilds the objective and restores its
-    policy (step None = best eval loss, else latest; "latest"; or an int). Otherwise the latest
+    `restore_policy(run_dir, step)` (`fairjax.runs.load_policy_params`, passed by `fairjax.runs`:
+    io never imports the objectives) rebuilds the objective and restores its policy (step None =
+    best eval loss, else latest; "latest"; or an int). Otherwise the latest
     (or `step`) Orbax checkpoint under `checkpoints/` is restored item by item and the LM param
     sub-tree is found by `find_lm_params` (policy preferred). Without any checkpoint the initial
     policy in `model/` is returned.
@@ -256,12 +258,14 @@ def load_run_dir(path: str | os.PathLike, step=None, dtype: Optional[str] = None
     path = _abs(path)
     config, params, tokenizer = load_model_dir(path / "model", dtype=dtype)
     if (path / "config.json").is_file():
-        from fairjax import trainer  # the trainer owns the run-dir checkpoint layout
-
-        restored = trainer.load_policy_params(path, step)
+        if restore_policy is None:
+            raise ConfigError(f"{path} is a fairjax training run directory (config.json): load it "
+                              "with fairjax.runs.load (it rebuilds the run's objective to "
+                              "restore the policy), not fairjax.io.loader.load")
+        restored = restore_policy(path, step)
         if restored is not None:
             params = _to_numpy(restored)
-            check_params(config, params, source=f"{path} (trainer.load_policy_params)")
+            check_params(config, params, source=f"{path} (fairjax.runs.load_policy_params)")
         return config, params, tokenizer
     if step in ("best", "latest"):
         step = None

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 import ml_dtypes
 import numpy as np
 
-from fairjax.io.errors import CheckpointMismatchError, ConfigError
+from fairjax.errors import CheckpointMismatchError, ConfigError
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -151,13 +151,10 @@ def read_hf_config(path: str | os.PathLike) -> dict:
 
 
 def model_module(model_type: str):
-    """The fairjax model module (gpt2 / llama) for a HF `model_type`."""
-    from fairjax.models import gpt2, llama  # lazy: io does not need jax unless models are used
+    """The fairjax model module (gpt2 / llama) for a HF `model_type` (`fairjax.models` registry)."""
+    from fairjax.models import model_module as lookup  # lazy: io does not need jax unless used
 
-    modules = {"gpt2": gpt2, "llama": llama}
-    if model_type not in modules:
-        raise ConfigError(f"model_type={model_type!r} is not supported; expected one of {sorted(modules)}")
-    return modules[model_type]
+    return lookup(model_type)
 
 
 def config_from_hf_dict(d: Mapping[str, Any], **overrides):

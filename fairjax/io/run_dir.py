@@ -1,4 +1,4 @@
-"""Run directories: the resolved config, checkpoint items and policy restore (no training code).
+"""Run directories: the resolved config and the Orbax checkpoint items (no training code).
 
 Layout (docs/architecture.md):
     RUN_DIR/config.json      resolved config (plain JSON)
@@ -10,8 +10,9 @@ Layout (docs/architecture.md):
     RUN_DIR/tb/              TensorBoard event files
     RUN_DIR/data/            the generated demo corpus (when no data paths are configured)
 
-`restore_policy_params(run_dir, step=None|"best"|"latest"|int) -> (model_config, lm_params)` is what
-`fairjax.models.load` / `fairjax.convert` call for a run directory.
+Saving/restoring a train state given its abstract template is here (`state_items`,
+`restore_state`, `restore_trees`); rebuilding a run's objective to restore its policy is
+`fairjax.runs` (a layer above: io never imports objectives).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pprint
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 
 CONFIG_JSON = "config.json"
 CONFIG_PY = "config.py"
@@ -34,7 +35,7 @@ TB_DIR = "tb"
 # Orbax items of one checkpoint.
 ITEMS = ("params", "opt_state", "frozen", "meta", "data")
 
-_CONFIG_PY_TEMPLATE = '''"""Resolved config of the run in this directory (written by fairjax.trainer).
+_CONFIG_PY_TEMPLATE = '''"""Resolved config of the run in this directory (written by fairjax.train).
 
 Relaunch / continue: python -m fairjax.train --config={path}
 """
@@ -257,14 +258,60 @@ def resolve_step(manager, step: Union[None, str, int], run_dir: Any = "") -> int
     return s
 
 
-def restore_policy_params(run_dir: Union[str, os.PathLike],
-                          step: Union[None, str, int] = None) -> tuple[Any, Any]:
-    """(model_config, lm_params) of the policy in a run dir's checkpoint (best by default).
+STATE_TREES = ("params", "opt_state", "frozen")
 
-    Rebuilds the run's `Algorithm` from config.json and RUN_DIR/model (abstractly, no init
-    compute), restores the `params` and `frozen` items and calls `Algorithm.policy`.
-    Returns numpy-backed float32 params on the default device.
-    """
-    from fairjax import trainer  # lazy: trainer imports jax/flax
 
-    return trainer.restore_policy(run_dir, step)
+def state_items(state: dict, data_state: dict):
+    """Orbax Composite of a train state {params, opt_state, frozen, step, rng} + the data
+    iterator state. Trees without arrays (e.g. BC's empty `frozen`) are not saved (Orbax refuses
+    empty items); `restore_state` takes them from the template."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    items = {k: ocp.args.StandardSave(state[k]) for k in STATE_TREES if jax.tree.leaves(state[k])}
+    items["meta"] = ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]})
+    items["data"] = ocp.args.JsonSave(data_state)
+    return ocp.args.Composite(**items)
+
+
+def restore_state(manager, step: int, abstract: dict) -> tuple[dict, dict]:
+    """(state, data iterator state) of checkpoint `step`; `abstract`: the state's
+    ShapeDtypeStructs (with shardings) {params, opt_state, frozen, step, rng}."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    a = abstract
+    trees = [k for k in STATE_TREES if jax.tree.leaves(a[k])]
+    r = manager.restore(step, args=ocp.args.Composite(
+        **{k: ocp.args.StandardRestore(a[k]) for k in trees},
+        meta=ocp.args.StandardRestore({"step": a["step"], "rng": a["rng"]}),
+        data=ocp.args.JsonRestore(),
+    ))
+    state = {k: (r[k] if k in trees else a[k]) for k in STATE_TREES}
+    state.update(step=r["meta"]["step"], rng=r["meta"]["rng"])
+    return state, dict(r["data"] or {})
+
+
+def restore_trees(run_dir: Union[str, os.PathLike], step: Union[None, str, int],
+                  abstract: dict) -> tuple[dict, int]:
+    """({name: tree} restored for the abstract `{name: tree}` items (e.g. params, frozen; empty
+    trees are returned as given), resolved step) of a run dir's checkpoint `step` (see
+    `resolve_step`), read-only."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    manager = checkpoint_manager(run_dir, read_only=True, async_save=False)
+    try:
+        s = resolve_step(manager, step, run_dir)
+        trees = {k: t for k, t in abstract.items() if jax.tree.leaves(t)}
+        r = manager.restore(s, args=ocp.args.Composite(
+            **{k: ocp.args.StandardRestore(t) for k, t in trees.items()}))
+    finally:
+        manager.close()
+    return {k: (r[k] if k in trees else t) for k, t in abstract.items()}, int(s)
+
+
+def has_checkpoint(run_dir: Union[str, os.PathLike]) -> bool:
+    """RUN_DIR/checkpoints holds at least one step."""
+    d = Path(run_dir) / CHECKPOINT_DIR
+    return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())

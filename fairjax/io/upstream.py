@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from fairjax.io.errors import CheckpointMismatchError
+from fairjax.errors import CheckpointMismatchError
 
 TRUNKS = ("model", "lm_target", "lm_policy")  # upstream attribute names, state-dict order
 HEADS = ("v", "q", "q2", "target_q", "target_q2")

@@ -67,7 +67,15 @@ def weighted_token_nll(logits: jax.Array,  # [B, T, V] position j predicts token
 
     `weights` are treated as constants (stop-gradient).  Returns (loss, Z).
     """
-    ce = token_ce(logits[:, :-1], tokens[:, 1:])  # [B, T-1]
+    return weighted_ce_nll(token_ce(logits[:, :-1], tokens[:, 1:]), attn_mask, weights, normalize)
+
+
+def weighted_ce_nll(ce: jax.Array,  # [B, T-1] CE(logits_j, tok_{j+1})
+                    attn_mask: jax.Array,  # [B, T]
+                    weights: jax.Array,  # [B, T]
+                    normalize: str = "upstream") -> tuple[jax.Array, jax.Array]:
+    """`weighted_token_nll` from per-token CE (e.g. `fairjax.losses.vocab.lm_token_ce`, computed
+    in vocabulary chunks without [B, T, V] logits). Returns (loss, Z)."""
     w = jax.lax.stop_gradient(weights[:, :-1].astype(jnp.float32))  # [B, T-1]
     nxt = attn_mask[:, 1:].astype(jnp.float32)  # [B, T-1]
     num = jnp.sum(jnp.where(w * nxt != 0, ce * w * nxt, 0.0))
@@ -81,14 +89,18 @@ def weighted_token_nll(logits: jax.Array,  # [B, T, V] position j predicts token
     return num / jnp.maximum(z, 1e-8 if normalize == "per_token" else 1.0), z
 
 
-def bc_loss(logits: jax.Array,  # [B, T, V] float
+def bc_loss(logits: jax.Array,  # [B, T, V] float logits, or [B, T-1] per-token CE (ce=True)
             batch: dict,  # tokens [B,T], attn_mask [B,T], action_idxs [B,A], terminals [B,S]
-            hp: BCHparams = BCHparams()) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Response-only behaviour-cloning NLL. Returns (loss, metrics)."""
+            hp: BCHparams = BCHparams(), ce: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Response-only behaviour-cloning NLL. Returns (loss, metrics). With `ce=True` the first
+    argument is the next-token CE [B, T-1] (`fairjax.losses.vocab.lm_token_ce`)."""
     tokens, attn_mask = batch["tokens"], batch["attn_mask"]
     valid = action_valid_mask(batch["terminals"])
     w = action_token_weights(batch["action_idxs"], jnp.ones_like(valid), valid, tokens.shape[1],
                              hp.transition_weight)
-    loss, z = weighted_token_nll(logits, tokens, attn_mask, w, hp.normalize)
+    if ce:
+        loss, z = weighted_ce_nll(logits, attn_mask, w, hp.normalize)
+    else:
+        loss, z = weighted_token_nll(logits, tokens, attn_mask, w, hp.normalize)
     n_act = jnp.sum(valid)
     return loss, {"loss": loss, "token_loss": loss, "n_tokens": z, "n_actions": n_act}

@@ -16,20 +16,25 @@ Q̂_t = clip(min(Q1_targ, Q2_targ)(s_t, a_t)) (stop-gradient).
 * DM margin    Σ_i Σ_t m_t Σ_a max(Q_i(s_t,a) − Q_i(s_t,a_t) + margin, 0)² / N
 * total        w_awac·AWAC + w_v·V + w_q·Q + w_cql·CQL + w_dm·DM
 
-All reductions are float32.  Memory: only the online Q heads need the whole vocabulary (CQL / DM);
-the target Q values may be passed already gathered at a_t ([B, A]) so the agent never materialises
-the target heads over the vocabulary during training.
+All reductions are float32.  Memory: only the online Q heads need the whole vocabulary (CQL / DM),
+and only through three per-position reductions (Q at a_t, log-sum-exp, DM hinge sum): each online
+head may be passed as a `fairjax.losses.vocab.VocabScores` computed in vocabulary chunks instead of
+[B, A, V] scores, and the policy as per-token CE (`TokenCE`) instead of [B, T, V] logits; the target
+Q values may be passed already gathered at a_t ([B, A]). The agent's training path does all three,
+so no [B, A, V] or [B, T, V] float32 array is kept for the backward pass.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from fairjax.losses.bc import action_token_weights, action_valid_mask, weighted_token_nll
-from fairjax.losses.common import gather_positions, gather_tokens, masked_mean, stats, token_ce
+from fairjax.losses.bc import (action_token_weights, action_valid_mask, weighted_ce_nll,
+                               weighted_token_nll)
+from fairjax.losses.common import gather_positions, gather_tokens, masked_mean, stats
+from fairjax.losses.vocab import VocabScores, dense_scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,16 +120,26 @@ def expectile_v_loss(vs: jax.Array,  # [B, A] V(s_t)
     return masked_mean(w * jnp.square(diff), m)
 
 
-def cql_loss(q_all: Sequence[jax.Array],  # H x [B, A, V] online Q heads over the vocabulary
+def _scores(q, actions: jax.Array, temp: float, margin: Optional[float]) -> VocabScores:
+    """[B, A, V] scores (or already reduced `VocabScores`) -> `VocabScores` at `actions`."""
+    return q if isinstance(q, VocabScores) else dense_scores(q, actions, temp, margin)
+
+
+def cql_loss(q_all: Sequence,  # H x [B, A, V] online Q heads over the vocabulary (or VocabScores)
              actions: jax.Array,  # [B, A] int a_t
              terminals: jax.Array,  # [B, S]
              temp: float) -> jax.Array:
-    """Σ_i Σ_t m_t CE(Q_i(s_t,·)/temp, a_t) / N (sum over heads; CE over the full vocabulary)."""
+    """Σ_i Σ_t m_t CE(Q_i(s_t,·)/temp, a_t) / N (sum over heads; CE over the full vocabulary),
+    CE = lse(Q/temp) − Q(a_t)/temp."""
     m = action_valid_mask(terminals)
-    return sum(masked_mean(token_ce(q, actions, temp), m) for q in q_all)
+    total = 0.0
+    for q in q_all:
+        s = _scores(q, actions, temp, None)
+        total = total + masked_mean(s.lse - s.taken / temp, m)
+    return total
 
 
-def dm_loss(q_all: Sequence[jax.Array],  # H x [B, A, V]
+def dm_loss(q_all: Sequence,  # H x [B, A, V] (or VocabScores with the hinge sum)
             q_sel: Sequence[jax.Array],  # H x [B, A]
             terminals: jax.Array,  # [B, S]
             margin: float) -> jax.Array:
@@ -132,6 +147,10 @@ def dm_loss(q_all: Sequence[jax.Array],  # H x [B, A, V]
     m = action_valid_mask(terminals)
 
     def head(qa, qs):
+        if isinstance(qa, VocabScores):
+            if qa.hinge is None:
+                raise ValueError("dm_loss: VocabScores computed without the DM hinge (margin=None)")
+            return masked_mean(qa.hinge, m)
         hinge = jnp.maximum(qa.astype(jnp.float32) - qs[..., None].astype(jnp.float32) + margin, 0.0)
         return masked_mean(jnp.sum(jnp.square(hinge), axis=-1), m)
 
@@ -160,17 +179,24 @@ def awac_weights(adv: jax.Array,  # [B, A] Q̂ − V (stop-gradient)
     return weights
 
 
-def _heads(x: jax.Array, y: Optional[jax.Array]) -> list[jax.Array]:
+def _heads(x, y):
     return [x] if y is None else [x, y]
+
+
+class TokenCE(NamedTuple):
+    """Per-token policy cross-entropy [B, T-1] (CE(π_j, tok_{j+1})), computed in vocabulary chunks
+    (`fairjax.losses.vocab.lm_token_ce`); stands in for [B, T, V] policy logits."""
+
+    ce: jax.Array
 
 
 # ----------------------------------------------------------------------------- total
 def ilql_loss(vs_all: jax.Array,  # [B, S] V at every state slot
-              q1_all: jax.Array,  # [B, A, V] online Q1 over the vocabulary
-              q2_all: Optional[jax.Array],  # [B, A, V] online Q2 (None if not double_q)
+              q1_all: jax.Array,  # [B, A, V] online Q1 over the vocabulary (or VocabScores [B, A])
+              q2_all: Optional[jax.Array],  # [B, A, V] online Q2 / VocabScores (None if not double_q)
               target_q1: jax.Array,  # [B, A, V] target Q1, or [B, A] already gathered at a_t
               target_q2: Optional[jax.Array],  # same shape as target_q1 (None if not double_q)
-              policy_logits: Optional[jax.Array],  # [B, T, V] policy logits (None iff awac_weight == 0)
+              policy_logits: Optional[jax.Array],  # [B, T, V] logits or TokenCE (None iff awac_weight == 0)
               batch: dict,  # tokens, attn_mask [B,T]; state_idxs [B,S]; action_idxs, rewards [B,A]; terminals [B,S]
               hp: ILQLHparams) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Upstream ILQL loss. Returns (total, metrics): every term and upstream's logs (q1/q2/v
@@ -197,8 +223,9 @@ def ilql_terms(vs_all, q1_all, q2_all, target_q1, target_q2, policy_logits, batc
         raise ValueError("ILQLHparams.awac_weight != 0 needs policy_logits [B, T, V]")
     b, s = vs_all.shape
     a = action_idxs.shape[1]
-    if a != s - 1 or terminals.shape != (b, s) or q1_all.shape[:2] != (b, a):
-        raise ValueError(f"ILQL shapes: vs_all {vs_all.shape}, q1_all {q1_all.shape}, action_idxs "
+    q1_shape = q1_all.taken.shape if isinstance(q1_all, VocabScores) else q1_all.shape
+    if a != s - 1 or terminals.shape != (b, s) or q1_shape[:2] != (b, a):
+        raise ValueError(f"ILQL shapes: vs_all {vs_all.shape}, q1_all {q1_shape}, action_idxs "
                          f"{action_idxs.shape}, terminals {terminals.shape}; expected A = S-1")
 
     acts = select_tokens(tokens, action_idxs)  # [B, A]
@@ -206,8 +233,9 @@ def ilql_terms(vs_all, q1_all, q2_all, target_q1, target_q2, policy_logits, batc
     n = jnp.sum(m)
     vs_all = vs_all.astype(jnp.float32)
     vt, vns = vs_all[:, :-1], vs_all[:, 1:]
-    q_all = _heads(q1_all, q2_all)  # H x [B, A, V] (no stacking: no extra [B, A, V] copies)
-    q_sel = [gather_tokens(q, acts).astype(jnp.float32) for q in q_all]  # H x [B, A]
+    # H x VocabScores (no stacking: no extra [B, A, V] copies); dense scores also give the DM hinge
+    q_all = [_scores(q, acts, hp.cql_temp, hp.dm_margin) for q in _heads(q1_all, q2_all)]
+    q_sel = [q.taken for q in q_all]  # H x [B, A]
     tq = [t if t.ndim == 2 else gather_tokens(t, acts) for t in _heads(target_q1, target_q2)]
     tq_sel = tq[0].astype(jnp.float32)
     for t in tq[1:]:
@@ -223,12 +251,14 @@ def ilql_terms(vs_all, q1_all, q2_all, target_q1, target_q2, policy_logits, batc
     out["dm_loss"] = dm_loss(q_all, q_sel, terminals, hp.dm_margin)
     adv = tq_sel - jax.lax.stop_gradient(vt)
     weights = awac_weights(adv, action_idxs, terminals, tokens.shape[1], hp)  # [B, T]
-    if policy_logits is not None:
+    if isinstance(policy_logits, TokenCE):
+        out["token_loss"], _ = weighted_ce_nll(policy_logits.ce, attn_mask, weights)
+    elif policy_logits is not None:
         out["token_loss"], _ = weighted_token_nll(policy_logits, tokens, attn_mask, weights)
     else:  # policy trunk skipped: upstream uses all-zero logits, so CE = log|V| everywhere and
         # its logged token_loss is log|V|·Σ w·attn' / Σ attn' (a constant, no gradient).
         nxt = attn_mask[:, 1:].astype(jnp.float32)
-        out["token_loss"] = (jnp.log(jnp.float32(q1_all.shape[-1])) * jnp.sum(weights[:, :-1] * nxt)
+        out["token_loss"] = (jnp.log(jnp.float32(q_all[0].vocab)) * jnp.sum(weights[:, :-1] * nxt)
                              / jnp.maximum(jnp.sum(nxt), 1.0))
     out["awac_loss"] = out["token_loss"]
     out["loss"] = (hp.awac_weight * out["token_loss"] + hp.v_weight * out["v_loss"]

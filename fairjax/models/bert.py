@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.models import common
 
 _ACT = {"gelu": lambda x: jax.nn.gelu(x, approximate=False),

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from fairjax.io.errors import CheckpointMismatchError, ConfigError
+from fairjax.errors import CheckpointMismatchError, ConfigError
 
 MASK_VALUE = float(np.finfo(np.float32).min)  # what HF adds at masked attention entries
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax.io.errors import CheckpointMismatchError
+from fairjax.errors import CheckpointMismatchError
 from fairjax.models.common import compute_dtype
 
 # torch nn.Linear default init: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).

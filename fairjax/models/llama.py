@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 from fairjax.models import common
 from fairjax.models.common import KVCache, LMOutput
 

@@ -1,7 +1,7 @@
 """Train an objective: `python -m fairjax.train --config=configs/ilql.py [--config.a.b=v ...]`.
 
 The config file is any `configs/*.py` or a run dir's `config.py` (relaunch / continue a run).
-Unknown keys and wrong types fail while flags are parsed; `trainer.validate_config` checks
+Unknown keys and wrong types fail while flags are parsed; `fairjax.train.build.validate_config` checks
 ranges and choices before any file is written. Multi-process runs: see launch/*.sh.
 """
 from __future__ import annotations
@@ -36,9 +36,10 @@ def main(argv: list[str]) -> None:
     if FLAGS.resume is not None:
         cfg.train.resume = FLAGS.resume
     # Validate and initialise the distributed runtime before anything touches devices.
-    from fairjax import parallel, trainer
+    from fairjax import parallel
+    from fairjax.train.build import validate_config
 
-    trainer.validate_config(cfg)
+    validate_config(cfg)
     parallel.initialize_distributed(cfg.distributed)
     if not FLAGS.verbose:  # Orbax/JAX INFO lines would drown the metric lines
         absl_logging.set_verbosity(absl_logging.WARNING)

@@ -1,0 +1,161 @@
+"""The objective registry: `config.algorithm` -> `Objective` (how it is validated and built).
+
+Every module of `fairjax/agents/` that defines an objective registers it at import time:
+
+    OBJECTIVE = register(Objective(name="bc", agent_config=from_config, build=build, ...))
+
+and `get(name)` imports all `fairjax.agents.*` modules once (`discover`), so a new objective is
+one agent module (its loss in `fairjax/losses/`) plus one `configs/<name>.py`; the trainer
+(`fairjax.train.build`), the CLI and `fairjax.runs` only look objectives up here.
+
+`config_block(cfg, key, target, ...)` builds an agent config dataclass (and its nested `hparams`
+dataclass) from the ConfigDict block `cfg.<key>` by field name: no hand-copied field lists, and a
+field that neither dataclass has raises ConfigError naming `config.<key>.<field>`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from fairjax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """One trainable objective.
+
+    name: the `config.algorithm` value (its config block is `config.<name>`).
+    agent_config(cfg) -> the agent's config dataclass built from `cfg.<name>`; raises ConfigError
+        naming the key (this is the objective's validation).
+    build(cfg, module, model_config, base_params, policy_params) -> Algorithm.
+    build_lora(cfg, module, model_config, base_params, lora_config) -> Algorithm with LoRA
+        adapters on one frozen base (None: `lora.enabled` is refused for this objective).
+    build_data(cfg, tokenizer, train_path, eval_path, truncation) -> (train iterator, eval
+        factory or None, steps per epoch) (None: plain job-posting episodes,
+        `fairjax.data.episodes.episode_data`).
+    """
+
+    name: str
+    agent_config: Callable[[Any], Any]
+    build: Callable[..., Any]
+    build_lora: Optional[Callable[..., Any]] = None
+    build_data: Optional[Callable[..., tuple]] = None
+
+    def validate(self, cfg: Any) -> None:
+        self.agent_config(cfg)
+
+
+_REGISTRY: dict[str, Objective] = {}
+_DISCOVERED = False
+
+
+def register(objective: Objective) -> Objective:
+    """Add `objective` (at import of its module); a second, different one of a name is an error."""
+    old = _REGISTRY.get(objective.name)
+    if old is not None and old is not objective and old.build is not objective.build:
+        raise ValueError(f"objective {objective.name!r} is registered twice "
+                         f"({old.build.__module__} and {objective.build.__module__})")
+    _REGISTRY[objective.name] = objective
+    return objective
+
+
+def discover() -> None:
+    """Import every module of `fairjax.agents` once so that each registers its objective."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import fairjax.agents as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{info.name}")
+    _DISCOVERED = True
+
+
+def names() -> list[str]:
+    discover()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Objective:
+    """The registered objective `name`; ConfigError naming `config.algorithm` otherwise."""
+    discover()
+    if name not in _REGISTRY:
+        raise ConfigError(f"config.algorithm={name!r}; expected one of {names()}")
+    return _REGISTRY[name]
+
+
+# ----------------------------------------------------------------------------- config blocks
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def config_block(cfg: Any, key: str, target: type, *, hparams: Optional[type] = None,
+                 convert: Optional[Mapping[str, Callable[[Any], Any]]] = None,
+                 ignore: Sequence[str] = (), **fixed: Any):
+    """`target(hparams=hparams(**hp_fields), **target_fields, **fixed)` from `cfg.<key>`.
+
+    Each field of the block goes, by name, to `hparams` (if it has that field) or `target`;
+    `convert[field]` maps its value first (e.g. 0 -> None); fields in `ignore` are read by other
+    hooks (data, decoding). Any other field raises ConfigError naming `config.<key>.<field>`;
+    invalid values (the dataclasses' own checks) raise ConfigError naming `config.<key>`."""
+    block = cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
+    if block is None:
+        raise ConfigError(f"config.{key}: missing block (config.algorithm={key!r} needs it; "
+                          f"see configs/{key}.py)")
+    convert = dict(convert or {})
+    hp_names = _field_names(hparams) if hparams is not None else set()
+    top_names = _field_names(target) - {"hparams"}
+    hp_kw: dict[str, Any] = {}
+    top_kw: dict[str, Any] = dict(fixed)
+    for field, value in block.items():
+        if field in ignore:
+            continue
+        if field in convert:
+            value = convert[field](value)
+        if field in hp_names:
+            hp_kw[field] = value
+        elif field in top_names:
+            top_kw[field] = value
+        else:
+            raise ConfigError(f"config.{key}.{field}: unknown field; {key} takes "
+                              f"{sorted(hp_names | top_names | set(ignore))}")
+    try:
+        if hparams is not None:
+            top_kw["hparams"] = hparams(**hp_kw)
+        return target(**top_kw)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config.{key}: {e}") from None
+
+
+def choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """ConfigError `config.<key>=value; expected one of [...]` unless value is in choices."""
+    if value not in choices:
+        raise ConfigError(f"config.{key}={value!r}; expected one of {list(choices)}")
+
+
+# ----------------------------------------------------------------------------- building
+def lora_config(cfg: Any):
+    """`models.lora.LoraConfig` of the config's `lora` block."""
+    from fairjax.models.lora import LoraConfig
+
+    return LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                      targets=cfg.lora.targets)
+
+
+def build_algorithm(cfg: Any, module, model_config, base_params, policy_params=None):
+    """The `Algorithm` of `cfg.algorithm` around `module` (policy = `policy_params` or the base);
+    with `lora.enabled`, the objective's LoRA form on the (cast) policy as frozen base."""
+    spec = get(cfg.algorithm)
+    policy = base_params if policy_params is None else policy_params
+    if cfg.get("lora") is not None and cfg.lora.enabled:
+        if spec.build_lora is None:
+            wired = [n for n in names() if _REGISTRY[n].build_lora is not None]
+            raise ConfigError(f"config.lora.enabled: LoRA is wired for {', '.join(wired)}, not "
+                              f"{cfg.algorithm!r}")
+        from fairjax.models.lora import cast_base
+
+        return spec.build_lora(cfg, module, model_config, cast_base(policy, cfg.lora.base_dtype),
+                               lora_config(cfg))
+    return spec.build(cfg, module, model_config, base_params, policy)

@@ -1,0 +1,52 @@
+"""Job-posting episode batches for training: the default `build_data` of an objective.
+
+`episode_data(cfg, tok, train_path, eval_path, trunc, ...)` reads the postings (`data.*` of the
+config), lays them out as episodes (`JobRewriteTask`) and returns
+(train BatchIterator over global optimizer steps, eval factory or None, steps per epoch).
+Objectives adapt it with hooks: `select` filters the dataset, `prepare(train_episodes) ->
+(train_episodes, collate_fn)` resamples and/or adds batch fields (A-LoL advantages, PHF token
+scores); `extras` collates rewards and the other per-episode extras.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+
+from fairjax.data.batching import BatchIterator
+from fairjax.data.jobs import JobsDataset
+from fairjax.data.task import JobRewriteTask
+
+
+def iterators(cfg: Any, train: list, eval_: Optional[list], **common) -> tuple:
+    """(train BatchIterator of `optim.batch_size * optim.grad_accum` rows per step, eval factory of
+    `optim.batch_size` rows or None, steps per epoch) over laid-out examples; `common`: the
+    collate options (pad_id, buckets, extras, collate_fn)."""
+    common.update(process_index=jax.process_index(), process_count=jax.process_count())
+    rows = cfg.optim.batch_size * cfg.optim.grad_accum
+    train_it = BatchIterator(train, rows, seed=cfg.seed, shuffle=cfg.data.shuffle, **common)
+    eval_fn = None
+    if eval_ is not None:
+        eval_fn = lambda: BatchIterator(eval_, cfg.optim.batch_size, shuffle=False,  # noqa: E731
+                                        num_epochs=1, drop_remainder=False, **common)
+    return train_it, eval_fn, train_it.batches_per_epoch()
+
+
+def episode_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc, *,
+                 extras: bool = False,
+                 select: Optional[Callable[[JobsDataset, str], JobsDataset]] = None,
+                 prepare: Optional[Callable[[list], tuple[list, Optional[Callable]]]] = None):
+    """Episodes of the train (and eval) postings as batch iterators (module docstring)."""
+    def episodes(path):
+        ds = JobsDataset.from_file(path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
+        if select is not None:
+            ds = select(ds, path)
+        return JobRewriteTask(ds).episodes(tok, trunc).prepare()
+
+    train_eps = episodes(train_path)
+    collate_fn = None
+    if prepare is not None:
+        train_eps, collate_fn = prepare(train_eps)
+    eval_eps = episodes(eval_path) if eval_path else None
+    return iterators(cfg, train_eps, eval_eps, pad_id=tok.pad_id, buckets=tuple(cfg.data.buckets),
+                     extras=extras, collate_fn=collate_fn)

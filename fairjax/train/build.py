@@ -1,0 +1,251 @@
+"""Config -> model, objective, data and eval-generation (a `loop.Setup`), and `train(cfg)`.
+
+`train(cfg, run_dir=None, setup=None) -> RunResult` is the library entry point (the CLI
+`python -m fairjax.train` and `fairjax.pipeline` call it): `validate_config`, then the generic
+loop (`fairjax.train.loop.run`) on `build_setup(cfg, run_dir)` (or the given `setup`).
+Objectives are looked up in `fairjax.agents.registry` (validation, algorithm, data), so this
+module has no per-objective branches.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+
+from fairjax import parallel
+from fairjax.agents import registry
+from fairjax.agents.base import Algorithm
+from fairjax.agents.registry import build_algorithm, choice
+from fairjax.errors import ConfigError
+from fairjax.io import run_dir as rd
+from fairjax.train.loop import RunResult, Setup, run
+
+PyTree = Any
+
+
+# =========================================================================== config checks
+def _positive(cfg: Any, name: str, allow_zero: bool = False) -> None:
+    v = cfg
+    for part in name.split("."):
+        v = getattr(v, part)
+    if v < 0 or (v == 0 and not allow_zero):
+        raise ConfigError(f"config.{name}={v!r}; expected {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate_config(cfg: Any) -> None:
+    """Ranges and choices that ConfigDict's type checks cannot express. Raises ConfigError
+    naming the key. Runs before any work (no files written, no devices touched)."""
+    spec = registry.get(cfg.algorithm)  # ConfigError naming config.algorithm if unknown
+    choice("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
+    choice("model.remat", cfg.model.remat, ("none", "block", "dots"))
+    choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
+    choice("optim.schedule", cfg.optim.schedule, ("cosine", "linear", "constant"))
+    for name in ("optim.lr", "optim.batch_size", "optim.grad_accum", "train.log_every",
+                 "train.keep", "train.eval_batches", "data.max_len"):
+        _positive(cfg, name)
+    for name in ("optim.weight_decay", "optim.warmup_steps", "train.steps", "train.epochs",
+                 "train.eval_every", "train.save_every", "optim.end_lr_ratio"):
+        _positive(cfg, name, allow_zero=True)
+    if cfg.train.steps == 0 and cfg.train.epochs == 0:
+        raise ConfigError("config.train.steps and config.train.epochs are both 0; set one")
+    if not (0.0 <= cfg.optim.b1 < 1.0 and 0.0 <= cfg.optim.b2 < 1.0):
+        raise ConfigError(f"config.optim.b1/b2={cfg.optim.b1}/{cfg.optim.b2}; expected in [0, 1)")
+    buckets = tuple(cfg.data.buckets or ())
+    if any(int(b) <= 0 for b in buckets) or list(buckets) != sorted(buckets):
+        raise ConfigError(f"config.data.buckets={buckets}; expected increasing positive lengths")
+    if str(cfg.init.step) not in ("best", "latest") and not str(cfg.init.step).isdigit():
+        raise ConfigError(f"config.init.step={cfg.init.step!r}; expected best | latest | a step")
+    spec.validate(cfg)
+
+
+# =========================================================================== build from config
+def _demo_paths(cfg: Any, run_dir: Path) -> dict:
+    """The synthetic demo corpus in RUN_DIR/data (written by process 0, deterministic)."""
+    from fairjax.data.demo import write_demo
+
+    d = run_dir / "data"
+    paths = {k: str(d / f"jobs_{k}.jsonl") for k in ("train", "eval")}
+    if parallel.is_main_process() and not all(os.path.isfile(p) for p in paths.values()):
+        write_demo(d, n_postings=cfg.data.demo_postings, seed=cfg.seed)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("fairjax demo data")
+    return paths
+
+
+def data_paths(cfg: Any, run_dir: Path) -> tuple[str, Optional[str]]:
+    if cfg.data.train:
+        for key in ("train", "eval"):
+            p = getattr(cfg.data, key)
+            if p and not os.path.exists(p):
+                raise ConfigError(f"config.data.{key}={p!r}: no such file")
+        return cfg.data.train, (cfg.data.eval or None)
+    demo = _demo_paths(cfg, run_dir)
+    return demo["train"], (cfg.data.eval or demo["eval"])
+
+
+def demo_tokenizer(texts: Sequence[str], vocab_size: int = 1000):
+    """A small byte-level BPE trained on `texts` (the demo corpus), wrapped as a fairjax
+    Tokenizer; deterministic, offline. Used by `model.init="demo-tiny"`."""
+    from tokenizers import Tokenizer as BPE, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from fairjax.io.tokenizer import Tokenizer
+
+    bpe = BPE(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer_ = trainers.BpeTrainer(vocab_size=vocab_size - 6, special_tokens=["<|endoftext|>"],
+                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                   show_progress=False)
+    bpe.train_from_iterator(list(texts), trainer=trainer_)
+    hf = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
+                                 unk_token="<|endoftext|>")
+    return Tokenizer(hf, source="demo-tiny BPE")
+
+
+def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None):
+    """(model_config, module, initial LM params, tokenizer) from `cfg.model` (and `cfg.init`).
+
+    A run dir that already has model/ (a resumed run) reloads it, so the tokenizer and initial
+    weights are exactly the first launch's. `demo-tiny` with `init.policy` set takes the BC
+    run's model/ (same tokenizer and base weights)."""
+    from fairjax.io.checkpoint import is_model_dir, load_model_dir
+    from fairjax.models import build_model as module_for
+    from fairjax.runs import load
+
+    own = run_dir / rd.MODEL_DIR
+    source = None
+    if is_model_dir(own):
+        source = own
+    elif cfg.model.init == "demo-tiny" and cfg.init.policy:
+        source = Path(cfg.init.policy) / rd.MODEL_DIR
+    if source is not None:
+        mcfg, params, tok = load_model_dir(source, dtype=cfg.model.dtype)
+        mcfg = mcfg.replace(remat=cfg.model.remat, attention_impl=cfg.model.attention)
+    elif cfg.model.init == "demo-tiny":
+        from fairjax.data.jobs import JobsDataset
+        from fairjax.models.gpt2 import PRESETS, init_params
+
+        ds = JobsDataset.from_file(train_path, text_field=cfg.data.text_field,
+                                   on_error=cfg.data.on_error)
+        tok = demo_tokenizer([e.prompt + "\n" + e.response for e in ds],
+                             cfg.model.demo_vocab_size)
+        mcfg = PRESETS[cfg.model.demo_size].replace(
+            vocab_size=len(tok), dtype=cfg.model.dtype, remat=cfg.model.remat,
+            attention_impl=cfg.model.attention,
+            max_positions=max(PRESETS[cfg.model.demo_size].max_positions, cfg.data.max_len))
+        params = jax.device_get(init_params(mcfg, jax.random.PRNGKey(cfg.seed)))
+    else:
+        module, params, tok = load(cfg.model.init, base=cfg.model.base or None,
+                                   dtype=cfg.model.dtype)
+        mcfg = module.config.replace(remat=cfg.model.remat, attention_impl=cfg.model.attention)
+    return mcfg, module_for(mcfg), params, tok
+
+
+def _init_policy_params(cfg: Any):
+    if not cfg.init.policy:
+        return None
+    from fairjax.runs import restore_policy
+
+    step = cfg.init.step if cfg.init.step in ("best", "latest") else int(cfg.init.step)
+    _, params = restore_policy(cfg.init.policy, step)
+    return params
+
+
+def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str]):
+    """(train BatchIterator over global steps, eval factory or None, steps per epoch): the
+    objective's `build_data` hook, else job-posting episodes (`fairjax.data.episodes`)."""
+    from fairjax.data.episodes import episode_data
+    from fairjax.data.layout import Truncation
+
+    if cfg.reward.scorer:
+        raise ConfigError(f"config.reward.scorer={cfg.reward.scorer!r}: scoring rewards during "
+                          "training is not wired yet; precompute them into the data's 'reward'")
+    if cfg.reward.field != "reward":
+        raise ConfigError(f"config.reward.field={cfg.reward.field!r}: the job reader takes rewards "
+                          "from the 'reward' field; rename the field in the data")
+    trunc = Truncation(max_len=cfg.data.max_len)
+    spec = registry.get(cfg.algorithm)
+    if spec.build_data is not None:
+        return spec.build_data(cfg, tok, train_path, eval_path, trunc)
+    return episode_data(cfg, tok, train_path, eval_path, trunc)
+
+
+def build_setup(cfg: Any, run_dir: Path) -> Setup:
+    """Model, tokenizer, data and objective from the config (see configs/common.py)."""
+    train_path, eval_path = data_paths(cfg, run_dir)
+    mcfg, module, params, tok = build_model(cfg, run_dir, train_path)
+    policy = _init_policy_params(cfg)
+    algorithm = build_algorithm(cfg, module, mcfg, params, policy)
+    train_it, eval_fn, per_epoch = build_data(cfg, tok, train_path, eval_path)
+    gen_fn = None
+    if cfg.eval.generate and eval_path:
+        gen_fn = make_eval_generate_fn(cfg, run_dir, algorithm, module, tok, eval_path)
+    return Setup(algorithm=algorithm, train_data=train_it, eval_data=eval_fn,
+                 rules=mcfg.partition_rules(), model_config=mcfg, tokenizer=tok,
+                 initial_lm_params=policy if policy is not None else params,
+                 steps_per_epoch=per_epoch, eval_generate_fn=gen_fn)
+
+
+def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module, tok,
+                          eval_path: str):
+    """`eval.generate`: at each evaluation, rewrite the first `eval.num_prompts` eval postings
+    (ILQL: perturbed with `ilql.generation.adv_weight`) and report the mean diversity reward of
+    the rewrites (`gen_reward`, pool = `reward.pool` or the demo candidates), their length and
+    the fraction that ended with `</a>`. Single-process runs only (skipped otherwise)."""
+    from fairjax.agents.ilql import ILQLConfig
+    from fairjax.data.jobs import JobsDataset
+    from fairjax.generate import GenerationConfig, Policy, generate_texts
+    from fairjax.rewards.diversity import DiversityScorer
+    from fairjax.rewards.pool import load_pool
+
+    prompts = [e.prompt for e in JobsDataset.from_file(eval_path, text_field=cfg.data.text_field,
+                                                       on_error="skip")][: cfg.eval.num_prompts]
+    pool_path = cfg.reward.pool or str(run_dir / "data" / "candidates.jsonl")
+    if not os.path.isfile(pool_path):
+        raise ConfigError(f"config.eval.generate needs a candidate pool: config.reward.pool="
+                          f"{cfg.reward.pool!r} (no demo candidates at {pool_path})")
+    scorer = DiversityScorer(load_pool(pool_path))
+    agent_cfg = registry.get(cfg.algorithm).agent_config(cfg)
+    ilql_cfg = agent_cfg if isinstance(agent_cfg, ILQLConfig) else None  # value-guided decoding
+    g = cfg.ilql.generation if ilql_cfg is not None else None
+    gen_cfg = GenerationConfig(max_new_tokens=cfg.eval.max_new_tokens,
+                               temperature=g.temperature if g else 1.0, top_k=g.top_k if g else 0,
+                               adv_weight=g.adv_weight if g else 0.0)
+
+    def fn(params, frozen, step):
+        if jax.process_count() > 1:
+            return {}
+        if ilql_cfg is not None and cfg.lora.enabled:
+            from fairjax.agents.lora import effective_ilql
+            from fairjax.models.lora import LoraConfig
+
+            policy = Policy.ilql(module, ilql_cfg, *effective_ilql(
+                ilql_cfg, params, frozen, LoraConfig(cfg.lora.rank, cfg.lora.alpha)))
+        elif ilql_cfg is not None:
+            policy = Policy.ilql(module, ilql_cfg, params, frozen)
+        else:
+            policy = Policy.lm(*algorithm.policy(params, frozen))
+        rows = generate_texts(policy, tok, prompts, gen_cfg, rng=jax.random.PRNGKey(int(step)),
+                              batch_size=max(1, min(16, len(prompts))))
+        texts = [r["text"] for r in rows]
+        return {"gen_reward": float(np.mean(scorer.score_texts(texts))),
+                "gen_new_tokens": float(np.mean([r["num_new_tokens"] for r in rows])),
+                "gen_finished": float(np.mean([r["finished"] for r in rows]))}
+
+    return fn
+
+
+def train(cfg: Any, run_dir: Optional[str | os.PathLike] = None,
+          setup: Optional[Setup] = None) -> RunResult:
+    """Train `cfg` into `run_dir` (default cfg.run_dir); resume from its latest checkpoint when
+    `cfg.train.resume`. `setup` overrides what is otherwise built from the config
+    (`build_setup`): tests and pipelines pass their own algorithm/data."""
+    validate_config(cfg)
+    target = Path(run_dir or cfg.run_dir).absolute()
+    return run(cfg, target, setup if setup is not None else (lambda: build_setup(cfg, target)))

@@ -1,0 +1,515 @@
+"""The generic compiled training loop: step, evaluation, metrics, checkpoints, watchdog, fault hook.
+
+`run(cfg, run_dir, setup) -> RunResult` trains what `setup` (a `Setup`, or a zero-argument
+factory of one, called after the run dir and mesh exist) holds: an `Algorithm`, batch iterators
+and partition rules. It knows no model, data format or reward; `fairjax.train.build` turns a
+config into a Setup and `fairjax.train.build.train` chains both (the CLI: `python -m fairjax.train`).
+
+One optimizer step = one call of the jit-compiled `train_step` (buffer donation of the state):
+  1. the step's batch `[grad_accum, B, ...]` (B = global micro-batch, sharded over
+     ('data','fsdp')) is scanned; each micro-batch's loss/grad is computed with
+     `Algorithm.loss(params, frozen, batch, fold_in(step_key, i))`; grads and metrics are averaged;
+  2. optax update (fairjax.optim: clip -> AdamW with schedule);
+  3. `Algorithm.update_frozen(params, frozen, step + 1)` (ILQL Polyak / hard target updates);
+  4. if the loss or the gradient norm is not finite, the old params/optimizer/frozen state are
+     kept, and the host raises `NonFiniteLossError` naming the step, so no checkpoint ever holds
+     a non-finite state and the last good checkpoint stays intact.
+The host checks finiteness one step late (after dispatching the next step), so device work is
+never stalled by the check.
+
+Randomness: the key of step s is `fold_in(rng, s)` with `rng` from the config seed and saved in
+the checkpoint; the data order is a function of (seed, epoch) and the iterator position is saved.
+A resumed run therefore replays exactly what an uninterrupted run would have done.
+
+Checkpoints (Orbax CheckpointManager in RUN_DIR/checkpoints, async): items params, opt_state,
+frozen, meta {step, rng}, data {iterator state}; keep the `train.keep` latest plus the best by
+`eval_loss`. See `fairjax.io.run_dir` for the run-dir layout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from fairjax import parallel
+from fairjax.agents.base import Algorithm
+from fairjax.errors import ConfigError
+from fairjax.io import run_dir as rd
+from fairjax.optim import make_optimizer, make_schedule
+
+log = logging.getLogger("fairjax.train")
+PyTree = Any
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or gradient norm) became NaN/inf; `.step` is the optimizer step (1-based)."""
+
+    def __init__(self, step: int, metrics: dict):
+        self.step = step
+        self.metrics = metrics
+        shown = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm")}
+        super().__init__(
+            f"non-finite loss at optimizer step {step} ({shown}); training stopped. The update of "
+            f"this step was not applied and no checkpoint after the last good one was written.")
+
+
+# =========================================================================== setup
+@dataclasses.dataclass
+class Setup:
+    """Everything the loop needs besides the config.
+
+    algorithm: the objective; train_data: iterator of process-local GLOBAL-step batches
+    (numpy dicts, batch dim = rows of `optim.batch_size * optim.grad_accum` owned by this
+    process) with `state() -> dict` / `restore(dict)`; eval_data: callable returning a fresh
+    iterable of eval batches (rows of `optim.batch_size`), or None; rules: partition rules
+    (regex, PartitionSpec) ending with a catch-all; model_config / tokenizer / initial_lm_params:
+    written to RUN_DIR/model (skipped when None); steps_per_epoch: optimizer steps per epoch
+    (for `train.epochs`); eval_generate_fn(params, frozen, step) -> metrics dict: optional hook
+    (generation + reward) run at each evaluation on process 0's view.
+    """
+
+    algorithm: Algorithm
+    train_data: Any
+    eval_data: Optional[Callable[[], Iterable[dict]]] = None
+    rules: Sequence[tuple[str, P]] = ((".*", P()),)
+    model_config: Any = None
+    tokenizer: Any = None
+    initial_lm_params: Any = None
+    steps_per_epoch: Optional[int] = None
+    eval_generate_fn: Optional[Callable[[PyTree, PyTree, int], dict]] = None
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What `train` returns: run_dir, last step, its train metrics, the last eval metrics,
+    best step (by eval loss) and the final (device) state {params, opt_state, frozen, step, rng}."""
+
+    run_dir: Path
+    step: int
+    metrics: dict
+    eval_metrics: dict
+    best_step: Optional[int]
+    state: dict
+
+
+# =========================================================================== the step
+def stack_micro(batch: dict, accum: int) -> dict:
+    """Gradient accumulation layout: [accum * b, ...] process-local rows -> [accum, b, ...]
+    (micro-batch i = rows i*b .. (i+1)*b - 1)."""
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        if v.shape[0] % accum:
+            raise ConfigError(f"batch key {k!r} has {v.shape[0]} rows, not divisible by "
+                              f"optim.grad_accum={accum}")
+        out[k] = v.reshape((accum, v.shape[0] // accum) + v.shape[1:])
+    return out
+
+
+def make_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformation,
+                    check_finite: bool = True) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """Pure step `(state, batch[accum, B, ...]) -> (state, metrics)`; see module docstring."""
+
+    def step_fn(state: dict, batch: dict) -> tuple[dict, dict]:
+        params, frozen = state["params"], state["frozen"]
+        key = jax.random.fold_in(state["rng"], state["step"])
+        accum = jax.tree.leaves(batch)[0].shape[0]
+        grad_fn = jax.value_and_grad(algorithm.loss, has_aux=True)
+
+        def micro(grads, xs):
+            mb, i = xs
+            (loss, metrics), g = grad_fn(params, frozen, mb, jax.random.fold_in(key, i))
+            return jax.tree.map(jnp.add, grads, g), (loss, metrics)
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, (losses, metrics) = jax.lax.scan(micro, zeros, (batch, jnp.arange(accum)))
+        grads = jax.tree.map(lambda g: g / accum, grads)
+        metrics = jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32)), metrics)
+        loss = jnp.mean(losses)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        new_frozen = algorithm.update_frozen(new_params, frozen, state["step"] + 1)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = {"params": new_params, "opt_state": opt_state, "frozen": new_frozen}
+        if check_finite:
+            old = {"params": params, "opt_state": state["opt_state"], "frozen": frozen}
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new.update(step=state["step"] + 1, rng=state["rng"])
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
+        return new, metrics
+
+    return step_fn
+
+
+def make_eval_step(algorithm: Algorithm) -> Callable[[PyTree, PyTree, dict, jax.Array], dict]:
+    def eval_fn(params, frozen, batch, rng):
+        loss, metrics = algorithm.loss(params, frozen, batch, rng)
+        return dict(jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32)), metrics), loss=loss)
+
+    return eval_fn
+
+
+# =========================================================================== state
+def _put(tree: PyTree, shardings: PyTree) -> PyTree:
+    """Host (or single-device) arrays -> global arrays with `shardings` (multi-host safe: every
+    process holds the same full value and contributes its addressable shards)."""
+    def put(x, s):
+        x = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+class StatePlan:
+    """Abstract shapes + shardings of the train state {params, opt_state, frozen, step, rng}."""
+
+    def __init__(self, algorithm: Algorithm, optimizer: optax.GradientTransformation,
+                 mesh: Mesh, rules: Sequence[tuple[str, P]], seed: int):
+        self.algorithm, self.optimizer, self.mesh = algorithm, optimizer, mesh
+        self.rng = jax.random.PRNGKey(seed)
+        init_rng = jax.random.fold_in(self.rng, 0x1217)
+        self.init_rng = init_rng
+        params, frozen = jax.eval_shape(algorithm.init, init_rng)
+        opt_state = jax.eval_shape(optimizer.init, params)
+        repl = parallel.replicated(mesh)
+        sh = lambda t: parallel.named_shardings(mesh, parallel.param_specs(t, rules, mesh))  # noqa: E731
+        self.shardings = {"params": sh(params), "opt_state": sh(opt_state), "frozen": sh(frozen),
+                          "step": repl, "rng": repl}
+        self.abstract = {"params": params, "opt_state": opt_state, "frozen": frozen,
+                         "step": jax.ShapeDtypeStruct((), jnp.int32),
+                         "rng": jax.ShapeDtypeStruct(self.rng.shape, self.rng.dtype)}
+        self.abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            self.abstract, self.shardings)
+
+    def init(self) -> dict:
+        """Fresh state: `Algorithm.init` (eagerly; it may close over loaded weights), placed on
+        the mesh; the optimizer state is initialised under jit directly in its shardings."""
+        params, frozen = self.algorithm.init(self.init_rng)
+        params = _put(params, self.shardings["params"])
+        frozen = _put(frozen, self.shardings["frozen"])
+        opt_state = jax.jit(self.optimizer.init,
+                            out_shardings=self.shardings["opt_state"])(params)
+        repl = self.shardings["step"]
+        return {"params": params, "opt_state": opt_state, "frozen": frozen,
+                "step": jax.device_put(jnp.zeros((), jnp.int32), repl),
+                "rng": jax.device_put(self.rng, repl)}
+
+
+def compile_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformation,
+                       plan: "StatePlan", check_finite: bool = True):
+    """`make_train_step` under jit: state in/out in the plan's shardings (donated), batch
+    `[accum, B, ...]` sharded over ('data', 'fsdp') on B."""
+    return jax.jit(make_train_step(algorithm, optimizer, check_finite),
+                   in_shardings=(plan.shardings, parallel.batch_sharding(plan.mesh, 1)),
+                   out_shardings=(plan.shardings, None), donate_argnums=(0,))
+
+
+def restore_state(manager, step: int, plan: StatePlan) -> tuple[dict, dict]:
+    """(state, data iterator state) of checkpoint `step`, placed in the plan's shardings."""
+    return rd.restore_state(manager, step, plan.abstract)
+
+
+# =========================================================================== metrics
+class MetricsLogger:
+    """stdout (absl/logging) + RUN_DIR/metrics.jsonl + TensorBoard (tensorboardX); process 0 only."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool):
+        self.enabled = enabled
+        self.file = None
+        self.tb = None
+        if not enabled:
+            return
+        self.file = open(run_dir / rd.METRICS_FILE, "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / rd.TB_DIR))
+            except ImportError:  # pragma: no cover - tensorboardX is a dependency
+                log.warning("tensorboardX is not installed; no TensorBoard events")
+
+    def write(self, step: int, split: str, metrics: dict, echo: Optional[Callable[[str], None]] = None):
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and k != "finite"}
+        record = {"step": int(step), "split": split, "time": time.time(), **clean}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in clean.items():
+                self.tb.add_scalar(f"{split}/{k}", v, step)
+            self.tb.flush()
+        text = f"[{split}] step {step}: " + " ".join(f"{k}={v:.5g}" for k, v in sorted(clean.items()))
+        (echo or _print)(text)
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def _tokens_in(batch: dict) -> int:
+    for key in ("attn_mask", "chosen_attn_mask"):
+        if key in batch:
+            n = float(np.asarray(batch[key]).sum())
+            return int(n * (2 if key.startswith("chosen") else 1))
+    for key in ("tokens", "input_ids"):
+        if key in batch:
+            return int(np.asarray(batch[key]).size)
+    return 0
+
+
+# =========================================================================== the loop
+def total_steps(cfg: Any, steps_per_epoch: Optional[int]) -> int:
+    if cfg.train.steps > 0:
+        return int(cfg.train.steps)
+    if not steps_per_epoch:
+        raise ConfigError("config.train.steps=0 needs a dataset with a known size (epochs)")
+    return int(cfg.train.epochs) * int(steps_per_epoch)
+
+
+def _eval(eval_step, state: dict, eval_data, n_batches: int, mesh: Mesh) -> dict:
+    sums: dict[str, float] = {}
+    count = 0
+    rng = jax.random.fold_in(state["rng"], -1 & 0x7FFFFFFF)
+    for i, batch in enumerate(eval_data()):
+        if i >= n_batches:
+            break
+        b = parallel.shard_batch(batch, mesh, leading_unsharded=0)
+        m = jax.device_get(eval_step(state["params"], state["frozen"], b, jax.random.fold_in(rng, i)))
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        count += 1
+    return {k: v / count for k, v in sums.items()} if count else {}
+
+
+def run(cfg: Any, run_dir: Optional[str | os.PathLike],
+        setup: Union[Setup, Callable[[], Setup]]) -> RunResult:
+    """Train `setup` (or `setup()`, called once the run dir and mesh exist) with the loop settings
+    of `cfg` (train, optim, mesh, seed, distributed) into `run_dir` (default cfg.run_dir); resume
+    from its latest checkpoint when `cfg.train.resume`. The config is validated by the caller
+    (`fairjax.train.build.validate_config`)."""
+    import orbax.checkpoint as ocp  # noqa: F401  (fail early if absent)
+
+    run_dir = Path(run_dir or cfg.run_dir).absolute()
+    main = parallel.is_main_process()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rd.save_config(cfg, run_dir)
+    mesh = parallel.make_mesh(cfg.mesh)
+    dp = parallel.data_parallel_size(mesh)
+    if cfg.optim.batch_size % dp:
+        raise ConfigError(f"config.optim.batch_size={cfg.optim.batch_size} is not divisible by the "
+                          f"{dp} batch shards of mesh {dict(mesh.shape)} (data x fsdp)")
+    if not isinstance(setup, Setup):
+        setup = setup()
+    n_steps = total_steps(cfg, setup.steps_per_epoch)
+    optimizer = make_optimizer(cfg.optim, n_steps)
+    schedule = make_schedule(cfg.optim, n_steps)
+    plan = StatePlan(setup.algorithm, optimizer, mesh, setup.rules, cfg.seed)
+    state_sh = plan.shardings
+    step_fn = compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite)
+    eval_step = jax.jit(make_eval_step(setup.algorithm),
+                        in_shardings=(state_sh["params"], state_sh["frozen"],
+                                      parallel.batch_sharding(mesh, 0), parallel.replicated(mesh)))
+    manager = rd.checkpoint_manager(run_dir, keep=cfg.train.keep,
+                                    async_save=cfg.train.async_checkpoint)
+    latest = manager.latest_step() if cfg.train.resume else None
+    if latest is not None:
+        state, data_state = restore_state(manager, latest, plan)
+        if data_state and hasattr(setup.train_data, "restore"):
+            setup.train_data.restore(data_state)
+        if main:
+            _print(f"resumed {run_dir} from step {latest}")
+    else:
+        if manager.latest_step() is not None:
+            raise ConfigError(f"{run_dir}/checkpoints already holds checkpoints and "
+                              "config.train.resume=False; choose a new run_dir")
+        state = plan.init()
+        if main and setup.model_config is not None and setup.initial_lm_params is not None:
+            _save_model_dir(run_dir, setup)
+    start = int(jax.device_get(state["step"]))
+    logger = MetricsLogger(run_dir, cfg.train.tensorboard, enabled=main)
+    accum = int(cfg.optim.grad_accum)
+    bar = _progress(cfg, main, start, n_steps)
+    window: list[dict] = []
+    last_metrics: dict = {}
+    eval_metrics: dict = {}
+    pending: Optional[tuple[int, Any]] = None
+    tokens_window, t_window = 0, time.perf_counter()
+
+    watchdog = _Watchdog(cfg.distributed.step_timeout_s if jax.process_count() > 1 else 0)
+
+    def check(pending_item) -> dict:
+        s, dev_metrics = pending_item
+        m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+        watchdog.beat(s)
+        if cfg.train.check_finite and not m.get("finite", 1.0):
+            raise NonFiniteLossError(s, m)
+        return m
+
+    try:
+        step = start
+        while step < n_steps:
+            try:
+                batch = next(setup.train_data)
+            except StopIteration:
+                log.warning("training data exhausted at step %d", step)
+                break
+            tokens = _tokens_in(batch) * jax.process_count()
+            gbatch = parallel.shard_batch(stack_micro(batch, accum), mesh, leading_unsharded=1)
+            state, dev_metrics = step_fn(state, gbatch)
+            step += 1
+            if pending is not None:
+                window.append(check(pending))
+            pending = (step, dev_metrics)
+            tokens_window += tokens
+            is_last = step == n_steps
+            do_log = step % cfg.train.log_every == 0 or is_last
+            do_eval = setup.eval_data is not None and (
+                (cfg.train.eval_every and step % cfg.train.eval_every == 0) or is_last)
+            do_save = (cfg.train.save_every and step % cfg.train.save_every == 0) or do_eval or is_last
+            if do_log or do_eval or do_save:
+                window.append(check(pending))
+                pending = None
+            if bar is not None:
+                bar.update(1)
+            if do_log and window:
+                dt = max(time.perf_counter() - t_window, 1e-9)
+                last_metrics = {k: float(np.mean([w[k] for w in window])) for k in window[-1]}
+                last_metrics.update(lr=float(schedule(step - 1)), tokens_per_s=tokens_window / dt)
+                logger.write(step, "train", last_metrics,
+                             echo=(bar.write if bar is not None else None))
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_metrics['loss']:.4g}",
+                                    tok_s=f"{last_metrics['tokens_per_s']:.0f}")
+                window, tokens_window, t_window = [], 0, time.perf_counter()
+            ckpt_metrics = None
+            if do_eval:
+                eval_metrics = _eval(eval_step, state, setup.eval_data, cfg.train.eval_batches, mesh)
+                if setup.eval_generate_fn is not None:
+                    eval_metrics.update(setup.eval_generate_fn(state["params"], state["frozen"], step))
+                if eval_metrics:
+                    logger.write(step, "eval", eval_metrics,
+                                 echo=(bar.write if bar is not None else None))
+                    ckpt_metrics = {"eval_loss": eval_metrics["loss"]}
+                t_window = time.perf_counter()
+            if do_save:
+                data_state = setup.train_data.state() if hasattr(setup.train_data, "state") else {}
+                manager.save(step, args=rd.state_items(state, data_state), metrics=ckpt_metrics,
+                             force=True)
+            _maybe_inject_fault(step)
+        if pending is not None:
+            check(pending)
+    finally:
+        watchdog.beat(watchdog.step)  # the final save wait is covered too
+        manager.wait_until_finished()
+        watchdog.stop()
+        if bar is not None:
+            bar.close()
+        logger.close()
+    best = rd.best_step(manager)
+    manager.close()
+    return RunResult(run_dir=run_dir, step=int(jax.device_get(state["step"])),
+                     metrics=last_metrics, eval_metrics=eval_metrics, best_step=best, state=state)
+
+
+class _Watchdog:
+    """Multi-process runs: if no optimizer step completes for `timeout_s` seconds after the
+    first one (a peer died and a collective waits for it forever), print an error and exit
+    the process with status 70, so a dead worker never leaves the others hanging. 0 = off."""
+
+    def __init__(self, timeout_s: float):
+        import threading
+
+        self.timeout_s, self.last, self.step = float(timeout_s), None, 0
+        self._stop = threading.Event()
+        if self.timeout_s > 0:
+            threading.Thread(target=self._run, daemon=True, name="fairjax-watchdog").start()
+
+    def beat(self, step: int) -> None:
+        self.last, self.step = time.monotonic(), step
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            if self.last is not None and time.monotonic() - self.last > self.timeout_s:
+                print(f"fairjax: process {jax.process_index()}: no progress for "
+                      f"{self.timeout_s:.0f}s after step {self.step} (a peer process probably "
+                      "died); exiting", file=sys.stderr, flush=True)
+                os._exit(70)
+
+
+FAULT_ENV = "FAIRJAX_FAULT"
+
+
+def _maybe_inject_fault(step: int) -> None:
+    """Fault injection for the reliability tests: FAIRJAX_FAULT="STEP[:PROCESS[:MODE]]" makes
+    process PROCESS (default 0) die right after optimizer step STEP (and its checkpoint save
+    request, possibly still writing asynchronously): MODE "kill" = SIGKILL (default), "exit" =
+    os._exit(3). Unset in normal runs."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    parts = spec.split(":")
+    if int(parts[0]) != step or (int(parts[1]) if len(parts) > 1 else 0) != jax.process_index():
+        return
+    if (parts[2] if len(parts) > 2 else "kill") == "exit":
+        os._exit(3)
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _progress(cfg: Any, main: bool, start: int, n_steps: int):
+    if not (main and cfg.train.progress):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=n_steps, initial=start, unit="step", dynamic_ncols=True,
+                desc=f"{cfg.algorithm}")
+
+
+def _save_model_dir(run_dir: Path, setup: Setup) -> None:
+    """Process 0 writes RUN_DIR/model. In a multi-process run Orbax's StandardCheckpointer
+    would wait at barriers for the other processes (which do not write it): for the duration
+    of this call it is restricted to process 0 (`active_processes={0}`)."""
+    import functools
+
+    import orbax.checkpoint as ocp
+
+    from fairjax.io.checkpoint import save_model_dir
+
+    original = ocp.StandardCheckpointer
+    if jax.process_count() > 1:
+        ocp.StandardCheckpointer = functools.partial(
+            original, multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=0, active_processes={0}, barrier_sync_key_prefix="fairjax_model"))
+    try:
+        save_model_dir(run_dir / rd.MODEL_DIR, setup.model_config,
+                       jax.device_get(setup.initial_lm_params), setup.tokenizer, overwrite=True)
+    finally:
+        ocp.StandardCheckpointer = original

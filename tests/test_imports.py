@@ -1,0 +1,138 @@
+"""One direction of imports: no fairjax module imports a module of a higher layer.
+
+The AST of every module under fairjax/ is walked (module-level AND in-function imports,
+`import a.b`, `from a import b`, `from . import b`); each import of a fairjax module is checked
+against LAYERS (docs/architecture.md "Layout and import order"). Same-layer imports are allowed.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "fairjax"
+
+# Lowest first. A module belongs to the longest prefix listed; every module must have one.
+LAYERS: list[tuple[str, ...]] = [
+    ("fairjax", "fairjax.errors"),                                      # leaves
+    ("fairjax.models",),                                                # Flax modules + registry
+    ("fairjax.io",),                                                    # formats, Orbax, load()
+    ("fairjax.data", "fairjax.losses", "fairjax.rewards", "fairjax.rewriters",
+     "fairjax.optim", "fairjax.parallel", "fairjax.eval", "fairjax.cli"),  # eval: numpy only
+    ("fairjax.agents",),                                                # objectives + registry
+    ("fairjax.train.loop", "fairjax.generate",
+     "fairjax.agents.online"),                                         # online RL samples: uses generate
+    ("fairjax.runs",),                                                  # restore run dirs
+    ("fairjax.train", "fairjax.train.build"),                           # config -> objects
+    ("fairjax.pipeline", "fairjax.evaluate", "fairjax.score"),
+    ("fairjax.train.__main__", "fairjax.convert", "fairjax.rate", "fairjax.bench",
+     "fairjax.benchmarks", "fairjax.trainer"),                          # CLIs, benchmarks, alias
+]
+
+
+def layer_of(module: str) -> int:
+    best, best_len = None, -1
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best_len:
+                best, best_len = i, len(p)
+    if best is None:
+        raise KeyError(f"{module} has no layer in tests/test_imports.py LAYERS; add it")
+    return best
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[int, str]]:
+    """(line, fairjax module) of every import in `source` (any nesting depth)."""
+    out = []
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from pkg import name` may import the submodule pkg.name: check the most specific.
+            for a in node.names:
+                out.append((node.lineno, f"{base}.{a.name}" if base else a.name))
+    return [(line, m) for line, m in out if m == "fairjax" or m.startswith("fairjax.")]
+
+
+def upward_imports(source: str, module: str, is_package: bool = False) -> list[str]:
+    """'module:line imports target (layer i > j)' for each import of a higher layer."""
+    mine = layer_of(module)
+    bad = []
+    for line, target in imported_modules(source, module, is_package):
+        if layer_of(target) > mine:
+            bad.append(f"{module}:{line} imports {target} (layer {layer_of(target)} > {mine})")
+    return bad
+
+
+def all_modules():
+    for path in sorted(PKG.rglob("*.py")):
+        yield path, module_name(path, PKG)
+
+
+def test_every_module_has_a_layer():
+    for _, name in all_modules():
+        layer_of(name)
+
+
+def test_no_module_imports_a_higher_layer():
+    bad = []
+    for path, name in all_modules():
+        bad += upward_imports(path.read_text(), name, path.name == "__init__.py")
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_eval_imports_no_jax():
+    for path, name in all_modules():
+        if name == "fairjax.eval" or name.startswith("fairjax.eval."):
+            tree = ast.parse(path.read_text())
+            names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            assert not [m for m in names if m.split(".")[0] in ("jax", "flax", "optax")], name
+
+
+# ----------------------------------------------------------------------------- the checker
+SNIPPET_UP = '''
+import numpy as np
+from fairjax.errors import ConfigError
+
+
+def f():
+    from fairjax.train import loop  # upward, hidden in a function
+    return loop
+'''
+
+
+def test_checker_flags_upward_import_inside_a_function():
+    bad = upward_imports(SNIPPET_UP, "fairjax.models.gpt2")
+    assert len(bad) == 1 and "fairjax.models.gpt2:7 imports fairjax.train.loop" in bad[0]
+
+
+@pytest.mark.parametrize("source", [
+    "import fairjax.runs\n",
+    "from fairjax import pipeline\n",
+    "from ..agents import registry\n",   # relative import from fairjax/io/x.py
+])
+def test_checker_flags_each_import_form(source):
+    assert upward_imports(source, "fairjax.io.hf")
+
+
+def test_checker_allows_downward_and_same_layer_imports():
+    src = ("from fairjax.models import common\nfrom fairjax.errors import ConfigError\n"
+           "from . import torch_pickle\nimport jax\n")
+    assert upward_imports(src, "fairjax.io.hf") == []
+    with pytest.raises(KeyError, match="LAYERS"):
+        layer_of("fairjax_other.x")
