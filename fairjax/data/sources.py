@@ -19,7 +19,7 @@ import os
 from typing import Any, Callable, Optional
 
 from fairjax.data.jobs import DataError, JobExample, JobsDataset
-from fairjax.io.errors import ConfigError
+from fairjax.errors import ConfigError
 
 SPLIT_OF_KEY = {"train": "train", "eval": "eval"}
 
@@ -42,7 +42,7 @@ class SourceStats:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "lines": self.lines, "kept": self.kept,
-                "skipped": self.skipped, "errors": list(self.errors[:20])}
+                "skipped": self.skipped, "errors": list(self.errors[:20]), "line": self.line()}
 
 
 def is_tfds_dir(path: str) -> bool:
@@ -154,3 +154,27 @@ def task_observations(spec: str, path: str, cfg: Any):
         raise ConfigError(f"--config.data.task={spec}: item 0 is a {type(data[0]).__name__}, "
                           "which has no to_sequence() -> (list[(text, reward|None)], terminal)")
     return data
+
+
+def texts(path: str, cfg: Any) -> list[str]:
+    """Every text of the train data (the demo tokenizer is trained on them): prompt + posting,
+    or a custom task's utterances."""
+    if cfg.data.task:
+        data = task_observations(cfg.data.task, path, cfg)
+        return ["\n".join(text for text, _ in data[i].to_sequence()[0]) for i in range(len(data))]
+    ds, _ = read_jobs(path, cfg, "train", need_reward=False)
+    return [e.prompt + "\n" + e.response for e in ds]
+
+
+def read_counts(cfg: Any, train_path: str, eval_path: Optional[str]) -> list[dict]:
+    """`SourceStats.to_dict()` of the train (and eval) source: records kept / skipped."""
+    out = []
+    for key, path in (("train", train_path), ("eval", eval_path)):
+        if not path:
+            continue
+        if cfg.data.task:
+            n = len(task_observations(cfg.data.task, path, cfg))
+            out.append(SourceStats(path, lines=n, kept=n).to_dict())
+        else:
+            out.append(read_jobs(path, cfg, key, need_reward=False)[1].to_dict())
+    return out

@@ -6,7 +6,8 @@ Layout (docs/architecture.md):
     RUN_DIR/config_history/  <n>.json per launch (+ <n>.diff.json: the keys changed since n-1)
     RUN_DIR/model/           fairjax model dir of the initial policy + tokenizer
     RUN_DIR/checkpoints/<step>/{params,opt_state,frozen,meta,data}   Orbax CheckpointManager
-    RUN_DIR/metrics.jsonl    one JSON object per log/eval line
+    RUN_DIR/metrics.jsonl    one JSON object per log/eval line (no duplicates across resumes)
+    RUN_DIR/summary.json     last step, best step, last metrics, data read counts (kept/skipped)
     RUN_DIR/tb/              TensorBoard event files
     RUN_DIR/data/            the generated demo corpus (when no data paths are configured)
 
@@ -31,6 +32,7 @@ MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_HISTORY = "config_history"
+SUMMARY_FILE = "summary.json"
 TB_DIR = "tb"
 # Orbax items of one checkpoint.
 ITEMS = ("params", "opt_state", "frozen", "meta", "data")
@@ -98,6 +100,12 @@ def record_launch(config: dict, run_dir: Union[str, os.PathLike]) -> Path:
         (hist / f"{n}.diff.json").write_text(
             json.dumps(config_diff(previous, config), indent=2, default=list) + "\n")
     return path
+
+
+def write_summary(run_dir: Union[str, os.PathLike], summary: dict) -> None:
+    """RUN_DIR/summary.json (written at the end of each launch)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
 
 
 def prune_metrics(run_dir: Union[str, os.PathLike], step: int) -> int:
