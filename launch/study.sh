@@ -23,11 +23,11 @@ case "$PROFILE" in
          BC=4; RL=4; NEW=16; PROMPT=96; EVAL_BATCH=8; LIMIT=8 ;;
   cpu)   MODEL=(--config.model.demo_size=mini --config.model.demo_vocab_size=4000
                 --config.data.max_len=256 "--config.data.buckets=(128,256)" --config.optim.batch_size=8)
-         BC=400; RL=200; NEW=96; PROMPT=160; EVAL_BATCH=16 ;;
+         BC=400; RL=200; NEW=0; PROMPT=0; EVAL_BATCH=16 ;;  # NEW=0: from the data, capped at half the context
   gpu)   MODEL=(--config.model.demo_size=small --config.model.demo_vocab_size=8000
                 --config.model.dtype=bfloat16 --config.model.attention=cudnn
                 --config.data.max_len=512 "--config.data.buckets=(256,512)" --config.optim.batch_size=32)
-         BC=500; RL=200; NEW=128; PROMPT=384; EVAL_BATCH=64 ;;
+         BC=500; RL=200; NEW=0; PROMPT=0; EVAL_BATCH=64 ;;
   *) echo "usage: $0 smoke|cpu|gpu" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT/data"
