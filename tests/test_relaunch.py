@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from fairjax.runs import restore_policy
+from fairjax.runs import restore_run
 
 from trainer_fixtures import REPO
 
@@ -45,7 +45,10 @@ def _metrics(path):
 
 
 def _params(run_dir):
-    return jax.tree.leaves(restore_policy(run_dir, "latest")[1])
+    """Every trained and frozen array of the last checkpoint (ILQL: policy, Q/V trunks, heads,
+    targets)."""
+    run = restore_run(run_dir, "latest")
+    return jax.tree.leaves((run.params, run.frozen))
 
 
 @pytest.mark.slow
