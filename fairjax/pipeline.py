@@ -51,6 +51,7 @@ def bc_config(cfg: Any, run_dir: Path):
         value = cfg[key]
         bc[key] = ConfigDict(value.to_dict()) if isinstance(value, ConfigDict) else value
     bc.optim.batch_size = cfg.optim.batch_size
+    bc.reward.scorer = ""  # BC ignores rewards (an online run scores its own samples)
     bc.train.steps = cfg.pipeline.bc_steps
     bc.optim.lr = cfg.pipeline.bc_lr
     for key in ("progress", "tensorboard", "async_checkpoint", "log_every", "eval_every",
@@ -64,18 +65,27 @@ def bc_config(cfg: Any, run_dir: Path):
 
 
 def eval_config(cfg: Any, run_dir: Path):
-    """`cfg.stages.eval` pointed at the ILQL run, variants bc (β=0) and ilql_b<β> per adv weight."""
+    """`cfg.stages.eval` pointed at the run: for ILQL variants bc (β=0) and ilql_b<β> per adv
+    weight; for the other objectives (online RL) the run's policy beside the BC warm start."""
     ev = stage_config(cfg, "eval")
     p = cfg.pipeline
     ev.checkpoint = str(run_dir)
     ev.output_dir = str(run_dir / "eval")
     ev.seed = cfg.seed
     ev.limit = p.eval_limit
-    weights = [float(w) for w in p.adv_weights]
-    ev.variants = ",".join(["bc:0"] + [f"ilql_b{w:g}:{w:g}" for w in weights if w > 0])
     ev.generation.max_new_tokens = cfg.eval.max_new_tokens
-    ev.generation.temperature = cfg.ilql.generation.temperature
-    ev.generation.top_k = cfg.ilql.generation.top_k
+    if cfg.algorithm == "ilql":
+        weights = [float(w) for w in p.adv_weights]
+        ev.variants = ",".join(["bc:0"] + [f"ilql_b{w:g}:{w:g}" for w in weights if w > 0])
+        gen = cfg.ilql.generation
+    else:  # the run's policy sampled plainly, beside the BC warm start it started from
+        ev.variants = f"{cfg.algorithm}:0"
+        ev.step = "latest"
+        if cfg.init.policy:
+            ev.extra_checkpoints = f"bc={cfg.init.policy}"
+        gen = cfg[cfg.algorithm]
+    ev.generation.temperature = gen.temperature
+    ev.generation.top_k = gen.top_k
     ev.scorer.pools = p.eval_pools
     ev.n_boot = p.eval_n_boot
     ev.lock()
@@ -120,7 +130,7 @@ def _run(cfg: Any, run_dir: Path) -> dict:
          + (f" (policy from {cfg.init.policy})" if cfg.init.policy else ""))
     cfg.lock()
     out["train"] = train(cfg, run_dir)
-    if p.evaluate and cfg.algorithm == "ilql":
+    if p.evaluate:
         if parallel.is_main_process():
             from fairjax import evaluate
 

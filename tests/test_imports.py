@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
      "fairjax.optim", "fairjax.parallel", "fairjax.eval", "fairjax.cli"),  # eval: numpy only
     ("fairjax.agents",),                                                # objectives + registry
     ("fairjax.train.loop", "fairjax.generate",
-     "fairjax.agents.online"),                                         # online RL samples: uses generate
+     "fairjax.agents.online", "fairjax.agents.online_objectives"),     # online RL samples: uses generate
     ("fairjax.runs",),                                                  # restore run dirs
     ("fairjax.train", "fairjax.train.build"),                           # config -> objects
     ("fairjax.pipeline", "fairjax.evaluate", "fairjax.score"),

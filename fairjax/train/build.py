@@ -178,14 +178,15 @@ def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str]):
     from fairjax.data.episodes import episode_data
     from fairjax.data.layout import Truncation
 
-    if cfg.reward.scorer:
+    spec = registry.get(cfg.algorithm)
+    if cfg.reward.scorer and spec.make_step is None:  # online objectives score in their step
         raise ConfigError(f"config.reward.scorer={cfg.reward.scorer!r}: scoring rewards during "
-                          "training is not wired yet; precompute them into the data's 'reward'")
+                          f"training is wired for the online objectives, not {cfg.algorithm!r}; "
+                          "precompute them into the data's 'reward'")
     if cfg.reward.field != "reward":
         raise ConfigError(f"config.reward.field={cfg.reward.field!r}: the job reader takes rewards "
                           "from the 'reward' field; rename the field in the data")
     trunc = Truncation(max_len=cfg.data.max_len)
-    spec = registry.get(cfg.algorithm)
     if spec.build_data is not None:
         return spec.build_data(cfg, tok, train_path, eval_path, trunc)
     return episode_data(cfg, tok, train_path, eval_path, trunc)
@@ -201,11 +202,15 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
     gen_fn = None
     if cfg.eval.generate and eval_path:
         gen_fn = make_eval_generate_fn(cfg, run_dir, algorithm, module, tok, eval_path)
-    return Setup(algorithm=algorithm, train_data=train_it, eval_data=eval_fn,
-                 rules=mcfg.partition_rules(), model_config=mcfg, tokenizer=tok,
-                 initial_lm_params=policy if policy is not None else params,
-                 steps_per_epoch=per_epoch, eval_generate_fn=gen_fn,
-                 data_stats=sources.read_counts(cfg, train_path, eval_path))
+    setup = Setup(algorithm=algorithm, train_data=train_it, eval_data=eval_fn,
+                  rules=mcfg.partition_rules(), model_config=mcfg, tokenizer=tok,
+                  initial_lm_params=policy if policy is not None else params,
+                  steps_per_epoch=per_epoch, eval_generate_fn=gen_fn,
+                  data_stats=sources.read_counts(cfg, train_path, eval_path))
+    make_step = registry.get(cfg.algorithm).make_step
+    if make_step is not None:
+        setup.host_step = make_step(cfg, setup, run_dir)
+    return setup
 
 
 def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module, tok,

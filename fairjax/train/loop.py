@@ -77,9 +77,12 @@ class Setup:
     (regex, PartitionSpec) ending with a catch-all; model_config / tokenizer / initial_lm_params:
     written to RUN_DIR/model (skipped when None); steps_per_epoch: optimizer steps per epoch
     (for `train.epochs`); eval_generate_fn(params, frozen, step) -> metrics dict: optional hook
-    (generation + reward) run at each evaluation on process 0's view; data_stats: one dict per
-    data source (`fairjax.data.sources.SourceStats.to_dict`: path, kept, skipped, line), printed
-    at the start and written to RUN_DIR/summary.json.
+    (generation + reward) run at each evaluation on process 0's view; host_step(optimizer, plan)
+    -> step(state, global batch) -> (state, metrics): replaces the compiled step (online RL:
+    rollout, host-side reward, several jitted updates; `fairjax.agents.online_objectives`) with
+    the same state, checkpoints and metrics contract (metrics["finite"] = 0 stops the run);
+    data_stats: one dict per data source (`fairjax.data.sources.SourceStats.to_dict`: path,
+    kept, skipped, line), printed at the start and written to RUN_DIR/summary.json.
     """
 
     algorithm: Algorithm
@@ -91,6 +94,7 @@ class Setup:
     initial_lm_params: Any = None
     steps_per_epoch: Optional[int] = None
     eval_generate_fn: Optional[Callable[[PyTree, PyTree, int], dict]] = None
+    host_step: Optional[Callable[[optax.GradientTransformation, Any], Callable]] = None
     data_stats: Sequence[dict] = ()
 
 
@@ -332,7 +336,8 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
     schedule = make_schedule(cfg.optim, n_steps)
     plan = StatePlan(setup.algorithm, optimizer, mesh, setup.rules, cfg.seed)
     state_sh = plan.shardings
-    step_fn = compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite)
+    step_fn = (setup.host_step(optimizer, plan) if setup.host_step is not None else
+               compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite))
     eval_step = jax.jit(make_eval_step(setup.algorithm),
                         in_shardings=(state_sh["params"], state_sh["frozen"],
                                       parallel.batch_sharding(mesh, 0), parallel.replicated(mesh)))
