@@ -13,6 +13,7 @@ eval_logs.jsonl. Configs without a `pipeline` block (or with every stage off) ju
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -56,7 +57,8 @@ def bc_config(cfg: Any, run_dir: Path):
     for key in ("progress", "tensorboard", "async_checkpoint", "log_every", "eval_every",
                 "eval_batches"):
         bc.train[key] = cfg.train[key]
-    bc.train.save_every = cfg.pipeline.bc_steps
+    # the main run's checkpoint interval (a relaunch resumes BC mid-way); always one at the end
+    bc.train.save_every = min(cfg.train.save_every or cfg.pipeline.bc_steps, cfg.pipeline.bc_steps)
     bc.run_dir = str(run_dir)
     bc.lock()
     return bc
@@ -92,11 +94,26 @@ def eval_config(cfg: Any, run_dir: Path):
 
 def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     """Run the configured stages; returns {"bc": RunResult|None, "train": RunResult,
-    "eval": summary|None}."""
+    "eval": summary|None}. A launch that creates the run dir and fails before any checkpoint
+    (bad data, bad config, ...) removes it again, so a failed start leaves nothing behind."""
+    from fairjax import parallel
+    from fairjax.io import run_dir as rd
+
+    run_dir = Path(run_dir or cfg.run_dir).absolute()
+    fresh = not run_dir.exists()
+    try:
+        return _run(cfg, run_dir)
+    except Exception:
+        if fresh and parallel.is_main_process() and not any(
+                rd.has_checkpoint(d) for d in (run_dir, run_dir / "bc")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run(cfg: Any, run_dir: Path) -> dict:
     from fairjax import parallel
     from fairjax.train.build import train
 
-    run_dir = Path(run_dir or cfg.run_dir).absolute()
     out: dict = {"bc": None, "eval": None}
     if not has_stages(cfg):
         out["train"] = train(cfg, run_dir)
