@@ -41,6 +41,9 @@ def base_config(algorithm: str) -> ConfigDict:
     c.data = ConfigDict()
     c.data.train = ""  # train JSONL/CSV file; "" = synthetic demo corpus written to RUN_DIR/data
     c.data.eval = ""  # eval file; "" = the demo corpus's eval split (or none when train is set)
+    # data.train/eval may also name a prepared TFDS dataset dir (fairjax.data.tfds_jobs); a custom
+    # task: data.task = "module:factory", factory(path, config) -> list of Observations
+    c.data.task = ""
     c.data.text_field = "text"  # record field holding the posting text
     c.data.max_len = 128  # tokens per episode after truncation (paper: 512; prompt cut first)
     c.data.buckets = (32, 64, 128)  # padded lengths (T and S): few shapes -> few compilations

@@ -43,6 +43,8 @@ from typing import Any, Optional, Sequence
 
 from absl import app, flags
 
+from fairjax import faults
+
 FLAGS = flags.FLAGS
 LOG_FILE = "eval_logs.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -395,6 +397,7 @@ def evaluate(cfg: Any) -> dict:
         for row, sc in zip(rows, score_texts(originals, scorer)):
             row["original"].update(sc)
         _append(log, rows)
+        faults.inject("eval", start + len(rows))
         n_new += len(rows)
         print(f"evaluate: {start + len(rows)}/{len(examples)} prompts "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)

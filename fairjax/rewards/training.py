@@ -146,3 +146,12 @@ def rewarded_paths(run_dir: str | os.PathLike, train_path: str, eval_path: Optio
         with open(spec_path, encoding="utf-8") as f:
             done = json.load(f).get("rewarded", {})
     return done.get("train", train_path), (done.get("eval", eval_path) if eval_path else None)
+
+
+def record_online_reward(cfg: Any, run_dir: str | os.PathLike, train_path: str) -> None:
+    """RUN_DIR/reward_spec.json of an online objective, which scores its own rollouts with
+    `reward.scorer` during training (no data build, no normalisation statistics)."""
+    default_pool = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
+    spec = reward_spec(cfg.reward, default_pool if os.path.isfile(default_pool) else None)
+    _write_json(Path(run_dir) / RUN_SPEC_FILE,
+                {**spec, "note": "scored on the policy's own rollouts during training"})
