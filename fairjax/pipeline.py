@@ -95,8 +95,9 @@ def eval_config(cfg: Any, run_dir: Path):
 
 def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     """Run the configured stages; returns {"bc": RunResult|None, "train": RunResult,
-    "eval": summary|None}. A launch that creates the run dir and fails before any checkpoint
-    (bad data, bad config, ...) removes it again, so a failed start leaves nothing behind."""
+    "eval": summary|None}. A launch that creates the run dir and stops on a user error (bad data,
+    config or file; `fairjax.cli.is_user_error`) before any checkpoint removes it again, so a
+    failed start leaves nothing behind."""
     from fairjax import parallel
     from fairjax.io import run_dir as rd
 
@@ -104,8 +105,11 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     fresh = not run_dir.exists()
     try:
         return _run(cfg, run_dir)
-    except Exception:
-        if fresh and parallel.is_main_process() and not any(
+    except Exception as e:
+        from fairjax.cli import is_user_error
+
+        # a user's mistake (bad data/config/file) only: a crash keeps its logs for diagnosis
+        if fresh and parallel.is_main_process() and is_user_error(e) and not any(
                 rd.has_checkpoint(d) for d in (run_dir, run_dir / "bc")):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise

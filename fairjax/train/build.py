@@ -250,13 +250,14 @@ def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module,
     the rewrites (`gen_reward`, pool = `reward.pool` or the demo candidates), their length and
     the fraction that ended with `</a>`. Single-process runs only (skipped otherwise)."""
     from fairjax.agents.ilql import ILQLConfig
-    from fairjax.data.jobs import JobsDataset
     from fairjax.generate import GenerationConfig, Policy, generate_texts
     from fairjax.rewards.diversity import DiversityScorer
     from fairjax.rewards.pool import load_pool
 
-    prompts = [e.prompt for e in JobsDataset.from_file(eval_path, text_field=cfg.data.text_field,
-                                                       on_error="skip")][: cfg.eval.num_prompts]
+    skip_cfg = cfg.copy_and_resolve_references()  # unreadable eval lines are skipped here
+    skip_cfg.data.on_error = "skip"
+    ds, _ = sources.read_jobs(eval_path, skip_cfg, "eval", need_reward=False)
+    prompts = [e.prompt for e in ds][: cfg.eval.num_prompts]
     pool_path = cfg.reward.pool or str(run_dir / "data" / "candidates.jsonl")
     if not os.path.isfile(pool_path):
         raise ConfigError(f"config.eval.generate needs a candidate pool: config.reward.pool="
