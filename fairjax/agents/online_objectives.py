@@ -110,14 +110,16 @@ def build_data(cfg, tok, train_path: str, eval_path: Optional[str], trunc):
     "index"} of optim.batch_size rows (P prompts × G, left-padded to max_prompt_tokens)."""
     import jax
 
+    from fairjax.data import sources
     from fairjax.data.batching import BatchIterator
-    from fairjax.data.jobs import JobsDataset
     from fairjax.data.layout import prompt_tokens
     from fairjax.generate import left_pad
 
     oc = online_config(cfg, cfg.algorithm)
-    ds = JobsDataset.from_file(train_path, text_field=cfg.data.text_field,
-                               on_error=cfg.data.on_error)
+    if cfg.data.get("task"):
+        raise ConfigError(f"--config.data.task={cfg.data.task}: the online objectives sample "
+                          "rewrites of job-posting prompts; a custom task is not wired for them")
+    ds, _ = sources.read_jobs(train_path, cfg, "train", need_reward=False)  # file or TFDS dir
     width = oc.max_prompt_tokens
     prompts = [prompt_tokens(tok, e.prompt, max_len=width) for e in ds]
     rows = PromptRows(prompts, [e.id for e in ds], [e.response for e in ds])
