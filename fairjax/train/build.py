@@ -21,7 +21,7 @@ from fairjax.agents.base import Algorithm
 from fairjax.agents.registry import build_algorithm, choice
 from fairjax.errors import ConfigError
 from fairjax.io import run_dir as rd
-from fairjax.train.loop import RunResult, Setup, run
+from fairjax.train.loop import IMPLS, RunResult, Setup, run
 
 PyTree = Any
 
@@ -43,6 +43,10 @@ def validate_config(cfg: Any) -> None:
     choice("model.remat", cfg.model.remat, ("none", "block", "dots"))
     choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
     choice("optim.schedule", cfg.optim.schedule, ("cosine", "linear", "constant"))
+    choice("mesh.impl", cfg.mesh.get("impl", "gspmd"), IMPLS)
+    if cfg.mesh.get("impl") == "shard_map" and cfg.mesh.tensor not in (1, -1):
+        raise ConfigError(f"config.mesh.impl='shard_map' runs data and fsdp parallelism; "
+                          f"config.mesh.tensor={cfg.mesh.tensor} needs mesh.impl='gspmd'")
     for name in ("optim.lr", "optim.batch_size", "optim.grad_accum", "train.log_every",
                  "train.keep", "train.eval_batches", "data.max_len"):
         _positive(cfg, name)
