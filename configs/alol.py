@@ -24,5 +24,24 @@ def get_config():
     # good_priority: examples drawn with replacement, p ∝ A+ (A = R - mean R; ∝ R for wbc/r_gold/
     # r_lol) | good_random: uniform over A > 0 | uniform: all examples (A+ in the loss)
     c.alol.sampling = "good_priority"
+    # Baseline of A = R - baseline: value_head = the paper's V(x), an attention head over the frozen
+    # reference's prompt states fit by MSE on the train rewards before policy training | mean =
+    # the constant mean train reward
+    c.alol.baseline = "value_head"
+    c.alol.value_steps = 300  # V(x) fit steps (batch 16, AdamW)
+    c.alol.value_lr = 1e-3  # V(x) learning rate
+    c.alol.value_max_examples = 4096  # train examples the fit sees (seeded sample; memory N*T*d)
+    c.reward.normalize = "minmax"  # wbc / r_gold / r_lol need non-negative rewards
     c.optim.lr = 1e-4
+
+    # A-LoL's reference is a trained (SFT/BC) policy: `python -m fairjax.train
+    # --config=configs/alol.py` trains RUN_DIR/bc first unless init.policy names a BC run
+    # (from a random model the reference NLL is ~ln V and V(x) has nothing to read)
+    c.pipeline = common.ConfigDict()
+    c.pipeline.bc_warm_start = True
+    c.pipeline.bc_steps = 300  # BC optimizer steps
+    c.pipeline.bc_lr = 1e-3  # BC peak learning rate (tiny demo model from scratch)
+    c.pipeline.evaluate = False  # (the pipeline's evaluation stage is ILQL's)
+    c.stages = common.ConfigDict()
+    c.stages.bc = common.stage(common.sibling("bc").get_config())
     return common.finish(c)

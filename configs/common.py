@@ -41,6 +41,9 @@ def base_config(algorithm: str) -> ConfigDict:
     c.data = ConfigDict()
     c.data.train = ""  # train JSONL/CSV file; "" = synthetic demo corpus written to RUN_DIR/data
     c.data.eval = ""  # eval file; "" = the demo corpus's eval split (or none when train is set)
+    # data.train/eval may also name a prepared TFDS dataset dir (fairjax.data.tfds_jobs); a custom
+    # task: data.task = "module:factory", factory(path, config) -> list of Observations
+    c.data.task = ""
     c.data.text_field = "text"  # record field holding the posting text
     c.data.max_len = 128  # tokens per episode after truncation (paper: 512; prompt cut first)
     c.data.buckets = (32, 64, 128)  # padded lengths (T and S): few shapes -> few compilations
@@ -48,10 +51,33 @@ def base_config(algorithm: str) -> ConfigDict:
     c.data.demo_postings = 240  # size of the generated demo corpus
     c.data.shuffle = True  # shuffle by (seed, epoch)
 
+    # The reward the objective trains on (docs/data-and-rewards.md). It is computed when the data
+    # is built (progress bar, cached by data-file and scorer-settings hash) and named in every
+    # summary; BC trains on no reward and ignores this block.
     c.reward = ConfigDict()
-    c.reward.field = "reward"  # precomputed reward field in the data records
-    c.reward.scorer = ""  # "" = use `field`; else a fairjax.rewards scorer name (e.g. diversity)
-    c.reward.pool = ""  # candidate pool JSONL for the scorer ("" = demo candidates)
+    c.reward.field = "reward"  # precomputed reward field in the data records (reward.scorer="")
+    # diversity | gender_coded | pii | preservation | composite | "" (= the data's `field`; the
+    # demo corpus's field is a stand-in lexical reward, named as such in every report)
+    c.reward.scorer = "diversity"
+    c.reward.pool = ""  # candidate pool JSONL(s), comma-separated ("" = candidates.jsonl beside the train file)
+    # none | standardize | rank | minmax: statistics from the train split, stored in the run dir
+    # (reward_normalizer.json) and reused whenever the run's rewards are used again
+    c.reward.normalize = "none"
+    c.reward.cache_dir = ""  # reward cache ("" = ~/.cache/fairjax/rewards)
+    c.reward.diversity = ConfigDict()
+    c.reward.diversity.k = 50  # matched candidates per posting
+    c.reward.diversity.select_k = 10  # selected candidates (impact ratios)
+    c.reward.diversity.distance = "signed_tv"  # signed_tv | paper
+    c.reward.diversity.gender_target = "uniform"  # uniform | pool
+    c.reward.diversity.region_target = "pool"  # uniform | pool
+    c.reward.diversity.n_features = 4096  # hashing TF-IDF embedder dimension
+    c.reward.gender_coded = ConfigDict()
+    c.reward.gender_coded.mode = "ratio"  # reward -|coded ratio| (ratio) or -|masc - fem| (difference)
+    c.reward.preservation = ConfigDict()
+    c.reward.preservation.metric = "cosine"  # cosine (diversity embedder) | chrf (/100)
+    c.reward.composite = ConfigDict()
+    c.reward.composite.terms = "diversity,preservation"  # terms of reward.scorer=composite
+    c.reward.composite.weights = "1,20"  # one weight per term
 
     c.optim = ConfigDict()
     c.optim.lr = 3e-4  # peak learning rate (paper GPT-2 ILQL hx1-dev: 3e-4; BC: 1e-5)

@@ -43,6 +43,9 @@ def get_config():
     c.ilql.generation.temperature = 1.0  # sampling temperature
     c.ilql.generation.top_k = 0  # 0 = off
     c.optim.weight_decay = 0.1  # hx1-dev ILQL
+    # Rewards sit on the </a> action: raw negative rewards (diversity ~ -22) make ending the worst
+    # action at every state, so ILQL at beta >= 4 never finishes (docs/data-and-rewards.md)
+    c.reward.normalize = "standardize"
 
     # The FMs-at-work workflow in one command (fairjax/pipeline.py): BC -> ILQL -> evaluation.
     # --config.pipeline.bc_warm_start=False --config.pipeline.evaluate=False = plain ILQL training.
@@ -55,6 +58,9 @@ def get_config():
     c.pipeline.eval_limit = 0  # eval postings (0 = the whole eval split)
     c.pipeline.eval_pools = ""  # candidate pools for the scorer ("" = the demo candidates)
     c.pipeline.eval_n_boot = 1000  # bootstrap resamples of the report's CIs
+    # rewrite length of the evaluation (0 = p95 of the eval postings' token lengths, capped at half
+    # of the model's context so the prompt keeps the quoted original)
+    c.pipeline.eval_max_new_tokens = 0
     # The stage configs travel inside this config (and so inside RUN_DIR/config.json): the BC
     # warm start is configs/bc.py without the fields it shares with this run (common.SHARED);
     # the evaluation is configs/eval.py. pipeline.bc_* / eval_* / adv_weights override them.

@@ -27,4 +27,9 @@ def get_config():
     c.phf.clip_weight_max = 1000.0  # cap of exp(A / beta)
     c.phf.use_value_head = True  # AWR: learned value baseline (else fixed_value)
     c.phf.fixed_value = common.optional(float)  # AWR baseline when use_value_head is False
+    # AWR/RWR advantages standardised over each batch's scored tokens (w = exp(A/beta) of raw
+    # diversity-scale rewards would be ~e^-21); False = upstream
+    c.phf.normalize_advantage = True
+    c.phf.train_on_prompt = False  # score the prompt tokens too (upstream LM data has no prompt)
+    c.reward.normalize = "standardize"  # token scores = -normalised reward
     return common.finish(c)

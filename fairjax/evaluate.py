@@ -43,6 +43,8 @@ from typing import Any, Optional, Sequence
 
 from absl import app, flags
 
+from fairjax import faults
+
 FLAGS = flags.FLAGS
 LOG_FILE = "eval_logs.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -174,15 +176,21 @@ def _run_eval_path(run_cfg: Any, run_dir: str) -> Optional[str]:
     return str(demo) if demo.is_file() else None
 
 
-def trained_reward_of(path: str) -> dict:
-    """The reward a checkpoint was trained on (run dirs; other checkpoints: unknown)."""
+def trained_reward_of(path: str, adv_weight: Optional[float] = None) -> dict:
+    """The reward a checkpoint was trained on (run dirs; other checkpoints: unknown). An ILQL
+    variant decoded with β = 0 is the run's policy trunk, which ILQL (awac_weight = 0) never
+    trains: that system is the BC policy and trained on no reward."""
     from fairjax.rewards.registry import trained_reward
 
     if not _is_run_dir(path):
         return {"scorer": "unknown", "note": f"{path} is not a fairjax run dir"}
     from fairjax.io.run_dir import load_config
 
-    return trained_reward(load_config(path), path)
+    cfg = load_config(path)
+    if adv_weight == 0 and cfg.algorithm == "ilql" and not cfg.ilql.awac_weight:
+        return {"scorer": "none", "note": "β = 0: the ILQL run's frozen policy trunk (its BC "
+                                          "policy), trained on no reward"}
+    return trained_reward(cfg, path)
 
 
 def choose_max_new_tokens(requested: int, reference_lengths: Sequence[int], max_positions: int,
@@ -389,6 +397,7 @@ def evaluate(cfg: Any) -> dict:
         for row, sc in zip(rows, score_texts(originals, scorer)):
             row["original"].update(sc)
         _append(log, rows)
+        faults.inject("eval", start + len(rows))
         n_new += len(rows)
         print(f"evaluate: {start + len(rows)}/{len(examples)} prompts "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -399,7 +408,7 @@ def evaluate(cfg: Any) -> dict:
                 "embedder": scorer.embedder.id,
                 "settings": {k: cfg.scorer[k] for k in ("k", "select_k", "distance",
                                                          "gender_target", "region_target")}}
-    trained = {s.name: trained_reward_of(s.source) for s in systems}
+    trained = {s.name: trained_reward_of(s.source, s.generation.adv_weight) for s in systems}
     meta = {"checkpoint": cfg.checkpoint, "extra_checkpoints": cfg.extra_checkpoints,
             "eval_data": eval_path, "n_prompts": len(rows), "systems": names,
             "trained_reward": trained_reward_of(cfg.checkpoint), "trained_reward_by_system": trained,

@@ -13,6 +13,7 @@ eval_logs.jsonl. Configs without a `pipeline` block (or with every stage off) ju
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,30 +51,42 @@ def bc_config(cfg: Any, run_dir: Path):
         value = cfg[key]
         bc[key] = ConfigDict(value.to_dict()) if isinstance(value, ConfigDict) else value
     bc.optim.batch_size = cfg.optim.batch_size
+    bc.reward.scorer = ""  # BC ignores rewards (an online run scores its own samples)
     bc.train.steps = cfg.pipeline.bc_steps
     bc.optim.lr = cfg.pipeline.bc_lr
     for key in ("progress", "tensorboard", "async_checkpoint", "log_every", "eval_every",
                 "eval_batches"):
         bc.train[key] = cfg.train[key]
-    bc.train.save_every = cfg.pipeline.bc_steps
+    # the main run's checkpoint interval (a relaunch resumes BC mid-way); always one at the end
+    bc.train.save_every = min(cfg.train.save_every or cfg.pipeline.bc_steps, cfg.pipeline.bc_steps)
     bc.run_dir = str(run_dir)
     bc.lock()
     return bc
 
 
 def eval_config(cfg: Any, run_dir: Path):
-    """`cfg.stages.eval` pointed at the ILQL run, variants bc (β=0) and ilql_b<β> per adv weight."""
+    """`cfg.stages.eval` pointed at the run: for ILQL variants bc (β=0) and ilql_b<β> per adv
+    weight; for the other objectives (online RL) the run's policy beside the BC warm start."""
     ev = stage_config(cfg, "eval")
     p = cfg.pipeline
     ev.checkpoint = str(run_dir)
     ev.output_dir = str(run_dir / "eval")
     ev.seed = cfg.seed
     ev.limit = p.eval_limit
-    weights = [float(w) for w in p.adv_weights]
-    ev.variants = ",".join(["bc:0"] + [f"ilql_b{w:g}:{w:g}" for w in weights if w > 0])
-    ev.generation.max_new_tokens = cfg.eval.max_new_tokens
-    ev.generation.temperature = cfg.ilql.generation.temperature
-    ev.generation.top_k = cfg.ilql.generation.top_k
+    # 0 = from the eval postings' lengths, capped at half the context (configs/ilql.py)
+    ev.generation.max_new_tokens = p.get("eval_max_new_tokens", cfg.eval.max_new_tokens)
+    if cfg.algorithm == "ilql":
+        weights = [float(w) for w in p.adv_weights]
+        ev.variants = ",".join(["bc:0"] + [f"ilql_b{w:g}:{w:g}" for w in weights if w > 0])
+        gen = cfg.ilql.generation
+    else:  # the run's policy sampled plainly, beside the BC warm start it started from
+        ev.variants = f"{cfg.algorithm}:0"
+        ev.step = "latest"
+        if cfg.init.policy:
+            ev.extra_checkpoints = f"bc={cfg.init.policy}"
+        gen = cfg[cfg.algorithm]
+    ev.generation.temperature = gen.temperature
+    ev.generation.top_k = gen.top_k
     ev.scorer.pools = p.eval_pools
     ev.n_boot = p.eval_n_boot
     ev.lock()
@@ -82,11 +95,30 @@ def eval_config(cfg: Any, run_dir: Path):
 
 def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     """Run the configured stages; returns {"bc": RunResult|None, "train": RunResult,
-    "eval": summary|None}."""
+    "eval": summary|None}. A launch that creates the run dir and stops on a user error (bad data,
+    config or file; `fairjax.cli.is_user_error`) before any checkpoint removes it again, so a
+    failed start leaves nothing behind."""
+    from fairjax import parallel
+    from fairjax.io import run_dir as rd
+
+    run_dir = Path(run_dir or cfg.run_dir).absolute()
+    fresh = not run_dir.exists()
+    try:
+        return _run(cfg, run_dir)
+    except Exception as e:
+        from fairjax.cli import is_user_error
+
+        # a user's mistake (bad data/config/file) only: a crash keeps its logs for diagnosis
+        if fresh and parallel.is_main_process() and is_user_error(e) and not any(
+                rd.has_checkpoint(d) for d in (run_dir, run_dir / "bc")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run(cfg: Any, run_dir: Path) -> dict:
     from fairjax import parallel
     from fairjax.train.build import train
 
-    run_dir = Path(run_dir or cfg.run_dir).absolute()
     out: dict = {"bc": None, "eval": None}
     if not has_stages(cfg):
         out["train"] = train(cfg, run_dir)
@@ -103,7 +135,7 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
          + (f" (policy from {cfg.init.policy})" if cfg.init.policy else ""))
     cfg.lock()
     out["train"] = train(cfg, run_dir)
-    if p.evaluate and cfg.algorithm == "ilql":
+    if p.evaluate:
         if parallel.is_main_process():
             from fairjax import evaluate
 

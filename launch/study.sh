@@ -14,7 +14,6 @@ cd "$(dirname "$0")/.."
 PROFILE="${1:-cpu}"
 DATA="${DATA:-../shared/data}"
 OUT="${OUT:-runs/study-$PROFILE}"
-POOL_FLAGS=(--pool="$DATA/bios/bios.jsonl" --pool="$DATA/tech_bios/bios.jsonl")
 POOLS="$DATA/bios/bios.jsonl,$DATA/tech_bios/bios.jsonl"
 LIMIT=0
 case "$PROFILE" in
@@ -32,12 +31,12 @@ case "$PROFILE" in
 esac
 mkdir -p "$OUT/data"
 
-# 1. Rewards: the diversity reward of every posting (candidate matching on the pool).
-for split in train eval; do
-  [ -s "$OUT/data/$split.jsonl" ] || python -m fairjax.score --texts="$DATA/hn_jobs/$split.jsonl" \
-      "${POOL_FLAGS[@]}" --cache_dir="$OUT/cache" --annotate="$OUT/data/$split.jsonl"
-done
-COMMON=(--config.data.train="$OUT/data/train.jsonl" --config.data.eval="$OUT/data/eval.jsonl"
+# 1. Rewards: every run trains on the diversity reward of the postings (candidate matching on the
+# pool), scored when its data is built and cached under $OUT/cache (reward.scorer=diversity);
+# ILQL standardises it, A-LoL min-max scales it (reward_spec.json in each run dir says so).
+COMMON=(--config.data.train="$DATA/hn_jobs/train.jsonl" --config.data.eval="$DATA/hn_jobs/eval.jsonl"
+        --config.reward.scorer=diversity --config.reward.pool="$POOLS"
+        --config.reward.cache_dir="$OUT/cache/rewards"
         --config.train.progress=False --config.train.tensorboard=False --config.train.eval_every=100
         "${MODEL[@]}")
 

@@ -204,3 +204,22 @@ def test_phf_agent(lm_params, objective):
         assert "value_head" not in grads
     module, lm = algo.policy(*algo.init(jax.random.PRNGKey(0)))
     assert module is MODEL and jax.tree.structure(lm) == jax.tree.structure(lm_params)
+
+
+def test_phf_trains_on_response_tokens_only(lm_params):
+    """With a prompt/response split, PHF scores only the response tokens (like BC) unless
+    train_on_prompt: changing a prompt-only token target does not change the loss."""
+    batch = toy_batch()
+    batch["token_scores"] = np.full((B, T), 0.001, np.float32)
+    hp = PHFHParams("awr", awr_beta=1.0, normalize_advantage=True)
+    resp = phf_agent.make_algorithm(MODEL, phf_agent.PHFConfig(hp), lm_params, CFG.hidden_size)
+    full = phf_agent.make_algorithm(MODEL, phf_agent.PHFConfig(hp, train_on_prompt=True), lm_params,
+                                    CFG.hidden_size)
+    params, frozen = resp.init(jax.random.PRNGKey(0))
+    m_resp = resp.loss(params, frozen, batch, None)[1]["nll_per_token"]
+    m_full = full.loss(params, frozen, batch, None)[1]["nll_per_token"]
+    want = -(np.asarray(token_logprobs(MODEL.apply({"params": lm_params}, batch["tokens"],
+                                                   batch["attn_mask"]).logits, batch["tokens"]))
+             * batch["response_mask"][:, 1:]).sum() / batch["response_mask"][:, 1:].sum()
+    np.testing.assert_allclose(float(m_resp), want, rtol=1e-4)
+    assert abs(float(m_full) - float(m_resp)) > 1e-4

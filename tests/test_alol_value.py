@@ -13,7 +13,7 @@ from fairjax.data.task import JobRewriteTask
 
 @pytest.mark.slow  # ~25 s on 2 CPU cores (jit of the head fit)
 def test_value_head_learns_a_prompt_dependent_reward(fixtures_dir):
-    from fairjax.models import load
+    from fairjax.io.loader import load
 
     module, params, tok = load(str(Path(fixtures_dir) / "gpt2_tiny" / "hf"))
     rng = np.random.default_rng(0)
@@ -29,3 +29,59 @@ def test_value_head_learns_a_prompt_dependent_reward(fixtures_dir):
     assert np.all(np.sign(values) == np.where(good, 1, -1))
     adv = compute_advantages(values, np.where(good, 1.0, -1.0))
     assert np.abs(adv).mean() < 0.5  # R − V(x) is centred per prompt, R − mean R would be ±1
+
+
+@pytest.mark.slow  # ~1-2 min on 2 CPU cores: BC warm start + V(x) fit + A-LoL steps
+def test_alol_trains_end_to_end_with_a_fitted_value_baseline(tmp_path):
+    """`python -m fairjax.train --config=configs/alol.py`: BC warm start, V(x) fit on the frozen BC
+    reference over the train rewards (diversity, minmax), A = R − V(x) in the batches."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    run = tmp_path / "alol"
+    res = subprocess.run(
+        [sys.executable, "-m", "fairjax.train", "--config=configs/alol.py", f"--config.run_dir={run}",
+         "--config.train.steps=2", "--config.pipeline.bc_steps=2", "--config.alol.value_steps=40",
+         "--config.data.demo_postings=60", "--config.train.progress=False",
+         "--config.train.tensorboard=False", f"--config.reward.cache_dir={tmp_path / 'cache'}"],
+        cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True,
+        timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "[alol] baseline value_head" in res.stdout
+    info = json.loads((run / "alol_value.json").read_text())
+    train = [json.loads(x) for x in open(run / "data" / "rewarded" / "train.jsonl")]
+    assert info["baseline"] == "value_head" and info["n_fit"] == len(train)
+    assert info["value_std"] > 0  # V depends on the posting, unlike the constant baseline
+    r = np.array([t["reward"] for t in train])  # minmax-normalised diversity reward
+    assert r.min() == 0.0 and r.max() == 1.0
+    assert info["advantage_mean"] == pytest.approx(r.mean() - info["value_mean"], abs=1e-4)
+    spec = json.loads((run / "reward_spec.json").read_text())
+    assert spec["scorer"] == "diversity" and spec["normalize"] == "minmax"
+    assert (run / "bc" / "reward_spec.json").is_file()  # the BC warm start: trained on no reward
+    assert json.loads((run / "bc" / "reward_spec.json").read_text())["scorer"] == "none"
+
+
+def test_advantages_in_the_batches():
+    from fairjax.agents.alol import train_advantages, with_advantage
+    from trainer_fixtures import small_config
+
+    class Ep:
+        def __init__(self, r):
+            self.sequence_reward = r
+
+    eps = [Ep(r) for r in (0.0, 1.0, 2.0)]
+    cfg = small_config("alol", **{"alol.baseline": "mean", "alol.reward_transform": "sigmoid"})
+    adv, info = train_advantages(cfg, eps, 0, None)
+    sig = 1 / (1 + np.exp(-np.array([0.0, 1.0, 2.0])))
+    np.testing.assert_allclose(adv, sig - sig.mean(), rtol=1e-5)  # reward_transform honoured
+    fn = with_advantage(lambda items, **kw: {"sequence_reward": np.array(
+        [e.sequence_reward for e in items] + [0.0])}, {id(e): float(a) for e, a in zip(eps, adv)},
+        "sigmoid", info["value_mean"])
+    b = fn(eps[:2] + [Ep(3.0)])  # an eval episode: transform(R) − mean V; then one padding row
+    np.testing.assert_allclose(b["advantage"], [adv[0], adv[1], 1 / (1 + np.exp(-3.0)) - sig.mean(), 0.0],
+                               rtol=1e-5)
+    with pytest.raises(Exception, match="baseline='value_head' needs the reference"):
+        train_advantages(small_config("alol"), eps, 0, None)

@@ -12,7 +12,7 @@ from fairjax.train.build import validate_config
 
 from trainer_fixtures import REPO, load_config
 
-NAMES = ("bc", "ilql", "alol", "phf", "dpo")
+NAMES = ("bc", "ilql", "alol", "phf", "dpo", "grpo", "rloo", "ppo")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -37,7 +37,7 @@ def test_ilql_defaults_are_the_fms_at_work_hackernews_values():
 @pytest.mark.parametrize("key,value,match", [
     ("ilql.tau", 1.5, "expectile"), ("optim.schedule", "cyclic", "optim.schedule"),
     ("optim.batch_size", 0, "optim.batch_size"), ("data.buckets", (64, 32), "buckets"),
-    ("algorithm", "ppo", "algorithm"), ("init.step", "first", "init.step"),
+    ("algorithm", "reinforce", "algorithm"), ("init.step", "first", "init.step"),
     ("mesh.impl", "pmap", "mesh.impl")])
 def test_validate_rejects_bad_values(key, value, match):
     cfg = load_config("ilql")

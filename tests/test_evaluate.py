@@ -53,9 +53,10 @@ def test_rows_in_order_with_all_fields_and_resume(ilql_run, tmp_path):
         assert r["bc"]["adv_sum"] == 0.0 and r["ilql"]["adv_sum"] != 0.0
     assert set(summary["systems"]) == {"original", "bc", "ilql"}
     assert "vs_original" in summary["systems"]["ilql"]
-    # the demo ILQL run trains on the generator's stand-in reward, and the summary says so
-    assert summary["trained_reward"]["scorer"] == "demo_standin"
-    assert "not the diversity reward" in summary["trained_reward"]["note"]
+    # the ILQL run trains on the (standardised) diversity reward it reports; β = 0 is its BC policy
+    assert summary["trained_reward"]["scorer"] == "diversity"
+    assert summary["trained_reward"]["normalize"] == "standardize"
+    assert summary["trained_reward_by_system"]["bc"]["scorer"] == "none"
     assert summary["reported_reward"]["scorer"] == "diversity"
     for name in ("bc", "ilql"):
         s = summary["systems"][name]
@@ -72,7 +73,7 @@ def test_rows_in_order_with_all_fields_and_resume(ilql_run, tmp_path):
     assert {"shuffled_words", "generic_text"} <= set(summary["sanity"])
     assert "US employment-law heuristic" in summary["four_fifths_note"]
     md = (out / E.REPORT_DIR / "report.md").read_text()
-    assert md.index("Verdict:") < md.index("## Appendix") and "Trained reward:** demo_standin" in md
+    assert md.index("Verdict:") < md.index("## Appendix") and "Trained reward:** diversity (standardize)" in md
     assert "### Examples" in md and "### Sanity" in md
     assert (out / E.SUMMARY_FILE).is_file()
     for f in ("report.md", "report.json", "reward_distributions.png", "impact_ratios.png"):

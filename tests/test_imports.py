@@ -15,14 +15,14 @@ PKG = Path(__file__).resolve().parents[1] / "fairjax"
 
 # Lowest first. A module belongs to the longest prefix listed; every module must have one.
 LAYERS: list[tuple[str, ...]] = [
-    ("fairjax", "fairjax.errors"),                                      # leaves
+    ("fairjax", "fairjax.errors", "fairjax.faults"),                    # leaves
     ("fairjax.models",),                                                # Flax modules + registry
     ("fairjax.io",),                                                    # formats, Orbax, load()
     ("fairjax.data", "fairjax.losses", "fairjax.rewards", "fairjax.rewriters",
      "fairjax.optim", "fairjax.parallel", "fairjax.eval", "fairjax.cli"),  # eval: numpy only
     ("fairjax.agents",),                                                # objectives + registry
     ("fairjax.train.loop", "fairjax.generate",
-     "fairjax.agents.online"),                                         # online RL samples: uses generate
+     "fairjax.agents.online", "fairjax.agents.online_objectives"),     # online RL samples: uses generate
     ("fairjax.runs",),                                                  # restore run dirs
     ("fairjax.train", "fairjax.train.build"),                           # config -> objects
     ("fairjax.pipeline", "fairjax.evaluate", "fairjax.score"),

@@ -62,7 +62,7 @@ def _run(rl, steps, policy=None, base=None, snapshot_at=None):
 
 
 @pytest.mark.parametrize("algo,steps,lr,kw", [
-    ("grpo", 12, 3e-2, {}),
+    pytest.param("grpo", 12, 3e-2, {}, marks=pytest.mark.slow),
     pytest.param("rloo", 16, 5e-2, {}, marks=pytest.mark.slow),
     pytest.param("ppo", 12, 1e-2, dict(epochs=2, minibatches=2, ppo=PPOHParams(beta=0.0)),
                  marks=pytest.mark.slow)])
@@ -87,6 +87,7 @@ def test_reward_rises_to_the_toy_optimum(algo, steps, lr, kw):
         assert hist[-1]["updates"] == 4 and np.isfinite(hist[-1]["value_loss"])
 
 
+@pytest.mark.slow
 def test_lora_reference_is_the_base_with_adapters_off():
     base = gpt2.init_params(MCFG, jax.random.PRNGKey(0))
     lcfg = L.LoraConfig(rank=2, alpha=4.0)

@@ -12,7 +12,7 @@ from trainer_fixtures import load_config, small_config
 def test_bc_then_ilql_then_evaluation(tmp_path):
     cfg = small_config("ilql", **{"train.steps": 4, "pipeline.bc_steps": 4,
                                   "pipeline.eval_limit": 4, "pipeline.eval_n_boot": 20,
-                                  "pipeline.adv_weights": (8.0,), "eval.max_new_tokens": 6})
+                                  "pipeline.adv_weights": (8.0,), "pipeline.eval_max_new_tokens": 6})
     out = pipeline.run(cfg, str(tmp_path))
     assert out["bc"].step == 4 and out["train"].step == 4
     saved = json.loads((tmp_path / "config.json").read_text())

@@ -233,3 +233,15 @@ def test_prepare_rewards_bc_and_field_rewards(tmp_path):
     assert json.loads((run / "reward_spec.json").read_text())["scorer"] == "none"
     with pytest.raises(ValueError, match=r"train.jsonl:1: record id 'r0' has no 'reward'"):
         prepare_rewards(_run_cfg(tmp_path, scorer="", normalize="minmax"), run, str(train), None)
+
+
+def test_demo_standin_reward_is_named(tmp_path):
+    from fairjax.rewards.registry import trained_reward
+    from fairjax.rewards.training import prepare_rewards
+
+    train, _ = _data(tmp_path, ["a b"])
+    cfg = _run_cfg(tmp_path, scorer="", normalize="none")
+    cfg.data.train = ""  # the demo corpus: its 'reward' field is the generator's stand-in
+    prepare_rewards(cfg, tmp_path / "run", str(train), None)
+    spec = trained_reward(None, tmp_path / "run")
+    assert spec["scorer"] == "demo_standin" and "stand-in lexical reward" in spec["note"]

@@ -319,7 +319,10 @@ def from_config(cfg: Any) -> ALoLConfig:
     the data hook."""
     choice("alol.algorithm", cfg.alol.algorithm, ALGORITHMS)
     choice("alol.reward_transform", cfg.alol.reward_transform, ("none", "sigmoid"))
-    return config_block(cfg, "alol", ALoLConfig, hparams=ALoLHParams, ignore=("sampling",),
+    choice("alol.baseline", cfg.alol.get("baseline", "mean"), ("value_head", "mean"))
+    return config_block(cfg, "alol", ALoLConfig, hparams=ALoLHParams,
+                        ignore=("sampling", "baseline", "value_steps", "value_lr",
+                                "value_max_examples"),
                         convert={"ppo_clip": lambda v: v if v > 0 else None})
 
 
@@ -333,27 +336,54 @@ def build_lora(cfg: Any, module: nn.Module, model_config, base, lora_cfg) -> Alg
     return lora.alol_algorithm(module, from_config(cfg), base, lora_cfg, model_config.kind)
 
 
-def with_advantage(collate_fn, baseline: float):
-    """Collate wrapper: A-LoL without a fitted value head, advantage = R - mean train reward."""
-    def wrapped(*args, **kwargs):
-        b = collate_fn(*args, **kwargs)
-        b["advantage"] = (np.asarray(b["sequence_reward"], np.float32) - baseline).astype(np.float32)
+def with_advantage(collate_fn, advantage: dict, transform: str, baseline: float):
+    """Collate wrapper: `advantage` [B] from {id(episode): A} for the train episodes; other
+    episodes (the eval split) get transform(R) − `baseline` (the mean train V(x)); padding 0."""
+    def wrapped(items, *args, **kwargs):
+        b = collate_fn(items, *args, **kwargs)
+        r = np.asarray(transform_rewards(jnp.asarray(b["sequence_reward"]), transform))
+        adv = [advantage.get(id(e), float(r[i]) - baseline) for i, e in enumerate(items)]
+        b["advantage"] = np.asarray(adv + [0.0] * (len(r) - len(adv)), np.float32)
         return b
     return wrapped
 
 
-def alol_resample(cfg: Any, episodes: list, baseline: float) -> list:
+def train_advantages(cfg: Any, episodes: list, pad_id: int, reference: Optional[dict]):
+    """A = transform(R) − V(x) per train episode [N] and a report dict: V(x) fit on the frozen
+    reference (`alol.baseline="value_head"`, `alol_value.fit_reference_values`) or the constant
+    mean transformed reward (`"mean"`)."""
+    hp = from_config(cfg).hparams
+    r = np.asarray(transform_rewards(jnp.asarray([e.sequence_reward for e in episodes]),
+                                     hp.reward_transform), np.float32)
+    if cfg.alol.baseline == "mean" or not hp.needs_advantage:
+        return r - r.mean(), {"baseline": "mean", "value_mean": float(r.mean())}
+    if reference is None:
+        raise ConfigError("config.alol.baseline='value_head' needs the reference policy while the "
+                          "data is built (fairjax.train.build passes it); use baseline='mean'")
+    from fairjax.agents.alol_value import fit_reference_values
+
+    a = cfg.alol
+    values, _, info = fit_reference_values(
+        reference["module"], reference["params"], episodes, pad_id, steps=a.value_steps,
+        lr=a.value_lr, seed=cfg.seed, max_examples=a.value_max_examples,
+        reward_transform=hp.reward_transform)
+    return compute_advantages(values, r), {"baseline": "value_head", **info,
+                                           "value_mean": float(values.mean()),
+                                           "value_std": float(values.std())}
+
+
+def alol_resample(cfg: Any, episodes: list, advantage: np.ndarray) -> list:
     """`alol.sampling` (A-LoL's priority sampling, data/alol_sampler.py): "uniform" keeps the data;
-    "good_priority" / "good_random" draw len(episodes) examples with replacement, ∝ A⁺ = max(R −
-    baseline, 0) (∝ R for wbc / r_gold / r_lol) or uniformly over A > 0, seeded by `seed`. The draw
-    is made once and reshuffled every epoch (upstream draws every batch: same distribution per
-    epoch)."""
+    "good_priority" / "good_random" draw len(episodes) examples with replacement, ∝ A⁺ = max(A, 0)
+    with A = transform(R) − V(x) (∝ R for wbc / r_gold / r_lol) or uniformly over A > 0, seeded by
+    `seed`. The draw is made once and reshuffled every epoch (upstream draws every batch: same
+    distribution per epoch)."""
     from fairjax.data.alol_sampler import PrioritySampler
 
     if cfg.alol.sampling == "uniform":
         return episodes
     rewards = np.asarray([e.sequence_reward for e in episodes], np.float64)
-    weights = rewards - baseline if from_config(cfg).hparams.needs_advantage else rewards
+    weights = advantage if from_config(cfg).hparams.needs_advantage else rewards
     try:
         sampler = PrioritySampler(weights, cfg.alol.sampling, seed=cfg.seed)
     except ValueError as e:
@@ -361,17 +391,29 @@ def alol_resample(cfg: Any, episodes: list, baseline: float) -> list:
     return [episodes[int(i)] for i in sampler.sample(len(episodes))]
 
 
-def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
-    """Episodes with rewards; advantage = R - mean train reward; `alol.sampling` resampling."""
+def build_data(cfg: Any, tok, train_path: str, eval_path, trunc, reference: Optional[dict] = None):
+    """Episodes with rewards; A = transform(R) − V(x) (`train_advantages`, reported in
+    RUN_DIR/alol_value.json); `alol.sampling` resampling ∝ A⁺."""
     import functools
+    import json
+    import os
 
     from fairjax.data.episodes import episode_data
     from fairjax.data.layout import collate
 
     def prepare(train_eps):
-        base = float(np.mean([e.sequence_reward for e in train_eps]))
-        fn = with_advantage(functools.partial(collate, pad_id=tok.pad_id, extras=True), base)
-        return alol_resample(cfg, train_eps, base), fn
+        eps = [train_eps[i] for i in range(len(train_eps))]
+        adv, info = train_advantages(cfg, eps, tok.pad_id, reference)
+        if reference is not None and jax.process_index() == 0:
+            with open(os.path.join(reference["run_dir"], "alol_value.json"), "w") as f:
+                json.dump({**info, "advantage_mean": float(adv.mean()),
+                           "advantage_pos_share": float((adv > 0).mean())}, f, indent=1)
+            print(f"[alol] baseline {info['baseline']}: " + ", ".join(
+                f"{k}={v:.4g}" for k, v in info.items() if isinstance(v, float)), flush=True)
+        fn = with_advantage(functools.partial(collate, pad_id=tok.pad_id, extras=True),
+                            {id(e): float(a) for e, a in zip(eps, adv)},
+                            from_config(cfg).hparams.reward_transform, info["value_mean"])
+        return alol_resample(cfg, eps, adv), fn
 
     return episode_data(cfg, tok, train_path, eval_path, trunc, extras=True, prepare=prepare)
 

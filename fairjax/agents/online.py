@@ -39,8 +39,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fairjax.generate import GenerationConfig, Policy, generate, left_pad
 from fairjax.errors import ConfigError
+from fairjax.generate import GenerationConfig, Policy, generate, left_pad
 from fairjax.losses.common import gather_tokens, masked_mean
 from fairjax.losses.grpo import GRPOHParams, group_advantages, grpo_loss_hp, k3_kl
 from fairjax.losses.ppo import PPOHParams, gae, ppo_loss, token_rewards, whiten
@@ -98,10 +98,13 @@ class OnlineConfig:
         return {"grpo": self.grpo.beta, "rloo": self.rloo.beta, "ppo": self.ppo.beta}[self.algo]
 
     def validate(self, data_parallel: int = 1, prefix: str = "online",
-                 batch_key: Optional[str] = None) -> "OnlineConfig":
+                 batch_key: Optional[str] = None, hparams_prefix: Optional[str] = None
+                 ) -> "OnlineConfig":
         """Raise ConfigError naming the offending key (`prefix`.<field>; the batch size as
-        `batch_key`, default `prefix`.batch_size); returns self."""
+        `batch_key`, default `prefix`.batch_size; the loss options as `hparams_prefix`.<field>,
+        default `prefix`.<algo>); returns self."""
         batch_key = batch_key or f"{prefix}.batch_size"
+        hp_key = hparams_prefix or f"{prefix}.{self.algo}"
 
         def bad(key, msg):
             raise ConfigError(f"{prefix}.{key}: {msg}")
@@ -127,8 +130,8 @@ class OnlineConfig:
             bad("minibatches", f"minibatch of {self.rows // self.minibatches} rows is not divisible "
                 f"by the {data_parallel} data-parallel devices")
         if self.beta > 0 and self.reference == "none":
-            bad(f"{self.algo}.beta", f"{self.beta} > 0 needs a reference policy; set "
-                f"{prefix}.reference='initial' or {prefix}.{self.algo}.beta=0")
+            raise ConfigError(f"{hp_key}.beta: {self.beta} > 0 needs a reference policy; set "
+                              f"{prefix}.reference='initial' or {hp_key}.beta=0")
         if self.max_prompt_tokens < 2 or self.max_new_tokens < 1:
             bad("max_prompt_tokens", f"max_prompt_tokens={self.max_prompt_tokens} (>= 2) and "
                 f"max_new_tokens={self.max_new_tokens} (>= 1)")

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax.agents.alol import lm_forward
+from fairjax.agents.alol import lm_forward, target_mask
 from fairjax.agents.base import Algorithm, identity_update
 from fairjax.agents.registry import Objective, choice, config_block, register
 from fairjax.errors import ConfigError
@@ -37,6 +37,7 @@ class PHFConfig:
     hparams: PHFHParams = PHFHParams()
     detach_value_head: bool = False
     train_dropout: bool = False
+    train_on_prompt: bool = False  # False: only response tokens (and </a>) are scored, like BC
 
 
 def init_value_head(hidden_size: int) -> dict:
@@ -64,7 +65,11 @@ def loss_fn(model: nn.Module, cfg: PHFConfig, params: dict, batch: dict,
     if cfg.hparams.objective in ("unlikelihood", "awr", "rwr") and scores is None:
         raise KeyError(f"PHF {cfg.hparams.objective}: batch needs 'token_scores' [B, T] "
                        f"(keys: {sorted(batch)})")
-    return phf_loss(logp, attn[:, 1:] * attn[:, :-1], cfg.hparams, scores, values)
+    mask = attn[:, 1:] * attn[:, :-1]
+    if not cfg.train_on_prompt and ("response_mask" in batch or "action_idxs" in batch):
+        # job episodes: response tokens only; plain LM text (no prompt/response split) keeps all
+        mask = mask * target_mask(batch, tokens.shape[1])  # [B, T-1]
+    return phf_loss(logp, mask, cfg.hparams, scores, values)
 
 
 def make_algorithm(model: nn.Module, cfg: PHFConfig, init: Any, hidden_size: int) -> Algorithm:

@@ -35,6 +35,8 @@ class Objective:
     build_data(cfg, tokenizer, train_path, eval_path, truncation) -> (train iterator, eval
         factory or None, steps per epoch) (None: plain job-posting episodes,
         `fairjax.data.episodes.episode_data`).
+    make_step(cfg, setup, run_dir) -> `loop.Setup.host_step` (None: the loop's compiled step on
+        `Algorithm.loss`; online objectives roll out, score on the host and update here).
     """
 
     name: str
@@ -42,6 +44,7 @@ class Objective:
     build: Callable[..., Any]
     build_lora: Optional[Callable[..., Any]] = None
     build_data: Optional[Callable[..., tuple]] = None
+    make_step: Optional[Callable[..., Any]] = None
 
     def validate(self, cfg: Any) -> None:
         self.agent_config(cfg)

@@ -1,7 +1,8 @@
 """Job-posting episode batches for training: the default `build_data` of an objective.
 
 `episode_data(cfg, tok, train_path, eval_path, trunc, ...)` reads the postings (`data.*` of the
-config), lays them out as episodes (`JobRewriteTask`) and returns
+config: a file or TFDS directory, `fairjax.data.sources`), lays them out as episodes
+(`JobRewriteTask`; a custom task's observations with `data.task`) and returns
 (train BatchIterator over global optimizer steps, eval factory or None, steps per epoch).
 Objectives adapt it with hooks: `select` filters the dataset, `prepare(train_episodes) ->
 (train_episodes, collate_fn)` resamples and/or adds batch fields (A-LoL advantages, PHF token
@@ -13,9 +14,12 @@ from typing import Any, Callable, Optional
 
 import jax
 
+from fairjax.data import sources
 from fairjax.data.batching import BatchIterator
-from fairjax.data.jobs import JobsDataset
-from fairjax.data.task import JobRewriteTask
+from fairjax.data.jobs import DataError, JobsDataset
+from fairjax.data.task import EpisodeDataset, JobRewriteTask
+from fairjax.errors import ConfigError
+from fairjax.rewards.training import NO_REWARD_OBJECTIVES
 
 
 def iterators(cfg: Any, train: list, eval_: Optional[list], **common) -> tuple:
@@ -37,16 +41,30 @@ def episode_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc
                  select: Optional[Callable[[JobsDataset, str], JobsDataset]] = None,
                  prepare: Optional[Callable[[list], tuple[list, Optional[Callable]]]] = None):
     """Episodes of the train (and eval) postings as batch iterators (module docstring)."""
-    def episodes(path):
-        ds = JobsDataset.from_file(path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
-        if select is not None:
-            ds = select(ds, path)
-        return JobRewriteTask(ds).episodes(tok, trunc).prepare()
+    def episodes(path, key):
+        if cfg.data.task:
+            if select is not None:
+                raise ConfigError(f"--config.data.task={cfg.data.task}: this objective selects "
+                                  "job postings by reward (e.g. PHF filtering); a custom task "
+                                  "cannot be filtered, use another objective")
+            eps = EpisodeDataset(tok, sources.task_observations(cfg.data.task, path, cfg),
+                                 truncation=trunc).prepare()
+        else:
+            ds, _ = sources.read_jobs(path, cfg, key)
+            if select is not None:
+                ds = select(ds, path)
+            # BC trains on no reward: postings without one are fine (the layout's reward slot is 0)
+            default = 0.0 if cfg.algorithm in NO_REWARD_OBJECTIVES else None
+            eps = JobRewriteTask(ds, default_reward=default).episodes(tok, trunc).prepare()
+        if len(eps) == 0:
+            raise DataError(f"{path}: no example fits the layout ({eps.stats.report()}); raise "
+                            f"--config.data.max_len (now {cfg.data.max_len})")
+        return eps
 
-    train_eps = episodes(train_path)
+    train_eps = episodes(train_path, "train")
     collate_fn = None
     if prepare is not None:
         train_eps, collate_fn = prepare(train_eps)
-    eval_eps = episodes(eval_path) if eval_path else None
+    eval_eps = episodes(eval_path, "eval") if eval_path else None
     return iterators(cfg, train_eps, eval_eps, pad_id=tok.pad_id, buckets=tuple(cfg.data.buckets),
                      extras=extras, collate_fn=collate_fn)

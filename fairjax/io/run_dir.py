@@ -3,9 +3,11 @@
 Layout (docs/architecture.md):
     RUN_DIR/config.json      resolved config (plain JSON)
     RUN_DIR/config.py        `get_config()` returning the same config: `--config=RUN_DIR/config.py`
+    RUN_DIR/config_history/  <n>.json per launch (+ <n>.diff.json: the keys changed since n-1)
     RUN_DIR/model/           fairjax model dir of the initial policy + tokenizer
     RUN_DIR/checkpoints/<step>/{params,opt_state,frozen,meta,data}   Orbax CheckpointManager
-    RUN_DIR/metrics.jsonl    one JSON object per log/eval line
+    RUN_DIR/metrics.jsonl    one JSON object per log/eval line (no duplicates across resumes)
+    RUN_DIR/summary.json     last step, best step, last metrics, data read counts (kept/skipped)
     RUN_DIR/tb/              TensorBoard event files
     RUN_DIR/data/            the generated demo corpus (when no data paths are configured)
 
@@ -29,6 +31,8 @@ CONFIG_PY = "config.py"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+CONFIG_HISTORY = "config_history"
+SUMMARY_FILE = "summary.json"
 TB_DIR = "tb"
 # Orbax items of one checkpoint.
 ITEMS = ("params", "opt_state", "frozen", "meta", "data")
@@ -53,14 +57,123 @@ def is_run_dir(path: Union[str, os.PathLike]) -> bool:
 
 
 def save_config(config: Any, run_dir: Union[str, os.PathLike]) -> None:
-    """Write config.json and config.py (a relaunchable `get_config()`)."""
+    """Write config.json and config.py (a relaunchable `get_config()`) and record the launch in
+    config_history/ (`record_launch`)."""
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(d, indent=2, sort_keys=True, default=list)
+    record_launch(json.loads(text), run_dir)
     (run_dir / CONFIG_JSON).write_text(text + "\n")
     (run_dir / CONFIG_PY).write_text(_CONFIG_PY_TEMPLATE.format(
         path=run_dir / CONFIG_PY, config=pprint.pformat(d, indent=1, width=100, sort_dicts=True)))
+
+
+def _flat(d: Any, prefix: str = "") -> dict:
+    """{"a.b.c": leaf} of a nested dict (the `--config.a.b.c` spelling of every key)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_diff(old: dict, new: dict) -> dict:
+    """{"a.b": [old, new]} for every key whose value differs (None = absent on that side)."""
+    a, b = _flat(old), _flat(new)
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def record_launch(config: dict, run_dir: Union[str, os.PathLike]) -> Path:
+    """Append launch n to RUN_DIR/config_history/: `<n>.json` = the launch's resolved config,
+    `<n>.diff.json` = {"key": [previous, now]} against launch n-1 (empty for an identical
+    relaunch; launch 0 has no diff). Returns the `<n>.json` path."""
+    hist = Path(run_dir) / CONFIG_HISTORY
+    hist.mkdir(parents=True, exist_ok=True)
+    done = sorted(int(p.stem) for p in hist.glob("*.json") if p.stem.isdigit())
+    n = done[-1] + 1 if done else 0
+    path = hist / f"{n}.json"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if done:
+        previous = json.loads((hist / f"{done[-1]}.json").read_text())
+        (hist / f"{n}.diff.json").write_text(
+            json.dumps(config_diff(previous, config), indent=2, default=list) + "\n")
+    return path
+
+
+def write_summary(run_dir: Union[str, os.PathLike], summary: dict) -> None:
+    """RUN_DIR/summary.json (written at the end of each launch)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def prune_metrics(run_dir: Union[str, os.PathLike], step: int) -> int:
+    """Drop the rows logged after `step` (the checkpoint a run resumes from; 0 = a fresh start)
+    from RUN_DIR/metrics.jsonl and RUN_DIR/tb, so that the steps the resumed run re-executes are
+    not recorded twice. A truncated last line (a crash mid-write) is dropped too. Returns the
+    number of rows dropped."""
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    dropped = 0
+    if path.is_file():
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                ok = int(row["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                keep.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+            os.replace(tmp, path)
+    if (run_dir / TB_DIR).is_dir():
+        dropped += _prune_tb(run_dir / TB_DIR, step)
+    return dropped
+
+
+def read_tb_scalars(tb_dir: Union[str, os.PathLike]) -> list[tuple[str, int, float, float]]:
+    """(tag, step, value, wall_time) of every scalar in the event files of `tb_dir`, file order."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for f in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
+        data, pos = f.read_bytes(), 0
+        while pos + 12 <= len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            payload = data[pos + 12:pos + 12 + n]
+            if len(payload) < n:
+                break  # a record cut by the crash
+            pos += 16 + n
+            ev = event_pb2.Event.FromString(payload)
+            for v in ev.summary.value:
+                out.append((v.tag, int(ev.step), float(v.simple_value), float(ev.wall_time)))
+    return out
+
+
+def _prune_tb(tb_dir: Path, step: int) -> int:
+    """Rewrite the TensorBoard scalars of steps <= `step` into one new event file."""
+    rows = read_tb_scalars(tb_dir)
+    keep = [r for r in rows if r[1] <= step]
+    if len(keep) == len(rows):
+        return 0
+    from tensorboardX import SummaryWriter
+
+    old = list(tb_dir.glob("events.out.tfevents.*"))
+    writer = SummaryWriter(str(tb_dir), filename_suffix=".pruned")
+    for tag, s, value, wall in keep:
+        writer.add_scalar(tag, value, s, walltime=wall)
+    writer.close()
+    for f in old:
+        f.unlink()
+    return len(rows) - len(keep)
 
 
 def load_config(run_dir: Union[str, os.PathLike]):

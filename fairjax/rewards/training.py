@@ -121,6 +121,7 @@ def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_
         out[s] = run_dir / "data" / REWARDED_DIR / f"{s}.jsonl"
         _write_jsonl(out[s], rows)
     _write_json(spec_path, {**spec, "normalize": mode, "normalizer": str(norm_path),
+                            "rewarded": {s: str(p) for s, p in out.items()},
                             "data": {s: os.path.abspath(p) for s, p in splits.items()},
                             "train_reward_raw": {"mean": float(raw["train"].mean()),
                                                  "std": float(raw["train"].std()),
@@ -133,3 +134,24 @@ def _write_json(path: Path, obj: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
+
+
+def rewarded_paths(run_dir: str | os.PathLike, train_path: str, eval_path: Optional[str]
+                   ) -> tuple[str, Optional[str]]:
+    """The paths `prepare_rewards` returned for this run (from RUN_DIR/reward_spec.json): the
+    rewarded copies when it wrote them, else the inputs."""
+    spec_path = Path(run_dir) / RUN_SPEC_FILE
+    done = {}
+    if spec_path.is_file():
+        with open(spec_path, encoding="utf-8") as f:
+            done = json.load(f).get("rewarded", {})
+    return done.get("train", train_path), (done.get("eval", eval_path) if eval_path else None)
+
+
+def record_online_reward(cfg: Any, run_dir: str | os.PathLike, train_path: str) -> None:
+    """RUN_DIR/reward_spec.json of an online objective, which scores its own rollouts with
+    `reward.scorer` during training (no data build, no normalisation statistics)."""
+    default_pool = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
+    spec = reward_spec(cfg.reward, default_pool if os.path.isfile(default_pool) else None)
+    _write_json(Path(run_dir) / RUN_SPEC_FILE,
+                {**spec, "note": "scored on the policy's own rollouts during training"})

@@ -2,14 +2,13 @@
 
 The config file is any `configs/*.py` or a run dir's `config.py` (relaunch / continue a run).
 Unknown keys and wrong types fail while flags are parsed; `fairjax.train.build.validate_config` checks
-ranges and choices before any file is written. Multi-process runs: see launch/*.sh.
+ranges, choices and the data paths before any file is written. User mistakes (bad key, bad data,
+missing or empty file) print one `error:` line naming the flag or file:line and the fix
+(`fairjax.cli`; FAIRJAX_TRACEBACK=1 shows the traceback). Multi-process runs: see launch/*.sh.
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 
@@ -39,21 +38,24 @@ def main(argv: list[str]) -> None:
     from fairjax import parallel
     from fairjax.train.build import validate_config
 
-    validate_config(cfg)
+    validate_config(cfg)  # before the run dir exists: a bad config leaves nothing behind
     parallel.initialize_distributed(cfg.distributed)
-    if not FLAGS.verbose:  # Orbax/JAX INFO lines would drown the metric lines
-        absl_logging.set_verbosity(absl_logging.WARNING)
     from fairjax import pipeline
 
     out = pipeline.run(cfg, FLAGS.run_dir)
     result = out["train"]
     if parallel.is_main_process():
+        skipped = sum(s["skipped"] for s in result.data_stats)
         print(f"done: {result.run_dir} step {result.step} best {result.best_step} "
-              f"eval {result.eval_metrics.get('loss')}", flush=True)
+              f"eval {result.eval_metrics.get('loss')}"
+              + (f" ({skipped} bad data records skipped, see summary.json)" if skipped else ""),
+              flush=True)
         if out["eval"]:
             print(f"fairness report: {out['eval']['report']['markdown']}", flush=True)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, argv=sys.argv)
+    from fairjax import cli
+
+    cli.run(main)  # user mistakes: one `error:` line (exit 2); quiet logs unless --verbose

@@ -19,6 +19,7 @@ from fairjax import parallel
 from fairjax.agents import registry
 from fairjax.agents.base import Algorithm
 from fairjax.agents.registry import build_algorithm, choice
+from fairjax.data import sources
 from fairjax.errors import ConfigError
 from fairjax.io import run_dir as rd
 from fairjax.train.loop import IMPLS, RunResult, Setup, run
@@ -47,12 +48,20 @@ def validate_config(cfg: Any) -> None:
     if cfg.mesh.get("impl") == "shard_map" and cfg.mesh.tensor not in (1, -1):
         raise ConfigError(f"config.mesh.impl='shard_map' runs data and fsdp parallelism; "
                           f"config.mesh.tensor={cfg.mesh.tensor} needs mesh.impl='gspmd'")
+    if cfg.mesh.get("impl") == "shard_map" and spec.make_step is not None:
+        raise ConfigError(f"config.mesh.impl='shard_map' applies to the compiled offline step; "
+                          f"{cfg.algorithm!r} runs its own step (use mesh.impl='gspmd')")
     for name in ("optim.lr", "optim.batch_size", "optim.grad_accum", "train.log_every",
                  "train.keep", "train.eval_batches", "data.max_len"):
         _positive(cfg, name)
     for name in ("optim.weight_decay", "optim.warmup_steps", "train.steps", "train.epochs",
                  "train.eval_every", "train.save_every", "optim.end_lr_ratio"):
         _positive(cfg, name, allow_zero=True)
+    from fairjax.rewards.normalize import MODES
+    from fairjax.rewards.registry import SCORERS
+
+    choice("reward.scorer", cfg.reward.scorer, ("",) + SCORERS)
+    choice("reward.normalize", cfg.reward.normalize, MODES)
     if cfg.train.steps == 0 and cfg.train.epochs == 0:
         raise ConfigError("config.train.steps and config.train.epochs are both 0; set one")
     if not (0.0 <= cfg.optim.b1 < 1.0 and 0.0 <= cfg.optim.b2 < 1.0):
@@ -62,6 +71,7 @@ def validate_config(cfg: Any) -> None:
         raise ConfigError(f"config.data.buckets={buckets}; expected increasing positive lengths")
     if str(cfg.init.step) not in ("best", "latest") and not str(cfg.init.step).isdigit():
         raise ConfigError(f"config.init.step={cfg.init.step!r}; expected best | latest | a step")
+    check_data_config(cfg)
     spec.validate(cfg)
 
 
@@ -81,12 +91,26 @@ def _demo_paths(cfg: Any, run_dir: Path) -> dict:
     return paths
 
 
+def check_data_config(cfg: Any) -> None:
+    """data.train / data.eval exist (a file or a TFDS directory) and data.task imports; a
+    ConfigError naming the flag otherwise (before any file is written)."""
+    for key in ("train", "eval"):
+        p = getattr(cfg.data, key)
+        if p and not os.path.exists(p):
+            raise ConfigError(f"--config.data.{key}={p}: no such file or directory")
+        if p and os.path.isdir(p) and not cfg.data.task and not sources.is_tfds_dir(p):
+            raise ConfigError(f"--config.data.{key}={p}: a directory, but not a prepared TFDS "
+                              "dataset (fairjax.data.tfds_jobs.prepare_jobs); give a JSONL/CSV file")
+    if cfg.data.task:
+        if not cfg.data.train:
+            raise ConfigError(f"--config.data.task={cfg.data.task} needs --config.data.train (the "
+                              "path given to the task's factory)")
+        sources.task_factory(cfg.data.task)
+
+
 def data_paths(cfg: Any, run_dir: Path) -> tuple[str, Optional[str]]:
     if cfg.data.train:
-        for key in ("train", "eval"):
-            p = getattr(cfg.data, key)
-            if p and not os.path.exists(p):
-                raise ConfigError(f"config.data.{key}={p!r}: no such file")
+        check_data_config(cfg)
         return cfg.data.train, (cfg.data.eval or None)
     demo = _demo_paths(cfg, run_dir)
     return demo["train"], (cfg.data.eval or demo["eval"])
@@ -115,30 +139,29 @@ def demo_tokenizer(texts: Sequence[str], vocab_size: int = 1000):
 def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None):
     """(model_config, module, initial LM params, tokenizer) from `cfg.model` (and `cfg.init`).
 
-    A run dir that already has model/ (a resumed run) reloads it, so the tokenizer and initial
-    weights are exactly the first launch's. `demo-tiny` with `init.policy` set takes the BC
-    run's model/ (same tokenizer and base weights)."""
+    A run dir that already has model/ (a relaunch) reloads it, so the tokenizer and initial
+    weights are exactly the first launch's, unless `init.policy` is set: model/ then holds that
+    policy, and the base comes from `model.init` again (`demo-tiny`: the policy run's model/,
+    same tokenizer and base weights)."""
     from fairjax.io.checkpoint import is_model_dir, load_model_dir
     from fairjax.models import build_model as module_for
     from fairjax.runs import load
 
     own = run_dir / rd.MODEL_DIR
     source = None
-    if is_model_dir(own):
-        source = own
-    elif cfg.model.init == "demo-tiny" and cfg.init.policy:
+    if cfg.model.init == "demo-tiny" and cfg.init.policy:
         source = Path(cfg.init.policy) / rd.MODEL_DIR
+    elif is_model_dir(own) and not cfg.init.policy:
+        # With init.policy, own model/ holds that policy, not the base: a relaunch must rebuild
+        # the base from its source as the first launch did (else ILQL's value trunks differ).
+        source = own
     if source is not None:
         mcfg, params, tok = load_model_dir(source, dtype=cfg.model.dtype)
         mcfg = mcfg.replace(remat=cfg.model.remat, attention_impl=cfg.model.attention)
     elif cfg.model.init == "demo-tiny":
-        from fairjax.data.jobs import JobsDataset
         from fairjax.models.gpt2 import PRESETS, init_params
 
-        ds = JobsDataset.from_file(train_path, text_field=cfg.data.text_field,
-                                   on_error=cfg.data.on_error)
-        tok = demo_tokenizer([e.prompt + "\n" + e.response for e in ds],
-                             cfg.model.demo_vocab_size)
+        tok = demo_tokenizer(sources.texts(train_path, cfg), cfg.model.demo_vocab_size)
         mcfg = PRESETS[cfg.model.demo_size].replace(
             vocab_size=len(tok), dtype=cfg.model.dtype, remat=cfg.model.remat,
             attention_impl=cfg.model.attention,
@@ -161,39 +184,70 @@ def _init_policy_params(cfg: Any):
     return params
 
 
-def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str]):
+def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str],
+               reference: Optional[dict] = None):
     """(train BatchIterator over global steps, eval factory or None, steps per epoch): the
     objective's `build_data` hook, else job-posting episodes (`fairjax.data.episodes`)."""
     from fairjax.data.episodes import episode_data
     from fairjax.data.layout import Truncation
 
-    if cfg.reward.scorer:
-        raise ConfigError(f"config.reward.scorer={cfg.reward.scorer!r}: scoring rewards during "
-                          "training is not wired yet; precompute them into the data's 'reward'")
+    spec = registry.get(cfg.algorithm)
     if cfg.reward.field != "reward":
         raise ConfigError(f"config.reward.field={cfg.reward.field!r}: the job reader takes rewards "
                           "from the 'reward' field; rename the field in the data")
     trunc = Truncation(max_len=cfg.data.max_len)
-    spec = registry.get(cfg.algorithm)
     if spec.build_data is not None:
-        return spec.build_data(cfg, tok, train_path, eval_path, trunc)
+        import inspect
+
+        kw = ({"reference": reference}
+              if "reference" in inspect.signature(spec.build_data).parameters else {})
+        return spec.build_data(cfg, tok, train_path, eval_path, trunc, **kw)
     return episode_data(cfg, tok, train_path, eval_path, trunc)
+
+
+def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Optional[str]):
+    """(train path, eval path) carrying the reward the run trains on (`rewards.training`):
+    scored / normalised on process 0, stored in the run dir, read by every process."""
+    from fairjax.rewards.training import prepare_rewards, record_online_reward, rewarded_paths
+
+    online = registry.get(cfg.algorithm).make_step is not None  # scores its rollouts itself
+    if parallel.is_main_process():
+        try:
+            if online:
+                record_online_reward(cfg, run_dir, train_path)
+            else:
+                prepare_rewards(cfg, run_dir, train_path, eval_path, progress=cfg.train.progress)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("fairjax rewards")
+    return rewarded_paths(run_dir, train_path, eval_path)
 
 
 def build_setup(cfg: Any, run_dir: Path) -> Setup:
     """Model, tokenizer, data and objective from the config (see configs/common.py)."""
-    train_path, eval_path = data_paths(cfg, run_dir)
+    train_path, eval_path = training_rewards(cfg, run_dir, *data_paths(cfg, run_dir))
     mcfg, module, params, tok = build_model(cfg, run_dir, train_path)
     policy = _init_policy_params(cfg)
     algorithm = build_algorithm(cfg, module, mcfg, params, policy)
-    train_it, eval_fn, per_epoch = build_data(cfg, tok, train_path, eval_path)
+    # objectives that read the initial policy while building data (A-LoL's V(x)) get it here
+    reference = {"module": module, "params": policy if policy is not None else params,
+                 "run_dir": run_dir}
+    train_it, eval_fn, per_epoch = build_data(cfg, tok, train_path, eval_path, reference)
     gen_fn = None
     if cfg.eval.generate and eval_path:
         gen_fn = make_eval_generate_fn(cfg, run_dir, algorithm, module, tok, eval_path)
-    return Setup(algorithm=algorithm, train_data=train_it, eval_data=eval_fn,
-                 rules=mcfg.partition_rules(), model_config=mcfg, tokenizer=tok,
-                 initial_lm_params=policy if policy is not None else params,
-                 steps_per_epoch=per_epoch, eval_generate_fn=gen_fn)
+    setup = Setup(algorithm=algorithm, train_data=train_it, eval_data=eval_fn,
+                  rules=mcfg.partition_rules(), model_config=mcfg, tokenizer=tok,
+                  initial_lm_params=policy if policy is not None else params,
+                  steps_per_epoch=per_epoch, eval_generate_fn=gen_fn,
+                  data_stats=sources.read_counts(cfg, train_path, eval_path))
+    make_step = registry.get(cfg.algorithm).make_step
+    if make_step is not None:
+        setup.host_step = make_step(cfg, setup, run_dir)
+    return setup
 
 
 def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module, tok,
@@ -203,13 +257,14 @@ def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module,
     the rewrites (`gen_reward`, pool = `reward.pool` or the demo candidates), their length and
     the fraction that ended with `</a>`. Single-process runs only (skipped otherwise)."""
     from fairjax.agents.ilql import ILQLConfig
-    from fairjax.data.jobs import JobsDataset
     from fairjax.generate import GenerationConfig, Policy, generate_texts
     from fairjax.rewards.diversity import DiversityScorer
     from fairjax.rewards.pool import load_pool
 
-    prompts = [e.prompt for e in JobsDataset.from_file(eval_path, text_field=cfg.data.text_field,
-                                                       on_error="skip")][: cfg.eval.num_prompts]
+    skip_cfg = cfg.copy_and_resolve_references()  # unreadable eval lines are skipped here
+    skip_cfg.data.on_error = "skip"
+    ds, _ = sources.read_jobs(eval_path, skip_cfg, "eval", need_reward=False)
+    prompts = [e.prompt for e in ds][: cfg.eval.num_prompts]
     pool_path = cfg.reward.pool or str(run_dir / "data" / "candidates.jsonl")
     if not os.path.isfile(pool_path):
         raise ConfigError(f"config.eval.generate needs a candidate pool: config.reward.pool="

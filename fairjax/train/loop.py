@@ -44,7 +44,7 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from fairjax import parallel
+from fairjax import faults, parallel
 from fairjax.agents.base import Algorithm
 from fairjax.errors import ConfigError
 from fairjax.io import run_dir as rd
@@ -78,7 +78,12 @@ class Setup:
     (regex, PartitionSpec) ending with a catch-all; model_config / tokenizer / initial_lm_params:
     written to RUN_DIR/model (skipped when None); steps_per_epoch: optimizer steps per epoch
     (for `train.epochs`); eval_generate_fn(params, frozen, step) -> metrics dict: optional hook
-    (generation + reward) run at each evaluation on process 0's view.
+    (generation + reward) run at each evaluation on process 0's view; host_step(optimizer, plan)
+    -> step(state, global batch) -> (state, metrics): replaces the compiled step (online RL:
+    rollout, host-side reward, several jitted updates; `fairjax.agents.online_objectives`) with
+    the same state, checkpoints and metrics contract (metrics["finite"] = 0 stops the run);
+    data_stats: one dict per data source (`fairjax.data.sources.SourceStats.to_dict`: path,
+    kept, skipped, line), printed at the start and written to RUN_DIR/summary.json.
     """
 
     algorithm: Algorithm
@@ -90,12 +95,15 @@ class Setup:
     initial_lm_params: Any = None
     steps_per_epoch: Optional[int] = None
     eval_generate_fn: Optional[Callable[[PyTree, PyTree, int], dict]] = None
+    host_step: Optional[Callable[[optax.GradientTransformation, Any], Callable]] = None
+    data_stats: Sequence[dict] = ()
 
 
 @dataclasses.dataclass
 class RunResult:
     """What `train` returns: run_dir, last step, its train metrics, the last eval metrics,
-    best step (by eval loss) and the final (device) state {params, opt_state, frozen, step, rng}."""
+    best step (by eval loss), the final (device) state {params, opt_state, frozen, step, rng} and
+    the data sources' read counts (records kept / skipped)."""
 
     run_dir: Path
     step: int
@@ -103,6 +111,7 @@ class RunResult:
     eval_metrics: dict
     best_step: Optional[int]
     state: dict
+    data_stats: list = dataclasses.field(default_factory=list)
 
 
 # =========================================================================== the step
@@ -408,8 +417,9 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
     schedule = make_schedule(cfg.optim, n_steps)
     plan = StatePlan(setup.algorithm, optimizer, mesh, setup.rules, cfg.seed)
     state_sh = plan.shardings
-    step_fn = compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite,
-                                 impl=cfg.mesh.get("impl", "gspmd"))
+    step_fn = (setup.host_step(optimizer, plan) if setup.host_step is not None else
+               compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite,
+                                  impl=cfg.mesh.get("impl", "gspmd")))
     eval_step = jax.jit(make_eval_step(setup.algorithm),
                         in_shardings=(state_sh["params"], state_sh["frozen"],
                                       parallel.batch_sharding(mesh, 0), parallel.replicated(mesh)))
@@ -430,6 +440,12 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
         if main and setup.model_config is not None and setup.initial_lm_params is not None:
             _save_model_dir(run_dir, setup)
     start = int(jax.device_get(state["step"]))
+    if main:  # rows of the steps this launch re-runs (logged before a crash) are dropped
+        dropped = rd.prune_metrics(run_dir, start)
+        if dropped:
+            _print(f"dropped {dropped} metric rows logged after step {start} by the interrupted run")
+        for stats in setup.data_stats:
+            _print(stats["line"])
     logger = MetricsLogger(run_dir, cfg.train.tensorboard, enabled=main)
     accum = int(cfg.optim.grad_accum)
     bar = _progress(cfg, main, start, n_steps)
@@ -499,7 +515,7 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
                 data_state = setup.train_data.state() if hasattr(setup.train_data, "state") else {}
                 manager.save(step, args=rd.state_items(state, data_state), metrics=ckpt_metrics,
                              force=True)
-            _maybe_inject_fault(step)
+            faults.inject(cfg.algorithm, step, jax.process_index())
         if pending is not None:
             check(pending)
     finally:
@@ -511,8 +527,13 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
         logger.close()
     best = rd.best_step(manager)
     manager.close()
-    return RunResult(run_dir=run_dir, step=int(jax.device_get(state["step"])),
-                     metrics=last_metrics, eval_metrics=eval_metrics, best_step=best, state=state)
+    result = RunResult(run_dir=run_dir, step=int(jax.device_get(state["step"])),
+                       metrics=last_metrics, eval_metrics=eval_metrics, best_step=best,
+                       state=state, data_stats=list(setup.data_stats))
+    if main:
+        rd.write_summary(run_dir, {"step": result.step, "best_step": best, "metrics": last_metrics,
+                                   "eval_metrics": eval_metrics, "data": result.data_stats})
+    return result
 
 
 class _Watchdog:
@@ -541,27 +562,6 @@ class _Watchdog:
                       f"{self.timeout_s:.0f}s after step {self.step} (a peer process probably "
                       "died); exiting", file=sys.stderr, flush=True)
                 os._exit(70)
-
-
-FAULT_ENV = "FAIRJAX_FAULT"
-
-
-def _maybe_inject_fault(step: int) -> None:
-    """Fault injection for the reliability tests: FAIRJAX_FAULT="STEP[:PROCESS[:MODE]]" makes
-    process PROCESS (default 0) die right after optimizer step STEP (and its checkpoint save
-    request, possibly still writing asynchronously): MODE "kill" = SIGKILL (default), "exit" =
-    os._exit(3). Unset in normal runs."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    parts = spec.split(":")
-    if int(parts[0]) != step or (int(parts[1]) if len(parts) > 1 else 0) != jax.process_index():
-        return
-    if (parts[2] if len(parts) > 2 else "kill") == "exit":
-        os._exit(3)
-    import signal
-
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _progress(cfg: Any, main: bool, start: int, n_steps: int):

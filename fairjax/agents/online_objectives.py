@@ -1,0 +1,184 @@
+"""The online objectives `grpo`, `rloo`, `ppo` for `python -m fairjax.train` (registry entries).
+
+`config.<algo>` holds `OnlineConfig`'s fields (group_size, max_prompt_tokens, max_new_tokens,
+temperature, top_k, top_p, epochs, minibatches, reference, value_trunk) and the objective's loss
+options (`GRPOHParams` / `RLOOHParams` / `PPOHParams` fields) side by side; `optim.batch_size` is
+the number of completions per step (prompts × group_size). The reward is `config.reward`
+(`rewards.registry.build_reward_scorer`: diversity / gender_coded / pii / preservation /
+composite), computed on the host each step; preservation terms compare with the original posting.
+
+The train data are the job prompts (`<s>{prompt}</s>`, left-trimmed to max_prompt_tokens); each
+prompt row is repeated group_size times so a step's batch has optim.batch_size rows like every
+other objective. The generic loop (`fairjax.train.loop`) runs `OnlineRL.step` in place of its
+compiled step (`Setup.host_step`) and keeps its checkpoints (params, opt_state, frozen, step,
+rng, data position: a resumed run samples exactly what an uninterrupted one would) and metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from fairjax.agents import online as O
+from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.registry import Objective, register
+from fairjax.errors import ConfigError
+from fairjax.losses.grpo import GRPOHParams
+from fairjax.losses.ppo import PPOHParams
+from fairjax.losses.rloo import RLOOHParams
+
+HPARAMS = {"grpo": GRPOHParams, "rloo": RLOOHParams, "ppo": PPOHParams}
+_TOP = {f.name for f in dataclasses.fields(O.OnlineConfig)} - {"algo", "batch_size", *HPARAMS}
+
+
+def online_config(cfg: Any, algo: str) -> O.OnlineConfig:
+    """`OnlineConfig` from `config.<algo>` + `config.optim.batch_size`; ConfigError naming the key."""
+    block = cfg.get(algo)
+    if block is None:
+        raise ConfigError(f"config.{algo}: missing block (see configs/{algo}.py)")
+    hp_cls = HPARAMS[algo]
+    hp_names = {f.name for f in dataclasses.fields(hp_cls)}
+    top, hp = {}, {}
+    for key, value in block.items():
+        if key in hp_names:
+            hp[key] = None if key == "max_completion_length" and not value else value
+        elif key in _TOP:
+            top[key] = value
+        else:
+            raise ConfigError(f"config.{algo}.{key}: unknown field; {algo} takes "
+                              f"{sorted(hp_names | _TOP)}")
+    if int(cfg.optim.grad_accum) != 1:
+        raise ConfigError(f"config.optim.grad_accum={cfg.optim.grad_accum}: online objectives "
+                          f"take one rollout batch per step (use config.{algo}.minibatches)")
+    try:
+        oc = O.OnlineConfig(algo=algo, batch_size=int(cfg.optim.batch_size),
+                            **{algo: hp_cls(**hp)}, **top)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config.{algo}: {e}") from None
+    return oc.validate(prefix=f"config.{algo}", batch_key="config.optim.batch_size",
+                       hparams_prefix=f"config.{algo}")
+
+
+def _algorithm(cfg, module, policy, parts: O.PolicyParts, base=None, init_policy=None) -> Algorithm:
+    oc = online_config(cfg, cfg.algorithm)
+    parts = dataclasses.replace(parts, reference=oc.reference == "initial")
+
+    def init(rng):
+        import jax
+
+        pol = policy if init_policy is None else init_policy(rng)
+        return O.init_params(parts, oc, pol, jax.random.fold_in(rng, 1), base=base)
+
+    def no_offline_loss(params, frozen, batch, rng):
+        raise ConfigError(f"config.algorithm={cfg.algorithm!r} trains online (OnlineRL.step); "
+                          "it has no offline loss on episode batches")
+
+    return Algorithm(name=cfg.algorithm, init=init, loss=no_offline_loss,
+                     update_frozen=identity_update,
+                     policy=lambda p, f: (module, parts.policy_lm(p, f)))
+
+
+def build(cfg, module, mcfg, base_params, policy_params):
+    return _algorithm(cfg, module, policy_params, O.PolicyParts(module))
+
+
+def build_lora(cfg, module, mcfg, base, lora_cfg):
+    from fairjax.models import lora as L
+
+    kind = mcfg.kind
+    return _algorithm(cfg, module, None, O.PolicyParts(module, lora_scale=lora_cfg.scale),
+                      base=base, init_policy=lambda rng: L.init(base, lora_cfg, kind, rng))
+
+
+class PromptRows:
+    """Prompt rows of the job task, each repeated G times: (ids [L], example index)."""
+
+    def __init__(self, prompts: list, ids: list[str], texts: list[str]):
+        self.prompts, self.ids, self.texts = prompts, ids, texts
+
+    def __len__(self):
+        return len(self.prompts)
+
+    def __getitem__(self, i):
+        return i
+
+
+def build_data(cfg, tok, train_path: str, eval_path: Optional[str], trunc):
+    """(prompt BatchIterator, None, steps per epoch): batches {"prompt_ids", "prompt_mask",
+    "index"} of optim.batch_size rows (P prompts × G, left-padded to max_prompt_tokens)."""
+    import jax
+
+    from fairjax.data import sources
+    from fairjax.data.batching import BatchIterator
+    from fairjax.data.layout import prompt_tokens
+    from fairjax.generate import left_pad
+
+    oc = online_config(cfg, cfg.algorithm)
+    if cfg.data.get("task"):
+        raise ConfigError(f"--config.data.task={cfg.data.task}: the online objectives sample "
+                          "rewrites of job-posting prompts; a custom task is not wired for them")
+    ds, _ = sources.read_jobs(train_path, cfg, "train", need_reward=False)  # file or TFDS dir
+    width = oc.max_prompt_tokens
+    prompts = [prompt_tokens(tok, e.prompt, max_len=width) for e in ds]
+    rows = PromptRows(prompts, [e.id for e in ds], [e.response for e in ds])
+    G = oc.group_size
+
+    def collate(items, **_):
+        idx = np.repeat(np.asarray(items, np.int64), G)
+        ids, mask = left_pad([prompts[i] for i in idx], width, tok.pad_id)
+        return {"prompt_ids": ids, "prompt_mask": mask, "index": idx}
+
+    it = BatchIterator(rows, oc.prompts_per_step, seed=cfg.seed, shuffle=cfg.data.shuffle,
+                       collate_fn=collate, length_fn=lambda i: (len(prompts[i]), 1),
+                       process_index=jax.process_index(), process_count=jax.process_count(),
+                       buckets=None)
+    it.rows = rows
+    return it, None, it.batches_per_epoch()
+
+
+def make_step(cfg, setup, run_dir):
+    """`loop.Setup.host_step` of an online objective: (optimizer, plan) -> step(state, global
+    batch) -> (state, metrics), one `OnlineRL.step` on the batch's prompts."""
+    def host_step(optimizer, plan):
+        import jax
+
+        from fairjax.agents.registry import lora_config
+        from fairjax.models import build_model
+        from fairjax.rewards.registry import build_reward_scorer
+
+        oc = online_config(cfg, cfg.algorithm)
+        room = setup.model_config.max_positions
+        if oc.max_prompt_tokens + oc.max_new_tokens > room:
+            raise ConfigError(f"config.{cfg.algorithm}.max_prompt_tokens={oc.max_prompt_tokens} + "
+                              f"max_new_tokens={oc.max_new_tokens} exceed the model's {room} "
+                              "positions; lower one of them")
+        lora = cfg.get("lora") is not None and cfg.lora.enabled
+        parts = O.PolicyParts(build_model(setup.model_config),
+                              lora_scale=lora_config(cfg).scale if lora else None)
+        demo_pool = os.path.join(str(run_dir), "data", "candidates.jsonl")
+        scorer = build_reward_scorer(cfg.reward, default_pool=demo_pool
+                                     if os.path.isfile(demo_pool) else None)
+        rl = O.OnlineRL(parts, oc, setup.tokenizer, scorer, optimizer, mesh=plan.mesh)
+        rows, G, width = setup.train_data.rows, oc.group_size, oc.max_prompt_tokens
+
+        def step(state, gbatch):
+            b = jax.device_get(gbatch)  # [1, P·G, ...]: every G-th row is a new prompt
+            idx = np.asarray(b["index"]).reshape(-1)[::G]
+            ids = np.asarray(b["prompt_ids"]).reshape(-1, width)[::G]
+            mask = np.asarray(b["prompt_mask"]).reshape(-1, width)[::G]
+            prompts = [r[m > 0] for r, m in zip(ids, mask)]
+            state, metrics, _ = rl.step(state, prompts, [rows.ids[i] for i in idx],
+                                        [rows.texts[i] for i in idx])
+            return state, metrics
+
+        return step
+
+    return host_step
+
+
+for _name in HPARAMS:
+    register(Objective(name=_name, agent_config=lambda cfg, n=_name: online_config(cfg, n),
+                       build=build, build_lora=build_lora, build_data=build_data,
+                       make_step=make_step))

@@ -1,0 +1,104 @@
+"""Trainer inputs and records: metrics/TensorBoard without duplicate rows after a resume, skipped
+records counted, TFDS array_record dirs and custom tasks (`data.task`) as training data."""
+import json
+
+import numpy as np
+import pytest
+
+from fairjax import faults
+from fairjax.data.task import TextObservation
+from fairjax.io import run_dir as rd
+from fairjax.train.build import train
+
+from trainer_fixtures import small_config, toy_setup
+
+
+def _rows(run_dir):
+    rows = [json.loads(line) for line in (run_dir / rd.METRICS_FILE).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in rows]
+
+
+def test_resume_leaves_no_duplicate_metric_rows(tmp_path, monkeypatch):
+    cfg = small_config("bc", **{"train.log_every": 1, "train.save_every": 3, "train.eval_every": 2,
+                                "train.tensorboard": True})
+    train(cfg, tmp_path / "full", setup=toy_setup(cfg))
+    monkeypatch.setenv(faults.FAULT_ENV, "bc@5:0:raise")  # crash after step 5; checkpoint at 3
+    with pytest.raises(faults.InjectedFault):
+        train(cfg, tmp_path / "crash", setup=toy_setup(cfg))
+    assert max(r["step"] for r in _rows(tmp_path / "crash")) == 5
+    monkeypatch.delenv(faults.FAULT_ENV)
+    train(cfg, tmp_path / "crash", setup=toy_setup(cfg))
+    assert _rows(tmp_path / "crash") == _rows(tmp_path / "full")
+    scalars = rd.read_tb_scalars(tmp_path / "crash" / rd.TB_DIR)
+    keys = [(tag, step) for tag, step, _, _ in scalars]
+    assert len(keys) == len(set(keys))
+    assert sorted(keys) == sorted((t, s) for t, s, _, _ in rd.read_tb_scalars(
+        tmp_path / "full" / rd.TB_DIR))
+
+
+def _postings(tmp_path, n_bad=0, n=24):
+    from fairjax.data.demo import write_demo
+
+    write_demo(tmp_path / "demo", n_postings=n, seed=0)
+    lines = (tmp_path / "demo" / "jobs_train.jsonl").read_text().splitlines()
+    lines += ['{"id": "bad%d", "text": 3}' % i for i in range(n_bad)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+TINY = {"train.steps": 2, "train.eval_every": 0, "train.save_every": 2, "optim.batch_size": 4,
+        "data.max_len": 64, "data.buckets": (64,), "model.demo_vocab_size": 300}
+
+
+def test_skipped_records_are_counted_in_log_and_summary(tmp_path, capsys):
+    path = _postings(tmp_path, n_bad=3)
+    cfg = small_config("bc", **TINY, **{"data.train": str(path), "data.on_error": "skip"})
+    res = train(cfg, tmp_path / "run")
+    assert [s["skipped"] for s in res.data_stats] == [3]
+    assert "3 skipped" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / rd.SUMMARY_FILE).read_text())
+    assert summary["data"][0]["skipped"] == 3 and summary["data"][0]["path"] == str(path)
+    assert summary["data"][0]["errors"][0].startswith(f"{path}:")
+
+
+def test_tfds_directory_is_training_data(tmp_path):
+    from fairjax.data.tfds_jobs import JobsBuilderConfig, prepare_jobs
+
+    path = _postings(tmp_path)
+    prepare_jobs(JobsBuilderConfig(name="t", sources={"train": str(path)}), tmp_path / "tfds")
+    a = train(small_config("bc", **TINY, **{"data.train": str(path)}), tmp_path / "a")
+    b = train(small_config("bc", **TINY, **{"data.train": str(tmp_path / "tfds")}), tmp_path / "b")
+    assert b.data_stats[0]["kept"] == a.data_stats[0]["kept"] > 0
+    assert np.isfinite(b.metrics["loss"]) and b.step == 2
+    # TFDS stores the records in its own (hashed) order: same data, so the first loss matches
+    # an epoch-shuffled read only loosely; the examples themselves are identical
+    from fairjax.data import sources
+
+    cfg = small_config("bc", **TINY)
+    ja, _ = sources.read_jobs(str(path), cfg)
+    jb, _ = sources.read_jobs(str(tmp_path / "tfds"), cfg)
+    key = lambda e: e.id  # noqa: E731
+    assert [(e.id, e.prompt, e.response, e.reward) for e in sorted(ja, key=key)] == \
+        [(e.id, e.prompt, e.response, e.reward) for e in sorted(jb, key=key)]
+
+
+def make_task(path, config):
+    """A custom task for `data.task`: each line of `path` is one utterance pair."""
+    lines = [line for line in open(path, encoding="utf-8").read().splitlines() if line]
+    return [TextObservation(((f"Q: {line}", None), (f" A: {line[::-1]}", 1.0 + i % 3)))
+            for i, line in enumerate(lines)]
+
+
+def test_custom_task_plugs_in_through_the_config(tmp_path):
+    path = tmp_path / "qa.txt"
+    path.write_text("\n".join(f"question number {i} about jobs" for i in range(16)) + "\n")
+    cfg = small_config("bc", **TINY, **{"data.train": str(path),
+                                        "data.task": f"{__name__}:make_task"})
+    res = train(cfg, tmp_path / "run")
+    assert res.step == 2 and np.isfinite(res.metrics["loss"])
+    assert res.data_stats[0]["kept"] == 16
+    cfg = small_config("bc", **TINY, **{"data.train": str(path), "data.task": f"{__name__}:nope"})
+    with pytest.raises(ValueError, match="--config.data.task=.*has no callable 'nope'"):
+        train(cfg, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
