@@ -121,7 +121,10 @@ for global_ in (True, False):
     out[f"masked_mean_global={{global_}}"] = np.asarray(f(x, m)).tolist()
 out["masked_mean_ref"] = float((x * m).sum() / m.sum())
 for algo in ("bc", "ilql", "alol"):
-    cfg, alg, rules, it = tf.gpt2_parts({fixtures!r}, algo, tempfile.mkdtemp(), **{{"optim.lr": 3e-4}})
+    # A-LoL with the mean-reward baseline: advantages come with the batch (no value-head fit)
+    extra = {{"alol.baseline": "mean"}} if algo == "alol" else {{}}
+    cfg, alg, rules, it = tf.gpt2_parts({fixtures!r}, algo, tempfile.mkdtemp(),
+                                        **{{"optim.lr": 3e-4, **extra}})
     batches = [next(it) for _ in range(2)]
     ref_l, ref_p = tf.run_steps(cfg, alg, rules, batches, (1, 1, 1), n_steps=2,
                                 devices=jax.devices()[:1])
