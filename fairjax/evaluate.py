@@ -535,7 +535,13 @@ def headline(numbers: dict, meta: dict) -> dict:
 
 def format_summary(summary: dict) -> str:
     tr = summary.get("trained_reward", {})
-    lines = [f"trained reward: {tr.get('scorer')}" + (f" ({tr['note']})" if tr.get("note") else ""),
+    norm = tr.get("normalize")
+    lines = [f"trained reward: {tr.get('scorer')}"
+             + (f", normalize={norm}" if norm and norm != "none" else "")
+             + (f" ({tr['note']})" if tr.get("note") else "")
+             + ("; β = 0 rows: the BC policy, trained on no reward"
+                if any(v.get("scorer") == "none" for v in summary.get("trained_reward_by_system",
+                                                                     {}).values()) else ""),
              f"reported reward: {summary.get('reported_reward', {}).get('scorer', 'diversity')} "
              f"(candidate pool {summary.get('reported_reward', {}).get('pool', '?')})",
              f"{'system':14s} {'reward':>22s} {'IR female':>10s} {'IR male':>8s} "
