@@ -116,6 +116,9 @@ def base_config(algorithm: str) -> ConfigDict:
     c.mesh.data = -1  # data-parallel axis (-1 = all devices left)
     c.mesh.fsdp = 1  # fully-sharded axis (params + batch)
     c.mesh.tensor = 1  # tensor-parallel axis
+    # how the train step runs on the mesh: gspmd (jit + shardings, XLA inserts the collectives) |
+    # shard_map (per-device loss/grad, explicit psum / all_gather / psum_scatter; tensor = 1)
+    c.mesh.impl = "gspmd"
 
     c.distributed = ConfigDict()
     c.distributed.coordinator = ""  # host:port of process 0 ("" = env FAIRJAX_COORDINATOR)

@@ -7,19 +7,13 @@ instead, and large leaves the rules leave fully replicated are sharded over 'fsd
 largest divisible dimension (FSDP fallback). Batches are sharded over ('data', 'fsdp') on the
 batch dimension.
 
-Design decision: the train step is `jax.jit` with `NamedSharding` in/out shardings (GSPMD), NOT
-`jax.shard_map` with an explicit gradient `pmean`. Reasons:
-1. Exact semantics. The objectives take *masked means over the whole batch* (token-level BC/CQL
-   losses divide by the number of real tokens in the batch). Under GSPMD the loss is computed on
-   the logical global batch, so 1 device and N devices compute the same quantity; with
-   shard_map each shard would divide by its own token count and `pmean` of per-shard means is a
-   different (unequally weighted) estimator unless every loss is rewritten as sum/psum(count).
-2. FSDP. With params sharded over 'fsdp', shard_map would need hand-written all-gathers of every
-   layer's weights inside the Flax modules (and reduce-scatters of the grads); GSPMD inserts
-   them from the shardings, per layer, and overlaps them with compute.
-3. Tensor parallelism over 'tensor' falls out of the same partition rules.
-The price is less explicit control of collectives; `tests/test_parallel*.py` checks that 8 fake
-CPU devices (data=8 and data=4 x fsdp=2) reproduce 1-device losses and params.
+The train step (`fairjax.train.loop.compile_train_step`) runs either as `jax.jit` with
+`NamedSharding` in/out shardings (`mesh.impl = "gspmd"`, the default: XLA partitions the
+global-batch step, FSDP all-gathers/reduce-scatters and tensor parallelism come from the
+shardings) or as `jax.shard_map` with explicit collectives (`mesh.impl = "shard_map"`:
+`loop.shard_map_grads`; the losses' batch reductions become global through
+`losses.common.sharded_batch`, so both equal 1 device). docs/parallelism.md has the details;
+`tests/test_parallel.py` checks both on 8 fake CPU devices (data=8 and data=4 x fsdp=2).
 """
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ def test_ilql_defaults_are_the_fms_at_work_hackernews_values():
 @pytest.mark.parametrize("key,value,match", [
     ("ilql.tau", 1.5, "expectile"), ("optim.schedule", "cyclic", "optim.schedule"),
     ("optim.batch_size", 0, "optim.batch_size"), ("data.buckets", (64, 32), "buckets"),
-    ("algorithm", "reinforce", "algorithm"), ("init.step", "first", "init.step")])
+    ("algorithm", "reinforce", "algorithm"), ("init.step", "first", "init.step"),
+    ("mesh.impl", "pmap", "mesh.impl")])
 def test_validate_rejects_bad_values(key, value, match):
     cfg = load_config("ilql")
     node, leaf = cfg, key.split(".")
@@ -45,6 +46,15 @@ def test_validate_rejects_bad_values(key, value, match):
         node = getattr(node, p)
     setattr(node, leaf[-1], value)
     with pytest.raises(ConfigError, match=match):
+        validate_config(cfg)
+
+
+def test_shard_map_impl_is_validated():
+    cfg = load_config("bc")
+    cfg.mesh.impl = "shard_map"
+    validate_config(cfg)
+    cfg.mesh.tensor = 2
+    with pytest.raises(ConfigError, match="mesh.tensor"):
         validate_config(cfg)
 
 

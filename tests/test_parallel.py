@@ -70,18 +70,90 @@ print("RESULT" + json.dumps(out))
 """
 
 
-@pytest.mark.slow
-def test_eight_devices_match_one_device(fixtures_dir):
+def _run_on_eight_devices(script: str, fixtures_dir, timeout: int) -> dict:
+    """Run `script` (formatted with here/fixtures) on 8 fake CPU devices; its RESULT json."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
-    code = _SCRIPT.format(here=str(HERE), fixtures=str(fixtures_dir))
+    code = script.format(here=str(HERE), fixtures=str(fixtures_dir))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=HERE.parent)
+                          timeout=timeout, cwd=HERE.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-    res = json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT"):])
+
+
+@pytest.mark.slow
+def test_eight_devices_match_one_device(fixtures_dir):
+    res = _run_on_eight_devices(_SCRIPT, fixtures_dir, 300)
     assert set(res) == {"bc-(8, 1, 1)", "bc-(4, 2, 1)", "ilql-(8, 1, 1)", "ilql-(4, 2, 1)"}
     for name, r in res.items():
         assert r["losses"][0] != r["losses"][-1], f"{name}: training did not change the loss"
         assert r["loss"] < 1e-5, (name, r)
         assert r["params"] < 1e-5, (name, r)
+
+
+_SHARD_MAP_SCRIPT = """
+import json, sys, tempfile
+sys.path.insert(0, {here!r})
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import PartitionSpec as P
+import trainer_fixtures as tf
+from fairjax import parallel
+from fairjax.losses.common import masked_mean, sharded_batch
+from fairjax.train.loop import StatePlan
+from fairjax.optim import make_optimizer
+from ml_collections import ConfigDict
+assert jax.device_count() == 8, jax.devices()
+out = {{}}
+# the losses' batch reductions: a masked mean with unequal counts per shard is the global one
+x = np.arange(32, dtype=np.float32).reshape(8, 4)
+m = (np.arange(32).reshape(8, 4) % (np.arange(8)[:, None] + 1) == 0).astype(np.float32)
+mesh = parallel.make_mesh(ConfigDict({{"data": 8, "fsdp": 1, "tensor": 1}}))
+def per_device(x, m, global_):
+    if global_:
+        with sharded_batch(("data", "fsdp")):
+            return masked_mean(x, m)[None]
+    return masked_mean(x, m)[None]
+for global_ in (True, False):
+    f = jax.shard_map(lambda a, b: per_device(a, b, global_), mesh=mesh,
+                      in_specs=(P(("data", "fsdp")),) * 2, out_specs=P(("data", "fsdp")),
+                      check_vma=False)
+    out[f"masked_mean_global={{global_}}"] = np.asarray(f(x, m)).tolist()
+out["masked_mean_ref"] = float((x * m).sum() / m.sum())
+for algo in ("bc", "ilql", "alol"):
+    # A-LoL with the mean-reward baseline: advantages come with the batch (no value-head fit)
+    extra = {{"alol.baseline": "mean"}} if algo == "alol" else {{}}
+    cfg, alg, rules, it = tf.gpt2_parts({fixtures!r}, algo, tempfile.mkdtemp(),
+                                        **{{"optim.lr": 3e-4, **extra}})
+    batches = [next(it) for _ in range(2)]
+    ref_l, ref_p = tf.run_steps(cfg, alg, rules, batches, (1, 1, 1), n_steps=2,
+                                devices=jax.devices()[:1])
+    # data=4 x fsdp=2 exercises every collective; pure data=8 once (BC) to keep the test short
+    for shape in (((8, 1, 1), (4, 2, 1)) if algo == "bc" else ((4, 2, 1),)):
+        l, p = tf.run_steps(cfg, alg, rules, batches, shape, n_steps=2, impl="shard_map")
+        mesh = parallel.make_mesh(ConfigDict(dict(zip(("data", "fsdp", "tensor"), shape))))
+        plan = StatePlan(alg, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
+        fsdp = sum("fsdp" in str(s.spec) for s in jax.tree.leaves(plan.shardings["params"]))
+        out[f"{{algo}}-{{shape}}"] = {{"loss": float(np.max(np.abs(l - ref_l) / np.abs(ref_l))),
+                                      "params": tf.max_rel_err(p, ref_p), "fsdp_leaves": fsdp,
+                                      "losses": l.tolist(), "ref": ref_l.tolist()}}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_shard_map_step_matches_one_device(fixtures_dir):
+    """mesh.impl=shard_map (per-device loss/grad, psum / all_gather / psum_scatter) on 8 fake
+    devices, data=8 and data=4 x fsdp=2, equals 1 device for BC, ILQL and A-LoL."""
+    res = _run_on_eight_devices(_SHARD_MAP_SCRIPT, fixtures_dir, 600)
+    ref = res.pop("masked_mean_ref")
+    assert np.allclose(res.pop("masked_mean_global=True"), ref, rtol=1e-6)
+    local = res.pop("masked_mean_global=False")  # per-shard means: what a naive pmean would mix
+    assert not np.allclose(np.mean(local), ref, rtol=1e-3)
+    assert set(res) == {"bc-(8, 1, 1)", "bc-(4, 2, 1)", "ilql-(4, 2, 1)", "alol-(4, 2, 1)"}
+    for name, r in res.items():
+        assert r["losses"][0] != r["losses"][-1], f"{name}: training did not change the loss"
+        assert r["loss"] < 1e-5, (name, r)
+        assert r["params"] < 1e-5, (name, r)
+        if "(4, 2, 1)" in name:
+            assert r["fsdp_leaves"] > 0, f"{name}: no param is sharded over fsdp"

@@ -140,8 +140,9 @@ def gpt2_parts(fixtures_dir, algorithm: str, data_dir, **overrides):
     return cfg, alg, module.config.partition_rules(), train_it
 
 
-def run_steps(cfg, alg, rules, batches, mesh_shape, n_steps=3, devices=None):
-    """n optimizer steps on a mesh (data, fsdp, tensor); returns (losses, params as numpy)."""
+def run_steps(cfg, alg, rules, batches, mesh_shape, n_steps=3, devices=None, impl="gspmd"):
+    """n optimizer steps on a mesh (data, fsdp, tensor) with `mesh.impl` = impl; returns
+    (losses, params as numpy)."""
     from ml_collections import ConfigDict
 
     from fairjax import parallel
@@ -152,7 +153,7 @@ def run_steps(cfg, alg, rules, batches, mesh_shape, n_steps=3, devices=None):
                               devices)
     opt = make_optimizer(cfg.optim, 10)
     plan = StatePlan(alg, opt, mesh, rules, cfg.seed)
-    step = compile_train_step(alg, opt, plan)
+    step = compile_train_step(alg, opt, plan, impl=impl)
     state = plan.init()
     losses = []
     for b in batches[:n_steps]:

@@ -1,7 +1,8 @@
 """Train-step throughput: `python -m fairjax.bench train --algo=ilql --size=small`.
 
-Times the compiled fairjax train step (the trainer's own `compile_train_step`: scan over one
-micro-batch, AdamW, Polyak update) on random weights of a GPT-2 (or, --model=llama, LLaMA) preset with a synthetic batch in
+Times the compiled fairjax train step (the loop's own `compile_train_step`: scan over one
+micro-batch, AdamW, Polyak update), once per `mesh.impl` (gspmd and shard_map, data-parallel over
+all devices), on random weights of a GPT-2 (or, --model=llama, LLaMA) preset with a synthetic batch in
 the ILQL layout (prompt = first half, response = second half; B x T = 8 x 128 by default), and,
 when torch is importable, a plain Hugging Face PyTorch GPT-2 LM step (AdamW) on the same shapes.
 
@@ -50,9 +51,9 @@ def _time(fn, steps: int) -> float:
 
 def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: int,
                  attention: str = "xla", profile_dir: str | None = None, family: str = "gpt2",
-                 remat: str = "none", lora: str | None = None) -> dict:
-    """Time the trainer's compiled step of `algo` (configs/<algo>.py) on random `family/size`
-    weights. lora: None = full fine-tuning; 'none' | 'int8' | 'nf4' = LoRA (rank 16, bf16 base
+                 remat: str = "none", lora: str | None = None, impl: str = "gspmd") -> dict:
+    """Time the loop's compiled step of `algo` (configs/<algo>.py) on random `family/size`
+    weights, on a data-parallel mesh over all devices (`impl` = config `mesh.impl`). lora: None = full fine-tuning; 'none' | 'int8' | 'nf4' = LoRA (rank 16, bf16 base
     stored as given; ILQL = one shared base). Returns step_s, tokens_per_s, flops (XLA cost
     analysis), params_lm and, when the backend reports it, peak_bytes (device memory stats)."""
     from fairjax import parallel
@@ -76,7 +77,7 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
         mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
         opt = make_optimizer(cfg.optim, 1000)
         plan = StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
-        step = compile_train_step(alg, opt, plan)
+        step = compile_train_step(alg, opt, plan, impl=impl)
         state = {"s": plan.init()}
     n_params = sum(x.size for x in jax.tree.leaves(params))
     del params
@@ -137,18 +138,24 @@ def run(FLAGS) -> None:
     res = {"algo": FLAGS.algo, "size": FLAGS.size, "batch": batch, "seq": seq, "dtype": dtype,
            "device": jax.devices()[0].device_kind}
     res["attention"] = getattr(FLAGS, "attention", "xla")
+    res["devices"] = jax.device_count()
     res["fairjax"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps, res["attention"],
                                   getattr(FLAGS, "profile", None), family=FLAGS.model)
+    res["fairjax_shard_map"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps,
+                                            res["attention"], impl="shard_map", family=FLAGS.model)
     peak = next((v for k, v in PEAK_BF16.items() if k in res["device"]), None)
-    if peak and not on_cpu and res["fairjax"]["flops"]:
-        res["fairjax"]["mfu"] = res["fairjax"]["flops"] / res["fairjax"]["step_s"] / peak
+    for key in ("fairjax", "fairjax_shard_map"):
+        if peak and not on_cpu and res[key]["flops"]:
+            res[key]["mfu"] = res[key]["flops"] / res[key]["step_s"] / peak
     if FLAGS.torch:
         res["torch_lm"] = torch_step(FLAGS.size, batch, seq, steps)
     print(f"{FLAGS.algo} {FLAGS.size} {batch}x{seq} {dtype} attention={res['attention']} "
           f"on {res['device']}")
-    f = res["fairjax"]
-    print(f"  fairjax {FLAGS.algo}: {f['step_s']*1e3:.1f} ms/step  {f['tokens_per_s']:.0f} tok/s  "
-          f"{f['flops']/1e12:.2f} TFLOP/step" + (f"  MFU {f['mfu']:.1%}" if "mfu" in f else ""))
+    for key, impl in (("fairjax_shard_map", "shard_map"), ("fairjax", "gspmd")):
+        f = res[key]
+        print(f"  fairjax {FLAGS.algo} mesh.impl={impl} ({res['devices']} devices): "
+              f"{f['step_s']*1e3:.1f} ms/step  {f['tokens_per_s']:.0f} tok/s  "
+              f"{f['flops']/1e12:.2f} TFLOP/step" + (f"  MFU {f['mfu']:.1%}" if "mfu" in f else ""))
     if "profile" in f:
         from fairjax.benchmarks import profile
 

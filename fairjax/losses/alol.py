@@ -43,7 +43,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from fairjax.losses.common import masked_mean
+from fairjax.losses.common import batch_mean, masked_mean
 
 ALGORITHMS = ("nll", "wbc", "r_gold", "r_lol", "a_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl")
 REWARD_TRANSFORMS = ("none", "sigmoid")
@@ -266,7 +266,7 @@ def alol_loss(policy_logprobs: jax.Array,        # [B, T-1] log π(y_{t+1} | ·)
     else:  # pragma: no cover - guarded by ALoLHParams
         raise ValueError(alg)
 
-    loss = jnp.mean(per_ex)
+    loss = batch_mean(per_ex)
     if alg in ("r_lol", "a_lol") and not kl_mode:  # (recomputed ratios are CSE'd under jit)
         rho, raw = sequence_ratio(policy_logprobs, ref_logprobs, mask, hp.ppo_clip)
         metrics.update(_ratio_metrics(rho, raw, jnp.ones_like(raw), hp.ppo_clip))

@@ -22,7 +22,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from fairjax.losses.common import scatter_positions, token_ce
+from fairjax.losses.common import batch_count, batch_sum, scatter_positions, token_ce
 
 NORMALIZATIONS = ("upstream", "per_token")
 
@@ -78,11 +78,11 @@ def weighted_ce_nll(ce: jax.Array,  # [B, T-1] CE(logits_j, tok_{j+1})
     in vocabulary chunks without [B, T, V] logits). Returns (loss, Z)."""
     w = jax.lax.stop_gradient(weights[:, :-1].astype(jnp.float32))  # [B, T-1]
     nxt = attn_mask[:, 1:].astype(jnp.float32)  # [B, T-1]
-    num = jnp.sum(jnp.where(w * nxt != 0, ce * w * nxt, 0.0))
+    num = batch_sum(jnp.sum(jnp.where(w * nxt != 0, ce * w * nxt, 0.0)))
     if normalize == "upstream":
-        z = jnp.sum(nxt)
+        z = batch_count(jnp.sum(nxt))
     elif normalize == "per_token":
-        z = jnp.sum(w * nxt)
+        z = batch_count(jnp.sum(w * nxt))
     else:
         raise ValueError(f"normalize={normalize!r}; expected one of {NORMALIZATIONS}")
     # Upstream divides by the raw count (NaN on an all-pad batch); we guard against 0.
@@ -102,5 +102,5 @@ def bc_loss(logits: jax.Array,  # [B, T, V] float logits, or [B, T-1] per-token 
         loss, z = weighted_ce_nll(logits, attn_mask, w, hp.normalize)
     else:
         loss, z = weighted_token_nll(logits, tokens, attn_mask, w, hp.normalize)
-    n_act = jnp.sum(valid)
+    n_act = batch_count(jnp.sum(valid))
     return loss, {"loss": loss, "token_loss": loss, "n_tokens": z, "n_actions": n_act}

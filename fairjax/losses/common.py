@@ -1,10 +1,53 @@
-"""Small pure helpers shared by the objectives in `fairjax/losses/` (float32 reductions)."""
+"""Small pure helpers shared by the objectives in `fairjax/losses/` (float32 reductions).
+
+Batch reductions under `jax.shard_map` (`mesh.impl = "shard_map"`): while a per-device loss is
+traced inside `sharded_batch(axes)`, `masked_mean` (axis=None), `batch_sum`, `batch_mean` and
+`batch_count` reduce over the GLOBAL batch (psum over the mesh's batch axes): their value is the
+1-device value on every device, their gradient is this device's own term only (Σ_devices of the
+per-device gradients = the global gradient, also through nonlinear functions of the means). Outside
+that context (1 device, GSPMD) they are plain local reductions.
+"""
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import contextvars
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+
+_BATCH_AXES: contextvars.ContextVar[tuple] = contextvars.ContextVar("fairjax_batch_axes",
+                                                                     default=())
+
+
+@contextlib.contextmanager
+def sharded_batch(axes: Sequence[str]):
+    """Trace the losses inside with batch reductions over the mesh axes `axes` (shard_map)."""
+    token = _BATCH_AXES.set(tuple(axes))
+    try:
+        yield
+    finally:
+        _BATCH_AXES.reset(token)
+
+
+def batch_sum(x: jax.Array) -> jax.Array:
+    """A local (this shard's) sum -> the global sum; gradient: the local term (module doc)."""
+    axes = _BATCH_AXES.get()
+    if not axes:
+        return x
+    return x + jax.lax.stop_gradient(jax.lax.psum(x, axes) - x)
+
+
+def batch_count(x: jax.Array) -> jax.Array:
+    """A local count / normaliser -> the global one (no gradient)."""
+    axes = _BATCH_AXES.get()
+    return jax.lax.psum(jax.lax.stop_gradient(x), axes) if axes else x
+
+
+def batch_mean(x: jax.Array) -> jax.Array:
+    """Mean of all entries of `x` [B, ...] over the global batch (float32)."""
+    x = x.astype(jnp.float32)
+    return batch_sum(jnp.sum(x)) / batch_count(jnp.float32(x.size))
 
 
 def masked_sum(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -20,7 +63,10 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis=None, min_count: float = 1.0
     x = x.astype(jnp.float32)
     mask = jnp.broadcast_to(mask.astype(jnp.float32), x.shape)
     num = jnp.sum(x * mask, axis=axis)
-    return num / jnp.maximum(jnp.sum(mask, axis=axis), min_count)
+    count = jnp.sum(mask, axis=axis)
+    if axis is None:  # a batch reduction: global under `sharded_batch`
+        num, count = batch_sum(num), batch_count(count)
+    return num / jnp.maximum(count, min_count)
 
 
 def masked_var(x: jax.Array, mask: jax.Array) -> jax.Array:

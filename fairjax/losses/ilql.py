@@ -33,7 +33,8 @@ import jax.numpy as jnp
 
 from fairjax.losses.bc import (action_token_weights, action_valid_mask, weighted_ce_nll,
                                weighted_token_nll)
-from fairjax.losses.common import gather_positions, gather_tokens, masked_mean, stats
+from fairjax.losses.common import (batch_count, batch_sum, gather_positions, gather_tokens,
+                                   masked_mean, stats)
 from fairjax.losses.vocab import VocabScores, dense_scores
 
 
@@ -230,7 +231,7 @@ def ilql_terms(vs_all, q1_all, q2_all, target_q1, target_q2, policy_logits, batc
 
     acts = select_tokens(tokens, action_idxs)  # [B, A]
     m = action_valid_mask(terminals)  # [B, A]
-    n = jnp.sum(m)
+    n = batch_count(jnp.sum(m))
     vs_all = vs_all.astype(jnp.float32)
     vt, vns = vs_all[:, :-1], vs_all[:, 1:]
     # H x VocabScores (no stacking: no extra [B, A, V] copies); dense scores also give the DM hinge
@@ -258,8 +259,9 @@ def ilql_terms(vs_all, q1_all, q2_all, target_q1, target_q2, policy_logits, batc
     else:  # policy trunk skipped: upstream uses all-zero logits, so CE = log|V| everywhere and
         # its logged token_loss is log|V|·Σ w·attn' / Σ attn' (a constant, no gradient).
         nxt = attn_mask[:, 1:].astype(jnp.float32)
-        out["token_loss"] = (jnp.log(jnp.float32(q_all[0].vocab)) * jnp.sum(weights[:, :-1] * nxt)
-                             / jnp.maximum(jnp.sum(nxt), 1.0))
+        out["token_loss"] = (jnp.log(jnp.float32(q_all[0].vocab))
+                             * batch_sum(jnp.sum(weights[:, :-1] * nxt))
+                             / jnp.maximum(batch_count(jnp.sum(nxt)), 1.0))
     out["awac_loss"] = out["token_loss"]
     out["loss"] = (hp.awac_weight * out["token_loss"] + hp.v_weight * out["v_loss"]
                    + hp.q_weight * out["q_loss"] + hp.cql_weight * out["cql_loss"]

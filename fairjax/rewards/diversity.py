@@ -50,6 +50,8 @@ class DiversityConfig:
     region_target: str = "pool"
     location_filter: bool = False
     chunk_size: int = 1000         # texts per similarity block ([chunk, M] float32 in memory)
+    matching: str = "numpy"        # 'numpy' | 'shard_map' (pool split over the local devices,
+    #                                local top-k + merge: `fairjax.rewards.matching`, large pools)
 
     def __post_init__(self):
         if self.distance not in fairness.DISTANCES:
@@ -59,6 +61,8 @@ class DiversityConfig:
         for a, t in (("gender", self.gender_target), ("region", self.region_target)):
             if t not in TARGETS[a]:
                 raise ValueError(f"{a}_target={t!r}; expected one of {list(TARGETS[a])}")
+        if self.matching not in ("numpy", "shard_map"):
+            raise ValueError(f"matching={self.matching!r}; expected 'numpy' or 'shard_map'")
         for a in self.attributes:
             if a not in TARGETS:
                 raise ValueError(f"attribute {a!r}; expected a subset of {list(TARGETS)}")
@@ -183,12 +187,20 @@ class DiversityScorer:
         top_all = np.zeros((n, k), np.int64)
         valid_all = np.zeros((n, k), bool)
         for s in range(0, n, cfg.chunk_size):
-            sim = emb[s:s + cfg.chunk_size] @ self.pool_emb.T  # [c, M]
-            if cfg.location_filter:
-                sim[~self._location_mask(locations[s:s + cfg.chunk_size])] = -np.inf
-            top = fairness.top_k_indices(sim, k)
+            eligible = (self._location_mask(locations[s:s + cfg.chunk_size])
+                        if cfg.location_filter else None)
+            if cfg.matching == "shard_map":
+                from fairjax.rewards.matching import sharded_top_k
+
+                top, valid = sharded_top_k(emb[s:s + cfg.chunk_size], self.pool_emb, k, eligible)
+            else:
+                sim = emb[s:s + cfg.chunk_size] @ self.pool_emb.T  # [c, M]
+                if eligible is not None:
+                    sim[~eligible] = -np.inf
+                top = fairness.top_k_indices(sim, k)
+                valid = np.isfinite(np.take_along_axis(sim, top, axis=1))
             top_all[s:s + len(top)] = top
-            valid_all[s:s + len(top)] = np.isfinite(np.take_along_axis(sim, top, axis=1))
+            valid_all[s:s + len(top)] = valid
         shares, targets, dist, rates, counts = {}, {}, {}, {}, {}
         total = np.zeros(n)
         for a in self.attrs:

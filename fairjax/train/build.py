@@ -22,7 +22,7 @@ from fairjax.agents.registry import build_algorithm, choice
 from fairjax.data import sources
 from fairjax.errors import ConfigError
 from fairjax.io import run_dir as rd
-from fairjax.train.loop import RunResult, Setup, run
+from fairjax.train.loop import IMPLS, RunResult, Setup, run
 
 PyTree = Any
 
@@ -44,6 +44,13 @@ def validate_config(cfg: Any) -> None:
     choice("model.remat", cfg.model.remat, ("none", "block", "dots"))
     choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
     choice("optim.schedule", cfg.optim.schedule, ("cosine", "linear", "constant"))
+    choice("mesh.impl", cfg.mesh.get("impl", "gspmd"), IMPLS)
+    if cfg.mesh.get("impl") == "shard_map" and cfg.mesh.tensor not in (1, -1):
+        raise ConfigError(f"config.mesh.impl='shard_map' runs data and fsdp parallelism; "
+                          f"config.mesh.tensor={cfg.mesh.tensor} needs mesh.impl='gspmd'")
+    if cfg.mesh.get("impl") == "shard_map" and spec.make_step is not None:
+        raise ConfigError(f"config.mesh.impl='shard_map' applies to the compiled offline step; "
+                          f"{cfg.algorithm!r} runs its own step (use mesh.impl='gspmd')")
     for name in ("optim.lr", "optim.batch_size", "optim.grad_accum", "train.log_every",
                  "train.keep", "train.eval_batches", "data.max_len"):
         _positive(cfg, name)

@@ -28,6 +28,7 @@ frozen, meta {step, rng}, data {iterator state}; keep the `train.keep` latest pl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -127,26 +128,41 @@ def stack_micro(batch: dict, accum: int) -> dict:
     return out
 
 
+def accumulate_grads(algorithm: Algorithm, params: PyTree, frozen: PyTree, batch: dict,
+                     key: jax.Array) -> tuple[PyTree, jax.Array, dict]:
+    """Gradient accumulation: scan `Algorithm.loss` over batch `[accum, b, ...]` (micro-batch i
+    with key fold_in(key, i)); returns (mean grads, mean loss, mean metrics)."""
+    accum = jax.tree.leaves(batch)[0].shape[0]
+    grad_fn = jax.value_and_grad(algorithm.loss, has_aux=True)
+
+    def micro(grads, xs):
+        mb, i = xs
+        (loss, metrics), g = grad_fn(params, frozen, mb, jax.random.fold_in(key, i))
+        return jax.tree.map(jnp.add, grads, g), (loss, metrics)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (losses, metrics) = jax.lax.scan(micro, zeros, (batch, jnp.arange(accum)))
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    metrics = jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32)), metrics)
+    return grads, jnp.mean(losses), metrics
+
+
+GradsFn = Callable[[PyTree, PyTree, dict, jax.Array], tuple[PyTree, jax.Array, dict]]
+
+
 def make_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformation,
-                    check_finite: bool = True) -> Callable[[dict, dict], tuple[dict, dict]]:
-    """Pure step `(state, batch[accum, B, ...]) -> (state, metrics)`; see module docstring."""
+                    check_finite: bool = True, grads_fn: Optional[GradsFn] = None,
+                    ) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """Pure step `(state, batch[accum, B, ...]) -> (state, metrics)`; see module docstring.
+    `grads_fn(params, frozen, batch, key) -> (grads, loss, metrics)`: default `accumulate_grads`
+    on the global batch (GSPMD); `shard_map_grads` for explicit collectives."""
+    if grads_fn is None:
+        grads_fn = functools.partial(accumulate_grads, algorithm)
 
     def step_fn(state: dict, batch: dict) -> tuple[dict, dict]:
         params, frozen = state["params"], state["frozen"]
         key = jax.random.fold_in(state["rng"], state["step"])
-        accum = jax.tree.leaves(batch)[0].shape[0]
-        grad_fn = jax.value_and_grad(algorithm.loss, has_aux=True)
-
-        def micro(grads, xs):
-            mb, i = xs
-            (loss, metrics), g = grad_fn(params, frozen, mb, jax.random.fold_in(key, i))
-            return jax.tree.map(jnp.add, grads, g), (loss, metrics)
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        grads, (losses, metrics) = jax.lax.scan(micro, zeros, (batch, jnp.arange(accum)))
-        grads = jax.tree.map(lambda g: g / accum, grads)
-        metrics = jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32)), metrics)
-        loss = jnp.mean(losses)
+        grads, loss, metrics = grads_fn(params, frozen, batch, key)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
@@ -218,11 +234,76 @@ class StatePlan:
                 "rng": jax.device_put(self.rng, repl)}
 
 
+IMPLS = ("gspmd", "shard_map")
+
+
+def _fsdp_dim(spec: P) -> Optional[int]:
+    """The dimension `spec` shards over 'fsdp' alone (None: not sharded over 'fsdp')."""
+    for i, entry in enumerate(spec):
+        names = entry if isinstance(entry, tuple) else (entry,)
+        if "fsdp" in names:
+            if len(names) > 1:
+                raise ConfigError(f"mesh.impl=shard_map: partition spec {spec} shards one dimension "
+                                  "over 'fsdp' with other axes; use mesh.impl=gspmd")
+            return i
+    return None
+
+
+def shard_map_grads(algorithm: Algorithm, plan: "StatePlan") -> GradsFn:
+    """`grads_fn` of the data-parallel / FSDP step as `jax.shard_map` with explicit collectives.
+
+    Per device: all-gather the 'fsdp'-sharded params and frozen trees (`all_gather`, tiled), run
+    `accumulate_grads` on the device's rows [accum, B / (data·fsdp), ...] with the losses' batch
+    reductions spanning ('data', 'fsdp') (`losses.common.sharded_batch`: global loss value, local
+    gradient term), then reduce the gradients: `psum` over 'data' and `psum_scatter` over 'fsdp'
+    back to each param's shard (`psum` over both for unsharded params); loss and metrics are
+    `pmean`-ed. Needs mesh.tensor == 1. Dropout keys are folded with the device index."""
+    from fairjax.losses.common import sharded_batch
+
+    mesh = plan.mesh
+    if mesh.shape["tensor"] != 1:
+        raise ConfigError(f"mesh.impl=shard_map runs data and fsdp parallelism; mesh.tensor="
+                          f"{mesh.shape['tensor']} needs mesh.impl=gspmd")
+    axes = parallel.BATCH_AXES
+    is_spec = lambda x: isinstance(x, P)  # noqa: E731
+    specs = {k: jax.tree.map(lambda s: s.spec, plan.shardings[k]) for k in ("params", "frozen")}
+
+    def gather(tree, spec_tree):
+        def one(x, spec):
+            d = _fsdp_dim(spec)
+            return x if d is None else jax.lax.all_gather(x, "fsdp", axis=d, tiled=True)
+        return jax.tree.map(one, tree, spec_tree, is_leaf=is_spec)
+
+    def reduce(g, spec):
+        d = _fsdp_dim(spec)
+        if d is None:
+            return jax.lax.psum(g, axes)
+        return jax.lax.psum_scatter(jax.lax.psum(g, "data"), "fsdp", scatter_dimension=d,
+                                    tiled=True)
+
+    def per_device(params, frozen, batch, key):
+        device = jax.lax.axis_index("data") * mesh.shape["fsdp"] + jax.lax.axis_index("fsdp")
+        with sharded_batch(axes):
+            grads, loss, metrics = accumulate_grads(
+                algorithm, gather(params, specs["params"]), gather(frozen, specs["frozen"]),
+                batch, jax.random.fold_in(key, device))
+        grads = jax.tree.map(reduce, grads, specs["params"], is_leaf=is_spec)
+        return grads, jax.lax.pmean(loss, axes), jax.lax.pmean(metrics, axes)
+
+    return jax.shard_map(per_device, mesh=mesh,
+                         in_specs=(specs["params"], specs["frozen"], P(None, axes), P()),
+                         out_specs=(specs["params"], P(), P()), check_vma=False)
+
+
 def compile_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformation,
-                       plan: "StatePlan", check_finite: bool = True):
+                       plan: "StatePlan", check_finite: bool = True, impl: str = "gspmd"):
     """`make_train_step` under jit: state in/out in the plan's shardings (donated), batch
-    `[accum, B, ...]` sharded over ('data', 'fsdp') on B."""
-    return jax.jit(make_train_step(algorithm, optimizer, check_finite),
+    `[accum, B, ...]` sharded over ('data', 'fsdp') on B. `impl` (config `mesh.impl`): "gspmd"
+    (XLA partitions the global-batch step from the shardings) or "shard_map" (`shard_map_grads`)."""
+    if impl not in IMPLS:
+        raise ConfigError(f"config.mesh.impl={impl!r}; expected one of {list(IMPLS)}")
+    grads_fn = shard_map_grads(algorithm, plan) if impl == "shard_map" else None
+    return jax.jit(make_train_step(algorithm, optimizer, check_finite, grads_fn),
                    in_shardings=(plan.shardings, parallel.batch_sharding(plan.mesh, 1)),
                    out_shardings=(plan.shardings, None), donate_argnums=(0,))
 
@@ -337,7 +418,8 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
     plan = StatePlan(setup.algorithm, optimizer, mesh, setup.rules, cfg.seed)
     state_sh = plan.shardings
     step_fn = (setup.host_step(optimizer, plan) if setup.host_step is not None else
-               compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite))
+               compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite,
+                                  impl=cfg.mesh.get("impl", "gspmd")))
     eval_step = jax.jit(make_eval_step(setup.algorithm),
                         in_shardings=(state_sh["params"], state_sh["frozen"],
                                       parallel.batch_sharding(mesh, 0), parallel.replicated(mesh)))
