@@ -53,7 +53,8 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
                  attention: str = "xla", profile_dir: str | None = None, family: str = "gpt2",
                  remat: str = "none", lora: str | None = None, impl: str = "gspmd") -> dict:
     """Time the loop's compiled step of `algo` (configs/<algo>.py) on random `family/size`
-    weights, on a data-parallel mesh over all devices (`impl` = config `mesh.impl`). lora: None = full fine-tuning; 'none' | 'int8' | 'nf4' = LoRA (rank 16, bf16 base
+    weights, on a data-parallel mesh over all devices (`impl` = config `mesh.impl`).
+    lora: None = full fine-tuning; 'none' | 'int8' | 'nf4' = LoRA (rank 16, bf16 base
     stored as given; ILQL = one shared base). Returns step_s, tokens_per_s, flops (XLA cost
     analysis), params_lm and, when the backend reports it, peak_bytes (device memory stats)."""
     from fairjax import parallel
