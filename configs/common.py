@@ -92,6 +92,9 @@ def base_config(algorithm: str) -> ConfigDict:
     c.optim.clip = 1.0  # global-norm gradient clipping; <= 0 disables
     c.optim.batch_size = 8  # GLOBAL micro-batch (rows per forward); divisible by data*fsdp
     c.optim.grad_accum = 1  # micro-batches per optimizer step (paper: bsize 1 x accum 4)
+    # dtype of the trained params in the train state: float32 | bfloat16 (bf16 params, float32
+    # master weights + Adam moments in the optimizer state: fairjax.optim.with_master_weights)
+    c.optim.param_dtype = "float32"
 
     c.train = ConfigDict()
     c.train.steps = 150  # optimizer steps; 0 = derive from `epochs`
@@ -139,6 +142,9 @@ def base_config(algorithm: str) -> ConfigDict:
     c.lora.dropout = 0.0  # recorded in the PEFT export (the merged-kernel form applies none)
     c.lora.targets = ""  # regex on param paths ("" = GPT-2 attn/c_attn, LLaMA q_proj|v_proj)
     c.lora.base_dtype = "float32"  # storage dtype of the frozen base (bfloat16 halves it)
+    # quantised frozen base (qwix): none | int8 (per output channel) | nf4 (QLoRA NormalFloat4,
+    # blocks of 64 inputs); scales in base_dtype, kernels dequantised layer by layer in the step
+    c.lora.quant = "none"
 
     c.init = ConfigDict()
     c.init.policy = ""  # run dir (e.g. a BC run) whose policy initialises this run's policy

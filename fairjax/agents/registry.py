@@ -143,8 +143,7 @@ def lora_config(cfg: Any):
     """`models.lora.LoraConfig` of the config's `lora` block."""
     from fairjax.models.lora import LoraConfig
 
-    return LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                      targets=cfg.lora.targets)
+    return LoraConfig.from_config(cfg.lora)
 
 
 def build_algorithm(cfg: Any, module, model_config, base_params, policy_params=None):

@@ -21,6 +21,8 @@ from fairjax.agents.base import Algorithm
 from fairjax.agents.registry import build_algorithm, choice
 from fairjax.data import sources
 from fairjax.errors import ConfigError
+from fairjax.models.lora import validate as validate_lora
+from fairjax.optim import PARAM_DTYPES, cast_params
 from fairjax.io import run_dir as rd
 from fairjax.train.loop import IMPLS, RunResult, Setup, run
 
@@ -45,6 +47,9 @@ def validate_config(cfg: Any) -> None:
     choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
     choice("optim.schedule", cfg.optim.schedule, ("cosine", "linear", "constant"))
     choice("mesh.impl", cfg.mesh.get("impl", "gspmd"), IMPLS)
+    choice("optim.param_dtype", cfg.optim.get("param_dtype", "float32"), PARAM_DTYPES)
+    if cfg.get("lora") is not None:
+        validate_lora(cfg.lora, "config.lora")  # rank, dropout, quant, base_dtype
     if cfg.mesh.get("impl") == "shard_map" and cfg.mesh.tensor not in (1, -1):
         raise ConfigError(f"config.mesh.impl='shard_map' runs data and fsdp parallelism; "
                           f"config.mesh.tensor={cfg.mesh.tensor} needs mesh.impl='gspmd'")
@@ -231,7 +236,8 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
     train_path, eval_path = training_rewards(cfg, run_dir, *data_paths(cfg, run_dir))
     mcfg, module, params, tok = build_model(cfg, run_dir, train_path)
     policy = _init_policy_params(cfg)
-    algorithm = build_algorithm(cfg, module, mcfg, params, policy)
+    algorithm = with_param_dtype(build_algorithm(cfg, module, mcfg, params, policy),
+                                 cfg.optim.get("param_dtype", "float32"))
     # objectives that read the initial policy while building data (A-LoL's V(x)) get it here
     reference = {"module": module, "params": policy if policy is not None else params,
                  "run_dir": run_dir}
@@ -248,6 +254,21 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
     if make_step is not None:
         setup.host_step = make_step(cfg, setup, run_dir)
     return setup
+
+
+def with_param_dtype(algorithm: Algorithm, param_dtype: str) -> Algorithm:
+    """`algorithm` whose trainable params start in `param_dtype` (`optim.param_dtype`); for
+    bfloat16 the optimizer (`optim.make_optimizer`) keeps float32 master weights. Frozen state
+    is unchanged."""
+    if param_dtype == "float32":
+        return algorithm
+    init = algorithm.init
+
+    def cast_init(rng):
+        params, frozen = init(rng)
+        return cast_params(params, param_dtype), frozen
+
+    return algorithm._replace(init=cast_init)
 
 
 def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module, tok,
@@ -282,10 +303,9 @@ def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module,
             return {}
         if ilql_cfg is not None and cfg.lora.enabled:
             from fairjax.agents.lora import effective_ilql
-            from fairjax.models.lora import LoraConfig
 
             policy = Policy.ilql(module, ilql_cfg, *effective_ilql(
-                ilql_cfg, params, frozen, LoraConfig(cfg.lora.rank, cfg.lora.alpha)))
+                ilql_cfg, params, frozen, registry.lora_config(cfg)))
         elif ilql_cfg is not None:
             policy = Policy.ilql(module, ilql_cfg, params, frozen)
         else:
