@@ -102,3 +102,9 @@ def test_bf16_params_train_with_float32_master_weights(tmp_path):
     moved = [not np.allclose(np.asarray(m), np.asarray(i), atol=1e-6)
              for m, i in zip(jax.tree.leaves(opt.master), jax.tree.leaves(init_params))]
     assert any(moved)
+    # the run restores (evaluate / convert / init.policy read it) with the trained values
+    from fairjax.runs import restore_run
+
+    run = restore_run(tmp_path, "latest")
+    for r, p in zip(jax.tree.leaves(run.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(r, np.float32), np.asarray(p, np.float32))
