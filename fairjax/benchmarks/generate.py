@@ -63,8 +63,7 @@ def torch_generate(algo: str, mcfg, batch: int, new: int, steps: int, adv_weight
     except ImportError:
         return None
     torch.manual_seed(0)
-    hf = GPT2Config(vocab_size=mcfg.vocab_size, n_embd=mcfg.hidden_size, n_layer=mcfg.num_layers,
-                    n_head=mcfg.num_heads, n_positions=mcfg.max_positions)
+    hf = GPT2Config.from_dict(mcfg.to_hf())  # the same shape as the fairjax model
     n_trunks = 3 if algo == "ilql" else 1
     trunks = [GPT2LMHeadModel(hf).eval() for _ in range(n_trunks)]
     d, v = mcfg.hidden_size, mcfg.vocab_size

@@ -117,8 +117,7 @@ def trl_step(mcfg, prompts, hf_tok, new: int, batch: int, group: int, steps: int
     import tempfile
 
     torch.manual_seed(0)
-    hf = GPT2Config(vocab_size=mcfg.vocab_size, n_embd=mcfg.hidden_size, n_layer=mcfg.num_layers,
-                    n_head=mcfg.num_heads, n_positions=mcfg.max_positions)
+    hf = GPT2Config.from_dict(mcfg.to_hf())  # the same shape as the fairjax model
     model = GPT2LMHeadModel(hf)
     if hf_tok.pad_token is None:
         hf_tok.pad_token = hf_tok.eos_token
