@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fairjax import evaluate as E
-from trainer_fixtures import load_config, small_config
+from trainer_fixtures import load_config, set_dotted, small_config
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +25,7 @@ def eval_config(checkpoint, out, **overrides):
     c.limit, c.batch_size, c.chunk_batches, c.n_boot = 6, 4, 1, 50
     c.generation.max_new_tokens = 8
     c.variants = "bc:0,ilql:4"
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    set_dotted(c, overrides)
     c.lock()
     return c
 

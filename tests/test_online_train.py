@@ -11,6 +11,7 @@ import pytest
 
 from fairjax.errors import ConfigError
 from fairjax.train.build import train, validate_config
+from trainer_fixtures import set_dotted
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,12 +32,7 @@ def _config(name="grpo", **over):
     c.data.demo_postings = 40
     c.pipeline.bc_warm_start = False
     c.pipeline.evaluate = False
-    for k, v in over.items():
-        obj = c
-        *path, last = k.split(".")
-        for p in path:
-            obj = obj[p]
-        obj[last] = v
+    set_dotted(c, over)
     c.lock()
     return c
 

@@ -35,12 +35,17 @@ def small_config(name: str = "bc", **overrides):
             "train.async_checkpoint": False, "optim.warmup_steps": 2, "optim.batch_size": 8,
             "optim.lr": 1e-2}
     base.update(overrides)
-    for key, value in base.items():
+    return set_dotted(cfg, base)
+
+
+def set_dotted(cfg, overrides: dict):
+    """Set `{"a.b.c": value}` overrides on a ConfigDict (like `--config.a.b.c=value`)."""
+    for key, value in overrides.items():
         node = cfg
         *parents, leaf = key.split(".")
         for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, value)
+            node = node[p]
+        node[leaf] = value
     return cfg
 
 
