@@ -50,6 +50,9 @@ def base_config(algorithm: str) -> ConfigDict:
     c.data.on_error = "raise"  # bad record: raise (naming file:line) | skip (counted, reported)
     c.data.demo_postings = 240  # size of the generated demo corpus
     c.data.shuffle = True  # shuffle by (seed, epoch)
+    # pack whole train episodes into rows of data.max_len tokens (segment-masked attention,
+    # positions reset per episode; fairjax/data/packing.py): fewer, fuller rows. BC and ILQL.
+    c.data.pack = False
 
     # The reward the objective trains on (docs/data-and-rewards.md). It is computed when the data
     # is built (progress bar, cached by data-file and scorer-settings hash) and named in every
