@@ -193,6 +193,24 @@ def test_bc_loss_and_grads_packed_equal_unpacked(tiny, hp, chunk):
     _assert_tree_close(gp, gu)
 
 
+def test_bc_lora_packed_equals_unpacked(tiny):
+    """The factored LoRA wrapper forwards segment_ids / positions to the base model."""
+    from fairjax.agents.lora import bc_algorithm
+    from fairjax.models.lora import LoraConfig
+
+    module, params, tok = tiny
+    algo = bc_algorithm(module, LMA.LMConfig(vocab_chunk=64), params, LoraConfig(rank=4), "gpt2")
+    p, f = algo.init(jax.random.PRNGKey(0))
+    eps = demo_episodes(tok, 12, seed=4)
+    _, b = _packed(eps, tok.pad_id, 128)
+    u = _unpacked(eps, tok.pad_id, max(e.length for e in eps))
+    loss = lambda q, batch: algo.loss(q, f, batch, None)  # noqa: E731
+    (lp, _), gp = _loss_and_grads(loss, p, b)
+    (lu, _), gu = _loss_and_grads(loss, p, u)
+    np.testing.assert_allclose(float(lp), float(lu), rtol=1e-5)
+    _assert_tree_close(gp, gu)
+
+
 @pytest.mark.parametrize("awac,chunk", [(0.0, 64), (0.5, 0)], ids=["chunked", "awac-dense"])
 def test_ilql_loss_and_grads_packed_equal_unpacked(tiny, awac, chunk):
     module, params, tok = tiny
@@ -239,15 +257,17 @@ def _write_short_postings(path, n, seed=0):
             fh.write(json.dumps(p) + "\n")
 
 
+@pytest.mark.slow  # ~25 s on 2 CPU cores: two data builds (demo BPE) and a 2-step BC run
 def test_bc_trains_on_packed_rows_which_are_fuller(tmp_path):
-    """data.pack=True through `build_data`: fewer, fuller rows per epoch; a BC run trains."""
+    """data.pack=True through `build_data`: fewer, fuller rows per epoch; a BC run trains.
+    (The job prompt template alone is ~250 demo-BPE tokens, so rows of 1024 hold ~3 episodes.)"""
     from fairjax.train.build import build_setup, train
 
     train_path, eval_path = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     _write_short_postings(train_path, 64)
     _write_short_postings(eval_path, 8, seed=1)
-    over = {"data.train": str(train_path), "data.eval": str(eval_path), "data.max_len": 128,
-            "train.steps": 2,
+    over = {"data.train": str(train_path), "data.eval": str(eval_path), "data.max_len": 1024,
+            "data.buckets": (256, 512, 1024), "train.steps": 2,
             "train.eval_every": 0, "train.save_every": 2, "train.log_every": 1,
             "optim.batch_size": 4}
     stats = {}

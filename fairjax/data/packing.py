@@ -36,31 +36,14 @@ from fairjax.data.layout import Episode, collate
 
 
 @dataclass(frozen=True)
-class PackedRow:
-    """Episodes packed into one row (1-D numpy arrays, the `Episode` field names plus two).
+class PackedRow(Episode):
+    """Episodes packed into one row: an `Episode` over the whole row (tokens, response_mask,
+    prompt_mask [L]; state_idxs, terminals [S]; action_idxs, rewards [S-1]; sequence_reward = the
+    episodes' sum) plus segment_ids, positions [L] and `episodes`, the packed episodes' indices."""
 
-    tokens, segment_ids, positions, response_mask, prompt_mask [L]; state_idxs, terminals [S];
-    action_idxs, rewards [S-1]; episodes: indices of the packed episodes in the input order.
-    """
-
-    tokens: np.ndarray
-    segment_ids: np.ndarray
-    positions: np.ndarray
-    state_idxs: np.ndarray
-    action_idxs: np.ndarray
-    rewards: np.ndarray
-    terminals: np.ndarray
-    response_mask: np.ndarray
-    prompt_mask: np.ndarray
-    episodes: tuple
-
-    @property
-    def length(self) -> int:
-        return int(self.tokens.shape[0])
-
-    @property
-    def num_states(self) -> int:
-        return int(self.state_idxs.shape[0])
+    segment_ids: np.ndarray = None
+    positions: np.ndarray = None
+    episodes: tuple = ()
 
 
 def assign_rows(lengths: Sequence[int], max_len: int) -> list[list[int]]:
@@ -115,7 +98,8 @@ def pack_row(episodes: Sequence[Episode], ids: Sequence[int] = ()) -> PackedRow:
                      positions=cat(pos, np.int32), state_idxs=cat(states, np.int32),
                      action_idxs=cat(acts, np.int32), rewards=cat(rews, np.float32),
                      terminals=cat(terms, np.int32), response_mask=cat(resp, np.int32),
-                     prompt_mask=cat(prm, np.int32), episodes=tuple(ids))
+                     prompt_mask=cat(prm, np.int32), episodes=tuple(ids),
+                     sequence_reward=float(sum(e.sequence_reward for e in episodes)))
 
 
 def pack(episodes: Sequence[Episode], max_len: int) -> list[PackedRow]:
