@@ -56,11 +56,12 @@ def episode_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc
             eps = EpisodeDataset(tok, sources.task_observations(cfg.data.task, path, cfg),
                                  truncation=trunc).prepare()
         else:
-            ds, _ = sources.read_jobs(path, cfg, key)
+            # BC trains on no reward: postings without one are fine (the layout's reward slot is 0)
+            no_reward = cfg.algorithm in NO_REWARD_OBJECTIVES
+            ds, _ = sources.read_jobs(path, cfg, key, need_reward=not no_reward)
             if select is not None:
                 ds = select(ds, path)
-            # BC trains on no reward: postings without one are fine (the layout's reward slot is 0)
-            default = 0.0 if cfg.algorithm in NO_REWARD_OBJECTIVES else None
+            default = 0.0 if no_reward else None
             eps = JobRewriteTask(ds, default_reward=default).episodes(tok, trunc).prepare()
         if len(eps) == 0:
             raise DataError(f"{path}: no example fits the layout ({eps.stats.report()}); raise "

@@ -114,9 +114,10 @@ def read_jobs(path: str, cfg: Any, key: str = "train",
     if need_reward:
         missing = [e for e in ds if e.reward is None]
         if missing:
-            where = missing[0].metadata.get("source") or path
-            raise DataError(f"{where}: no 'reward' field ({len(missing)} of {len(ds)} records lack "
-                            f"one); add rewards with `python -m fairjax.score --texts={path} "
+            first = missing[0].id
+            raise DataError(f"{path}: no 'reward' field ({len(missing)} of {len(ds)} records lack "
+                            f"one, first: id {first!r}); train on `--config.reward.scorer=diversity` "
+                            f"(scored when the data is built) or add rewards with `python -m fairjax.score --texts={path} "
                             f"--annotate=OUT.jsonl` and train on OUT.jsonl")
     return ds, stats
 
