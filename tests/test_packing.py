@@ -16,6 +16,7 @@ from fairjax.agents import lm as LMA
 from fairjax.data import packing
 from fairjax.data.demo import make_postings
 from fairjax.data.layout import Truncation, collate, layout
+from fairjax.data.jobs import DataError
 from fairjax.errors import ConfigError
 from fairjax.losses.bc import BCHparams
 from fairjax.losses.ilql import ILQLHparams
@@ -290,3 +291,8 @@ def test_bc_trains_on_packed_rows_which_are_fuller(tmp_path):
     assert stats[True]["fill"] > stats[False]["fill"]
     res = train(small_config("bc", **over, **{"data.pack": True}), tmp_path / "run")
     assert res.step == 2 and np.isfinite(res.metrics["loss"])
+    # fewer packed rows than one step's rows: a DataError naming the keys, not a bare shape error
+    (tmp_path / "big").mkdir()
+    big = small_config("bc", **{**over, "data.pack": True, "optim.batch_size": 48})
+    with pytest.raises(DataError, match=r"data\.pack=True packs \d+ episodes into \d+ rows"):
+        build_setup(big, tmp_path / "big")

@@ -92,6 +92,12 @@ def packed_rows(cfg: Any, eps, pad_id: int, path: str) -> tuple[list, Callable]:
         rows = packing.pack(episodes, cfg.data.max_len)
     except ValueError as e:
         raise DataError(f"{path}: --config.data.pack=True: {e}") from e
+    per_step = cfg.optim.batch_size * cfg.optim.grad_accum
+    if len(rows) < per_step:
+        raise DataError(f"{path}: --config.data.pack=True packs {len(episodes)} episodes into "
+                        f"{len(rows)} rows of {cfg.data.max_len} tokens, fewer than the "
+                        f"{per_step} rows of one step (optim.batch_size * optim.grad_accum); "
+                        "lower optim.batch_size or set data.pack=False")
     buckets = tuple(cfg.data.buckets)
     width = lambda rs: max(bucket_for(r.length, buckets) for r in rs)  # noqa: E731
     logging.info("data.pack: %d episodes -> %d rows of <= %d tokens; real tokens per padded "
