@@ -25,7 +25,7 @@ case "$PROFILE" in
   # p95 posting length (NEW=0: from the data, capped at half the context).
   cpu)   MODEL=(--config.model.demo_size=mini --config.model.demo_vocab_size=4000
                 --config.data.max_len=1024 "--config.data.buckets=(512,768,1024)" --config.optim.batch_size=8)
-         BC=150; RL=80; ONLINE=30; ROLLOUT=(640 384); NEW=0; PROMPT=0; EVAL_BATCH=32 ;;
+         BC=150; RL=60; ONLINE=24; ROLLOUT=(640 384); NEW=0; PROMPT=0; EVAL_BATCH=64 ;;
   gpu)   MODEL=(--config.model.demo_size=small --config.model.demo_vocab_size=8000
                 --config.model.dtype=bfloat16 --config.model.attention=cudnn
                 --config.data.max_len=1024 "--config.data.buckets=(512,768,1024)" --config.optim.batch_size=32)
