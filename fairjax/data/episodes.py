@@ -63,9 +63,14 @@ def episode_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc
         return eps
 
     train_eps = episodes(train_path, "train")
+    layout = {"train": train_eps.stats}
     collate_fn = None
     if prepare is not None:
         train_eps, collate_fn = prepare(train_eps)
     eval_eps = episodes(eval_path, "eval") if eval_path else None
-    return iterators(cfg, train_eps, eval_eps, pad_id=tok.pad_id, buckets=tuple(cfg.data.buckets),
-                     extras=extras, collate_fn=collate_fn)
+    if eval_eps is not None:
+        layout["eval"] = eval_eps.stats
+    out = iterators(cfg, train_eps, eval_eps, pad_id=tok.pad_id, buckets=tuple(cfg.data.buckets),
+                    extras=extras, collate_fn=collate_fn)
+    out[0].layout_stats = layout  # what truncation to data.max_len did, per split (run summary)
+    return out
