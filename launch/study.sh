@@ -55,7 +55,7 @@ python -m fairjax.train --config=configs/alol.py "${COMMON[@]}" --config.train.s
 # original (x10; chrF/100 in [0, 1]) so that deleting the posting does not pay (docs/study.md).
 python -m fairjax.train --config=configs/grpo.py "${COMMON[@]}" --config.train.steps=$ONLINE \
     --config.init.policy="$OUT/bc" --config.pipeline.evaluate=False --config.run_dir="$OUT/grpo" \
-    --config.optim.batch_size=16 --config.grpo.group_size=4 --config.optim.lr=5e-5 \
+    --config.optim.batch_size=16 --config.grpo.group_size=4 --config.optim.lr=1e-4 \
     --config.grpo.max_prompt_tokens=${ROLLOUT[0]} --config.grpo.max_new_tokens=${ROLLOUT[1]} \
     --config.reward.scorer=composite --config.reward.composite.terms=diversity,preservation \
     --config.reward.composite.weights=1,10 --config.reward.preservation.metric=chrf \
