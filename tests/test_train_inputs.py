@@ -10,7 +10,7 @@ from fairjax.data.task import TextObservation
 from fairjax.io import run_dir as rd
 from fairjax.train.build import train
 
-from trainer_fixtures import small_config, toy_setup
+from trainer_fixtures import load_config, small_config, toy_setup
 
 
 def _rows(run_dir):
@@ -76,7 +76,7 @@ def test_default_lengths_keep_every_demo_posting_whole(tmp_path):
     from fairjax.data.demo import write_demo
     from fairjax.train.build import demo_tokenizer
 
-    cfg = small_config("ilql")
+    cfg = load_config("ilql")
     paths = write_demo(tmp_path / "demo", n_postings=cfg.data.demo_postings, seed=cfg.seed)
     tok = demo_tokenizer(sources.texts(str(paths["train"]), cfg), cfg.model.demo_vocab_size)
     for split in ("train", "eval"):
