@@ -69,18 +69,23 @@ def episode_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc
         return eps
 
     train_eps = episodes(train_path, "train")
+    layout = {"train": train_eps.stats}
     collate_fn = None
     if prepare is not None:
         train_eps, collate_fn = prepare(train_eps)
     eval_eps = episodes(eval_path, "eval") if eval_path else None
+    if eval_eps is not None:
+        layout["eval"] = eval_eps.stats
     train_collate = None
     if cfg.data.get("pack", False):
         if extras or collate_fn is not None:
             raise ConfigError(f"--config.data.pack=True: {cfg.algorithm!r} adds per-episode batch "
                               "fields that packed rows do not carry; set data.pack=False")
         train_eps, train_collate = packed_rows(cfg, train_eps, tok.pad_id, train_path)
-    return iterators(cfg, train_eps, eval_eps, pad_id=tok.pad_id, buckets=tuple(cfg.data.buckets),
-                     extras=extras, collate_fn=collate_fn, train_collate_fn=train_collate)
+    out = iterators(cfg, train_eps, eval_eps, pad_id=tok.pad_id, buckets=tuple(cfg.data.buckets),
+                    extras=extras, collate_fn=collate_fn, train_collate_fn=train_collate)
+    out[0].layout_stats = layout  # what truncation to data.max_len did, per split (run summary)
+    return out
 
 
 def packed_rows(cfg: Any, eps, pad_id: int, path: str) -> tuple[list, Callable]:

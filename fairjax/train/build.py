@@ -279,7 +279,8 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
                   rules=mcfg.partition_rules(), model_config=mcfg, tokenizer=tok,
                   initial_lm_params=policy if policy is not None else params,
                   steps_per_epoch=per_epoch, eval_generate_fn=gen_fn,
-                  data_stats=sources.read_counts(cfg, train_path, eval_path))
+                  data_stats=sources.read_counts(cfg, train_path, eval_path,
+                                                 getattr(train_it, "layout_stats", None)))
     make_step = registry.get(cfg.algorithm).make_step
     if make_step is not None:
         setup.host_step = make_step(cfg, setup, run_dir)
