@@ -3,7 +3,7 @@
 # Bias-in-Bios + tech-speaker bios, a GPT-2-shaped model trained from scratch with BC, then ILQL
 # and A-LoL from that BC policy, evaluated on the eval split against the original postings.
 #
-#   bash launch/study.sh cpu     # 2-core CPU budget (mini model, 1024-token context; ~100 min)
+#   bash launch/study.sh cpu     # 2-core CPU budget (mini model, 1024-token context; ~90 min on one free core)
 #   bash launch/study.sh gpu     # one GPU (GPT-2 small shapes, bf16 + cuDNN attention)
 #   bash launch/study.sh smoke   # seconds: checks the commands end to end
 #
@@ -25,7 +25,7 @@ case "$PROFILE" in
   # p95 posting length (NEW=0: from the data, capped at half the context).
   cpu)   MODEL=(--config.model.demo_size=mini --config.model.demo_vocab_size=4000
                 --config.data.max_len=1024 "--config.data.buckets=(512,768,1024)" --config.optim.batch_size=8)
-         BC=150; RL=80; ONLINE=30; ROLLOUT=(640 384); NEW=0; PROMPT=0; EVAL_BATCH=32 ;;
+         BC=150; RL=40; ONLINE=16; ROLLOUT=(640 384); NEW=0; PROMPT=0; EVAL_BATCH=64 ;;
   gpu)   MODEL=(--config.model.demo_size=small --config.model.demo_vocab_size=8000
                 --config.model.dtype=bfloat16 --config.model.attention=cudnn
                 --config.data.max_len=1024 "--config.data.buckets=(512,768,1024)" --config.optim.batch_size=32)
@@ -55,7 +55,7 @@ python -m fairjax.train --config=configs/alol.py "${COMMON[@]}" --config.train.s
 # original (x10; chrF/100 in [0, 1]) so that deleting the posting does not pay (docs/study.md).
 python -m fairjax.train --config=configs/grpo.py "${COMMON[@]}" --config.train.steps=$ONLINE \
     --config.init.policy="$OUT/bc" --config.pipeline.evaluate=False --config.run_dir="$OUT/grpo" \
-    --config.optim.batch_size=16 --config.grpo.group_size=4 --config.optim.lr=5e-5 \
+    --config.optim.batch_size=16 --config.grpo.group_size=4 --config.optim.lr=1e-4 \
     --config.grpo.max_prompt_tokens=${ROLLOUT[0]} --config.grpo.max_new_tokens=${ROLLOUT[1]} \
     --config.reward.scorer=composite --config.reward.composite.terms=diversity,preservation \
     --config.reward.composite.weights=1,10 --config.reward.preservation.metric=chrf \
