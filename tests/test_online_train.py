@@ -62,6 +62,11 @@ def test_grpo_resume_equals_uninterrupted_run(tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r.get("split", "train") == "train"]
     assert train_rows and all("reward/mean" in json.dumps(r) for r in train_rows)
+    for r in train_rows:  # real throughput, not the offline batch count (0 for prompt batches)
+        assert r["tokens_per_s"] > 0 and r["rollout_tokens_per_s"] > 0
+        assert r["update_tokens_per_s"] > 0
+        prompt_tokens = r["tokens"] - 4 * r["completion_length"]  # 4 rows of prompt + completion
+        assert 4 * 3 <= prompt_tokens <= 4 * 48  # <s> x </s> at least, max_prompt_tokens at most
 
 
 @pytest.mark.slow
