@@ -21,8 +21,9 @@ def online_block(c, algo: str):
     """The sampling / update keys every online objective shares (fairjax/agents/online.py)."""
     b = common.ConfigDict()
     b.group_size = 4  # G samples per prompt; must divide optim.batch_size
-    b.max_prompt_tokens = 80  # prompt width (`<s>{prompt}</s>`, trimmed from the left)
-    b.max_new_tokens = 48  # completion length (a rewrite cut here is scored, counted unfinished)
+    # demo prompts (which quote the original) are ~215 tokens (max ~262), its postings ~125 (p95 ~150)
+    b.max_prompt_tokens = 272  # prompt width (`<s>{prompt}</s>`, trimmed from the left)
+    b.max_new_tokens = 160  # completion length (a rewrite cut here is scored, counted unfinished)
     b.temperature = 1.0
     b.top_k = 0  # 0 = off
     b.top_p = 1.0  # 1 = off

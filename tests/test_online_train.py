@@ -30,6 +30,7 @@ def _config(name="grpo", **over):
     c.train.tensorboard = False
     c.train.async_checkpoint = False
     c.data.demo_postings = 40
+    c.data.max_len, c.data.buckets = 128, (64, 128)
     c.pipeline.bc_warm_start = False
     c.pipeline.evaluate = False
     set_dotted(c, over)

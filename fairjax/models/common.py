@@ -93,17 +93,38 @@ def default_position_ids(attention_mask: jax.Array) -> jax.Array:
     return jnp.clip(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def segment_position_ids(segment_ids: jax.Array) -> jax.Array:
+    """Positions that restart at 0 where a packed segment starts: [B, T] int -> [B, T] int32.
+
+    Position j of a row is j − (index of the first token of j's segment); padding (segment 0)
+    continues the count of whatever precedes it (its keys are masked, so it is never read).
+    """
+    t = segment_ids.shape[1]
+    idx = jnp.arange(t, dtype=jnp.int32)[None, :]
+    new = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                           segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)  # [B, T]
+    start = jax.lax.cummax(jnp.where(new, idx, 0), axis=1)  # first index of the current segment
+    return (idx - start).astype(jnp.int32)
+
+
 def attention_mask_and_positions(
     input_ids: jax.Array,  # [B, T]
     attention_mask: Optional[jax.Array],  # [B, T], or [B, S_max] with a cache
     position_ids: Optional[jax.Array],  # [B, T]
     cache: Optional[KVCache],
+    segment_ids: Optional[jax.Array] = None,  # [B, T] int: 1..k per packed episode, 0 = padding
 ) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
     """Boolean attention mask [B, 1, T, S] (key is real AND not in the future), position ids
     [B, T] and the absolute write index (None without cache).
 
     Without a cache S = T. With a cache S = S_max, query t sits at slot `cache.index + t`.
+    With `segment_ids` (packed rows, `fairjax.data.packing`; no cache) a query also sees only
+    keys of its own segment (block-diagonal causal mask) and `position_ids=None` restarts at 0
+    in every segment (`segment_position_ids`).
     """
+    if segment_ids is not None and cache is not None:
+        raise ValueError("segment_ids (packed rows) are for full forwards; decoding with a KV "
+                         "cache runs one episode per row (pass segment_ids=None)")
     b, t = input_ids.shape
     if cache is None:
         s, start = t, None
@@ -119,12 +140,20 @@ def attention_mask_and_positions(
     key_ok = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
     causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
     mask = key_ok & causal[None, None]
+    if segment_ids is not None:
+        if segment_ids.shape != (b, t):
+            raise ValueError(f"segment_ids has shape {segment_ids.shape}, expected {(b, t)} [B, T]")
+        seg = segment_ids.astype(jnp.int32)
+        same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)  # [B, T, S=T]
+        mask = mask & same[:, None]
     # A query with no visible key (a left-padding position) would softmax uniformly over ALL
     # S slots: the full forward's S = T future tokens, a cache's S_max slots (unwritten zeros
     # included), so cached decoding of an all-padding prefill chunk differed from the full
     # forward there. Such a query attends to its own slot instead: the same in both paths.
     own = (jnp.arange(s)[None, :] == q_slot[:, None])[None, None]  # [1, 1, T, S]
     mask = mask | (own & ~mask.any(axis=-1, keepdims=True))
+    if position_ids is None and segment_ids is not None:
+        position_ids = segment_position_ids(segment_ids)
     if position_ids is None:
         pos = default_position_ids(attention_mask)
         position_ids = pos if cache is None else jax.lax.dynamic_slice_in_dim(pos, start, t, axis=1)
@@ -143,6 +172,10 @@ def attention(
 ) -> jax.Array:
     """softmax(q k^T * scale + mask) v with grouped KV heads; scores/softmax in float32.
 
+    `mask` may be any boolean mask (padding, causal, and the block-diagonal segment mask of packed
+    rows): the cuDNN path hands it to `jax.nn.dot_product_attention`, which applies it as an
+    additive bias (no packed-sequence fast path is exposed there, so packing saves padding, not
+    masked attention FLOPs).
     impl: "xla" (the einsum below: exact, materialises the [B, H, T, S] scores), "cudnn" (fused
     flash attention through `jax.nn.dot_product_attention`, GPU bf16/fp16 only) or "auto" (that
     function's own choice). The fused paths take no attention dropout: with dropout active the

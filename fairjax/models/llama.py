@@ -257,17 +257,19 @@ class LlamaBlock(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     """LLaMA LM. Call: (input_ids [B,T], attention_mask [B,T] or [B,S_max] with cache,
-    position_ids [B,T], cache, compute_logits, deterministic) -> LMOutput."""
+    position_ids [B,T], cache, compute_logits, deterministic, segment_ids [B,T] (packed rows:
+    attention stays within a segment, positions restart per segment)) -> LMOutput."""
 
     config: LlamaConfig
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None,
-                 compute_logits: bool = True, deterministic: bool = True) -> LMOutput:
+                 compute_logits: bool = True, deterministic: bool = True,
+                 segment_ids=None) -> LMOutput:
         c = self.config
         dt = common.compute_dtype(c.dtype)
         mask, pos, index = common.attention_mask_and_positions(input_ids, attention_mask,
-                                                               position_ids, cache)
+                                                               position_ids, cache, segment_ids)
         init = nn.initializers.normal(c.initializer_range)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dt, param_dtype=jnp.float32,
                          embedding_init=init, name="embed_tokens")

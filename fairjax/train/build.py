@@ -77,7 +77,37 @@ def validate_config(cfg: Any) -> None:
     if str(cfg.init.step) not in ("best", "latest") and not str(cfg.init.step).isdigit():
         raise ConfigError(f"config.init.step={cfg.init.step!r}; expected best | latest | a step")
     check_data_config(cfg)
+    check_pack_config(cfg)
     spec.validate(cfg)
+
+
+# Objectives whose batches are the plain layout contract, which `fairjax.data.packing` carries
+# over exactly; the others are refused with the reason.
+PACKABLE = ("bc", "ilql")
+_NO_PACK = {
+    "alol": "its batches carry per-episode extras (sequence reward, advantage, importance "
+            "weights over a whole row) that packed rows do not carry",
+    "phf": "its batches carry per-episode token scores / control tokens that packed rows do not "
+           "carry",
+    "dpo": "its batches are chosen/rejected pairs, not episodes",
+}
+
+
+def check_pack_config(cfg: Any) -> None:
+    """`data.pack` is a bool and the objective can train on packed rows (ConfigError otherwise)."""
+    pack = cfg.data.get("pack", False)
+    choice("data.pack", pack, (False, True))
+    if not pack:
+        return
+    if cfg.algorithm not in PACKABLE:
+        why = _NO_PACK.get(cfg.algorithm, "it samples its own rollouts (online RL)")
+        raise ConfigError(f"config.data.pack=True is not supported for algorithm "
+                          f"{cfg.algorithm!r}: {why}; packing is wired for {list(PACKABLE)} "
+                          "(set --config.data.pack=False)")
+    if cfg.algorithm == "ilql" and cfg.ilql.get("mc_returns", False):
+        raise ConfigError("config.data.pack=True with config.ilql.mc_returns=True: Monte-Carlo "
+                          "returns are summed along the whole row and would cross episodes; "
+                          "set one of them to False")
 
 
 # =========================================================================== build from config
@@ -249,7 +279,8 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
                   rules=mcfg.partition_rules(), model_config=mcfg, tokenizer=tok,
                   initial_lm_params=policy if policy is not None else params,
                   steps_per_epoch=per_epoch, eval_generate_fn=gen_fn,
-                  data_stats=sources.read_counts(cfg, train_path, eval_path))
+                  data_stats=sources.read_counts(cfg, train_path, eval_path,
+                                                 getattr(train_it, "layout_stats", None)))
     make_step = registry.get(cfg.algorithm).make_step
     if make_step is not None:
         setup.host_step = make_step(cfg, setup, run_dir)
