@@ -7,7 +7,8 @@ one optimizer step (AdamW), on random weights of a GPT-2 preset with the fixture
 text). fairjax's `agents.online.OnlineRL.step` reports the rollout / scoring / update split; the
 same step is then timed with trl's `GRPOTrainer` (torch, transformers `generate`, same model shape,
 group size, prompt and completion lengths, scorer, dtype, β = 0, one optimizer step per rollout
-batch so neither side runs a separate old-log-prob forward, dropout off) on the same machine in the
+batch so neither side runs a separate old-log-prob forward, dropout and activation checkpointing
+off, as fairjax's benchmark model) on the same machine in the
 same run, and the ratio printed with the load average. The update's FLOPs come from XLA's cost
 analysis; a recompilation between timed steps is an error. torch/trl are imported only in
 `trl_step`.
@@ -161,7 +162,8 @@ def trl_step(mcfg, prompts, hf_tok, new: int, batch: int, group: int, steps: int
         args = GRPOConfig(output_dir=out, per_device_train_batch_size=batch, num_generations=group,
                           max_completion_length=new, max_steps=steps + 1, learning_rate=1e-6,
                           beta=0.0, num_iterations=1, steps_per_generation=1,
-                          gradient_accumulation_steps=1, disable_dropout=True, use_cpu=True, report_to=[], logging_steps=10_000,
+                          gradient_accumulation_steps=1, disable_dropout=True,
+                          gradient_checkpointing=False, use_cpu=True, report_to=[], logging_steps=10_000,
                           save_strategy="no", bf16=False, seed=0, dataloader_num_workers=0,
                           generation_kwargs={"min_new_tokens": new}, shuffle_dataset=False)
         tr = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds,
@@ -206,7 +208,8 @@ def run(FLAGS) -> None:
     print(f"  like for like: both {mcfg.dtype}, beta=0 (no reference forward), 1 optimizer step "
           f"per rollout batch (trl num_iterations=1, steps_per_generation=1: old log-probs = "
           f"detached current, no extra forward), LM head on the completion positions only, "
-          f"dropout off, AdamW, every completion {new} tokens; load average "
+          f"dropout off, no activation checkpointing (trl's GRPOConfig default is on), AdamW, "
+          f"every completion {new} tokens; load average "
           f"{res['loadavg_before'][0]:.1f} before, {res['loadavg_after'][0]:.1f} after "
           f"({os.cpu_count()} CPUs)")
     sp = f["split_s"]
