@@ -76,7 +76,7 @@ def test_grpo_pipeline_bc_then_grpo_then_evaluation(tmp_path):
 
     cfg = _config(**{"train.steps": 2, "pipeline.bc_warm_start": True, "pipeline.bc_steps": 4,
                      "pipeline.evaluate": True, "pipeline.eval_limit": 4,
-                     "pipeline.eval_n_boot": 20, "eval.max_new_tokens": 8})
+                     "pipeline.eval_n_boot": 20, "pipeline.eval_max_new_tokens": 8})
     out = pipeline.run(cfg, str(tmp_path / "grpo"))
     assert out["bc"] is not None and out["train"].step == 2
     summary = json.loads((tmp_path / "grpo" / "eval" / "summary.json").read_text())
