@@ -60,6 +60,9 @@ def pipeline(c, bc_steps: int = 300):
     c.pipeline.eval_limit = 0
     c.pipeline.eval_pools = ""
     c.pipeline.eval_n_boot = 1000
+    # rewrite length of the evaluation (0 = p95 of the eval postings' token lengths, capped at half
+    # of the model's context so the prompt keeps the quoted original)
+    c.pipeline.eval_max_new_tokens = 0
     c.stages = common.ConfigDict()
     c.stages.bc = common.stage(common.sibling("bc").get_config())
     c.stages.eval = common.sibling("eval").get_config()

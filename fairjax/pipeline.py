@@ -74,7 +74,7 @@ def eval_config(cfg: Any, run_dir: Path):
     ev.seed = cfg.seed
     ev.limit = p.eval_limit
     # 0 = from the eval postings' lengths, capped at half the context (configs/ilql.py)
-    ev.generation.max_new_tokens = p.get("eval_max_new_tokens", cfg.eval.max_new_tokens)
+    ev.generation.max_new_tokens = p.get("eval_max_new_tokens", 0)
     if cfg.algorithm == "ilql":
         weights = [float(w) for w in p.adv_weights]
         ev.variants = ",".join(["bc:0"] + [f"ilql_b{w:g}:{w:g}" for w in weights if w > 0])
