@@ -60,9 +60,10 @@ def _lora_quant(algo: str):
         L.LoraConfig = orig
 
 
-def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
-             remat: str) -> dict:
-    """Memory analysis (bytes) of one compiled train step of `algo` on preset `family/size`."""
+def compile_step(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
+                 remat: str):
+    """(compiled train step, abstract state) of `algo` on preset `family/size`: abstract shapes
+    only (`jax.eval_shape`), nothing is allocated; the step donates its state."""
     from fairjax.agents.registry import build_algorithm
     from fairjax.benchmarks.forward import FAMILIES, make_config
     from fairjax.benchmarks.train import synthetic_batch
@@ -96,7 +97,16 @@ def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str
         b["advantage"] = jax.ShapeDtypeStruct((1, batch), jnp.float32)
         b["prompt_mask"] = jax.ShapeDtypeStruct((1, batch, seq), jnp.float32)
     step = jax.jit(make_train_step(algorithm, optimizer), donate_argnums=(0,))
-    m = step.lower(state, b).compile().memory_analysis()
+    return step.lower(state, b).compile(), state
+
+
+def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
+             remat: str, breakdown: bool = False) -> dict:
+    """Memory analysis (bytes) of one compiled train step of `algo` on preset `family/size`;
+    with `breakdown`, also its per-category split (benchmarks/breakdown.py) under "breakdown"."""
+    compiled, state = compile_step(family, size, algo, batch, seq, dtype, remat)
+    params, frozen = state["params"], state["frozen"]
+    m = compiled.memory_analysis()
     n = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))  # noqa: E731
     out = {"algo": algo, "params_bytes": n(params), "frozen_bytes": n(frozen),
            "opt_state_bytes": n(state["opt_state"])}
@@ -105,6 +115,12 @@ def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str
                    output_bytes=m.output_size_in_bytes, alias_bytes=m.alias_size_in_bytes)
         out["peak_estimate_bytes"] = (m.argument_size_in_bytes + m.temp_size_in_bytes
                                       + m.output_size_in_bytes - m.alias_size_in_bytes)
+    if breakdown:
+        from fairjax.benchmarks import breakdown as bd
+        from fairjax.benchmarks.forward import make_config
+
+        out["breakdown"] = bd.analyze(compiled, bd.vocab_dims(make_config(family, size,
+                                                                           dtype).vocab_size))
     return out
 
 
@@ -120,7 +136,8 @@ def run(FLAGS) -> None:
              if FLAGS.algo == "all"
              else (FLAGS.algo,))
     remat = getattr(FLAGS, "remat", None) or "block"
-    rows = [estimate(FLAGS.model, FLAGS.size, a, batch, seq, dtype, remat) for a in algos]
+    brk = bool(getattr(FLAGS, "breakdown", False))
+    rows = [estimate(FLAGS.model, FLAGS.size, a, batch, seq, dtype, remat, brk) for a in algos]
     print(f"train-step memory {FLAGS.model}-{FLAGS.size} batch {batch} x {seq} {dtype} "
           f"remat={remat}, one device holding the whole state (AdamW, float32 params)")
     print(f"  {'algo':11s} {'params':>9s} {'frozen':>9s} {'adam':>9s} {'args':>9s} {'temps':>9s} "
@@ -130,6 +147,11 @@ def run(FLAGS) -> None:
         print(f"  {r['algo']:11s} {g('params_bytes'):8.2f}G {g('frozen_bytes'):8.2f}G "
               f"{g('opt_state_bytes'):8.2f}G {g('argument_bytes'):8.2f}G {g('temp_bytes'):8.2f}G "
               f"{g('peak_estimate_bytes'):9.2f}G")
+    if brk:
+        from fairjax.benchmarks import breakdown as bd
+
+        for r in rows:
+            bd.print_breakdown(r["algo"], r["breakdown"])
     peak = measured_peak()
     print(f"  measured peak on {jax.devices()[0].device_kind}: "
           + (f"{peak / GIB:.2f} GiB" if peak else "n/a (backend reports no memory stats)"))
