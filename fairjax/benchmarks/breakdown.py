@@ -18,7 +18,9 @@
 
 Each instruction's category comes from its `op_name` metadata (the JAX name stack: Flax module
 paths, `transpose(jvp(...))` for the backward, `while/body` for the trainer's micro-batch scan) and
-its shapes; the first rule that matches wins (`classify`). The totals are checked against XLA's own
+its shapes; the first rule that matches wins (`classify`). An instruction without a name stack
+(XLA:CPU fusions rooted at a convert, layout copies) takes the category of the dot it fuses, else
+of its fused ops, else of its producer (`Breakdown._cls`). The totals are checked against XLA's own
 `cost_analysis()` (flops, bytes accessed) and `memory_analysis()` (temporaries) by
 tests/test_bench_breakdown.py, within the tolerances stated there.
 """
@@ -196,11 +198,34 @@ class Breakdown:
         self.transcendentals = collections.Counter()
         self.bytes = collections.Counter()
         self.shapes = {i.name: i.shape for comp in self.mod.computations.values() for i in comp}
+        self.producers = {i.name: i for comp in self.mod.computations.values() for i in comp}
+        self._cat: dict = {}
         self._walk(self.mod.entry, 1.0, top=True)
         self.temps, self.peak_temp = self._liveness(self.mod.entry)
 
     def _cls(self, ins: Instr) -> str:
-        return classify(ins, self.vocab, tuple(self.shapes.get(o, "") for o in ins.operands))
+        """`classify`; an instruction it leaves in "other" (no name stack: CPU fusions rooted
+        at a convert, layout copies) takes the category of a dot it fuses, else of its fused
+        root or most frequent fused category, else of its first classified producer."""
+        if ins.name in self._cat:
+            return self._cat[ins.name]
+        cat = classify(ins, self.vocab, tuple(self.shapes.get(o, "") for o in ins.operands))
+        if cat == "other" and ins.opcode == "fusion":
+            inner = [i for c in ins.called("calls") for i in self.mod.computations.get(c, [])]
+            dots = [self._cls(i) for i in inner if i.opcode in ("dot", "convolution")]
+            named = collections.Counter(self._cls(i) for i in inner)
+            named.pop("other", None)
+            root = next((self._cls(i) for i in inner if i.root), "other")
+            cat = next((c for c in dots if c != "other"), None) or (
+                root if root != "other" else (named.most_common(1)[0][0] if named else "other"))
+        if cat == "other":
+            for o in ins.operands:
+                prod = self.producers.get(o)
+                if prod is not None and prod.opcode != "parameter" and self._cls(prod) != "other":
+                    cat = self._cls(prod)
+                    break
+        self._cat[ins.name] = cat
+        return cat
 
     def _inner_flops(self, comp: str, mult: float, fusion_cat: str | None = None) -> None:
         for ins in self.mod.computations[comp]:

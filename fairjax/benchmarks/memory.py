@@ -101,10 +101,14 @@ def compile_step(family: str, size: str, algo: str, batch: int, seq: int, dtype:
 
 
 def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
-             remat: str, breakdown: bool = False) -> dict:
+             remat: str, breakdown: bool = False, hlo_path: str | None = None) -> dict:
     """Memory analysis (bytes) of one compiled train step of `algo` on preset `family/size`;
-    with `breakdown`, also its per-category split (benchmarks/breakdown.py) under "breakdown"."""
+    with `breakdown`, also its per-category split (benchmarks/breakdown.py) under "breakdown";
+    `hlo_path`: also write the compiled HLO text there (to re-run the split without compiling)."""
     compiled, state = compile_step(family, size, algo, batch, seq, dtype, remat)
+    if hlo_path:
+        with open(hlo_path, "w") as fh:
+            fh.write(compiled.as_text())
     params, frozen = state["params"], state["frozen"]
     m = compiled.memory_analysis()
     n = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))  # noqa: E731
@@ -137,7 +141,8 @@ def run(FLAGS) -> None:
              else (FLAGS.algo,))
     remat = getattr(FLAGS, "remat", None) or "block"
     brk = bool(getattr(FLAGS, "breakdown", False))
-    rows = [estimate(FLAGS.model, FLAGS.size, a, batch, seq, dtype, remat, brk) for a in algos]
+    rows = [estimate(FLAGS.model, FLAGS.size, a, batch, seq, dtype, remat, brk,
+                     f"{FLAGS.json}.{a}.hlo.txt" if brk and FLAGS.json else None) for a in algos]
     print(f"train-step memory {FLAGS.model}-{FLAGS.size} batch {batch} x {seq} {dtype} "
           f"remat={remat}, one device holding the whole state (AdamW, float32 params)")
     print(f"  {'algo':11s} {'params':>9s} {'frozen':>9s} {'adam':>9s} {'args':>9s} {'temps':>9s} "
