@@ -19,8 +19,8 @@
 Each instruction's category comes from its `op_name` metadata (the JAX name stack: Flax module
 paths, `transpose(jvp(...))` for the backward, `while/body` for the trainer's micro-batch scan) and
 its shapes; the first rule that matches wins (`classify`). An instruction without a name stack
-(XLA:CPU fusions rooted at a convert, layout copies) takes the category of the dot it fuses, else
-of its fused ops, else of its producer (`Breakdown._cls`). The totals are checked against XLA's own
+(layout copies, fusions rooted at a convert) takes the category of its fused ops, else of its
+producer; a fusion that contains a dot is that dot's category (`Breakdown._cls`). The totals are checked against XLA's own
 `cost_analysis()` (flops, bytes accessed) and `memory_analysis()` (temporaries) by
 tests/test_bench_breakdown.py, within the tolerances stated there.
 """
@@ -31,8 +31,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-CATEGORIES = ("attention matmuls", "MLP matmuls", "vocab head / CE", "Q/V heads", "embeddings",
-              "norms / elementwise", "loss (other)", "optimizer update", "collectives", "other")
+CATEGORIES = ("attention matmuls", "attention softmax / mask", "MLP matmuls", "vocab head / CE",
+              "Q/V heads", "embeddings", "norms / elementwise", "loss (other)", "optimizer update", "collectives", "other")
 
 ELEMENTWISE = frozenset(
     "add subtract multiply divide maximum minimum negate abs compare select and or xor not "
@@ -151,6 +151,8 @@ def classify(ins: Instr, vocab_dims: frozenset, operand_shapes: tuple = ()) -> s
             return "attention matmuls"
         if "/mlp/" in name:
             return "MLP matmuls"
+    if re.search(r"/(attn|self_attn)/", name):
+        return "attention softmax / mask"  # scores' scale, mask, softmax, head transposes
     if re.search(r"LMHeadModel|ForCausalLM|/h_\d+/|/layers_\d+/", name):
         return "norms / elementwise"
     if "closed_call" in name:
@@ -206,18 +208,21 @@ class Breakdown:
     def _cls(self, ins: Instr) -> str:
         """`classify`; an instruction it leaves in "other" (no name stack: CPU fusions rooted
         at a convert, layout copies) takes the category of a dot it fuses, else of its fused
-        root or most frequent fused category, else of its first classified producer."""
+        root or most frequent fused category, else of its first classified producer; a fusion that
+        contains a dot is always that dot's category."""
         if ins.name in self._cat:
             return self._cat[ins.name]
         cat = classify(ins, self.vocab, tuple(self.shapes.get(o, "") for o in ins.operands))
-        if cat == "other" and ins.opcode == "fusion":
+        if ins.opcode == "fusion":  # a kernel that fuses a dot is that dot's kernel
             inner = [i for c in ins.called("calls") for i in self.mod.computations.get(c, [])]
             dots = [self._cls(i) for i in inner if i.opcode in ("dot", "convolution")]
-            named = collections.Counter(self._cls(i) for i in inner)
-            named.pop("other", None)
-            root = next((self._cls(i) for i in inner if i.root), "other")
-            cat = next((c for c in dots if c != "other"), None) or (
-                root if root != "other" else (named.most_common(1)[0][0] if named else "other"))
+            cat = next((c for c in dots if c != "other"), cat)
+            if cat == "other":
+                named = collections.Counter(self._cls(i) for i in inner)
+                named.pop("other", None)
+                root = next((self._cls(i) for i in inner if i.root), "other")
+                cat = root if root != "other" else (named.most_common(1)[0][0] if named
+                                                    else "other")
         if cat == "other":
             for o in ins.operands:
                 prod = self.producers.get(o)
