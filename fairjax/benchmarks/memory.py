@@ -13,8 +13,6 @@ and A-LoL (policy + frozen reference). The measured peak of the current device
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 
 import jax
@@ -39,25 +37,8 @@ def _algorithm_cfg(algo: str, remat: str):
             raise ValueError(f"--algo={algo!r}: suffix must be one of {sorted(QUANT_SUFFIX)}")
         cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha = True, 16, 32.0
         cfg.lora.base_dtype = "bfloat16"
+        cfg.lora.quant = QUANT_SUFFIX[lora]  # read by LoraConfig.from_config (agents/registry)
     return cfg
-
-
-@contextlib.contextmanager
-def _lora_quant(algo: str):
-    """The trainer builds `LoraConfig` from rank/alpha/dropout/targets; until its builder reads
-    `lora.quant` (LoraConfig.from_config), the quantised rows set the default here."""
-    quant = QUANT_SUFFIX.get(algo.partition("_")[2], "none")
-    if quant == "none":
-        yield
-        return
-    from fairjax.models import lora as L
-
-    orig = L.LoraConfig
-    L.LoraConfig = functools.partial(orig, quant=quant)
-    try:
-        yield
-    finally:
-        L.LoraConfig = orig
 
 
 def compile_step(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
@@ -78,14 +59,12 @@ def compile_step(family: str, size: str, algo: str, batch: int, seq: int, dtype:
 
     def init(rng):  # traced: weights are never materialised
         base = mod.init_params(mcfg, rng)
-        with _lora_quant(algo):
-            return build_algorithm(cfg, module, mcfg, base).init(rng)
+        return build_algorithm(cfg, module, mcfg, base).init(rng)
 
     rng = jax.random.PRNGKey(0)
     params, frozen = jax.eval_shape(init, rng)
     # The loss closes over the model and config only; its init is never called here.
-    with _lora_quant(algo):
-        algorithm = build_algorithm(cfg, module, mcfg, params)
+    algorithm = build_algorithm(cfg, module, mcfg, params)
     optimizer = make_optimizer(cfg.optim, 1000)
     state = {"params": params, "opt_state": jax.eval_shape(optimizer.init, params),
              "frozen": frozen, "step": jax.ShapeDtypeStruct((), jnp.int32),

@@ -63,7 +63,7 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     from fairjax import parallel
     from fairjax.agents.registry import build_algorithm
     from fairjax.benchmarks.forward import FAMILIES, make_config
-    from fairjax.benchmarks.memory import _algorithm_cfg, _lora_quant
+    from fairjax.benchmarks.memory import _algorithm_cfg
     from fairjax.models.lora import cast_base
     from fairjax.optim import make_optimizer
     from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
@@ -76,13 +76,12 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     init = (lambda r: mod.init_params(mcfg, r)) if lora is None else (  # noqa: E731
         lambda r: cast_base(mod.init_params(mcfg, r), "bfloat16"))
     params = jax.jit(init)(jax.random.PRNGKey(0))
-    with _lora_quant(algo + suffix):
-        alg = build_algorithm(cfg, model_cls(mcfg), mcfg, params)
-        mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-        opt = make_optimizer(cfg.optim, 1000)
-        plan = StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
-        step = compile_train_step(alg, opt, plan, impl=impl)
-        state = {"s": plan.init()}
+    alg = build_algorithm(cfg, model_cls(mcfg), mcfg, params)
+    mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+    opt = make_optimizer(cfg.optim, 1000)
+    plan = StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
+    step = compile_train_step(alg, opt, plan, impl=impl)
+    state = {"s": plan.init()}
     n_params = sum(x.size for x in jax.tree.leaves(params))
     del params
     b = parallel.shard_batch(stack_micro(synthetic_batch(batch, seq, mcfg.vocab_size), 1), mesh)
