@@ -35,6 +35,9 @@ def base_config(algorithm: str) -> ConfigDict:
     # attention kernel: xla (exact einsum, any device) | cudnn (fused flash attention, GPU bf16:
     # 1.9x faster BC steps for GPT-2 medium 16x1024 on an H100) | auto (jax.nn's choice)
     c.model.attention = "xla"
+    # blocks under nn.scan (params stacked [L, ...]: one compiled block, fast compiles for deep
+    # models); checkpoints in either layout load into both (fairjax/models/layout.py). No LoRA yet.
+    c.model.scan_layers = False
     c.model.demo_size = "tiny"  # GPT-2 size preset used by model.init="demo-tiny" (tiny|mini|small|...)
     c.model.demo_vocab_size = 1000  # BPE vocabulary trained on the train texts for "demo-tiny"
 
@@ -45,11 +48,17 @@ def base_config(algorithm: str) -> ConfigDict:
     # task: data.task = "module:factory", factory(path, config) -> list of Observations
     c.data.task = ""
     c.data.text_field = "text"  # record field holding the posting text
-    c.data.max_len = 128  # tokens per episode after truncation (paper: 512; prompt cut first)
-    c.data.buckets = (32, 64, 128)  # padded lengths (T and S): few shapes -> few compilations
+    # tokens per episode after truncation (the prompt, which quotes the original, is cut first):
+    # the demo's prompt + posting is ~335 tokens (p95 ~400), so 512 keeps every episode whole
+    # (the FMs-at-work paper: 512); `summary.json` reports the share of cut prompts
+    c.data.max_len = 512
+    c.data.buckets = (128, 256, 384, 512)  # padded lengths (T and S): few shapes -> few compilations
     c.data.on_error = "raise"  # bad record: raise (naming file:line) | skip (counted, reported)
     c.data.demo_postings = 240  # size of the generated demo corpus
     c.data.shuffle = True  # shuffle by (seed, epoch)
+    # pack whole train episodes into rows of data.max_len tokens (segment-masked attention,
+    # positions reset per episode; fairjax/data/packing.py): fewer, fuller rows. BC and ILQL.
+    c.data.pack = False
 
     # The reward the objective trains on (docs/data-and-rewards.md). It is computed when the data
     # is built (progress bar, cached by data-file and scorer-settings hash) and named in every

@@ -21,8 +21,9 @@ def online_block(c, algo: str):
     """The sampling / update keys every online objective shares (fairjax/agents/online.py)."""
     b = common.ConfigDict()
     b.group_size = 4  # G samples per prompt; must divide optim.batch_size
-    b.max_prompt_tokens = 80  # prompt width (`<s>{prompt}</s>`, trimmed from the left)
-    b.max_new_tokens = 48  # completion length (a rewrite cut here is scored, counted unfinished)
+    # demo prompts (which quote the original) are ~215 tokens (max ~262), its postings ~125 (p95 ~150)
+    b.max_prompt_tokens = 272  # prompt width (`<s>{prompt}</s>`, trimmed from the left)
+    b.max_new_tokens = 160  # completion length (a rewrite cut here is scored, counted unfinished)
     b.temperature = 1.0
     b.top_k = 0  # 0 = off
     b.top_p = 1.0  # 1 = off
@@ -59,6 +60,9 @@ def pipeline(c, bc_steps: int = 300):
     c.pipeline.eval_limit = 0
     c.pipeline.eval_pools = ""
     c.pipeline.eval_n_boot = 1000
+    # rewrite length of the evaluation (0 = p95 of the eval postings' token lengths, capped at half
+    # of the model's context so the prompt keeps the quoted original)
+    c.pipeline.eval_max_new_tokens = 0
     c.stages = common.ConfigDict()
     c.stages.bc = common.stage(common.sibling("bc").get_config())
     c.stages.eval = common.sibling("eval").get_config()

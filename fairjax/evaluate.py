@@ -534,6 +534,8 @@ def headline(numbers: dict, meta: dict) -> dict:
 
 
 def format_summary(summary: dict) -> str:
+    from fairjax.eval.report import reward_name
+
     tr = summary.get("trained_reward", {})
     norm = tr.get("normalize")
     lines = [f"trained reward: {tr.get('scorer')}"
@@ -545,7 +547,9 @@ def format_summary(summary: dict) -> str:
              f"reported reward: {summary.get('reported_reward', {}).get('scorer', 'diversity')} "
              f"(candidate pool {summary.get('reported_reward', {}).get('pool', '?')})",
              f"{'system':14s} {'reward':>22s} {'IR female':>10s} {'IR male':>8s} "
-             f"{'4/5 viol. (F)':>13s} {'Δreward vs original':>26s} {'finished':>8s} {'chrF':>6s}"]
+             f"{'4/5 viol. (F)':>13s} {'Δreward vs original':>26s} {'finished':>8s} {'chrF':>6s}"
+             "  trained on"]
+    by_system = summary.get("trained_reward_by_system", {})
     for name, s in summary["systems"].items():
         r = s.get("reward", {})
         d = s.get("vs_original", {}).get("reward")
@@ -556,9 +560,10 @@ def format_summary(summary: dict) -> str:
             f"{s.get('ir_female', {}).get('mean', float('nan')):10.3f} "
             f"{s.get('ir_male', {}).get('mean', float('nan')):8.3f} {ff:13.1%} "
             + (f"{d['mean_diff']:+8.3f} [{d['ci_low']:+.2f},{d['ci_high']:+.2f}]" if d else " " * 26)
-            + (f" {s['finished_share']['mean']:8.0%}" if "finished_share" in s else "")
+            + (f" {s['finished_share']['mean']:8.0%}" if "finished_share" in s else " " * 9)
             + (f" {s['preservation']['chrf']['mean']:6.1f}" if "chrf" in s.get("preservation", {})
-               else ""))
+               else " " * 7)
+            + (f"  {reward_name(by_system[name])}" if name in by_system else ""))
     return "\n".join(lines)
 
 

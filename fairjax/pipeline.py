@@ -74,7 +74,7 @@ def eval_config(cfg: Any, run_dir: Path):
     ev.seed = cfg.seed
     ev.limit = p.eval_limit
     # 0 = from the eval postings' lengths, capped at half the context (configs/ilql.py)
-    ev.generation.max_new_tokens = p.get("eval_max_new_tokens", cfg.eval.max_new_tokens)
+    ev.generation.max_new_tokens = p.get("eval_max_new_tokens", 0)
     if cfg.algorithm == "ilql":
         weights = [float(w) for w in p.adv_weights]
         ev.variants = ",".join(["bc:0"] + [f"ilql_b{w:g}:{w:g}" for w in weights if w > 0])
@@ -127,6 +127,11 @@ def _run(cfg: Any, run_dir: Path) -> dict:
     cfg.unlock()
     p = cfg.pipeline
     if p.bc_warm_start and not cfg.init.policy:
+        from fairjax.agents import registry
+        from fairjax.rewards.training import require_data_rewards
+
+        if registry.get(cfg.algorithm).make_step is None:  # online objectives score rollouts
+            require_data_rewards(cfg)  # refused before BC trains for a run that cannot follow
         bc_dir = run_dir / "bc"
         _say(f"[pipeline 1/3] BC warm start -> {bc_dir}")
         out["bc"] = train(bc_config(cfg, bc_dir), bc_dir)

@@ -88,6 +88,22 @@ def test_reward_rises_to_the_toy_optimum(algo, steps, lr, kw):
 
 
 @pytest.mark.slow
+def test_step_logs_rollout_update_and_overall_tokens_per_s():
+    """Throughput metrics are > 0 and match the logged lengths and time split."""
+    rl = _rl(epochs=2)
+    st, (m,) = _run(rl, 1)
+    gen = m["completion_length"] * 8  # N = 8 rows
+    assert gen > 0
+    prompt = sum(len(p) for p in PROMPTS) * 4  # G = 4 copies of each prompt
+    assert m["tokens"] == pytest.approx(prompt + gen)
+    np.testing.assert_allclose(m["rollout_tokens_per_s"] * m["time/rollout"], gen, rtol=1e-6)
+    np.testing.assert_allclose(m["update_tokens_per_s"] * m["time/update"], 2 * gen, rtol=1e-6)
+    total = m["time/rollout"] + m["time/scoring"] + m["time/update"]
+    np.testing.assert_allclose(m["tokens_per_s"] * total, prompt + gen, rtol=1e-6)
+    assert min(m["rollout_tokens_per_s"], m["update_tokens_per_s"], m["tokens_per_s"]) > 0
+
+
+@pytest.mark.slow
 def test_lora_reference_is_the_base_with_adapters_off():
     base = gpt2.init_params(MCFG, jax.random.PRNGKey(0))
     lcfg = L.LoraConfig(rank=2, alpha=4.0)

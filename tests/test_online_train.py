@@ -30,6 +30,7 @@ def _config(name="grpo", **over):
     c.train.tensorboard = False
     c.train.async_checkpoint = False
     c.data.demo_postings = 40
+    c.data.max_len, c.data.buckets = 128, (64, 128)
     c.pipeline.bc_warm_start = False
     c.pipeline.evaluate = False
     set_dotted(c, over)
@@ -62,6 +63,11 @@ def test_grpo_resume_equals_uninterrupted_run(tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r.get("split", "train") == "train"]
     assert train_rows and all("reward/mean" in json.dumps(r) for r in train_rows)
+    for r in train_rows:  # real throughput, not the offline batch count (0 for prompt batches)
+        assert r["tokens_per_s"] > 0 and r["rollout_tokens_per_s"] > 0
+        assert r["update_tokens_per_s"] > 0
+        prompt_tokens = r["tokens"] - 4 * r["completion_length"]  # 4 rows of prompt + completion
+        assert 4 * 3 <= prompt_tokens <= 4 * 48  # <s> x </s> at least, max_prompt_tokens at most
 
 
 @pytest.mark.slow
@@ -70,7 +76,7 @@ def test_grpo_pipeline_bc_then_grpo_then_evaluation(tmp_path):
 
     cfg = _config(**{"train.steps": 2, "pipeline.bc_warm_start": True, "pipeline.bc_steps": 4,
                      "pipeline.evaluate": True, "pipeline.eval_limit": 4,
-                     "pipeline.eval_n_boot": 20, "eval.max_new_tokens": 8})
+                     "pipeline.eval_n_boot": 20, "pipeline.eval_max_new_tokens": 8})
     out = pipeline.run(cfg, str(tmp_path / "grpo"))
     assert out["bc"] is not None and out["train"].step == 2
     summary = json.loads((tmp_path / "grpo" / "eval" / "summary.json").read_text())

@@ -90,3 +90,13 @@ def test_eval_generate_reports_reward_of_generations(tmp_path, algo):
              if json.loads(l).get("split") == "eval"]
     assert evals and all(k in evals[-1] for k in ("gen_reward", "gen_new_tokens", "gen_finished"))
     assert 1 <= evals[-1]["gen_new_tokens"] <= 5
+
+
+def test_online_pipeline_evaluation_sizes_rewrites_from_the_data():
+    """The GRPO pipeline's evaluation, like ILQL's, takes max_new_tokens = 0 (from the eval
+    postings' lengths), not the 64-token in-training generation setting."""
+    from pathlib import Path
+
+    for algo in ("grpo", "rloo", "ppo", "ilql"):
+        ev = pipeline.eval_config(small_config(algo), Path("/tmp/run"))
+        assert ev.generation.max_new_tokens == 0, algo

@@ -74,3 +74,24 @@ def test_bad_inputs():
         RP.summarize_systems({"x": 3})
     with pytest.raises(ValueError, match="empty"):
         RP.summarize_systems({})
+
+
+def test_summary_names_what_each_system_trained_on():
+    """The CLI table says per row which reward trained it (a composite with its weights)."""
+    from fairjax.eval.report import reward_name
+    from fairjax.evaluate import format_summary
+
+    comp = {"scorer": "composite", "terms": [{"term": "diversity", "weight": 1.0},
+                                             {"term": "preservation", "weight": 10.0}]}
+    assert reward_name(comp) == "composite(1·diversity + 10·preservation)"
+    assert reward_name({"scorer": "diversity", "normalize": "standardize"}) == \
+        "diversity (standardize)"
+    stat = {"mean": -20.0, "ci_low": -21.0, "ci_high": -19.0}
+    summary = {"trained_reward": {"scorer": "diversity"},
+               "trained_reward_by_system": {"grpo": comp, "bc": {"scorer": "none"}},
+               "systems": {"original": {"reward": stat}, "bc": {"reward": stat},
+                           "grpo": {"reward": stat, "finished_share": {"mean": 0.5}}}}
+    rows = {line.split()[0]: line for line in format_summary(summary).splitlines()[3:]}
+    assert rows["grpo"].endswith("composite(1·diversity + 10·preservation)")
+    assert rows["bc"].endswith("none") and "none" not in rows["original"]
+    assert "50%" in rows["grpo"]

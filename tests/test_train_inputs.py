@@ -10,7 +10,7 @@ from fairjax.data.task import TextObservation
 from fairjax.io import run_dir as rd
 from fairjax.train.build import train
 
-from trainer_fixtures import small_config, toy_setup
+from trainer_fixtures import load_config, small_config, toy_setup
 
 
 def _rows(run_dir):
@@ -60,6 +60,31 @@ def test_skipped_records_are_counted_in_log_and_summary(tmp_path, capsys):
     summary = json.loads((tmp_path / "run" / rd.SUMMARY_FILE).read_text())
     assert summary["data"][0]["skipped"] == 3 and summary["data"][0]["path"] == str(path)
     assert summary["data"][0]["errors"][0].startswith(f"{path}:")
+    # max_len 64 < every demo prompt (which quotes its posting): all prompts cut, and said so
+    layout = summary["data"][0]["layout"]
+    kept = summary["data"][0]["kept"]
+    assert layout["total"] == kept and layout["prompt_truncated_share"] == 1.0
+    assert f"prompt cut in 100% of {kept} episodes" in summary["data"][0]["line"]
+
+
+def test_default_lengths_keep_every_demo_posting_whole(tmp_path):
+    """With the shipped defaults (data.max_len, demo tokenizer) the policy sees the whole quoted
+    original of every demo posting, train and eval (issue: the prompt used to be cut to nothing)."""
+    from fairjax.data import sources
+    from fairjax.data.layout import Truncation
+    from fairjax.data.task import JobRewriteTask
+    from fairjax.data.demo import write_demo
+    from fairjax.train.build import demo_tokenizer
+
+    cfg = load_config("ilql")
+    paths = write_demo(tmp_path / "demo", n_postings=cfg.data.demo_postings, seed=cfg.seed)
+    tok = demo_tokenizer(sources.texts(str(paths["train"]), cfg), cfg.model.demo_vocab_size)
+    for split in ("train", "eval"):
+        ds, _ = sources.read_jobs(str(paths[split]), cfg, split)
+        eps = JobRewriteTask(ds).episodes(tok, Truncation(max_len=cfg.data.max_len)).prepare()
+        assert eps.stats.total == len(ds) > 0
+        assert eps.stats.shares() == {"prompt_truncated_share": 0.0,
+                                      "response_truncated_share": 0.0, "dropped_share": 0.0}
 
 
 def test_tfds_directory_is_training_data(tmp_path):

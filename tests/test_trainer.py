@@ -88,3 +88,32 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
     manager.close()
     assert int(state["step"]) == 3 and data_state["index"] > 0
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_save_without_eval_metric_logs_no_orbax_warning(tmp_path):
+    """A save before the first eval (online runs, eval_every=0) carries no eval_loss; Orbax's
+    "Requested `tracked_metric`" warning about it is fairjax's choice, not the user's: dropped."""
+    import logging
+
+    import jax.numpy as jnp
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep()
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addHandler(handler)
+    try:
+        manager = rd.checkpoint_manager(tmp_path, async_save=False)
+        state = {"params": {"w": jnp.ones(3)}, "opt_state": {}, "frozen": {},
+                 "step": jnp.array(1), "rng": jax.random.PRNGKey(0)}
+        manager.save(1, args=rd.state_items(state, {}), force=True)
+        manager.wait_until_finished()
+        manager.close()
+    finally:
+        absl_logger.removeHandler(handler)
+    assert (tmp_path / rd.CHECKPOINT_DIR / "1").is_dir()
+    assert not [r for r in records if "tracked_metric" in r.getMessage()]

@@ -33,7 +33,9 @@ def small_config(name: str = "bc", **overrides):
     base = {"train.steps": 6, "train.log_every": 2, "train.eval_every": 3, "train.save_every": 3,
             "train.eval_batches": 2, "train.progress": False, "train.tensorboard": False,
             "train.async_checkpoint": False, "optim.warmup_steps": 2, "optim.batch_size": 8,
-            "optim.lr": 1e-2}
+            "optim.lr": 1e-2,
+            # short episodes keep tests fast (the shipped default, 512, keeps demo postings whole)
+            "data.max_len": 128, "data.buckets": (64, 128)}
     base.update(overrides)
     return set_dotted(cfg, base)
 

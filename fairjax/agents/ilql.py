@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fairjax.agents.base import Algorithm
+from fairjax.agents.base import Algorithm, loss_view, segment_inputs
 from fairjax.agents.registry import Objective, config_block, register
 from fairjax.errors import ConfigError
 from fairjax.losses import vocab as V
@@ -233,7 +233,8 @@ def forward(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch
             dropout_rng: Optional[jax.Array] = None, vocab_chunk: int = 0) -> dict[str, jax.Array]:
     """Run the trunks and heads on a batch.
 
-    batch: tokens, attn_mask [B, T]; state_idxs [B, S]; action_idxs [B, A].
+    batch: tokens, attn_mask [B, T]; state_idxs [B, S]; action_idxs [B, A] (packed rows also
+    segment_ids, positions [B, T]: `fairjax.data.packing`).
     Returns float32 arrays: vs_all [B, S]; q1_all, q2_all [B, A, V]; target_q1, target_q2
     ([B, A, V] if target_full else [B, A] at the taken tokens); target_qs_all [B, A, V] (min, if
     target_full); policy_logits [B, T, V] (if compute_policy); hidden states h_qv, h_target
@@ -255,7 +256,7 @@ def forward(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch
     def run(p, logits: bool):
         rngs = None if det else {"dropout": next(keys)}
         return model.apply({"params": p}, tokens, mask, compute_logits=logits, deterministic=det,
-                           rngs=rngs)
+                           rngs=rngs, **segment_inputs(batch))
 
     qv_logits = compute_policy and not cfg.separate_policy and not cfg.detach_pi and not lean
     qv_out = run(tr["qv"], qv_logits)
@@ -309,7 +310,7 @@ def loss_fn(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch
                   vocab_chunk=V.resolve_chunk(cfg.vocab_chunk))
     policy = out.get("policy_ce", out.get("policy_logits"))
     return ilql_loss(out["vs_all"], out["q1_all"], out.get("q2_all"), out["target_q1"],
-                     out.get("target_q2"), policy, batch, hp)
+                     out.get("target_q2"), policy, loss_view(batch), hp)
 
 
 def online_targets(cfg: ILQLConfig, params: dict) -> dict:

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 
-from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.base import Algorithm, identity_update, loss_view, segment_inputs
 from fairjax.agents.registry import Objective, config_block, register
 from fairjax.losses.bc import BCHparams, bc_loss
 from fairjax.losses.vocab import lm_token_ce, resolve_chunk
@@ -34,12 +34,15 @@ class LMConfig:
 
 def loss_fn(model: nn.Module, cfg: LMConfig, params: PyTree, batch: dict,
             rng: Optional[jax.Array] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """BC loss. batch: tokens, attn_mask [B, T]; action_idxs [B, A]; terminals [B, S]."""
+    """BC loss. batch: tokens, attn_mask [B, T]; action_idxs [B, A]; terminals [B, S]; packed
+    rows (`fairjax.data.packing`) also segment_ids, positions [B, T]."""
     det = not (cfg.train_dropout and rng is not None)
     chunk = resolve_chunk(cfg.vocab_chunk)
     lean = chunk > 0
     out = model.apply({"params": params}, batch["tokens"], batch["attn_mask"], deterministic=det,
-                      rngs=None if det else {"dropout": rng}, compute_logits=not lean)
+                      rngs=None if det else {"dropout": rng}, compute_logits=not lean,
+                      **segment_inputs(batch))
+    batch = loss_view(batch)  # packed rows: no next-token target across episodes
     if lean:
         h = out.hidden_states
         ce = lm_token_ce(params, h, batch["tokens"], h.dtype, chunk)  # [B, T-1]

@@ -439,13 +439,20 @@ class OnlineRL:
         t3 = time.perf_counter()
 
         first, last = jax.device_get(step_metrics[0]), jax.device_get(step_metrics[-1])
-        n_tok = float(mask.sum())
+        n_tok = float(mask.sum())  # generated (completion) tokens, through `</a>`
+        seq_tok = float(p_mask.sum()) + n_tok  # prompt + completion tokens of the N rows
         metrics = {
             "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
             "completion_length": float(lengths.mean()), "finished": float(finished.mean()),
             "entropy": float(first["entropy"]),  # of the sampling policy (first update)
             "time/rollout": t1 - t0, "time/scoring": t2 - t1, "time/update": t3 - t2,
+            # throughput (docs/online_rl.md "Logged metrics"): generated tokens per rollout
+            # second; trained completion tokens (each epoch passes over every row once) per
+            # update second; the rows' prompt + completion tokens per step second, which is what
+            # the generic loop's tokens_per_s counts for the offline objectives (`tokens`)
             "rollout_tokens_per_s": n_tok / max(t1 - t0, 1e-9),
+            "update_tokens_per_s": n_tok * cfg.epochs / max(t3 - t2, 1e-9),
+            "tokens_per_s": seq_tok / max(t3 - t0, 1e-9), "tokens": seq_tok,
             "loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]),
             "updates": float(len(step_metrics)),
         }

@@ -6,8 +6,12 @@ one optimizer step (AdamW), on random weights of a GPT-2 preset with the fixture
 (`$FAIRJAX_FIXTURES/gpt2_tiny/hf`, its ids decoded, the rest of a larger vocabulary dropped in the
 text). fairjax's `agents.online.OnlineRL.step` reports the rollout / scoring / update split; the
 same step is then timed with trl's `GRPOTrainer` (torch, transformers `generate`, same model shape,
-group size, prompt and completion lengths, scorer, β = 0, one iteration per batch) on the same
-machine in the same run, and the ratio printed. torch/trl are imported only in `trl_step`.
+group size, prompt and completion lengths, scorer, dtype, β = 0, one optimizer step per rollout
+batch so neither side runs a separate old-log-prob forward, dropout and activation checkpointing
+off, as fairjax's benchmark model) on the same machine in the
+same run, and the ratio printed with the load average. The update's FLOPs come from XLA's cost
+analysis; a recompilation between timed steps is an error. torch/trl are imported only in
+`trl_step`.
 """
 from __future__ import annotations
 
@@ -88,21 +92,41 @@ def fairjax_step(mcfg, algo: str, prompts, hf_tok, new: int, batch: int, group: 
     t = time.perf_counter()
     state, m, _ = rl.step(state, [np.asarray(x) for x in per[0]])  # compiles
     compile_s = time.perf_counter() - t
+    caches = (rl._update._cache_size(), rl._stats._cache_size())
     rows = []
     for k in range(steps):
         t = time.perf_counter()
         state, m, _ = rl.step(state, [np.asarray(x) for x in per[k + 1]])
         rows.append({"total": time.perf_counter() - t, "rollout": m["time/rollout"],
-                     "scoring": m["time/scoring"], "update": m["time/update"]})
+                     "scoring": m["time/scoring"], "update": m["time/update"],
+                     "update_tokens_per_s": m["update_tokens_per_s"]})
         assert m["completion_length"] == new
+    if (rl._update._cache_size(), rl._stats._cache_size()) != caches:
+        raise RuntimeError("benchmarks/rl: the update or rollout-stats jit recompiled between steps")
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
-    update_flops = 6.0 * n_params * batch * (cfg.max_prompt_tokens + new)  # fwd + bwd, dense
+    update_flops = _update_flops(rl, state, cfg, batch, new)
     return {"params": n_params, "update_tflops_per_s": update_flops / mean["update"] / 1e12,
+            "update_xla_gflops": update_flops / 1e9,
+            "update_tokens_per_s": mean["update_tokens_per_s"],
             "s_per_step": mean["total"], "split_s": {k: mean[k] for k in ("rollout", "scoring",
                                                                           "update")},
             "tokens_per_s": batch * new / mean["total"],
             "rollout_tokens_per_s": batch * new / mean["rollout"], "compile_s": compile_s}
+
+
+def _update_flops(rl, state, cfg, batch: int, new: int) -> float:
+    """FLOPs of one compiled update (XLA's cost analysis of `OnlineRL._update` on a rollout-shaped
+    batch): forward + backward of the trunk over prompt + completion, the LM head on the
+    completion positions only, AdamW."""
+    import jax.numpy as jnp
+
+    width = cfg.max_prompt_tokens + new
+    mb = {"seq": jnp.zeros((batch, width), jnp.int32), "attn": jnp.ones((batch, width)),
+          "mask": jnp.ones((batch, new)), "advantages": jnp.ones((batch,))}
+    cost = rl._update.lower(state["params"], state["frozen"], state["opt_state"], mb).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
 
 
 def trl_step(mcfg, prompts, hf_tok, new: int, batch: int, group: int, steps: int, scorer):
@@ -137,7 +161,9 @@ def trl_step(mcfg, prompts, hf_tok, new: int, batch: int, group: int, steps: int
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(output_dir=out, per_device_train_batch_size=batch, num_generations=group,
                           max_completion_length=new, max_steps=steps + 1, learning_rate=1e-6,
-                          beta=0.0, use_cpu=True, report_to=[], logging_steps=10_000,
+                          beta=0.0, num_iterations=1, steps_per_generation=1,
+                          gradient_accumulation_steps=1, disable_dropout=True,
+                          gradient_checkpointing=False, use_cpu=True, report_to=[], logging_steps=10_000,
                           save_strategy="no", bf16=False, seed=0, dataloader_num_workers=0,
                           generation_kwargs={"min_new_tokens": new}, shuffle_dataset=False)
         tr = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds,
@@ -170,17 +196,29 @@ def run(FLAGS) -> None:
     res = {"algo": FLAGS.algo, "size": FLAGS.size, "completions": batch, "group_size": group,
            "prompt_tokens": pre["prompt"], "new_tokens": new, "dtype": mcfg.dtype,
            "device": jax.devices()[0].device_kind, "steps": steps}
+    res["loadavg_before"] = os.getloadavg()
     res["fairjax"] = fairjax_step(mcfg, FLAGS.algo, prompts, hf_tok, new, batch, group, steps,
                                   scorer)
     if FLAGS.torch and FLAGS.algo == "grpo" and hf_tok is not None:
         res["trl"] = trl_step(mcfg, prompts, hf_tok, new, batch, group, steps, scorer)
+    res["loadavg_after"] = os.getloadavg()
     f = res["fairjax"]
     print(f"rl {FLAGS.algo} gpt2-{FLAGS.size}: {batch} completions ({batch // group} prompts x G="
           f"{group}), prompt {pre['prompt']} + {new} new tokens, {mcfg.dtype} on {res['device']}")
+    print(f"  like for like: both {mcfg.dtype}, beta=0 (no reference forward), 1 optimizer step "
+          f"per rollout batch (trl num_iterations=1, steps_per_generation=1: old log-probs = "
+          f"detached current, no extra forward), LM head on the completion positions only, "
+          f"dropout off, no activation checkpointing (trl's GRPOConfig default is on), AdamW, "
+          f"every completion {new} tokens; load average "
+          f"{res['loadavg_before'][0]:.1f} before, {res['loadavg_after'][0]:.1f} after "
+          f"({os.cpu_count()} CPUs)")
     sp = f["split_s"]
     print(f"  fairjax: {f['s_per_step']:.3f} s/step (rollout {sp['rollout']:.3f}, scoring "
           f"{sp['scoring']:.3f}, update {sp['update']:.3f}), {f['tokens_per_s']:.1f} tok/s, "
           f"rollout {f['rollout_tokens_per_s']:.1f} tok/s, compile {f['compile_s']:.1f} s")
+    print(f"  fairjax update: {f['update_xla_gflops']:.1f} GFLOP (XLA cost analysis), "
+          f"{1e3 * f['update_tflops_per_s']:.1f} GFLOP/s, {f['update_tokens_per_s']:.1f} trained "
+          f"tok/s; no recompilation between steps")
     if res.get("trl"):
         t = res["trl"]
         res["speedup_vs_trl"] = t["s_per_step"] / f["s_per_step"]
@@ -190,7 +228,7 @@ def run(FLAGS) -> None:
     if peak:
         res["update_mfu"] = f["update_tflops_per_s"] / peak
         print(f"  update: {f['update_tflops_per_s']:.1f} TFLOP/s = {100 * res['update_mfu']:.1f}% "
-              f"MFU of {peak:.0f} dense bf16 TFLOP/s (6·params·tokens)")
+              f"MFU of {peak:.0f} dense bf16 TFLOP/s (XLA-counted FLOPs)")
     if FLAGS.json:
         with open(FLAGS.json, "w") as fh:
             json.dump(res, fh, indent=2)

@@ -44,7 +44,9 @@ class BatchIterator:
         if n == 0:
             raise ValueError("BatchIterator needs a non-empty dataset")
         if drop_remainder and n < batch_size:
-            raise ValueError(f"dataset has {n} examples < batch_size={batch_size} with drop_remainder=True")
+            raise ValueError(f"the data has {n} examples, fewer than one batch "
+                             f"(--config.optim.batch_size={batch_size}): lower the batch size "
+                             "or add data")
         if collate_fn is None and pad_id is None:
             raise ValueError("pass pad_id (for layout.collate) or a collate_fn")
         self.dataset, self.batch_size = dataset, batch_size

@@ -10,25 +10,31 @@ scores); `extras` collates rewards and the other per-episode extras.
 """
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any, Callable, Optional
 
 import jax
 
-from fairjax.data import sources
+from fairjax.data import packing, sources
 from fairjax.data.batching import BatchIterator
 from fairjax.data.jobs import DataError, JobsDataset
+from fairjax.data.layout import bucket_for
 from fairjax.data.task import EpisodeDataset, JobRewriteTask
 from fairjax.errors import ConfigError
 from fairjax.rewards.training import NO_REWARD_OBJECTIVES
 
 
-def iterators(cfg: Any, train: list, eval_: Optional[list], **common) -> tuple:
+def iterators(cfg: Any, train: list, eval_: Optional[list], train_collate_fn=None,
+              **common) -> tuple:
     """(train BatchIterator of `optim.batch_size * optim.grad_accum` rows per step, eval factory of
     `optim.batch_size` rows or None, steps per epoch) over laid-out examples; `common`: the
-    collate options (pad_id, buckets, extras, collate_fn)."""
+    collate options (pad_id, buckets, extras, collate_fn); `train_collate_fn` replaces
+    collate_fn for the train rows only (packed rows)."""
     common.update(process_index=jax.process_index(), process_count=jax.process_count())
     rows = cfg.optim.batch_size * cfg.optim.grad_accum
-    train_it = BatchIterator(train, rows, seed=cfg.seed, shuffle=cfg.data.shuffle, **common)
+    train_kw = dict(common, collate_fn=train_collate_fn or common.get("collate_fn"))
+    train_it = BatchIterator(train, rows, seed=cfg.seed, shuffle=cfg.data.shuffle, **train_kw)
     eval_fn = None
     if eval_ is not None:
         eval_fn = lambda: BatchIterator(eval_, cfg.optim.batch_size, shuffle=False,  # noqa: E731
@@ -50,11 +56,12 @@ def episode_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc
             eps = EpisodeDataset(tok, sources.task_observations(cfg.data.task, path, cfg),
                                  truncation=trunc).prepare()
         else:
-            ds, _ = sources.read_jobs(path, cfg, key)
+            # BC trains on no reward: postings without one are fine (the layout's reward slot is 0)
+            no_reward = cfg.algorithm in NO_REWARD_OBJECTIVES
+            ds, _ = sources.read_jobs(path, cfg, key, need_reward=not no_reward)
             if select is not None:
                 ds = select(ds, path)
-            # BC trains on no reward: postings without one are fine (the layout's reward slot is 0)
-            default = 0.0 if cfg.algorithm in NO_REWARD_OBJECTIVES else None
+            default = 0.0 if no_reward else None
             eps = JobRewriteTask(ds, default_reward=default).episodes(tok, trunc).prepare()
         if len(eps) == 0:
             raise DataError(f"{path}: no example fits the layout ({eps.stats.report()}); raise "
@@ -62,9 +69,44 @@ def episode_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc
         return eps
 
     train_eps = episodes(train_path, "train")
+    layout = {"train": train_eps.stats}
     collate_fn = None
     if prepare is not None:
         train_eps, collate_fn = prepare(train_eps)
     eval_eps = episodes(eval_path, "eval") if eval_path else None
-    return iterators(cfg, train_eps, eval_eps, pad_id=tok.pad_id, buckets=tuple(cfg.data.buckets),
-                     extras=extras, collate_fn=collate_fn)
+    if eval_eps is not None:
+        layout["eval"] = eval_eps.stats
+    train_collate = None
+    if cfg.data.get("pack", False):
+        if extras or collate_fn is not None:
+            raise ConfigError(f"--config.data.pack=True: {cfg.algorithm!r} adds per-episode batch "
+                              "fields that packed rows do not carry; set data.pack=False")
+        train_eps, train_collate = packed_rows(cfg, train_eps, tok.pad_id, train_path)
+    out = iterators(cfg, train_eps, eval_eps, pad_id=tok.pad_id, buckets=tuple(cfg.data.buckets),
+                    extras=extras, collate_fn=collate_fn, train_collate_fn=train_collate)
+    out[0].layout_stats = layout  # what truncation to data.max_len did, per split (run summary)
+    return out
+
+
+def packed_rows(cfg: Any, eps, pad_id: int, path: str) -> tuple[list, Callable]:
+    """Train episodes packed into rows of `data.max_len` tokens (`fairjax.data.packing`) and the
+    collate of those rows; logs the fill ratio against one episode per row. Eval stays unpacked
+    (its metrics stay comparable with unpacked runs)."""
+    episodes = [eps[i] for i in range(len(eps))]
+    try:
+        rows = packing.pack(episodes, cfg.data.max_len)
+    except ValueError as e:
+        raise DataError(f"{path}: --config.data.pack=True: {e}") from e
+    per_step = cfg.optim.batch_size * cfg.optim.grad_accum
+    if len(rows) < per_step:
+        raise DataError(f"{path}: --config.data.pack=True packs {len(episodes)} episodes into "
+                        f"{len(rows)} rows of {cfg.data.max_len} tokens, fewer than the "
+                        f"{per_step} rows of one step (optim.batch_size * optim.grad_accum); "
+                        "lower optim.batch_size or set data.pack=False")
+    buckets = tuple(cfg.data.buckets)
+    width = lambda rs: max(bucket_for(r.length, buckets) for r in rs)  # noqa: E731
+    logging.info("data.pack: %d episodes -> %d rows of <= %d tokens; real tokens per padded "
+                 "token %.3f (one episode per row: %.3f)", len(episodes), len(rows),
+                 cfg.data.max_len, packing.fill_ratio(rows, width(rows)),
+                 packing.fill_ratio(episodes, width(episodes)))
+    return rows, functools.partial(packing.collate_packed, pad_id=pad_id)

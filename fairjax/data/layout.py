@@ -104,6 +104,13 @@ class LayoutStats:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def shares(self) -> dict:
+        """Fractions of episodes whose prompt was trimmed / response cut / that were dropped."""
+        n = max(self.total, 1)
+        return {"prompt_truncated_share": self.prompt_trimmed / n,
+                "response_truncated_share": self.response_truncated / n,
+                "dropped_share": self.dropped / n}
+
     def report(self) -> str:
         return (f"layout: {self.total} episodes, prompt trimmed in {self.prompt_trimmed} "
                 f"({self.prompt_tokens_removed} tokens), response truncated in {self.response_truncated} "

@@ -114,9 +114,10 @@ def read_jobs(path: str, cfg: Any, key: str = "train",
     if need_reward:
         missing = [e for e in ds if e.reward is None]
         if missing:
-            where = missing[0].metadata.get("source") or path
-            raise DataError(f"{where}: no 'reward' field ({len(missing)} of {len(ds)} records lack "
-                            f"one); add rewards with `python -m fairjax.score --texts={path} "
+            first = missing[0].id
+            raise DataError(f"{path}: no 'reward' field ({len(missing)} of {len(ds)} records lack "
+                            f"one, first: id {first!r}); train on `--config.reward.scorer=diversity` "
+                            f"(scored when the data is built) or add rewards with `python -m fairjax.score --texts={path} "
                             f"--annotate=OUT.jsonl` and train on OUT.jsonl")
     return ds, stats
 
@@ -166,15 +167,26 @@ def texts(path: str, cfg: Any) -> list[str]:
     return [e.prompt + "\n" + e.response for e in ds]
 
 
-def read_counts(cfg: Any, train_path: str, eval_path: Optional[str]) -> list[dict]:
-    """`SourceStats.to_dict()` of the train (and eval) source: records kept / skipped."""
+def read_counts(cfg: Any, train_path: str, eval_path: Optional[str],
+                layout: Optional[dict] = None) -> list[dict]:
+    """`SourceStats.to_dict()` of the train (and eval) source: records kept / skipped; with
+    `layout` ({split: data.layout.LayoutStats}), what truncation to `data.max_len` did."""
     out = []
     for key, path in (("train", train_path), ("eval", eval_path)):
         if not path:
             continue
         if cfg.data.task:
             n = len(task_observations(cfg.data.task, path, cfg))
-            out.append(SourceStats(path, lines=n, kept=n).to_dict())
+            entry = SourceStats(path, lines=n, kept=n).to_dict()
         else:
-            out.append(read_jobs(path, cfg, key, need_reward=False)[1].to_dict())
+            entry = read_jobs(path, cfg, key, need_reward=False)[1].to_dict()
+        stats = (layout or {}).get(key)
+        if stats is not None:
+            entry["layout"] = {**stats.as_dict(), **stats.shares()}
+            entry["layout"]["dropped_ids"] = entry["layout"]["dropped_ids"][:20]
+            entry["line"] += (f"; max_len {cfg.data.max_len}: prompt cut in "
+                              f"{entry['layout']['prompt_truncated_share']:.0%} of "
+                              f"{stats.total} episodes, response cut in "
+                              f"{entry['layout']['response_truncated_share']:.0%}")
+        out.append(entry)
     return out

@@ -286,8 +286,13 @@ def _ci(m: Optional[Mapping[str, Any]], value: str = "mean", lo: str = "ci_low",
     return f"{f(m[value])} [{f(m[lo])}, {f(m[hi])}]" if ok else f(m[value])
 
 
-def _reward_name(r: Mapping[str, Any]) -> str:
+def reward_name(r: Mapping[str, Any]) -> str:
+    """Short name of a trained-reward spec: "diversity (standardize)",
+    "composite(1·diversity + 10·preservation)", "none"."""
     name = str(r.get("scorer", "?"))
+    if name == "composite" and r.get("terms"):
+        name += "(" + " + ".join(f"{t.get('weight', 1):g}·{t.get('term', '?')}"
+                                 for t in r["terms"]) + ")"
     if r.get("normalize") not in (None, "none"):
         name += f" ({r['normalize']})"
     return name
@@ -337,9 +342,9 @@ def render_headline(headline: Mapping[str, Any], examples: Sequence[Mapping[str,
     the sanity row, three examples and the corpus selection tables."""
     tr = headline.get("trained_reward_by_system", {})
     rep = headline.get("reported_reward", {})
-    lines = [f"**Reported reward:** {_reward_name(rep)}"
+    lines = [f"**Reported reward:** {reward_name(rep)}"
              + (f" (pool {rep['pool']}; {rep.get('settings', {})})" if rep.get("pool") else "")
-             + f". **Trained reward:** {_reward_name(headline.get('trained_reward', {}))}"
+             + f". **Trained reward:** {reward_name(headline.get('trained_reward', {}))}"
              + (f" — {headline['trained_reward']['note']}" if headline.get("trained_reward", {}).get("note")
                 else "") + ".", ""]
     attrs = sorted({a for v in headline["systems"].values() for a in v.get("fairness", {})})
@@ -352,7 +357,7 @@ def render_headline(headline: Mapping[str, Any], examples: Sequence[Mapping[str,
         lc = e.get("reward_length_controlled", {}).get("vs_original", {})
         lc_cell = _ci({"m": lc.get("covariate"), "lo": (lc.get("covariate_ci") or [None, None])[0],
                        "hi": (lc.get("covariate_ci") or [None, None])[1]}, "m", "lo", "hi", True) if lc else "–"
-        row = [f"`{name}`", _reward_name(tr.get(name, {})) if name != "original" else "–",
+        row = [f"`{name}`", reward_name(tr.get(name, {})) if name != "original" else "–",
                _ci(e.get("reward")), _ci(e.get("vs_original", {}).get("reward"), "mean_diff", signed=True),
                lc_cell]
         for a in attrs:

@@ -199,18 +199,21 @@ def _tuples(d: Any) -> Any:
     return d
 
 
-class _DropReadOnlyNotice(logging.Filter):
+class _DropOrbaxNotices(logging.Filter):
     """Orbax warns "Given directory is read only" (and that save_interval_steps became 0) whenever a
     manager is opened with `read_only=True`, which fairjax does to restore from a (writable) run
-    dir: that is our choice, not a property of the directory, so those lines are dropped."""
+    dir, and "Requested `tracked_metric`; did not provide metrics" for a save before the first
+    eval (or in a run without eval): both are fairjax's choices, not the user's, so those lines
+    are dropped."""
 
-    NOTICES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+    NOTICES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True",
+               "Requested `tracked_metric`")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.NOTICES)
 
 
-_READ_ONLY_FILTER = _DropReadOnlyNotice()
+_NOTICE_FILTER = _DropOrbaxNotices()
 
 
 def checkpoint_manager(run_dir: Union[str, os.PathLike], *, keep: int = 2, async_save: bool = True,
@@ -220,8 +223,7 @@ def checkpoint_manager(run_dir: Union[str, os.PathLike], *, keep: int = 2, async
     import orbax.checkpoint as ocp
     from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-    if read_only:  # before the options: they log one of the notices too
-        logging.getLogger("absl").addFilter(_READ_ONLY_FILTER)  # idempotent
+    logging.getLogger("absl").addFilter(_NOTICE_FILTER)  # idempotent; before the options (they log)
 
     policy = pp.AnyPreservationPolicy([
         pp.LatestN(n=max(int(keep), 1)),

@@ -6,6 +6,8 @@
   scaled dot-product attention with grouped KV heads, softmax in float32.
 * `rope_tables` / `apply_rope`: rotary embeddings in Hugging Face's rotate-half convention.
 * `remat_block`: optional activation rematerialisation per transformer block.
+* `run_blocks`: the block stack, unrolled (`h_0..`) or under `nn.scan` (`scan_layers`: params
+  and KV cache stacked on a leading layer axis; layout conversion is `models/layout.py`).
 * `match_partition_rules`: regex partition rules -> pytree of `PartitionSpec`.
 * `params_from_state_dict` / `params_to_state_dict`: generic HF key-map conversion that raises
   `CheckpointMismatchError` listing missing / unexpected keys and wrong shapes.
@@ -60,17 +62,29 @@ class KVCache:
     """Per-layer keys/values and the next write slot.
 
     k, v:  tuples (one per layer) of [B, H_kv, S_max, Dh] arrays (head-major: the layout the
-           attention contractions read directly, so a decoding step never transposes the cache).
+           attention contractions read directly, so a decoding step never transposes the cache),
+           or, for a `scan_layers` model, one stacked [L, B, H_kv, S_max, Dh] array each.
     index: int32 scalar, the slot where the next token's keys are written.
     """
 
-    k: tuple
-    v: tuple
+    k: Any
+    v: Any
     index: jax.Array
 
     @property
     def max_len(self) -> int:
         return self.k[0].shape[2]
+
+    @property
+    def stacked(self) -> bool:
+        return not isinstance(self.k, (tuple, list))
+
+    def take_rows(self, rows: jax.Array) -> "KVCache":
+        """The cache with batch rows `rows` [B'] (beam reordering); works for both layouts."""
+        axis = 1 if self.stacked else 0
+        take = lambda a: jnp.take(a, rows, axis=axis)  # noqa: E731
+        return KVCache(k=jax.tree.map(take, self.k), v=jax.tree.map(take, self.v),
+                       index=self.index)
 
 
 def init_cache(config, batch: int, max_len: int, dtype=None) -> KVCache:
@@ -80,6 +94,10 @@ def init_cache(config, batch: int, max_len: int, dtype=None) -> KVCache:
     """
     dtype = jnp.dtype(dtype or config.dtype)
     shape = (batch, config.num_kv_heads, max_len, config.head_dim)
+    if getattr(config, "scan_layers", False):  # one [L, B, H_kv, S_max, Dh] array each
+        stacked = (config.num_layers,) + shape
+        return KVCache(k=jnp.zeros(stacked, dtype), v=jnp.zeros(stacked, dtype),
+                       index=jnp.zeros((), jnp.int32))
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
     return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
                    index=jnp.zeros((), jnp.int32))
@@ -93,17 +111,38 @@ def default_position_ids(attention_mask: jax.Array) -> jax.Array:
     return jnp.clip(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def segment_position_ids(segment_ids: jax.Array) -> jax.Array:
+    """Positions that restart at 0 where a packed segment starts: [B, T] int -> [B, T] int32.
+
+    Position j of a row is j − (index of the first token of j's segment); padding (segment 0)
+    continues the count of whatever precedes it (its keys are masked, so it is never read).
+    """
+    t = segment_ids.shape[1]
+    idx = jnp.arange(t, dtype=jnp.int32)[None, :]
+    new = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                           segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)  # [B, T]
+    start = jax.lax.cummax(jnp.where(new, idx, 0), axis=1)  # first index of the current segment
+    return (idx - start).astype(jnp.int32)
+
+
 def attention_mask_and_positions(
     input_ids: jax.Array,  # [B, T]
     attention_mask: Optional[jax.Array],  # [B, T], or [B, S_max] with a cache
     position_ids: Optional[jax.Array],  # [B, T]
     cache: Optional[KVCache],
+    segment_ids: Optional[jax.Array] = None,  # [B, T] int: 1..k per packed episode, 0 = padding
 ) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
     """Boolean attention mask [B, 1, T, S] (key is real AND not in the future), position ids
     [B, T] and the absolute write index (None without cache).
 
     Without a cache S = T. With a cache S = S_max, query t sits at slot `cache.index + t`.
+    With `segment_ids` (packed rows, `fairjax.data.packing`; no cache) a query also sees only
+    keys of its own segment (block-diagonal causal mask) and `position_ids=None` restarts at 0
+    in every segment (`segment_position_ids`).
     """
+    if segment_ids is not None and cache is not None:
+        raise ValueError("segment_ids (packed rows) are for full forwards; decoding with a KV "
+                         "cache runs one episode per row (pass segment_ids=None)")
     b, t = input_ids.shape
     if cache is None:
         s, start = t, None
@@ -119,12 +158,20 @@ def attention_mask_and_positions(
     key_ok = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
     causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
     mask = key_ok & causal[None, None]
+    if segment_ids is not None:
+        if segment_ids.shape != (b, t):
+            raise ValueError(f"segment_ids has shape {segment_ids.shape}, expected {(b, t)} [B, T]")
+        seg = segment_ids.astype(jnp.int32)
+        same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)  # [B, T, S=T]
+        mask = mask & same[:, None]
     # A query with no visible key (a left-padding position) would softmax uniformly over ALL
     # S slots: the full forward's S = T future tokens, a cache's S_max slots (unwritten zeros
     # included), so cached decoding of an all-padding prefill chunk differed from the full
     # forward there. Such a query attends to its own slot instead: the same in both paths.
     own = (jnp.arange(s)[None, :] == q_slot[:, None])[None, None]  # [1, 1, T, S]
     mask = mask | (own & ~mask.any(axis=-1, keepdims=True))
+    if position_ids is None and segment_ids is not None:
+        position_ids = segment_position_ids(segment_ids)
     if position_ids is None:
         pos = default_position_ids(attention_mask)
         position_ids = pos if cache is None else jax.lax.dynamic_slice_in_dim(pos, start, t, axis=1)
@@ -143,6 +190,10 @@ def attention(
 ) -> jax.Array:
     """softmax(q k^T * scale + mask) v with grouped KV heads; scores/softmax in float32.
 
+    `mask` may be any boolean mask (padding, causal, and the block-diagonal segment mask of packed
+    rows): the cuDNN path hands it to `jax.nn.dot_product_attention`, which applies it as an
+    additive bias (no packed-sequence fast path is exposed there, so packing saves padding, not
+    masked attention FLOPs).
     impl: "xla" (the einsum below: exact, materialises the [B, H, T, S] scores), "cudnn" (fused
     flash attention through `jax.nn.dot_product_attention`, GPU bf16/fp16 only) or "auto" (that
     function's own choice). The fused paths take no attention dropout: with dropout active the
@@ -221,6 +272,41 @@ def remat_block(block_cls: type[nn.Module], remat: str) -> type[nn.Module]:
     if remat == "none":
         return block_cls
     return nn.remat(block_cls, policy=REMAT_POLICIES[remat], prevent_cse=True)
+
+
+def run_blocks(parent: nn.Module, make_block: Callable[[int, str], nn.Module], num_layers: int,
+               prefix: str, scan: bool, x: jax.Array, args: tuple, cache: Optional[KVCache],
+               index: Optional[jax.Array]) -> tuple[jax.Array, Optional[tuple]]:
+    """x [B, T, d] through `num_layers` blocks `make_block(i, name)(x, *args, layer_cache, index)
+    -> (x, (k, v) | None)`; call inside `parent`'s compact method. Sows each block's output.
+
+    scan=False: blocks `{prefix}_{i}`, cache k/v tuples of [B, H_kv, S, Dh].
+    scan=True: one block `prefix` under `nn.scan` (params [L, ...], one compiled body; the layer
+    index handed to make_block is 0), cache k/v stacked [L, B, H_kv, S, Dh].
+    Returns (x, (k, v) or None without a cache).
+    """
+    if not scan:
+        ks, vs = [], []
+        for i in range(num_layers):
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            x, kv = make_block(i, f"{prefix}_{i}")(x, *args, layer_cache, index)
+            parent.sow("intermediates", "block_outputs", x)
+            if kv is not None:
+                ks.append(kv[0])
+                vs.append(kv[1])
+        return x, (None if cache is None else (tuple(ks), tuple(vs)))
+
+    def body(block, carry, layer_cache):  # carry [B, T, d]; layer_cache: this layer's (k, v)
+        y, kv = block(carry, *args, layer_cache, index)
+        return y, (kv, y)
+
+    scanned = nn.scan(body, variable_axes={"params": 0, "intermediates": 0},
+                      split_rngs={"params": True, "dropout": True}, length=num_layers)
+    xs = None if cache is None else (cache.k, cache.v)
+    x, (kv, outs) = scanned(make_block(0, prefix), x, xs)  # outs [L, B, T, d]
+    for i in range(num_layers):  # no-op unless `intermediates` is mutable
+        parent.sow("intermediates", "block_outputs", outs[i])
+    return x, kv
 
 
 def forward_with_intermediates(model: nn.Module, params, *args, **kwargs):
@@ -388,3 +474,19 @@ def join_hf_extras(extras: tuple) -> dict[str, Any]:
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r}; expected one of {list(choices)}")
+
+
+def check_scan_layers(value: Any, key: str = "scan_layers") -> None:
+    """`scan_layers` must be a real bool (a string such as 'false' would be truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{key}={value!r} ({type(value).__name__}); expected a bool "
+                          "(true: blocks under nn.scan, false: unrolled blocks)")
+
+
+def layer_axis_rules(config, prefix: str, rules: list[tuple[str, P]]) -> list[tuple[str, P]]:
+    """A config's partition rules; with `scan_layers` the stacked block params under `prefix/`
+    get an unsharded leading layer axis (P(None, *spec)) before the plain rules."""
+    if not getattr(config, "scan_layers", False):
+        return rules
+    stacked = [(rf"^{prefix}/.*(?:{rx})", P(None, *spec)) for rx, spec in rules]
+    return stacked + rules

@@ -55,9 +55,28 @@ def _field_rewards(records: list[dict]) -> np.ndarray:
     missing = [r for r in records if r.get("reward") is None]
     if missing:
         raise ValueError(f"{missing[0]['source']}: record id {missing[0]['id']!r} has no 'reward' "
-                         f"({len(missing)} records lack it): set config.reward.scorer (e.g. "
-                         "diversity) to score the data, or precompute the field")
+                         f"({len(missing)} records lack it): train on `--config.reward.scorer=diversity` "
+                         "(scored when the data is built) or precompute the field with "
+                         "`python -m fairjax.score --annotate`")
     return np.array([r["reward"] for r in records], np.float64)
+
+
+def require_data_rewards(cfg: Any) -> None:
+    """DataError now when the run would train on its data's own `reward` field and a record of
+    `data.train` lacks one: a pipeline calls it before its BC stage spends any time."""
+    path = cfg.data.train
+    if (cfg.algorithm in NO_REWARD_OBJECTIVES or cfg.reward.scorer or not path
+            or os.path.isdir(path)):
+        return
+    from fairjax.data.jobs import DataError, read_records
+
+    try:
+        _field_rewards(read_records(path, text_field=cfg.data.text_field,
+                                    on_error=cfg.data.on_error))
+    except DataError:
+        raise
+    except ValueError as e:
+        raise DataError(str(e)) from e
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

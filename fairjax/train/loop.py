@@ -81,7 +81,8 @@ class Setup:
     (generation + reward) run at each evaluation on process 0's view; host_step(optimizer, plan)
     -> step(state, global batch) -> (state, metrics): replaces the compiled step (online RL:
     rollout, host-side reward, several jitted updates; `fairjax.agents.online_objectives`) with
-    the same state, checkpoints and metrics contract (metrics["finite"] = 0 stops the run);
+    the same state, checkpoints and metrics contract (metrics["finite"] = 0 stops the run;
+    metrics["tokens"], when present, is the step's token count behind the logged tokens_per_s);
     data_stats: one dict per data source (`fairjax.data.sources.SourceStats.to_dict`: path,
     kept, skipped, line), printed at the start and written to RUN_DIR/summary.json.
     """
@@ -476,6 +477,8 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
             tokens = _tokens_in(batch) * jax.process_count()
             gbatch = parallel.shard_batch(stack_micro(batch, accum), mesh, leading_unsharded=1)
             state, dev_metrics = step_fn(state, gbatch)
+            if setup.host_step is not None and "tokens" in dev_metrics:
+                tokens = int(dev_metrics["tokens"])  # online: the rollout rows, known after the step
             step += 1
             if pending is not None:
                 window.append(check(pending))
