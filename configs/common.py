@@ -35,6 +35,9 @@ def base_config(algorithm: str) -> ConfigDict:
     # attention kernel: xla (exact einsum, any device) | cudnn (fused flash attention, GPU bf16:
     # 1.9x faster BC steps for GPT-2 medium 16x1024 on an H100) | auto (jax.nn's choice)
     c.model.attention = "xla"
+    # blocks under nn.scan (params stacked [L, ...]: one compiled block, fast compiles for deep
+    # models); checkpoints in either layout load into both (fairjax/models/layout.py). No LoRA yet.
+    c.model.scan_layers = False
     c.model.demo_size = "tiny"  # GPT-2 size preset used by model.init="demo-tiny" (tiny|mini|small|...)
     c.model.demo_vocab_size = 1000  # BPE vocabulary trained on the train texts for "demo-tiny"
 

@@ -331,7 +331,7 @@ def _decode(policy: Policy, trunks: tuple, heads: dict, prompt_ids: jax.Array,
             done = done[parent]
             lp = jnp.where(done, 0.0, logp_full[parent, tok])
             logp_base, adv = logp_base[parent], adv[parent]
-            s = {**s, "caches": jax.tree.map(lambda x: x[parent] if x.ndim else x, s["caches"]),
+            s = {**s, "caches": tuple(c.take_rows(parent) for c in s["caches"]),  # any layout
                  **{k: s[k][parent] for k in ("tokens", "lengths", "log_prob", "kl", "adv_sum")}}
         live = ~done
         tokens = jax.lax.dynamic_update_slice_in_dim(s["tokens"], tok[:, None], s["t"], axis=1)

@@ -48,8 +48,15 @@ def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
 
 def decay_mask(params: Any) -> Any:
     """True where weight decay applies: matrices/embeddings (ndim >= 2); False for norm
-    scales and biases (ndim <= 1)."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    scales and biases (ndim <= 1). Blocks of a `scan_layers` model (under `h` / `layers`) carry a
+    leading layer axis, which does not count."""
+    from fairjax.models.layout import BLOCK_PREFIXES
+
+    def leaf(path, p):
+        stacked = any(getattr(k, "key", None) in BLOCK_PREFIXES for k in path)
+        return p.ndim - int(stacked) >= 2
+
+    return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:

@@ -19,17 +19,17 @@ LIMIT=0
 case "$PROFILE" in
   smoke) MODEL=(--config.model.demo_size=tiny --config.model.demo_vocab_size=1000
                 --config.data.max_len=128 "--config.data.buckets=(128,)" --config.optim.batch_size=8)
-         BC=4; RL=4; ONLINE=2; ROLLOUT=(96 16); NEW=16; PROMPT=96; EVAL_BATCH=8; LIMIT=8 ;;
+         BC=4; RL=4; VALUE_N=64; ONLINE=2; ROLLOUT=(96 16); NEW=16; PROMPT=96; EVAL_BATCH=8; LIMIT=8 ;;
   # Episodes: HN postings are ~300 tokens (p95 ~500) and the prompt quotes the original (~400,
   # p95 ~590), so the context is 1024: ~90% of episodes train uncut, and a rewrite gets up to the
   # p95 posting length (NEW=0: from the data, capped at half the context).
   cpu)   MODEL=(--config.model.demo_size=mini --config.model.demo_vocab_size=4000
                 --config.data.max_len=1024 "--config.data.buckets=(512,768,1024)" --config.optim.batch_size=8)
-         BC=150; RL=40; ONLINE=16; ROLLOUT=(640 384); NEW=0; PROMPT=0; EVAL_BATCH=64 ;;
+         BC=150; RL=40; VALUE_N=512; ONLINE=16; ROLLOUT=(640 384); NEW=0; PROMPT=0; EVAL_BATCH=64 ;;
   gpu)   MODEL=(--config.model.demo_size=small --config.model.demo_vocab_size=8000
                 --config.model.dtype=bfloat16 --config.model.attention=cudnn
                 --config.data.max_len=1024 "--config.data.buckets=(512,768,1024)" --config.optim.batch_size=32)
-         BC=500; RL=200; ONLINE=100; ROLLOUT=(640 384); NEW=0; PROMPT=0; EVAL_BATCH=64 ;;
+         BC=500; RL=200; VALUE_N=4096; ONLINE=100; ROLLOUT=(640 384); NEW=0; PROMPT=0; EVAL_BATCH=64 ;;
   *) echo "usage: $0 smoke|cpu|gpu" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT/data"
@@ -49,7 +49,8 @@ python -m fairjax.train --config=configs/bc.py "${COMMON[@]}" --config.train.ste
 python -m fairjax.train --config=configs/ilql.py "${COMMON[@]}" --config.train.steps=$RL \
     --config.init.policy="$OUT/bc" --config.pipeline.evaluate=False --config.run_dir="$OUT/ilql"
 python -m fairjax.train --config=configs/alol.py "${COMMON[@]}" --config.train.steps=$RL \
-    --config.optim.lr=1e-4 --config.init.policy="$OUT/bc" --config.run_dir="$OUT/alol"
+    --config.optim.lr=1e-4 --config.init.policy="$OUT/bc" --config.run_dir="$OUT/alol" \
+    --config.alol.value_max_examples=$VALUE_N  # V(x) is fitted on this many train postings
 
 # 4. Online GRPO from the same BC policy, with the reward in the loop: diversity plus chrF to the
 # original (x10; chrF/100 in [0, 1]) so that deleting the posting does not pay (docs/study.md).

@@ -2,7 +2,7 @@
 
 A **fairjax model directory** (docs/architecture.md):
     fairjax_model.json   {"kind", "config": <HF config dict>, "format_version": 1,
-                          "options": {"dtype", "remat"}, "meta": {...extra_meta}}
+                          "options": {"dtype", "remat", "scan_layers"}, "meta": {...extra_meta}}
     tokenizer/           HF tokenizer files (with the six layout tokens)
     params/              Orbax (StandardCheckpointer) PyTree checkpoint of the float32 LM params
 It is written into a temporary sibling directory and renamed into place, so a crash never leaves a
@@ -70,6 +70,13 @@ def _to_numpy(tree):
 
 
 # ----------------------------------------------------------------------------- model dirs
+def _to_layout(params, config, source: str):
+    """`params` in the block layout of `config` (`fairjax.models.layout.to_layout`)."""
+    from fairjax.models.layout import to_layout
+
+    return to_layout(params, config, source)
+
+
 def is_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / MODEL_JSON).is_file()
 
@@ -125,7 +132,8 @@ def save_model_dir(path: str | os.PathLike, config, params, tokenizer,
         assert_vocab_matches(tokenizer, config, allow_padding=True)
     check_params(config, params, source="params to save")
     meta = {"kind": config.kind, "config": config.to_hf(), "format_version": FORMAT_VERSION,
-            "options": {"dtype": config.dtype, "remat": config.remat},
+            "options": {"dtype": config.dtype, "remat": config.remat,
+                        "scan_layers": bool(getattr(config, "scan_layers", False))},
             "tokenizer": {"chat_template": bool(getattr(tokenizer, "use_chat_template", False))},
             "meta": dict(extra_meta or {})}
 
@@ -193,6 +201,8 @@ def load_model_dir(path: str | os.PathLike, dtype: Optional[str] = None):
     config = config_from_model_dir(path, dtype)
     chat = bool((read_model_json(path).get("tokenizer") or {}).get("chat_template", False))
     params = _to_numpy(restore_pytree(path / "params"))
+    # a dir saved in the other block layout (unrolled h_0.. / scanned h) is converted
+    params = _to_layout(params, config, source=str(path / "params"))
     check_params(config, params, source=str(path / "params"))
     tok_dir = path / "tokenizer"
     tokenizer = Tokenizer.from_dir(tok_dir, chat_template=chat) if tok_dir.is_dir() else None
@@ -264,7 +274,8 @@ def load_run_dir(path: str | os.PathLike, step=None, dtype: Optional[str] = None
                               "restore the policy), not fairjax.io.loader.load")
         restored = restore_policy(path, step)
         if restored is not None:
-            params = _to_numpy(restored)
+            params = _to_layout(_to_numpy(restored), config,
+                               source=f"{path} (fairjax.runs.load_policy_params)")
             check_params(config, params, source=f"{path} (fairjax.runs.load_policy_params)")
         return config, params, tokenizer
     if step in ("best", "latest"):
@@ -283,4 +294,4 @@ def load_run_dir(path: str | os.PathLike, step=None, dtype: Optional[str] = None
         raise FileNotFoundError(f"{step_dir}: no Orbax pytree item found")
     tree = {name: restore_pytree(p) for name, p in items.items()}
     _, found = find_lm_params(tree, config)
-    return config, _to_numpy(found), tokenizer
+    return config, _to_layout(_to_numpy(found), config, source=str(step_dir)), tokenizer

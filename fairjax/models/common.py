@@ -6,6 +6,8 @@
   scaled dot-product attention with grouped KV heads, softmax in float32.
 * `rope_tables` / `apply_rope`: rotary embeddings in Hugging Face's rotate-half convention.
 * `remat_block`: optional activation rematerialisation per transformer block.
+* `run_blocks`: the block stack, unrolled (`h_0..`) or under `nn.scan` (`scan_layers`: params
+  and KV cache stacked on a leading layer axis; layout conversion is `models/layout.py`).
 * `match_partition_rules`: regex partition rules -> pytree of `PartitionSpec`.
 * `params_from_state_dict` / `params_to_state_dict`: generic HF key-map conversion that raises
   `CheckpointMismatchError` listing missing / unexpected keys and wrong shapes.
@@ -60,17 +62,29 @@ class KVCache:
     """Per-layer keys/values and the next write slot.
 
     k, v:  tuples (one per layer) of [B, H_kv, S_max, Dh] arrays (head-major: the layout the
-           attention contractions read directly, so a decoding step never transposes the cache).
+           attention contractions read directly, so a decoding step never transposes the cache),
+           or, for a `scan_layers` model, one stacked [L, B, H_kv, S_max, Dh] array each.
     index: int32 scalar, the slot where the next token's keys are written.
     """
 
-    k: tuple
-    v: tuple
+    k: Any
+    v: Any
     index: jax.Array
 
     @property
     def max_len(self) -> int:
         return self.k[0].shape[2]
+
+    @property
+    def stacked(self) -> bool:
+        return not isinstance(self.k, (tuple, list))
+
+    def take_rows(self, rows: jax.Array) -> "KVCache":
+        """The cache with batch rows `rows` [B'] (beam reordering); works for both layouts."""
+        axis = 1 if self.stacked else 0
+        take = lambda a: jnp.take(a, rows, axis=axis)  # noqa: E731
+        return KVCache(k=jax.tree.map(take, self.k), v=jax.tree.map(take, self.v),
+                       index=self.index)
 
 
 def init_cache(config, batch: int, max_len: int, dtype=None) -> KVCache:
@@ -80,6 +94,10 @@ def init_cache(config, batch: int, max_len: int, dtype=None) -> KVCache:
     """
     dtype = jnp.dtype(dtype or config.dtype)
     shape = (batch, config.num_kv_heads, max_len, config.head_dim)
+    if getattr(config, "scan_layers", False):  # one [L, B, H_kv, S_max, Dh] array each
+        stacked = (config.num_layers,) + shape
+        return KVCache(k=jnp.zeros(stacked, dtype), v=jnp.zeros(stacked, dtype),
+                       index=jnp.zeros((), jnp.int32))
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
     return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
                    index=jnp.zeros((), jnp.int32))
@@ -256,6 +274,41 @@ def remat_block(block_cls: type[nn.Module], remat: str) -> type[nn.Module]:
     return nn.remat(block_cls, policy=REMAT_POLICIES[remat], prevent_cse=True)
 
 
+def run_blocks(parent: nn.Module, make_block: Callable[[int, str], nn.Module], num_layers: int,
+               prefix: str, scan: bool, x: jax.Array, args: tuple, cache: Optional[KVCache],
+               index: Optional[jax.Array]) -> tuple[jax.Array, Optional[tuple]]:
+    """x [B, T, d] through `num_layers` blocks `make_block(i, name)(x, *args, layer_cache, index)
+    -> (x, (k, v) | None)`; call inside `parent`'s compact method. Sows each block's output.
+
+    scan=False: blocks `{prefix}_{i}`, cache k/v tuples of [B, H_kv, S, Dh].
+    scan=True: one block `prefix` under `nn.scan` (params [L, ...], one compiled body; the layer
+    index handed to make_block is 0), cache k/v stacked [L, B, H_kv, S, Dh].
+    Returns (x, (k, v) or None without a cache).
+    """
+    if not scan:
+        ks, vs = [], []
+        for i in range(num_layers):
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            x, kv = make_block(i, f"{prefix}_{i}")(x, *args, layer_cache, index)
+            parent.sow("intermediates", "block_outputs", x)
+            if kv is not None:
+                ks.append(kv[0])
+                vs.append(kv[1])
+        return x, (None if cache is None else (tuple(ks), tuple(vs)))
+
+    def body(block, carry, layer_cache):  # carry [B, T, d]; layer_cache: this layer's (k, v)
+        y, kv = block(carry, *args, layer_cache, index)
+        return y, (kv, y)
+
+    scanned = nn.scan(body, variable_axes={"params": 0, "intermediates": 0},
+                      split_rngs={"params": True, "dropout": True}, length=num_layers)
+    xs = None if cache is None else (cache.k, cache.v)
+    x, (kv, outs) = scanned(make_block(0, prefix), x, xs)  # outs [L, B, T, d]
+    for i in range(num_layers):  # no-op unless `intermediates` is mutable
+        parent.sow("intermediates", "block_outputs", outs[i])
+    return x, kv
+
+
 def forward_with_intermediates(model: nn.Module, params, *args, **kwargs):
     """Run `model` and also return its sown intermediates.
 
@@ -421,3 +474,19 @@ def join_hf_extras(extras: tuple) -> dict[str, Any]:
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r}; expected one of {list(choices)}")
+
+
+def check_scan_layers(value: Any, key: str = "scan_layers") -> None:
+    """`scan_layers` must be a real bool (a string such as 'false' would be truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{key}={value!r} ({type(value).__name__}); expected a bool "
+                          "(true: blocks under nn.scan, false: unrolled blocks)")
+
+
+def layer_axis_rules(config, prefix: str, rules: list[tuple[str, P]]) -> list[tuple[str, P]]:
+    """A config's partition rules; with `scan_layers` the stacked block params under `prefix/`
+    get an unsharded leading layer axis (P(None, *spec)) before the plain rules."""
+    if not getattr(config, "scan_layers", False):
+        return rules
+    stacked = [(rf"^{prefix}/.*(?:{rx})", P(None, *spec)) for rx, spec in rules]
+    return stacked + rules

@@ -63,6 +63,7 @@ class GPT2Config:
     dtype: str = "float32"
     remat: str = "none"
     attention_impl: str = "xla"  # "xla" (exact einsum) | "cudnn" (fused, GPU) | "auto"
+    scan_layers: bool = False  # blocks under nn.scan: params `h/...` stacked [L, ...] (models/layout.py)
     hf_extra: tuple = ()  # other config.json entries, (key, json) pairs, written back by to_hf
 
     def __post_init__(self):
@@ -70,6 +71,11 @@ class GPT2Config:
         common.check_choice("remat", self.remat, list(common.REMAT_POLICIES))
         common.check_choice("attention_impl", self.attention_impl, list(common.ATTENTION_IMPLS))
         common.compute_dtype(self.dtype)
+        common.check_scan_layers(self.scan_layers)
+        if self.scan_layers and self.scale_attn_by_inverse_layer_idx:
+            raise ConfigError("scan_layers=True runs one block body for every layer, so the "
+                              "per-layer scale of scale_attn_by_inverse_layer_idx=True is not "
+                              "available; set scan_layers=False for this checkpoint")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by "
                               f"num_heads={self.num_heads}")
@@ -125,7 +131,7 @@ class GPT2Config:
 
     def partition_rules(self) -> list[tuple[str, P]]:
         """Regex on '/'-joined param path -> PartitionSpec over ('data', 'fsdp', 'tensor')."""
-        return [
+        return common.layer_axis_rules(self, "h", [
             (r"wte/embedding$", P("tensor", "fsdp")),
             (r"wpe/embedding$", P(None, "fsdp")),
             (r"attn/c_attn/kernel$", P("fsdp", "tensor")),
@@ -136,7 +142,7 @@ class GPT2Config:
             (r"(ln_1|ln_2|ln_f)/(scale|bias)$", P()),
             (r"/bias$", P()),
             (r".*", P()),
-        ]
+        ])
 
 
 # Size presets reused by the benchmarks (random-init shapes of the released GPT-2 models).
@@ -239,14 +245,8 @@ class GPT2LMHeadModel(nn.Module):
         self.sow("intermediates", "embeddings", x)
         x = nn.Dropout(c.embd_pdrop)(x, deterministic=deterministic)
         block = common.remat_block(GPT2Block, c.remat)
-        ks, vs = [], []
-        for i in range(c.num_layers):
-            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = block(c, i, deterministic, name=f"h_{i}")(x, mask, layer_cache, index)
-            self.sow("intermediates", "block_outputs", x)
-            if kv is not None:
-                ks.append(kv[0])
-                vs.append(kv[1])
+        x, kv = common.run_blocks(self, lambda i, name: block(c, i, deterministic, name=name),
+                                  c.num_layers, "h", c.scan_layers, x, (mask,), cache, index)
         h = _layer_norm(c, "ln_f")(x)  # [B, T, d]
         logits = None
         if compute_logits:
@@ -258,7 +258,7 @@ class GPT2LMHeadModel(nn.Module):
             logits = logits.astype(jnp.float32)  # [B, T, V]
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(k=tuple(ks), v=tuple(vs), index=index + input_ids.shape[1])
+            new_cache = KVCache(k=kv[0], v=kv[1], index=index + input_ids.shape[1])
         return LMOutput(logits=logits, hidden_states=h, cache=new_cache)
 
 
@@ -308,15 +308,23 @@ def params_from_hf(state_dict: Mapping[str, np.ndarray], config: GPT2Config,
     `lm_head.weight` is accepted only if it equals `wte.weight` (else the checkpoint was
     trained untied and dropping it would silently change the model).
     """
+    from fairjax.models import layout
+
     sd = dict(state_dict)
     prefix = "transformer." if any(k.startswith("transformer.") for k in sd) else ""
     if config.tie_word_embeddings:
         common.drop_tied_head(sd, "lm_head.weight", f"{prefix}wte.weight", source)
-    expected = common.flat_shapes(common.abstract_params(GPT2LMHeadModel(config)))
-    return common.params_from_state_dict(sd, hf_key_map(config, prefix), expected,
-                                         ignored=lambda k: bool(_BUFFER.match(k)), source=source)
+    unrolled = config.replace(scan_layers=False)  # HF keys are per layer; stacked afterwards
+    expected = common.flat_shapes(common.abstract_params(GPT2LMHeadModel(unrolled)))
+    params = common.params_from_state_dict(sd, hf_key_map(config, prefix), expected,
+                                           ignored=lambda k: bool(_BUFFER.match(k)), source=source)
+    return layout.to_layout(params, config, source)
 
 
 def params_to_hf(params, config: GPT2Config) -> dict[str, np.ndarray]:
-    """Flax params -> HF `GPT2LMHeadModel` state dict (`transformer.` keys, no tied lm_head)."""
-    return common.params_to_state_dict(params, hf_key_map(config))
+    """Flax params (either layout) -> HF `GPT2LMHeadModel` state dict (`transformer.` keys, no
+    tied lm_head)."""
+    from fairjax.models import layout
+
+    unrolled = config.replace(scan_layers=False)
+    return common.params_to_state_dict(layout.to_layout(params, unrolled), hf_key_map(config))

@@ -61,6 +61,7 @@ class LlamaConfig:
     dtype: str = "float32"
     remat: str = "none"
     attention_impl: str = "xla"  # "xla" (exact einsum) | "cudnn" (fused, GPU) | "auto"
+    scan_layers: bool = False  # blocks under nn.scan: params `layers/...` stacked [L, ...]
     hf_extra: tuple = ()
 
     def __post_init__(self):
@@ -72,6 +73,7 @@ class LlamaConfig:
         common.check_choice("attention_impl", self.attention_impl, list(common.ATTENTION_IMPLS))
         common.check_choice("rope_type", self.rope_type, ROPE_TYPES)
         common.compute_dtype(self.dtype)
+        common.check_scan_layers(self.scan_layers)
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_attention_heads={self.num_heads} is not a multiple of "
                               f"num_key_value_heads={self.num_kv_heads}")
@@ -156,7 +158,7 @@ class LlamaConfig:
 
     def partition_rules(self) -> list[tuple[str, P]]:
         """Regex on '/'-joined param path -> PartitionSpec over ('data', 'fsdp', 'tensor')."""
-        return [
+        return common.layer_axis_rules(self, "layers", [
             (r"embed_tokens/embedding$", P("tensor", "fsdp")),
             (r"self_attn/(q_proj|k_proj|v_proj)/kernel$", P("fsdp", "tensor")),
             (r"self_attn/o_proj/kernel$", P("tensor", "fsdp")),
@@ -166,7 +168,7 @@ class LlamaConfig:
             (r"(input_layernorm|post_attention_layernorm|norm)/weight$", P()),
             (r"/bias$", P()),
             (r".*", P()),
-        ]
+        ])
 
 
 # Size presets reused by the benchmarks. 7b = LLaMA-2-7B shapes; 1b = TinyLlama-1.1B shapes.
@@ -277,14 +279,9 @@ class LlamaForCausalLM(nn.Module):
         self.sow("intermediates", "embeddings", x)
         cos, sin = common.rope_tables(pos, c.inv_freq())  # [B, T, Dh]
         block = common.remat_block(LlamaBlock, c.remat)
-        ks, vs = [], []
-        for i in range(c.num_layers):
-            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = block(c, deterministic, name=f"layers_{i}")(x, mask, cos, sin, layer_cache, index)
-            self.sow("intermediates", "block_outputs", x)
-            if kv is not None:
-                ks.append(kv[0])
-                vs.append(kv[1])
+        x, kv = common.run_blocks(self, lambda i, name: block(c, deterministic, name=name),
+                                  c.num_layers, "layers", c.scan_layers, x, (mask, cos, sin),
+                                  cache, index)
         h = RMSNorm(c.rms_norm_eps, dt, name="norm")(x)  # [B, T, d]
         logits = None
         if compute_logits:
@@ -296,7 +293,7 @@ class LlamaForCausalLM(nn.Module):
             logits = logits.astype(jnp.float32)  # [B, T, V]
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(k=tuple(ks), v=tuple(vs), index=index + input_ids.shape[1])
+            new_cache = KVCache(k=kv[0], v=kv[1], index=index + input_ids.shape[1])
         return LMOutput(logits=logits, hidden_states=h, cache=new_cache)
 
 
@@ -340,15 +337,22 @@ def params_from_hf(state_dict: Mapping[str, np.ndarray], config: LlamaConfig,
     Ignores `rotary_emb.inv_freq` buffers (recomputed from the config). With a tied config an
     `lm_head.weight` is accepted only if it equals the embedding.
     """
+    from fairjax.models import layout
+
     sd = dict(state_dict)
     if config.tie_word_embeddings:
         common.drop_tied_head(sd, "lm_head.weight", "model.embed_tokens.weight", source)
-    expected = common.flat_shapes(common.abstract_params(LlamaForCausalLM(config)))
-    return common.params_from_state_dict(sd, hf_key_map(config), expected,
-                                         ignored=lambda k: k.endswith("rotary_emb.inv_freq"),
-                                         source=source)
+    unrolled = config.replace(scan_layers=False)  # HF keys are per layer; stacked afterwards
+    expected = common.flat_shapes(common.abstract_params(LlamaForCausalLM(unrolled)))
+    params = common.params_from_state_dict(sd, hf_key_map(config), expected,
+                                           ignored=lambda k: k.endswith("rotary_emb.inv_freq"),
+                                           source=source)
+    return layout.to_layout(params, config, source)
 
 
 def params_to_hf(params, config: LlamaConfig) -> dict[str, np.ndarray]:
-    """Flax params -> HF `LlamaForCausalLM` state dict."""
-    return common.params_to_state_dict(params, hf_key_map(config))
+    """Flax params (either layout) -> HF `LlamaForCausalLM` state dict."""
+    from fairjax.models import layout
+
+    unrolled = config.replace(scan_layers=False)
+    return common.params_to_state_dict(layout.to_layout(params, unrolled), hf_key_map(config))

@@ -102,6 +102,13 @@ def _flat(params: PyTree) -> dict[str, jax.Array]:
 
 
 def target_paths(params: PyTree, cfg: LoraConfig, kind: str) -> list[str]:
+    from fairjax.models.layout import detect_layout
+
+    found = detect_layout(params)
+    if found is not None and found[0] == "scanned":
+        raise ValueError(f"LoRA on a scan_layers model (blocks stacked under {found[1]!r}) is not "
+                         "wired yet: build the model with scan_layers=False (convert the params "
+                         "with fairjax.models.layout.unscan_params)")
     pat = re.compile(cfg.pattern(kind))
     out = [k for k, x in _flat(params).items()
            if pat.search(k) and k.endswith("/kernel") and np.ndim(x) == 2]

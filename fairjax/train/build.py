@@ -38,12 +38,25 @@ def _positive(cfg: Any, name: str, allow_zero: bool = False) -> None:
         raise ConfigError(f"config.{name}={v!r}; expected {'>= 0' if allow_zero else '> 0'}")
 
 
+def _check_scan_layers(cfg: Any) -> None:
+    """config.model.scan_layers: a bool, and not with LoRA (adapters are per unrolled kernel)."""
+    from fairjax.models.common import check_scan_layers
+
+    scan = cfg.model.get("scan_layers", False)
+    check_scan_layers(scan, "config.model.scan_layers")
+    if scan and cfg.get("lora") is not None and cfg.lora.enabled:
+        raise ConfigError("config.model.scan_layers=True with config.lora.enabled=True: LoRA "
+                          "adapters target unrolled per-layer kernels and are not wired for "
+                          "scanned blocks yet; set model.scan_layers=False for LoRA runs")
+
+
 def validate_config(cfg: Any) -> None:
     """Ranges and choices that ConfigDict's type checks cannot express. Raises ConfigError
     naming the key. Runs before any work (no files written, no devices touched)."""
     spec = registry.get(cfg.algorithm)  # ConfigError naming config.algorithm if unknown
     choice("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
     choice("model.remat", cfg.model.remat, ("none", "block", "dots"))
+    _check_scan_layers(cfg)
     choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
     choice("optim.schedule", cfg.optim.schedule, ("cosine", "linear", "constant"))
     choice("mesh.impl", cfg.mesh.get("impl", "gspmd"), IMPLS)
@@ -180,9 +193,11 @@ def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None):
     same tokenizer and base weights)."""
     from fairjax.io.checkpoint import is_model_dir, load_model_dir
     from fairjax.models import build_model as module_for
+    from fairjax.models.layout import to_layout
     from fairjax.runs import load
 
     own = run_dir / rd.MODEL_DIR
+    scan = bool(cfg.model.get("scan_layers", False))
     source = None
     if cfg.model.init == "demo-tiny" and cfg.init.policy:
         source = Path(cfg.init.policy) / rd.MODEL_DIR
@@ -192,31 +207,38 @@ def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None):
         source = own
     if source is not None:
         mcfg, params, tok = load_model_dir(source, dtype=cfg.model.dtype)
-        mcfg = mcfg.replace(remat=cfg.model.remat, attention_impl=cfg.model.attention)
+        mcfg = mcfg.replace(remat=cfg.model.remat, attention_impl=cfg.model.attention,
+                            scan_layers=scan)
     elif cfg.model.init == "demo-tiny":
         from fairjax.models.gpt2 import PRESETS, init_params
 
         tok = demo_tokenizer(sources.texts(train_path, cfg), cfg.model.demo_vocab_size)
         mcfg = PRESETS[cfg.model.demo_size].replace(
             vocab_size=len(tok), dtype=cfg.model.dtype, remat=cfg.model.remat,
-            attention_impl=cfg.model.attention,
+            attention_impl=cfg.model.attention, scan_layers=scan,
             max_positions=max(PRESETS[cfg.model.demo_size].max_positions, cfg.data.max_len))
-        params = jax.device_get(init_params(mcfg, jax.random.PRNGKey(cfg.seed)))
+        # unrolled init, then stacked: the same initial weights in either layout
+        params = jax.device_get(init_params(mcfg.replace(scan_layers=False),
+                                            jax.random.PRNGKey(cfg.seed)))
     else:
         module, params, tok = load(cfg.model.init, base=cfg.model.base or None,
                                    dtype=cfg.model.dtype)
-        mcfg = module.config.replace(remat=cfg.model.remat, attention_impl=cfg.model.attention)
+        mcfg = module.config.replace(remat=cfg.model.remat, attention_impl=cfg.model.attention,
+                                     scan_layers=scan)
+    # the source's block layout (unrolled h_0.. / scanned h) -> model.scan_layers' layout
+    params = to_layout(params, mcfg, source=str(source or cfg.model.init))
     return mcfg, module_for(mcfg), params, tok
 
 
-def _init_policy_params(cfg: Any):
+def _init_policy_params(cfg: Any, mcfg: Any):
     if not cfg.init.policy:
         return None
+    from fairjax.models.layout import to_layout
     from fairjax.runs import restore_policy
 
     step = cfg.init.step if cfg.init.step in ("best", "latest") else int(cfg.init.step)
     _, params = restore_policy(cfg.init.policy, step)
-    return params
+    return to_layout(params, mcfg, source=f"config.init.policy={cfg.init.policy}")
 
 
 def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str],
@@ -265,7 +287,7 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
     """Model, tokenizer, data and objective from the config (see configs/common.py)."""
     train_path, eval_path = training_rewards(cfg, run_dir, *data_paths(cfg, run_dir))
     mcfg, module, params, tok = build_model(cfg, run_dir, train_path)
-    policy = _init_policy_params(cfg)
+    policy = _init_policy_params(cfg, mcfg)
     algorithm = with_param_dtype(build_algorithm(cfg, module, mcfg, params, policy),
                                  cfg.optim.get("param_dtype", "float32"))
     # objectives that read the initial policy while building data (A-LoL's V(x)) get it here
