@@ -31,6 +31,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("torch", True, "Also time the PyTorch baseline when torch is importable.")
     flags.DEFINE_string("profile", None, "train: also trace 3 steps into this directory and print "
                         "the device time per kernel and category.")
+    flags.DEFINE_bool("breakdown", False, "memory: also split each compiled step's FLOPs, bytes "
+                      "accessed and peak temporaries by op category (benchmarks/breakdown.py).")
     flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
     flags.DEFINE_integer("vocab_chunk", None, "Vocabulary block of the chunked heads/CE "
                          "(0 = materialise [B, A, V] / [B, T, V]; default $FAIRJAX_VOCAB_CHUNK "

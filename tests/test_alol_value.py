@@ -86,3 +86,35 @@ def test_advantages_in_the_batches():
                                rtol=1e-5)
     with pytest.raises(Exception, match="baseline='value_head' needs the reference"):
         train_advantages(small_config("alol"), eps, 0, None)
+
+
+def test_prompt_states_run_on_prompts_alone_and_equal_full_episodes(fixtures_dir):
+    """V(x)'s inputs are computed on each prompt's own positions (sorted, block-padded widths,
+    few compilations): equal to the reference's states over the whole padded episode."""
+    import jax
+
+    from fairjax.agents import alol_value
+    from fairjax.agents.alol import prompt_hidden_states
+    from fairjax.data.layout import collate
+    from fairjax.io.loader import load
+
+    module, params, tok = load(str(Path(fixtures_dir) / "gpt2_tiny" / "hf"))
+    rng = np.random.default_rng(1)
+    words = ["fair", "posting", "remote", "python", "team", "salary", "growth"]
+    ds = JobsDataset([JobExample(f"e{i}", " ".join(rng.choice(words, size=int(rng.integers(2, 40)))),
+                                 " ".join(rng.choice(words, size=int(rng.integers(1, 20)))), 0.0)
+                      for i in range(11)])
+    eps = JobRewriteTask(ds).episodes(tok, Truncation(max_len=128)).prepare()
+    eps = [eps[i] for i in range(len(eps))]
+    width = max(int(e.action_idxs[0]) + 1 for e in eps)
+    old_block = alol_value.PROMPT_BLOCK
+    alol_value.PROMPT_BLOCK = 8  # several widths among these short prompts
+    try:
+        h, m = alol_value._prompt_states(module, params, eps, tok.pad_id, 4, width)
+    finally:
+        alol_value.PROMPT_BLOCK = old_block
+    full = collate(eps, tok.pad_id, extras=True)
+    hf, mf = jax.device_get(prompt_hidden_states(module, params, full))
+    np.testing.assert_array_equal(m, np.asarray(mf)[:, :width])
+    np.testing.assert_allclose(h * m[..., None], np.asarray(hf)[:, :width] * m[..., None],
+                               atol=2e-5, rtol=1e-5)

@@ -25,20 +25,38 @@ from fairjax.losses.alol import transform_rewards
 PyTree = Any
 
 
+PROMPT_BLOCK = 128  # prompt widths are rounded up to a multiple of this (few shapes, few compiles)
+
+
 def _prompt_states(module, ref_params: PyTree, episodes: Sequence[Any], pad_id: int,
                    batch_size: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference hidden states over the prompt positions: ([N, width, d], mask [N, width])."""
+    """Reference hidden states over the prompt positions: ([N, width, d], mask [N, width]).
+
+    The LM is causal, so a prompt's states need only the prompt's tokens: episodes are taken in
+    order of prompt length and each batch runs on its prompt positions alone, padded to a
+    multiple of PROMPT_BLOCK (one compilation per width, not per batch)."""
     fn = jax.jit(lambda p, b: prompt_hidden_states(module, p, b))
-    hs, ms = [], []
-    for s in range(0, len(episodes), batch_size):
-        chunk = list(episodes[s:s + batch_size])
-        T = max(e.length for e in chunk)
-        b = collate(chunk, pad_id, pad_to=max(T, width), extras=True, batch_size=batch_size)
-        b = {k: jnp.asarray(v) for k, v in b.items()}
+    n = len(episodes)
+    lengths = np.array([int(e.action_idxs[0]) + 1 for e in episodes])
+    order = np.argsort(lengths, kind="stable")
+    hs = ms = None
+    for s in range(0, n, batch_size):
+        idx = order[s:s + batch_size]
+        chunk = [episodes[i] for i in idx]
+        w = int(-(-int(lengths[idx].max()) // PROMPT_BLOCK) * PROMPT_BLOCK)
+        b = collate(chunk, pad_id, pad_to=max(w, max(e.length for e in chunk)), extras=True,
+                    batch_size=batch_size)
+        b = {"tokens": jnp.asarray(b["tokens"][:, :w]),
+             "attn_mask": jnp.asarray(b["attn_mask"][:, :w]),
+             "action_idxs": jnp.asarray(b["action_idxs"][:, :1])}
         h, m = jax.device_get(fn(ref_params, b))
-        hs.append(np.asarray(h[:len(chunk), :width], np.float32))
-        ms.append(np.asarray(m[:len(chunk), :width], np.float32))
-    return np.concatenate(hs), np.concatenate(ms)
+        if hs is None:
+            hs = np.zeros((n, width, h.shape[-1]), np.float32)
+            ms = np.zeros((n, width), np.float32)
+        k = min(w, width)
+        hs[idx, :k] = np.asarray(h[:len(idx), :k], np.float32)
+        ms[idx, :k] = np.asarray(m[:len(idx), :k], np.float32)
+    return hs, ms
 
 
 def fit_reference_values(module, ref_params: PyTree, episodes: Sequence[Any], pad_id: int, *,

@@ -13,8 +13,6 @@ and A-LoL (policy + frozen reference). The measured peak of the current device
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 
 import jax
@@ -39,30 +37,14 @@ def _algorithm_cfg(algo: str, remat: str):
             raise ValueError(f"--algo={algo!r}: suffix must be one of {sorted(QUANT_SUFFIX)}")
         cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha = True, 16, 32.0
         cfg.lora.base_dtype = "bfloat16"
+        cfg.lora.quant = QUANT_SUFFIX[lora]  # read by LoraConfig.from_config (agents/registry)
     return cfg
 
 
-@contextlib.contextmanager
-def _lora_quant(algo: str):
-    """The trainer builds `LoraConfig` from rank/alpha/dropout/targets; until its builder reads
-    `lora.quant` (LoraConfig.from_config), the quantised rows set the default here."""
-    quant = QUANT_SUFFIX.get(algo.partition("_")[2], "none")
-    if quant == "none":
-        yield
-        return
-    from fairjax.models import lora as L
-
-    orig = L.LoraConfig
-    L.LoraConfig = functools.partial(orig, quant=quant)
-    try:
-        yield
-    finally:
-        L.LoraConfig = orig
-
-
-def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
-             remat: str) -> dict:
-    """Memory analysis (bytes) of one compiled train step of `algo` on preset `family/size`."""
+def compile_step(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
+                 remat: str):
+    """(compiled train step, abstract state) of `algo` on preset `family/size`: abstract shapes
+    only (`jax.eval_shape`), nothing is allocated; the step donates its state."""
     from fairjax.agents.registry import build_algorithm
     from fairjax.benchmarks.forward import FAMILIES, make_config
     from fairjax.benchmarks.train import synthetic_batch
@@ -77,14 +59,12 @@ def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str
 
     def init(rng):  # traced: weights are never materialised
         base = mod.init_params(mcfg, rng)
-        with _lora_quant(algo):
-            return build_algorithm(cfg, module, mcfg, base).init(rng)
+        return build_algorithm(cfg, module, mcfg, base).init(rng)
 
     rng = jax.random.PRNGKey(0)
     params, frozen = jax.eval_shape(init, rng)
     # The loss closes over the model and config only; its init is never called here.
-    with _lora_quant(algo):
-        algorithm = build_algorithm(cfg, module, mcfg, params)
+    algorithm = build_algorithm(cfg, module, mcfg, params)
     optimizer = make_optimizer(cfg.optim, 1000)
     state = {"params": params, "opt_state": jax.eval_shape(optimizer.init, params),
              "frozen": frozen, "step": jax.ShapeDtypeStruct((), jnp.int32),
@@ -96,7 +76,20 @@ def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str
         b["advantage"] = jax.ShapeDtypeStruct((1, batch), jnp.float32)
         b["prompt_mask"] = jax.ShapeDtypeStruct((1, batch, seq), jnp.float32)
     step = jax.jit(make_train_step(algorithm, optimizer), donate_argnums=(0,))
-    m = step.lower(state, b).compile().memory_analysis()
+    return step.lower(state, b).compile(), state
+
+
+def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,
+             remat: str, breakdown: bool = False, hlo_path: str | None = None) -> dict:
+    """Memory analysis (bytes) of one compiled train step of `algo` on preset `family/size`;
+    with `breakdown`, also its per-category split (benchmarks/breakdown.py) under "breakdown";
+    `hlo_path`: also write the compiled HLO text there (to re-run the split without compiling)."""
+    compiled, state = compile_step(family, size, algo, batch, seq, dtype, remat)
+    if hlo_path:
+        with open(hlo_path, "w") as fh:
+            fh.write(compiled.as_text())
+    params, frozen = state["params"], state["frozen"]
+    m = compiled.memory_analysis()
     n = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))  # noqa: E731
     out = {"algo": algo, "params_bytes": n(params), "frozen_bytes": n(frozen),
            "opt_state_bytes": n(state["opt_state"])}
@@ -105,6 +98,12 @@ def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str
                    output_bytes=m.output_size_in_bytes, alias_bytes=m.alias_size_in_bytes)
         out["peak_estimate_bytes"] = (m.argument_size_in_bytes + m.temp_size_in_bytes
                                       + m.output_size_in_bytes - m.alias_size_in_bytes)
+    if breakdown:
+        from fairjax.benchmarks import breakdown as bd
+        from fairjax.benchmarks.forward import make_config
+
+        out["breakdown"] = bd.analyze(compiled, bd.vocab_dims(make_config(family, size,
+                                                                           dtype).vocab_size))
     return out
 
 
@@ -120,7 +119,9 @@ def run(FLAGS) -> None:
              if FLAGS.algo == "all"
              else (FLAGS.algo,))
     remat = getattr(FLAGS, "remat", None) or "block"
-    rows = [estimate(FLAGS.model, FLAGS.size, a, batch, seq, dtype, remat) for a in algos]
+    brk = bool(getattr(FLAGS, "breakdown", False))
+    rows = [estimate(FLAGS.model, FLAGS.size, a, batch, seq, dtype, remat, brk,
+                     f"{FLAGS.json}.{a}.hlo.txt" if brk and FLAGS.json else None) for a in algos]
     print(f"train-step memory {FLAGS.model}-{FLAGS.size} batch {batch} x {seq} {dtype} "
           f"remat={remat}, one device holding the whole state (AdamW, float32 params)")
     print(f"  {'algo':11s} {'params':>9s} {'frozen':>9s} {'adam':>9s} {'args':>9s} {'temps':>9s} "
@@ -130,6 +131,11 @@ def run(FLAGS) -> None:
         print(f"  {r['algo']:11s} {g('params_bytes'):8.2f}G {g('frozen_bytes'):8.2f}G "
               f"{g('opt_state_bytes'):8.2f}G {g('argument_bytes'):8.2f}G {g('temp_bytes'):8.2f}G "
               f"{g('peak_estimate_bytes'):9.2f}G")
+    if brk:
+        from fairjax.benchmarks import breakdown as bd
+
+        for r in rows:
+            bd.print_breakdown(r["algo"], r["breakdown"])
     peak = measured_peak()
     print(f"  measured peak on {jax.devices()[0].device_kind}: "
           + (f"{peak / GIB:.2f} GiB" if peak else "n/a (backend reports no memory stats)"))

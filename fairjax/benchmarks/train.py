@@ -6,6 +6,9 @@ all devices), on random weights of a GPT-2 (or, --model=llama, LLaMA) preset wit
 the ILQL layout (prompt = first half, response = second half; B x T = 8 x 128 by default), and,
 when torch is importable, a plain Hugging Face PyTorch GPT-2 LM step (AdamW) on the same shapes.
 
+On the CPU, `--profile` also prints the compiled step's FLOPs, bytes accessed and peak
+temporaries per op category (benchmarks/breakdown.py).
+
 FLOPs: from XLA's cost analysis of the compiled step (`compiled.cost_analysis()["flops"]`), which
 counts what actually runs (3 trunks, vocabulary-sized Q heads, CQL log-sum-exp); MFU = FLOPs /
 step time / peak FLOP/s of the device (H100 SXM bf16 dense 989 TFLOP/s, H200 the same, A100 312;
@@ -60,7 +63,7 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     from fairjax import parallel
     from fairjax.agents.registry import build_algorithm
     from fairjax.benchmarks.forward import FAMILIES, make_config
-    from fairjax.benchmarks.memory import _algorithm_cfg, _lora_quant
+    from fairjax.benchmarks.memory import _algorithm_cfg
     from fairjax.models.lora import cast_base
     from fairjax.optim import make_optimizer
     from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
@@ -73,13 +76,12 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     init = (lambda r: mod.init_params(mcfg, r)) if lora is None else (  # noqa: E731
         lambda r: cast_base(mod.init_params(mcfg, r), "bfloat16"))
     params = jax.jit(init)(jax.random.PRNGKey(0))
-    with _lora_quant(algo + suffix):
-        alg = build_algorithm(cfg, model_cls(mcfg), mcfg, params)
-        mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-        opt = make_optimizer(cfg.optim, 1000)
-        plan = StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
-        step = compile_train_step(alg, opt, plan, impl=impl)
-        state = {"s": plan.init()}
+    alg = build_algorithm(cfg, model_cls(mcfg), mcfg, params)
+    mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+    opt = make_optimizer(cfg.optim, 1000)
+    plan = StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
+    step = compile_train_step(alg, opt, plan, impl=impl)
+    state = {"s": plan.init()}
     n_params = sum(x.size for x in jax.tree.leaves(params))
     del params
     b = parallel.shard_batch(stack_micro(synthetic_batch(batch, seq, mcfg.vocab_size), 1), mesh)
@@ -97,6 +99,10 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         out["peak_bytes"] = int(stats["peak_bytes_in_use"])
+    if profile_dir and jax.default_backend() == "cpu":  # XLA's own split of the compiled step
+        from fairjax.benchmarks import breakdown
+
+        out["breakdown"] = breakdown.analyze(compiled, breakdown.vocab_dims(mcfg.vocab_size))
     if profile_dir:
         from fairjax.benchmarks import profile
 
@@ -157,6 +163,10 @@ def run(FLAGS) -> None:
         print(f"  fairjax {FLAGS.algo} mesh.impl={impl} ({res['devices']} devices): "
               f"{f['step_s']*1e3:.1f} ms/step  {f['tokens_per_s']:.0f} tok/s  "
               f"{f['flops']/1e12:.2f} TFLOP/step" + (f"  MFU {f['mfu']:.1%}" if "mfu" in f else ""))
+    if "breakdown" in f:
+        from fairjax.benchmarks import breakdown
+
+        breakdown.print_breakdown(f"compiled {FLAGS.algo} step by category", f["breakdown"])
     if "profile" in f:
         from fairjax.benchmarks import profile
 
