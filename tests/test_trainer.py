@@ -36,6 +36,12 @@ def test_train_logs_checkpoints_and_learns(tmp_path):
     assert (tmp_path / "config.json").is_file() and (tmp_path / "config.py").is_file()
     # frozen Polyak target was updated once per optimizer step
     assert int(jax.device_get(res.state["frozen"]["count"])) == 12
+    # relaunching the finished run trains nothing and keeps the summary's final metrics
+    summary = json.loads((tmp_path / rd.SUMMARY_FILE).read_text())
+    again = train(cfg, tmp_path, setup=toy_setup(cfg))
+    assert again.step == 12 and again.eval_metrics == res.eval_metrics
+    assert json.loads((tmp_path / rd.SUMMARY_FILE).read_text())["eval_metrics"] == \
+        summary["eval_metrics"] != {}
 
 
 def test_resume_from_checkpoint_is_exact(tmp_path):

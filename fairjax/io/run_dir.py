@@ -108,6 +108,14 @@ def write_summary(run_dir: Union[str, os.PathLike], summary: dict) -> None:
     path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
 
 
+def read_summary(run_dir: Union[str, os.PathLike]) -> dict:
+    """RUN_DIR/summary.json, or {} when there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def prune_metrics(run_dir: Union[str, os.PathLike], step: int) -> int:
     """Drop the rows logged after `step` (the checkpoint a run resumes from; 0 = a fresh start)
     from RUN_DIR/metrics.jsonl and RUN_DIR/tb, so that the steps the resumed run re-executes are

@@ -530,6 +530,10 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
         logger.close()
     best = rd.best_step(manager)
     manager.close()
+    if not last_metrics and not eval_metrics:  # a relaunch of a finished run trains nothing:
+        previous = rd.read_summary(run_dir)     # its summary keeps the metrics it ended with
+        last_metrics = previous.get("metrics", {}) or {}
+        eval_metrics = previous.get("eval_metrics", {}) or {}
     result = RunResult(run_dir=run_dir, step=int(jax.device_get(state["step"])),
                        metrics=last_metrics, eval_metrics=eval_metrics, best_step=best,
                        state=state, data_stats=list(setup.data_stats))
