@@ -132,17 +132,12 @@ def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
             module, lm = run.algorithm.policy(run.params, run.frozen)
             if primary:
                 eval_path = _run_eval_path(run.config, path)
-            if primary and run.config.algorithm == "ilql":
-                from fairjax.agents import ilql
+            from fairjax.agents import registry
 
-                ic = ilql.from_config(run.config)
-                agent = (run.params, run.frozen)
-                if run.config.get("lora") is not None and run.config.lora.enabled:
-                    from fairjax.agents.lora import effective_ilql
-                    from fairjax.models.lora import LoraConfig
-
-                    lc = run.config.lora
-                    agent = effective_ilql(ic, *agent, LoraConfig(lc.rank, lc.alpha))
+            spec = registry.get(run.config.algorithm)
+            if primary and spec.decoding.value_guided:
+                ic = spec.agent_config(run.config)
+                agent = run.algorithm.merged(run.params, run.frozen)  # LoRA: adapters merged
                 for vname, w in parse_variants(cfg.variants):
                     pol = Policy.ilql(module, ic, *agent) if w else Policy.lm(module, lm)
                     systems.append(System(vname, pol, run.tokenizer, _generation(cfg, w), lm, path))
@@ -187,10 +182,13 @@ def trained_reward_of(path: str, adv_weight: Optional[float] = None) -> dict:
     from fairjax.io.run_dir import load_config
 
     cfg = load_config(path)
-    if adv_weight == 0 and cfg.algorithm == "ilql" and not cfg.ilql.awac_weight:
-        return {"scorer": "none", "note": "β = 0: the ILQL run's frozen policy trunk (its BC "
-                                          "policy), trained on no reward"}
-    return trained_reward(cfg, path)
+    from fairjax.agents import registry
+
+    spec = registry.get(cfg.algorithm)
+    if adv_weight == 0 and spec.decoding.value_guided and spec.decoding.unguided_untrained(cfg):
+        return {"scorer": "none", "note": f"β = 0: the {cfg.algorithm} run's frozen policy trunk "
+                                          "(its BC policy), trained on no reward"}
+    return trained_reward(cfg, path, trains_on_reward=spec.trains_on_reward)
 
 
 def choose_max_new_tokens(requested: int, reference_lengths: Sequence[int], max_positions: int,

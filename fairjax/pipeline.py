@@ -65,8 +65,12 @@ def bc_config(cfg: Any, run_dir: Path):
 
 
 def eval_config(cfg: Any, run_dir: Path):
-    """`cfg.stages.eval` pointed at the run: for ILQL variants bc (β=0) and ilql_b<β> per adv
-    weight; for the other objectives (online RL) the run's policy beside the BC warm start."""
+    """`cfg.stages.eval` pointed at the run: the objective's evaluation variants when it declares
+    them (`Decoding.variants`: ILQL's bc (β=0) and ilql_b<β> per adv weight); otherwise the run's
+    policy beside the BC warm start. Temperature / top_k: the objective's decoding settings."""
+    from fairjax.agents import registry
+
+    decoding = registry.get(cfg.algorithm).decoding
     ev = stage_config(cfg, "eval")
     p = cfg.pipeline
     ev.checkpoint = str(run_dir)
@@ -75,18 +79,16 @@ def eval_config(cfg: Any, run_dir: Path):
     ev.limit = p.eval_limit
     # 0 = from the eval postings' lengths, capped at half the context (configs/ilql.py)
     ev.generation.max_new_tokens = p.get("eval_max_new_tokens", 0)
-    if cfg.algorithm == "ilql":
-        weights = [float(w) for w in p.adv_weights]
-        ev.variants = ",".join(["bc:0"] + [f"ilql_b{w:g}:{w:g}" for w in weights if w > 0])
-        gen = cfg.ilql.generation
+    if decoding.variants is not None:
+        ev.variants = decoding.variants(cfg)
     else:  # the run's policy sampled plainly, beside the BC warm start it started from
         ev.variants = f"{cfg.algorithm}:0"
         ev.step = "latest"
         if cfg.init.policy:
             ev.extra_checkpoints = f"bc={cfg.init.policy}"
-        gen = cfg[cfg.algorithm]
-    ev.generation.temperature = gen.temperature
-    ev.generation.top_k = gen.top_k
+    gen = decoding.settings(cfg) if decoding.settings is not None else None
+    ev.generation.temperature = gen.temperature if gen is not None else 1.0
+    ev.generation.top_k = gen.top_k if gen is not None else 0
     ev.scorer.pools = p.eval_pools
     ev.n_boot = p.eval_n_boot
     ev.lock()
@@ -130,8 +132,10 @@ def _run(cfg: Any, run_dir: Path) -> dict:
         from fairjax.agents import registry
         from fairjax.rewards.training import require_data_rewards
 
-        if registry.get(cfg.algorithm).make_step is None:  # online objectives score rollouts
-            require_data_rewards(cfg)  # refused before BC trains for a run that cannot follow
+        spec = registry.get(cfg.algorithm)
+        if not spec.online:  # online objectives score rollouts
+            # refused before BC trains for a run that cannot follow
+            require_data_rewards(cfg, trains_on_reward=spec.trains_on_reward)
         bc_dir = run_dir / "bc"
         _say(f"[pipeline 1/3] BC warm start -> {bc_dir}")
         out["bc"] = train(bc_config(cfg, bc_dir), bc_dir)

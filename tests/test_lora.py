@@ -102,7 +102,7 @@ def test_lora_bc_and_alol_reference_is_the_base():
 
     model, base, cfg = _tiny("gpt2")
     lc = L.LoraConfig(rank=2)
-    alg = AL.bc_algorithm(model, LM.LMConfig(), base, lc, "gpt2")
+    alg = AL.loraize(lambda m, lm: LM.make_algorithm(m, LM.LMConfig(), lm), model, base, lc, "gpt2")
     params, frozen = alg.init(jax.random.PRNGKey(0))
     assert set(frozen) == {"base"} and all(set(v) == {"a", "b"} for v in params.values())
     rng = np.random.default_rng(0)

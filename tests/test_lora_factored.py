@@ -129,9 +129,11 @@ def test_qlora_bc_and_shared_base_ilql_train_only_adapters_and_heads(quant):
     lc = L.LoraConfig(rank=4, alpha=8.0, dropout=0.1, quant=quant)
     batch = {k: jnp.asarray(v) for k, v in synthetic_batch(2, 16, cfg.vocab_size).items()}
     icfg = I.ILQLConfig(separate_policy=True, separate_target=True)
-    for algo in (AL.bc_algorithm(model, LM.LMConfig(), base, lc, "gpt2"),
-                 AL.shared_base_ilql_algorithm(model, icfg, base, lc, "gpt2", cfg.hidden_size,
-                                               cfg.vocab_size)):
+    for algo in (AL.loraize(lambda m, lm: LM.make_algorithm(m, LM.LMConfig(), lm),
+                            model, base, lc, "gpt2"),
+                 AL.loraize(lambda m, lm: I.algorithm_from(m, icfg, cfg.hidden_size,
+                                                           cfg.vocab_size, lm, lm),
+                            model, base, lc, "gpt2")):
         params, frozen = algo.init(jax.random.PRNGKey(0))
         opt = optax.adam(1e-2)
         state = opt.init(params)

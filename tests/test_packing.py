@@ -196,11 +196,12 @@ def test_bc_loss_and_grads_packed_equal_unpacked(tiny, hp, chunk):
 
 def test_bc_lora_packed_equals_unpacked(tiny):
     """The factored LoRA wrapper forwards segment_ids / positions to the base model."""
-    from fairjax.agents.lora import bc_algorithm
+    from fairjax.agents.lora import loraize
     from fairjax.models.lora import LoraConfig
 
     module, params, tok = tiny
-    algo = bc_algorithm(module, LMA.LMConfig(vocab_chunk=64), params, LoraConfig(rank=4), "gpt2")
+    algo = loraize(lambda m, lm: LMA.make_algorithm(m, LMA.LMConfig(vocab_chunk=64), lm), module,
+                   params, LoraConfig(rank=4), "gpt2")
     p, f = algo.init(jax.random.PRNGKey(0))
     eps = demo_episodes(tok, 12, seed=4)
     _, b = _packed(eps, tok.pad_id, 128)

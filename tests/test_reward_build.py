@@ -229,7 +229,8 @@ def test_prepare_rewards_bc_and_field_rewards(tmp_path):
 
     train, _ = _data(tmp_path, ["a b", "c d"])  # no reward field
     run = tmp_path / "run"
-    assert prepare_rewards(_run_cfg(tmp_path, "bc"), run, str(train), None) == (str(train), None)
+    assert prepare_rewards(_run_cfg(tmp_path, "bc"), run, str(train), None,
+                           trains_on_reward=False) == (str(train), None)
     assert json.loads((run / "reward_spec.json").read_text())["scorer"] == "none"
     with pytest.raises(ValueError, match=r"train.jsonl:1: record id 'r0' has no 'reward'"):
         prepare_rewards(_run_cfg(tmp_path, scorer="", normalize="minmax"), run, str(train), None)

@@ -15,7 +15,7 @@ Batch keys (`fairjax.data.layout.collate(..., extras=True)` produces the first g
   ref_logprobs [B, T-1]  optional precomputed log π_ref (column j scores token j+1; zero-padded)
   advantage [B]          optional precomputed A (overrides R − V); or value [B]: precomputed V(x)
 
-V(x) (`AttentionValueHead`): a learned query attends (multi-head, MASKED to the prompt; upstream's
+V(x) (`fairjax.models.heads.AttentionValueHead`, fit by `alol_value.fit_value_head`): a learned query attends (multi-head, MASKED to the prompt; upstream's
 `nn.MultiheadAttention` had no key-padding mask, so padded prompt positions leaked into V: fixed
 here) over the frozen reference model's final hidden states at the prompt positions; then
 `MLPHead(1)` and `sigmoid · max_value` (upstream HH: max_value 1 for σ-normalised rewards; set
@@ -33,134 +33,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.alol_value import (fit_reference_values, fit_value_head,  # noqa: F401
+                                       prompt_hidden_states)
+from fairjax.agents.base import (Algorithm, context_mask, identity_update, init_with_reference,
+                                 lm_forward, target_mask)
 from fairjax.agents.registry import Objective, choice, config_block, register
 from fairjax.errors import ConfigError
 from fairjax.losses.alol import ALGORITHMS, ALoLHParams, alol_loss, transform_rewards
-from fairjax.losses.common import scatter_positions, token_logprobs
-from fairjax.losses.vocab import lm_token_ce, resolve_chunk
-from fairjax.models.heads import MLPHead
+from fairjax.models.heads import (AttentionValueHead, ValueHeadConfig,  # noqa: F401
+                                  init_value_head, predict_values)
 
 PyTree = Any
-
-
-# ------------------------------------------------------------------------------- value head
-@dataclasses.dataclass(frozen=True)
-class ValueHeadConfig:
-    """num_heads: attention heads of the pooling (upstream 8); max_value: V = σ(·)·max_value, None =
-    linear output; dropout: on the hidden states and the pooled vector (upstream 0.1)."""
-
-    num_heads: int = 8
-    max_value: Optional[float] = 1.0
-    dropout: float = 0.1
-    hidden_mult: int = 2
-
-
-class AttentionValueHead(nn.Module):
-    """V(x): hidden [B, T, d] (reference LM, final layer), prompt_mask [B, T] -> [B] float32."""
-
-    config: ValueHeadConfig = ValueHeadConfig()
-
-    @nn.compact
-    def __call__(self, hidden: jax.Array, prompt_mask: jax.Array, deterministic: bool = True):
-        c = self.config
-        B, T, d = hidden.shape
-        x = nn.Dropout(c.dropout)(hidden.astype(jnp.float32), deterministic=deterministic)
-        query = self.param("query", nn.initializers.normal(0.02), (d,), jnp.float32)
-        q = jnp.broadcast_to(query, (B, 1, d))
-        mask = prompt_mask.astype(bool)[:, None, None, :]  # [B, 1 (heads), 1 (query), T]
-        pooled = nn.MultiHeadDotProductAttention(num_heads=c.num_heads, qkv_features=d,
-                                                 out_features=d, name="attn")(q, x, mask=mask)
-        pooled = nn.Dropout(c.dropout)(pooled[:, 0], deterministic=deterministic)  # [B, d]
-        v = MLPHead(1, hidden_mult=c.hidden_mult, name="mlp")(pooled)[:, 0]
-        if c.max_value is not None:
-            v = jax.nn.sigmoid(v) * c.max_value
-        return v
-
-
-def init_value_head(rng: jax.Array, hidden_size: int, cfg: ValueHeadConfig = ValueHeadConfig()):
-    """Random AttentionValueHead params for hidden size d."""
-    return AttentionValueHead(cfg).init(rng, jnp.zeros((1, 2, hidden_size)), jnp.ones((1, 2)))["params"]
-
-
-def predict_values(params: PyTree, hidden: jax.Array, prompt_mask: jax.Array,
-                   cfg: ValueHeadConfig = ValueHeadConfig()) -> jax.Array:
-    """Deterministic V(x).  hidden: [N, T, d]; prompt_mask: [N, T] -> [N]."""
-    return AttentionValueHead(cfg).apply({"params": params}, hidden, prompt_mask)
-
-
-def fit_value_head(hidden: np.ndarray,       # [N, T, d] reference hidden states (prompts)
-                   prompt_mask: np.ndarray,  # [N, T]
-                   rewards: np.ndarray,      # [N] rewards of the reference policy's generations
-                   steps: int, lr: float = 1e-5, seed: int = 0, *,
-                   batch_size: int = 16, cfg: ValueHeadConfig = ValueHeadConfig(),
-                   weight_decay: float = 0.0, eval_every: Optional[int] = None,
-                   init_params: Optional[PyTree] = None) -> tuple[PyTree, dict]:
-    """Fit V by MSE(V(x), R) with AdamW (upstream HH: lr 1e-5, batch 16, 10 epochs).
-
-    Minibatches follow seeded per-epoch permutations; every `eval_every` steps (default one epoch)
-    and at the end the full-data MSE (dropout off) is measured and the best params are kept
-    (upstream keeps the epoch with the lowest mean training MSE; there is no held-out split).
-    Returns (params, {"mse": best full-data MSE, "mse_history": [...]}).
-    """
-    # Data stay on the host (numpy); minibatches are sent per step, so a large validation set is
-    # neither embedded in the compiled program nor held on the device at once.
-    hidden = np.asarray(hidden, np.float32)
-    prompt_mask = np.asarray(prompt_mask, np.float32)
-    rewards = np.asarray(rewards, np.float32).reshape(-1)
-    N = hidden.shape[0]
-    if prompt_mask.shape != hidden.shape[:2] or rewards.shape[0] != N:
-        raise ValueError(f"fit_value_head: hidden {hidden.shape}, prompt_mask {prompt_mask.shape} "
-                         f"and rewards {rewards.shape} must agree on [N, T]")
-    if steps < 1:
-        raise ValueError(f"fit_value_head: steps must be >= 1, got {steps}")
-    bs = min(batch_size, N)
-    per_epoch = max(N // bs, 1)
-    eval_every = eval_every or per_epoch
-    key = jax.random.PRNGKey(seed)
-    key, k_init = jax.random.split(key)
-    params = init_params if init_params is not None else init_value_head(k_init, hidden.shape[-1], cfg)
-    module = AttentionValueHead(cfg)
-    opt = optax.adamw(lr, weight_decay=weight_decay)
-    opt_state = opt.init(params)
-
-    @jax.jit
-    def step(params, opt_state, h, m, r, rng):  # h [bs, T, d], m [bs, T], r [bs]
-        def mse(p):
-            v = module.apply({"params": p}, h, m, deterministic=False, rngs={"dropout": rng})
-            return jnp.mean(jnp.square(v - r))
-
-        loss, grads = jax.value_and_grad(mse)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    predict = jax.jit(lambda p, h, m: module.apply({"params": p}, h, m))
-
-    def full_mse(p) -> float:  # deterministic, in chunks of bs (last chunk padded, then trimmed)
-        preds = []
-        for s0 in range(0, N, bs):
-            idx = np.minimum(np.arange(s0, s0 + bs), N - 1)
-            preds.append(np.asarray(predict(p, hidden[idx], prompt_mask[idx]))[: N - s0])
-        return float(np.mean(np.square(np.concatenate(preds) - rewards)))
-
-    rng = np.random.default_rng(seed)
-    best, best_mse, history = params, full_mse(params), []
-    order = rng.permutation(N)
-    for s in range(steps):
-        e = s % per_epoch
-        if e == 0 and s > 0:
-            order = rng.permutation(N)
-        idx = order[e * bs:(e + 1) * bs]
-        key, k = jax.random.split(key)
-        params, opt_state, _ = step(params, opt_state, hidden[idx], prompt_mask[idx], rewards[idx], k)
-        if (s + 1) % eval_every == 0 or s + 1 == steps:
-            m = full_mse(params)
-            history.append(m)
-            if m < best_mse:
-                best, best_mse = params, m
-    return best, {"mse": best_mse, "mse_history": history}
 
 
 def compute_advantages(values: np.ndarray, rewards: np.ndarray, reward_transform: str = "none"):
@@ -173,34 +57,6 @@ def compute_advantages(values: np.ndarray, rewards: np.ndarray, reward_transform
 
 
 # ------------------------------------------------------------------------------- batch helpers
-def target_mask(batch: dict, T: int) -> jax.Array:
-    """[B, T-1] float32: 1 where column j (predicting token j+1) is a scored response token.
-
-    From `response_mask` [B, T] when present, else from the layout (action_idxs [B, A], valid where
-    terminals[:, :A] == 0).
-    """
-    if "response_mask" in batch:
-        return jnp.asarray(batch["response_mask"], jnp.float32)[:, 1:]
-    if "action_idxs" not in batch or "terminals" not in batch:
-        raise KeyError("batch needs 'response_mask' [B, T] or 'action_idxs' [B, A] + 'terminals' "
-                       f"[B, S] to locate the response tokens (keys: {sorted(batch)})")
-    a = jnp.asarray(batch["action_idxs"], jnp.int32)
-    valid = jnp.asarray(batch["terminals"])[:, :a.shape[1]] == 0
-    return scatter_positions(jnp.ones(a.shape, jnp.float32), a, valid, T - 1)
-
-
-def context_mask(batch: dict) -> jax.Array:
-    """[B, T] prompt positions for the value head: `prompt_mask`, else `<s>...</s>` (positions up to
-    the first action index)."""
-    if "prompt_mask" in batch:
-        return jnp.asarray(batch["prompt_mask"], jnp.float32)
-    if "action_idxs" not in batch:
-        raise KeyError(f"batch needs 'prompt_mask' [B, T] or 'action_idxs' [B, A] (keys: {sorted(batch)})")
-    T = batch["tokens"].shape[1]
-    first = jnp.asarray(batch["action_idxs"])[:, :1]
-    return ((jnp.arange(T)[None, :] <= first) * jnp.asarray(batch["attn_mask"])).astype(jnp.float32)
-
-
 def sequence_rewards(batch: dict) -> jax.Array:
     """[B]: `sequence_reward`, else Σ_t rewards[:, t] (the layout puts R on the last action)."""
     if "sequence_reward" in batch:
@@ -208,32 +64,6 @@ def sequence_rewards(batch: dict) -> jax.Array:
     if "rewards" not in batch:
         raise KeyError(f"batch needs 'sequence_reward' [B] or 'rewards' [B, A] (keys: {sorted(batch)})")
     return jnp.sum(jnp.asarray(batch["rewards"], jnp.float32), axis=-1)
-
-
-def lm_forward(model: nn.Module, params: PyTree, tokens: jax.Array, attn_mask: jax.Array,
-               rng: Optional[jax.Array] = None, dropout: bool = False,
-               vocab_chunk: Optional[int] = None):
-    """(token log-probs [B, T-1], final hidden states [B, T, d]) of the LM on tokens [B, T].
-
-    vocab_chunk > 0: log-probs from the hidden states and the LM head in vocabulary chunks
-    (`fairjax.losses.vocab.lm_token_ce`: no [B, T, V] logits kept); 0: from the full logits;
-    None: `fairjax.losses.vocab.resolve_chunk`."""
-    det = not (dropout and rng is not None)
-    vocab_chunk = resolve_chunk(vocab_chunk)
-    lean = vocab_chunk > 0
-    out = model.apply({"params": params}, tokens, attn_mask, deterministic=det,
-                      rngs=None if det else {"dropout": rng}, compute_logits=not lean)
-    h = out.hidden_states
-    if lean:
-        return -lm_token_ce(params, h, tokens, h.dtype, vocab_chunk), h
-    return token_logprobs(out.logits, tokens), h
-
-
-def prompt_hidden_states(model: nn.Module, ref_params: PyTree, batch: dict):
-    """(hidden [B, T, d], prompt mask [B, T]) of the reference LM on `batch`: the inputs of
-    `fit_value_head` / `predict_values` (collect them over the validation generations offline)."""
-    _, hidden = lm_forward(model, ref_params, batch["tokens"], jnp.asarray(batch["attn_mask"]))
-    return hidden, context_mask(batch)
 
 
 # ------------------------------------------------------------------------------------ agent
@@ -272,21 +102,6 @@ def loss_fn(model: nn.Module, cfg: ALoLConfig, params: PyTree, frozen: dict, bat
                                 context_mask(batch), cfg.value_head)
     return alol_loss(logp, None if ref_logp is None else jax.lax.stop_gradient(ref_logp), mask,
                      rewards, values, hp, advantages=batch.get("advantage"))
-
-
-def init_with_reference(init: Any, keep_reference: bool, ref_params: Optional[PyTree] = None):
-    """`rng -> (params, {"ref": copy of ref_params or of the initial params})` (`{}` if not kept).
-
-    `init` is `rng -> params` or a params tree."""
-
-    def init_fn(rng):
-        params = init(rng) if callable(init) else init
-        frozen = {}
-        if keep_reference:
-            frozen["ref"] = jax.tree.map(jnp.array, params if ref_params is None else ref_params)
-        return params, frozen
-
-    return init_fn
 
 
 def make_algorithm(model: nn.Module, cfg: ALoLConfig, init: Any, *,
@@ -330,12 +145,6 @@ def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Alg
     return make_algorithm(module, from_config(cfg), policy)
 
 
-def build_lora(cfg: Any, module: nn.Module, model_config, base, lora_cfg) -> Algorithm:
-    from fairjax.agents import lora
-
-    return lora.alol_algorithm(module, from_config(cfg), base, lora_cfg, model_config.kind)
-
-
 def with_advantage(collate_fn, advantage: dict, transform: str, baseline: float):
     """Collate wrapper: `advantage` [B] from {id(episode): A} for the train episodes; other
     episodes (the eval split) get transform(R) − `baseline` (the mean train V(x)); padding 0."""
@@ -360,8 +169,6 @@ def train_advantages(cfg: Any, episodes: list, pad_id: int, reference: Optional[
     if reference is None:
         raise ConfigError("config.alol.baseline='value_head' needs the reference policy while the "
                           "data is built (fairjax.train.build passes it); use baseline='mean'")
-    from fairjax.agents.alol_value import fit_reference_values
-
     a = cfg.alol
     values, _, info = fit_reference_values(
         reference["module"], reference["params"], episodes, pad_id, steps=a.value_steps,
@@ -418,5 +225,8 @@ def build_data(cfg: Any, tok, train_path: str, eval_path, trunc, reference: Opti
     return episode_data(cfg, tok, train_path, eval_path, trunc, extras=True, prepare=prepare)
 
 
-OBJECTIVE = register(Objective(name="alol", agent_config=from_config, build=build,
-                               build_lora=build_lora, build_data=build_data))
+OBJECTIVE = register(Objective(
+    name="alol", agent_config=from_config, build=build, build_data=build_data,
+    needs_reference=True,  # V(x) is fit on the initial policy while the data is built
+    no_pack_reason="its batches carry per-episode extras (sequence reward, advantage, importance "
+                   "weights over a whole row) that packed rows do not carry"))

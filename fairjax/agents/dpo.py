@@ -18,8 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fairjax.agents.alol import init_with_reference, lm_forward
-from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.base import Algorithm, identity_update, init_with_reference, lm_forward
 from fairjax.agents.registry import Objective, choice, config_block, register
 from fairjax.errors import ConfigError
 from fairjax.losses.dpo import DPOHParams, dpo_loss
@@ -146,5 +145,14 @@ def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
                      collate_fn=pair_collate(tok.pad_id, tuple(cfg.data.buckets)))
 
 
+def count_tokens(batch) -> int:
+    """Tokens a pair batch trains on: Σ chosen_attn_mask + Σ rejected_attn_mask."""
+    import numpy as np
+
+    return int(sum(float(np.asarray(batch[p + "attn_mask"]).sum())
+                   for p in ("chosen_", "rejected_") if p + "attn_mask" in batch))
+
+
 OBJECTIVE = register(Objective(name="dpo", agent_config=from_config, build=build,
-                               build_data=build_data))
+                               build_data=build_data, count_tokens=count_tokens,
+                               no_pack_reason="its batches are chosen/rejected pairs, not episodes"))

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from fairjax.agents.base import Algorithm, loss_view, segment_inputs
-from fairjax.agents.registry import Objective, config_block, register
+from fairjax.agents.registry import Decoding, Objective, config_block, register
 from fairjax.errors import ConfigError
 from fairjax.losses import vocab as V
 from fairjax.losses.common import gather_positions
@@ -398,20 +398,38 @@ def from_config(cfg: Any) -> ILQLConfig:
                         convert={"hard_update_every": lambda n: n or None})
 
 
+def algorithm_from(module: nn.Module, cfg: ILQLConfig, hidden_size: int, vocab_size: int,
+                   policy: Any, base: Any) -> Algorithm:
+    """FMs-at-work initialisation (`init_from_bc`) of `policy` and `base`: param trees, or
+    `rng -> params` (keyed by fold_in(rng, 1) / (rng, 2); the LoRA form passes adapter inits)."""
+    def init(rng):
+        pol = policy(jax.random.fold_in(rng, 1)) if callable(policy) else policy
+        b = base(jax.random.fold_in(rng, 2)) if callable(base) else base
+        return init_from_bc(cfg, pol, b, rng, hidden_size, vocab_size)
+    return make_algorithm(module, cfg, init)
+
+
 def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Algorithm:
-    c = from_config(cfg)
-    init = lambda rng: init_from_bc(c, policy, base_params, rng,  # noqa: E731
-                                    model_config.hidden_size, model_config.vocab_size)
-    return make_algorithm(module, c, init)
+    return algorithm_from(module, from_config(cfg), model_config.hidden_size,
+                          model_config.vocab_size, policy, base_params)
 
 
-def build_lora(cfg: Any, module: nn.Module, model_config, base, lora_cfg) -> Algorithm:
-    from fairjax.agents import lora
+def check_pack(cfg: Any) -> None:
+    if cfg.ilql.get("mc_returns", False):
+        raise ConfigError("config.data.pack=True with config.ilql.mc_returns=True: Monte-Carlo "
+                          "returns are summed along the whole row and would cross episodes; "
+                          "set one of them to False")
 
-    return lora.shared_base_ilql_algorithm(module, from_config(cfg), base, lora_cfg,
-                                           model_config.kind, model_config.hidden_size,
-                                           model_config.vocab_size)
+
+def eval_variants(cfg: Any) -> str:
+    """The pipeline's evaluation systems: the policy trunk alone (β = 0, named bc: with
+    awac_weight 0 it is the BC policy) and ilql_b<β> per `pipeline.adv_weights`."""
+    weights = [float(w) for w in cfg.pipeline.adv_weights]
+    return ",".join(["bc:0"] + [f"ilql_b{w:g}:{w:g}" for w in weights if w > 0])
 
 
-OBJECTIVE = register(Objective(name="ilql", agent_config=from_config, build=build,
-                               build_lora=build_lora))
+OBJECTIVE = register(Objective(
+    name="ilql", agent_config=from_config, build=build, packable=True, check_pack=check_pack,
+    decoding=Decoding(value_guided=True, settings=lambda cfg: cfg.ilql.generation,
+                      variants=eval_variants,
+                      unguided_untrained=lambda cfg: not cfg.ilql.awac_weight)))

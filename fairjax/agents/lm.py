@@ -72,13 +72,6 @@ def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Alg
     return make_algorithm(module, from_config(cfg), policy)
 
 
-def build_lora(cfg: Any, module: nn.Module, model_config, base, lora_cfg) -> Algorithm:
-    from fairjax.agents import lora
-
-    # The LoRA form runs its LM deterministically (no dropout) whatever bc.train_dropout says.
-    c = dataclasses.replace(from_config(cfg), train_dropout=False)
-    return lora.bc_algorithm(module, c, base, lora_cfg, model_config.kind)
-
-
-OBJECTIVE = register(Objective(name="bc", agent_config=from_config, build=build,
-                               build_lora=build_lora))
+# BC imitates the postings: no reward is read; its batches are the plain layout (packable).
+OBJECTIVE = register(Objective(name="bc", agent_config=from_config, build=build, packable=True,
+                               trains_on_reward=False))

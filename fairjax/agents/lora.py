@@ -1,38 +1,56 @@
-"""LoRA versions of the objectives: one frozen base model, trained adapters (models/lora.py).
+"""LoRA as one transformation of an objective: `loraize(build, module, base, lora_cfg, kind)`.
 
-* `bc_algorithm`: params = adapters; frozen = {"base"}; the BC loss of `agents.lm` on
-  base + adapters.
-* `alol_algorithm`: the A-LoL loss with the reference = the base with adapters DISABLED (A-LoL's
-  reference is the SFT/BC policy: no second model in memory).
-* `shared_base_ilql_algorithm`: ONE frozen base (optionally the BC weights) carrying three adapter
-  sets — policy (frozen unless the AWAC term trains it), Q/V (trained) and target (Polyak-averaged
-  like upstream's target trunk) — plus the V/Q heads, through the SAME loss code as full ILQL
-  (`agents.ilql.loss_fn` on the effective trunks). The optimizer state covers adapters + heads only.
+The objective is built as usual (`build(module, lm) -> Algorithm`), but with the LM trunks it
+would hold replaced by LoRA adapter sets (`models.lora.init`: {path: {"a", "b"}}) and the module
+by `models.lora.Factored(module)`. Whatever the objective does with its trunks — train them, keep
+a frozen copy as the reference (A-LoL, DPO), Polyak-average a target copy (ILQL) — it now does
+with small adapter sets, all over ONE frozen base (`frozen["base"]`, optionally quantised through
+qwix = QLoRA). The transformed algorithm:
 
-Training runs the FACTORED form (`models.lora.Factored`): x·A·B is added to each adapted layer's
-output, so no full-size kernel or kernel gradient is built, and adapter dropout
-(`LoraConfig.dropout`) is applied in the loss (key derived from the step's rng). With
-`LoraConfig.quant` = int8 | nf4 the frozen base is quantised through qwix in `init` (QLoRA) and
-dequantised layer by layer in the step. `policy` returns merged params (generation/export).
+* init: the objective's (params, frozen) with `frozen["base"]` added; the optimizer state covers
+  what the objective trains (adapters + heads), never the base.
+* loss: the objective's UNCHANGED loss on the effective trees: every adapter set is replaced by
+  `attach(base, adapters)` (factored: x·A·B added per adapted layer, no full-size kernel or kernel
+  gradient); adapter sets in `params` (trained) get adapter dropout keyed by the step's rng, the
+  ones in `frozen` none. A frozen copy of a fresh adapter set (B = 0) is the base itself: A-LoL's
+  and DPO's reference is the base with adapters disabled, as the SFT policy should be.
+* update_frozen: the objective's, on adapter sets (ILQL's target adapters track its Q/V adapters).
+* policy / merged: merged params W + scale·A·B (generation, export).
+
+The trainable-params filter is the (params, frozen) split itself: the base never enters `params`.
+An objective that needs its own LoRA form (the online ones) registers `Objective.build_lora`.
 """
 from __future__ import annotations
 
-from typing import Any
+import zlib
+from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from fairjax.agents import ilql as I
-from fairjax.agents import lm as LM
-from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.base import Algorithm
 from fairjax.models import lora as L
 
 PyTree = Any
+BASE = "base"  # frozen entry holding the (cast / quantised) base params
 
 
-def _frozen_base(base: PyTree, lora_cfg: L.LoraConfig) -> PyTree:
+def is_adapters(tree: Any) -> bool:
+    """An adapter set of `models.lora.init`: a non-empty {path: {"a", "b"}} dict."""
+    return (isinstance(tree, dict) and bool(tree)
+            and all(isinstance(v, dict) and set(v) == {"a", "b"} for v in tree.values()))
+
+
+def _map_adapters(fn: Callable[[str, dict], Any], tree: PyTree, path: str = "") -> PyTree:
+    """`tree` with every adapter set `s` at "/"-joined `path` replaced by fn(path, s)."""
+    if is_adapters(tree):
+        return fn(path, tree)
+    if isinstance(tree, dict):
+        return {k: _map_adapters(fn, v, f"{path}/{k}" if path else str(k)) for k, v in tree.items()}
+    return tree
+
+
+def frozen_base(base: PyTree, lora_cfg: L.LoraConfig) -> PyTree:
     """The stored base: quantised through qwix when `lora_cfg.quant` is int8 | nf4 (scales in the
     base's float dtype)."""
     if lora_cfg.quant == "none":
@@ -42,109 +60,53 @@ def _frozen_base(base: PyTree, lora_cfg: L.LoraConfig) -> PyTree:
     return L.quantize_base(base, lora_cfg.quant, jnp.dtype(dt).name)
 
 
-def _eff(base, adapters, lora_cfg: L.LoraConfig, rng, tag: int):
-    """Factored effective params; adapter dropout keyed by fold_in(rng, tag) when training."""
-    key = None if rng is None or lora_cfg.dropout == 0 else jax.random.fold_in(rng, tag)
-    return L.attach(base, adapters, lora_cfg.scale, lora_cfg.dropout, key)
+def _tag(path: str) -> int:
+    """Dropout stream of the adapter set at `path` (the root set: 1)."""
+    return 1 if not path else zlib.crc32(path.encode()) & 0x7FFFFFFF
 
 
-def bc_algorithm(model: nn.Module, lm_cfg: LM.LMConfig, base: PyTree, lora_cfg: L.LoraConfig,
-                 kind: str) -> Algorithm:
-    scale = lora_cfg.scale
-    fm = L.Factored(model)
-    return Algorithm(
-        name="bc_lora",
-        init=lambda rng: (L.init(base, lora_cfg, kind, rng), {"base": _frozen_base(base, lora_cfg)}),
-        loss=lambda p, f, batch, rng: LM.loss_fn(fm, lm_cfg, _eff(f["base"], p, lora_cfg, rng, 1),
-                                                 batch, rng),
-        update_frozen=identity_update,
-        policy=lambda p, f: (model, L.apply(f["base"], p, scale)),
-    )
+def effective(tree: PyTree, base: PyTree, lora_cfg: L.LoraConfig, rng=None) -> PyTree:
+    """Factored effective tree: each adapter set -> `attach(base, set)`; dropout when `rng`."""
+    def one(path, ad):
+        key = None if rng is None or lora_cfg.dropout == 0 else jax.random.fold_in(rng, _tag(path))
+        return L.attach(base, ad, lora_cfg.scale, lora_cfg.dropout, key)
+    return _map_adapters(one, tree)
 
 
-def alol_algorithm(model: nn.Module, alol_cfg, base: PyTree, lora_cfg: L.LoraConfig,
-                   kind: str) -> Algorithm:
-    from fairjax.agents import alol as AL
-
-    scale = lora_cfg.scale
-    fm = L.Factored(model)
-
-    def loss(p, f, batch, rng):
-        frozen = {"ref": f["base"]}  # adapters disabled = the reference policy
-        return AL.loss_fn(fm, alol_cfg, _eff(f["base"], p, lora_cfg, rng, 1), frozen, batch, rng)
-
-    return Algorithm(
-        name=f"{alol_cfg.hparams.algorithm}_lora",
-        init=lambda rng: (L.init(base, lora_cfg, kind, rng), {"base": _frozen_base(base, lora_cfg)}),
-        loss=loss, update_frozen=identity_update,
-        policy=lambda p, f: (model, L.apply(f["base"], p, scale)))
+def merged(tree: PyTree, base: PyTree, lora_cfg: L.LoraConfig) -> PyTree:
+    """Merged effective tree: each adapter set -> base + scale·A·B (generation / export)."""
+    return _map_adapters(lambda _, ad: L.apply(base, ad, lora_cfg.scale), tree)
 
 
-def _full(cfg: I.ILQLConfig, params: dict, frozen: dict, scale: float) -> tuple[dict, dict]:
-    """Effective ILQL (params, frozen) with MERGED trunks (generation / export)."""
-    base = frozen["base"]
-    full_p = {"qv": L.apply(base, params["qv"], scale), "heads": params["heads"]}
-    full_f = {"target_heads": frozen["target_heads"],
-              "target": L.apply(base, frozen["target"], scale)}
-    pol = params.get("policy", frozen.get("policy"))
-    (full_p if "policy" in params else full_f)["policy"] = L.apply(base, pol, scale)
-    return full_p, full_f
-
-
-def _factored(params: dict, frozen: dict, lora_cfg: L.LoraConfig, rng) -> tuple[dict, dict]:
-    """Effective ILQL (params, frozen) for `Factored`: each trunk = base + its adapter set
-    (dropout on the trained sets only)."""
-    base = frozen["base"]
-    full_p = {"qv": _eff(base, params["qv"], lora_cfg, rng, 1), "heads": params["heads"]}
-    full_f = {"target_heads": frozen["target_heads"],
-              "target": _eff(base, frozen["target"], lora_cfg, None, 0)}
-    if "policy" in params:
-        full_p["policy"] = _eff(base, params["policy"], lora_cfg, rng, 2)
-    else:
-        full_f["policy"] = _eff(base, frozen["policy"], lora_cfg, None, 0)
-    return full_p, full_f
-
-
-def shared_base_ilql_algorithm(model: nn.Module, cfg: I.ILQLConfig, base: PyTree,
-                               lora_cfg: L.LoraConfig, kind: str, hidden_size: int,
-                               vocab_size: int) -> Algorithm:
-    """See the module docstring. Needs separate_policy and separate_target (the three trunks)."""
-    if not (cfg.separate_policy and cfg.separate_target):
-        raise ValueError("shared-base ILQL keeps three adapter sets: separate_policy and "
-                         "separate_target must be True")
-    scale = lora_cfg.scale
+def loraize(build: Callable[[Any, Any], Algorithm], module, base: PyTree,
+            lora_cfg: L.LoraConfig, kind: str) -> Algorithm:
+    """The objective `build(module, lm_init) -> Algorithm` in LoRA form over the frozen `base`
+    (module docstring). `lm_init` is `rng -> adapters`, the LM trunk the objective starts from."""
+    inner = build(L.Factored(module), lambda rng: L.init(base, lora_cfg, kind, rng))
 
     def init(rng):
-        k_pol, k_qv, k_heads = jax.random.split(rng, 3)
-        heads = I.init_heads(k_heads, hidden_size, vocab_size, cfg.hparams.double_q,
-                             cfg.head_hidden_mult)
-        qv = L.init(base, lora_cfg, kind, k_qv)
-        policy = L.init(base, lora_cfg, kind, k_pol)
-        params = {"qv": qv, "heads": heads}
-        frozen = {"base": _frozen_base(base, lora_cfg), "target": jax.tree.map(lambda x: x + 0, qv),
-                  "target_heads": jax.tree.map(lambda x: x + 0, {k: heads[k] for k in cfg.heads})}
-        (params if cfg.policy_trained else frozen)["policy"] = policy
-        return params, frozen
+        params, frozen = inner.init(rng)
+        return params, {**frozen, BASE: frozen_base(base, lora_cfg)}
 
-    fm = L.Factored(model)
+    def split(frozen):
+        return frozen[BASE], {k: v for k, v in frozen.items() if k != BASE}
 
     def loss(params, frozen, batch, rng):
-        return I.loss_fn(fm, cfg, *_factored(params, frozen, lora_cfg, rng), batch, rng)
+        b, rest = split(frozen)
+        return inner.loss(effective(params, b, lora_cfg, rng), effective(rest, b, lora_cfg),
+                          batch, rng)
 
     def update_frozen(params, frozen, step):
-        new = {"target": params["qv"], "target_heads": {k: params["heads"][k] for k in cfg.heads}}
-        upd = optax.incremental_update(new, {k: frozen[k] for k in new}, cfg.alpha)
-        if cfg.hard_update_every:
-            upd = optax.periodic_update(new, upd, step, cfg.hard_update_every)
-        return {**frozen, **upd}
+        b, rest = split(frozen)
+        return {**inner.update_frozen(params, rest, step), BASE: b}
+
+    def merged_state(params, frozen):
+        b, rest = split(frozen)
+        return merged(params, b, lora_cfg), merged(rest, b, lora_cfg)
 
     def policy(params, frozen):
-        return model, _full(cfg, params, frozen, scale)[0 if "policy" in params else 1]["policy"]
+        _, lm = inner.policy(*merged_state(params, frozen))
+        return module, lm
 
-    return Algorithm(name="ilql_shared_base_lora", init=init, loss=loss,
-                     update_frozen=update_frozen, policy=policy)
-
-
-def effective_ilql(cfg: I.ILQLConfig, params: dict, frozen: dict, lora_cfg: L.LoraConfig):
-    """(params, frozen) of a shared-base run in full-ILQL layout (e.g. for generate.Policy.ilql)."""
-    return _full(cfg, params, frozen, lora_cfg.scale)
+    return Algorithm(name=f"{inner.name}_lora", init=init, loss=loss,
+                     update_frozen=update_frozen, policy=policy, merged=merged_state)

@@ -23,7 +23,7 @@ import numpy as np
 
 from fairjax.agents import online as O
 from fairjax.agents.base import Algorithm, identity_update
-from fairjax.agents.registry import Objective, register
+from fairjax.agents.registry import Decoding, Objective, register
 from fairjax.errors import ConfigError
 from fairjax.losses.grpo import GRPOHParams
 from fairjax.losses.ppo import PPOHParams
@@ -181,4 +181,6 @@ def make_step(cfg, setup, run_dir):
 for _name in HPARAMS:
     register(Objective(name=_name, agent_config=lambda cfg, n=_name: online_config(cfg, n),
                        build=build, build_lora=build_lora, build_data=build_data,
-                       make_step=make_step))
+                       make_step=make_step,
+                       no_pack_reason="it samples its own rollouts (online RL)",
+                       decoding=Decoding(settings=lambda cfg: cfg[cfg.algorithm])))

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax.agents.alol import lm_forward, target_mask
-from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.base import Algorithm, identity_update, lm_forward, target_mask
 from fairjax.agents.registry import Objective, choice, config_block, register
 from fairjax.errors import ConfigError
 from fairjax.losses.phf import OBJECTIVES, PHFHParams, phf_loss
@@ -154,5 +153,7 @@ def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
                         prepare=prepare if objective in ("unlikelihood", "awr", "rwr") else None)
 
 
-OBJECTIVE = register(Objective(name="phf", agent_config=from_config, build=build,
-                               build_data=build_data))
+OBJECTIVE = register(Objective(
+    name="phf", agent_config=from_config, build=build, build_data=build_data,
+    no_pack_reason="its batches carry per-episode token scores / control tokens that packed rows "
+                   "do not carry"))

@@ -2,11 +2,13 @@
 
 Every module of `fairjax/agents/` that defines an objective registers it at import time:
 
-    OBJECTIVE = register(Objective(name="bc", agent_config=from_config, build=build, ...))
+    OBJECTIVE = register(Objective(name="bc", agent_config=from_config, build=build,
+                                   packable=True, trains_on_reward=False))
 
 and `get(name)` imports all `fairjax.agents.*` modules once (`discover`), so a new objective is
 one agent module (its loss in `fairjax/losses/`) plus one `configs/<name>.py`; the trainer
-(`fairjax.train.build`), the CLI and `fairjax.runs` only look objectives up here.
+(`fairjax.train.build`), the CLI, evaluation and `fairjax.runs` only look objectives up here and
+read their declared capabilities (`Objective` fields), never their names.
 
 `config_block(cfg, key, target, ...)` builds an agent config dataclass (and its nested `hparams`
 dataclass) from the ConfigDict block `cfg.<key>` by field name: no hand-copied field lists, and a
@@ -19,32 +21,81 @@ import importlib
 import pkgutil
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from fairjax.agents.base import count_attended
 from fairjax.errors import ConfigError
+
+
+def _never(cfg: Any) -> bool:
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """How an objective's policy decodes at evaluation.
+
+    value_guided: `generate.Policy.ilql` on the objective's merged (params, frozen) (its agent
+        config from `Objective.agent_config`), perturbed by the adv weight; False: the LM alone.
+    settings(cfg) -> the config block with temperature / top_k (/ adv_weight) used to decode
+        (None: temperature 1, top_k 0, adv weight 0).
+    variants(cfg) -> the evaluation systems "name:adv_weight,..." of a pipeline run (None: the
+        run's policy alone, beside the warm start it began from).
+    unguided_untrained(cfg) -> True when decoding with adv weight 0 gives a policy this
+        objective never trained (it trained on no reward).
+    """
+
+    value_guided: bool = False
+    settings: Optional[Callable[[Any], Any]] = None
+    variants: Optional[Callable[[Any], str]] = None
+    unguided_untrained: Callable[[Any], bool] = _never
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """One trainable objective.
+    """One trainable objective: how it is validated and built, and what it needs (capabilities
+    the generic layers read instead of naming objectives).
 
     name: the `config.algorithm` value (its config block is `config.<name>`).
     agent_config(cfg) -> the agent's config dataclass built from `cfg.<name>`; raises ConfigError
         naming the key (this is the objective's validation).
-    build(cfg, module, model_config, base_params, policy_params) -> Algorithm.
-    build_lora(cfg, module, model_config, base_params, lora_config) -> Algorithm with LoRA
-        adapters on one frozen base (None: `lora.enabled` is refused for this objective).
-    build_data(cfg, tokenizer, train_path, eval_path, truncation) -> (train iterator, eval
-        factory or None, steps per epoch) (None: plain job-posting episodes,
+    build(cfg, module, model_config, base_params, policy) -> Algorithm. `base_params` / `policy`
+        are param trees, or `rng -> params` (the LoRA form passes adapter inits: every offline
+        objective trains with `lora.enabled` through `agents.lora.loraize`).
+    build_data(cfg, tokenizer, train_path, eval_path, truncation[, reference=]) -> (train
+        iterator, eval factory or None, steps per epoch) (None: plain job-posting episodes,
         `fairjax.data.episodes.episode_data`).
     make_step(cfg, setup, run_dir) -> `loop.Setup.host_step` (None: the loop's compiled step on
         `Algorithm.loss`; online objectives roll out, score on the host and update here).
+    build_lora(cfg, module, model_config, base_params, lora_config) -> its own LoRA form
+        (None: `agents.lora.loraize` of `build`).
+
+    Capabilities:
+    packable: trains on packed rows (`data.pack`); no_pack_reason says why not otherwise;
+        check_pack(cfg) raises ConfigError for option combinations packing cannot carry.
+    trains_on_reward: False when the objective imitates the data (no reward is read or scored).
+    needs_reference: `build_data` gets `reference={"module", "params", "run_dir"}` (the
+        initial policy, e.g. to fit a value baseline on it).
+    count_tokens(batch) -> the tokens a host batch trains on (tokens/s).
+    decoding: `Decoding` (evaluation and eval-time generation).
+    online (property): rolls out its own data (`make_step`).
     """
 
     name: str
     agent_config: Callable[[Any], Any]
     build: Callable[..., Any]
-    build_lora: Optional[Callable[..., Any]] = None
     build_data: Optional[Callable[..., tuple]] = None
     make_step: Optional[Callable[..., Any]] = None
+    build_lora: Optional[Callable[..., Any]] = None
+    packable: bool = False
+    no_pack_reason: str = ""
+    check_pack: Optional[Callable[[Any], None]] = None
+    trains_on_reward: bool = True
+    needs_reference: bool = False
+    count_tokens: Callable[[Mapping[str, Any]], int] = count_attended
+    decoding: Decoding = Decoding()
+
+    @property
+    def online(self) -> bool:
+        return self.make_step is not None
 
     def validate(self, cfg: Any) -> None:
         self.agent_config(cfg)
@@ -148,16 +199,17 @@ def lora_config(cfg: Any):
 
 def build_algorithm(cfg: Any, module, model_config, base_params, policy_params=None):
     """The `Algorithm` of `cfg.algorithm` around `module` (policy = `policy_params` or the base);
-    with `lora.enabled`, the objective's LoRA form on the (cast) policy as frozen base."""
+    with `lora.enabled`, its LoRA form (`agents.lora.loraize`, or the objective's `build_lora`)
+    on the (cast) policy as the one frozen base."""
     spec = get(cfg.algorithm)
     policy = base_params if policy_params is None else policy_params
-    if cfg.get("lora") is not None and cfg.lora.enabled:
-        if spec.build_lora is None:
-            wired = [n for n in names() if _REGISTRY[n].build_lora is not None]
-            raise ConfigError(f"config.lora.enabled: LoRA is wired for {', '.join(wired)}, not "
-                              f"{cfg.algorithm!r}")
-        from fairjax.models.lora import cast_base
+    if cfg.get("lora") is None or not cfg.lora.enabled:
+        return spec.build(cfg, module, model_config, base_params, policy)
+    from fairjax.agents.lora import loraize
+    from fairjax.models.lora import cast_base
 
-        return spec.build_lora(cfg, module, model_config, cast_base(policy, cfg.lora.base_dtype),
-                               lora_config(cfg))
-    return spec.build(cfg, module, model_config, base_params, policy)
+    base = cast_base(policy, cfg.lora.base_dtype)
+    if spec.build_lora is not None:
+        return spec.build_lora(cfg, module, model_config, base, lora_config(cfg))
+    return loraize(lambda m, lm: spec.build(cfg, m, model_config, lm, lm), module, base,
+                   lora_config(cfg), model_config.kind)

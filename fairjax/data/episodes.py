@@ -22,7 +22,6 @@ from fairjax.data.jobs import DataError, JobsDataset
 from fairjax.data.layout import bucket_for
 from fairjax.data.task import EpisodeDataset, JobRewriteTask
 from fairjax.errors import ConfigError
-from fairjax.rewards.training import NO_REWARD_OBJECTIVES
 
 
 def iterators(cfg: Any, train: list, eval_: Optional[list], train_collate_fn=None,
@@ -45,7 +44,8 @@ def iterators(cfg: Any, train: list, eval_: Optional[list], train_collate_fn=Non
 def episode_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc, *,
                  extras: bool = False,
                  select: Optional[Callable[[JobsDataset, str], JobsDataset]] = None,
-                 prepare: Optional[Callable[[list], tuple[list, Optional[Callable]]]] = None):
+                 prepare: Optional[Callable[[list], tuple[list, Optional[Callable]]]] = None,
+                 need_reward: bool = True):
     """Episodes of the train (and eval) postings as batch iterators (module docstring)."""
     def episodes(path, key):
         if cfg.data.task:
@@ -56,8 +56,9 @@ def episode_data(cfg: Any, tok, train_path: str, eval_path: Optional[str], trunc
             eps = EpisodeDataset(tok, sources.task_observations(cfg.data.task, path, cfg),
                                  truncation=trunc).prepare()
         else:
-            # BC trains on no reward: postings without one are fine (the layout's reward slot is 0)
-            no_reward = cfg.algorithm in NO_REWARD_OBJECTIVES
+            # an objective that trains on no reward (need_reward=False: its capability) takes
+            # postings without one (the layout's reward slot is 0)
+            no_reward = not need_reward
             ds, _ = sources.read_jobs(path, cfg, key, need_reward=not no_reward)
             if select is not None:
                 ds = select(ds, path)

@@ -7,8 +7,9 @@ torch state dict `{prefix}.0.weight [2d, d]`, `.0.bias`, `.2.weight [out, 2d]`, 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Mapping
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -87,3 +88,48 @@ def head_params_to_torch(params, prefix: str) -> dict[str, np.ndarray]:
         out[_key(prefix, idx, "weight")] = np.ascontiguousarray(np.asarray(params[name]["kernel"]).T)
         out[_key(prefix, idx, "bias")] = np.asarray(params[name]["bias"])
     return out
+
+
+# ------------------------------------------------------------------------ attention value head
+@dataclasses.dataclass(frozen=True)
+class ValueHeadConfig:
+    """num_heads: attention heads of the pooling (upstream 8); max_value: V = σ(·)·max_value, None =
+    linear output; dropout: on the hidden states and the pooled vector (upstream 0.1)."""
+
+    num_heads: int = 8
+    max_value: Optional[float] = 1.0
+    dropout: float = 0.1
+    hidden_mult: int = 2
+
+
+class AttentionValueHead(nn.Module):
+    """V(x): hidden [B, T, d] (reference LM, final layer), prompt_mask [B, T] -> [B] float32."""
+
+    config: ValueHeadConfig = ValueHeadConfig()
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, prompt_mask: jax.Array, deterministic: bool = True):
+        c = self.config
+        B, T, d = hidden.shape
+        x = nn.Dropout(c.dropout)(hidden.astype(jnp.float32), deterministic=deterministic)
+        query = self.param("query", nn.initializers.normal(0.02), (d,), jnp.float32)
+        q = jnp.broadcast_to(query, (B, 1, d))
+        mask = prompt_mask.astype(bool)[:, None, None, :]  # [B, 1 (heads), 1 (query), T]
+        pooled = nn.MultiHeadDotProductAttention(num_heads=c.num_heads, qkv_features=d,
+                                                 out_features=d, name="attn")(q, x, mask=mask)
+        pooled = nn.Dropout(c.dropout)(pooled[:, 0], deterministic=deterministic)  # [B, d]
+        v = MLPHead(1, hidden_mult=c.hidden_mult, name="mlp")(pooled)[:, 0]
+        if c.max_value is not None:
+            v = jax.nn.sigmoid(v) * c.max_value
+        return v
+
+
+def init_value_head(rng: jax.Array, hidden_size: int, cfg: ValueHeadConfig = ValueHeadConfig()):
+    """Random AttentionValueHead params for hidden size d."""
+    return AttentionValueHead(cfg).init(rng, jnp.zeros((1, 2, hidden_size)), jnp.ones((1, 2)))["params"]
+
+
+def predict_values(params: Any, hidden: jax.Array, prompt_mask: jax.Array,
+                   cfg: ValueHeadConfig = ValueHeadConfig()) -> jax.Array:
+    """Deterministic V(x).  hidden: [N, T, d]; prompt_mask: [N, T] -> [N]."""
+    return AttentionValueHead(cfg).apply({"params": params}, hidden, prompt_mask)

@@ -224,14 +224,16 @@ def build_reward_scorer(cfg: Any, default_pool: Optional[str] = None,
     return term(name)
 
 
-def trained_reward(run_cfg: Any, run_dir: Optional[str | os.PathLike] = None) -> dict[str, Any]:
-    """What a run trained on (for summaries): its RUN_SPEC_FILE when written, else the config."""
+def trained_reward(run_cfg: Any, run_dir: Optional[str | os.PathLike] = None,
+                   trains_on_reward: bool = True) -> dict[str, Any]:
+    """What a run trained on (for summaries): its RUN_SPEC_FILE when written, else the config
+    (`trains_on_reward`: the objective's capability, `agents.registry.Objective`)."""
     if run_dir is not None and os.path.isfile(os.path.join(run_dir, RUN_SPEC_FILE)):
         with open(os.path.join(run_dir, RUN_SPEC_FILE), encoding="utf-8") as f:
             return json.load(f)
-    algo = _get(run_cfg, "algorithm", "")
-    if algo == "bc":
-        return {"scorer": "none", "note": "BC imitates the postings; it trains on no reward"}
+    if not trains_on_reward:
+        return {"scorer": "none", "note": f"{_get(run_cfg, 'algorithm', '')} imitates the "
+                                          "postings; it trains on no reward"}
     name = _get(run_cfg, "reward.scorer", "")
     if name:
         return {"scorer": name, "normalize": _get(run_cfg, "reward.normalize", "none")}

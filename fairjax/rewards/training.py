@@ -29,7 +29,6 @@ from fairjax.rewards import normalize as norm
 from fairjax.rewards.registry import (DEMO_STANDIN, RUN_NORMALIZER_FILE, RUN_SPEC_FILE,
                                       build_reward_scorer, reward_spec)
 
-NO_REWARD_OBJECTIVES = ("bc",)
 REWARDED_DIR = "rewarded"
 
 
@@ -61,11 +60,12 @@ def _field_rewards(records: list[dict]) -> np.ndarray:
     return np.array([r["reward"] for r in records], np.float64)
 
 
-def require_data_rewards(cfg: Any) -> None:
+def require_data_rewards(cfg: Any, trains_on_reward: bool = True) -> None:
     """DataError now when the run would train on its data's own `reward` field and a record of
-    `data.train` lacks one: a pipeline calls it before its BC stage spends any time."""
+    `data.train` lacks one: a pipeline calls it before its BC stage spends any time.
+    `trains_on_reward`: the objective's capability (`agents.registry.Objective`)."""
     path = cfg.data.train
-    if (cfg.algorithm in NO_REWARD_OBJECTIVES or cfg.reward.scorer or not path
+    if (not trains_on_reward or cfg.reward.scorer or not path
             or os.path.isdir(path)):
         return
     from fairjax.data.jobs import DataError, read_records
@@ -89,15 +89,17 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_path: Optional[str],
-                    progress: bool = True) -> tuple[str, Optional[str]]:
-    """(train path, eval path) to train on; see the module docstring. `cfg`: the run config."""
+                    progress: bool = True, trains_on_reward: bool = True
+                    ) -> tuple[str, Optional[str]]:
+    """(train path, eval path) to train on; see the module docstring. `cfg`: the run config;
+    `trains_on_reward`: the objective's capability (False: nothing is scored or read)."""
     from fairjax.data.jobs import read_records
 
     run_dir = Path(run_dir)
     r = cfg.reward
     mode = r.get("normalize", "none") or "none"
     spec_path = run_dir / RUN_SPEC_FILE
-    if cfg.algorithm in NO_REWARD_OBJECTIVES:
+    if not trains_on_reward:
         _write_json(spec_path, {"scorer": "none", "note": f"{cfg.algorithm} trains on no reward"})
         return train_path, eval_path
     if not r.scorer and mode == "none":

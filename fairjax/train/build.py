@@ -3,8 +3,9 @@
 `train(cfg, run_dir=None, setup=None) -> RunResult` is the library entry point (the CLI
 `python -m fairjax.train` and `fairjax.pipeline` call it): `validate_config`, then the generic
 loop (`fairjax.train.loop.run`) on `build_setup(cfg, run_dir)` (or the given `setup`).
-Objectives are looked up in `fairjax.agents.registry` (validation, algorithm, data), so this
-module has no per-objective branches.
+Objectives are looked up in `fairjax.agents.registry` (validation, algorithm, data) and read
+through their declared capabilities (packable, needs_reference, online, decoding), so this module
+names no objective.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def validate_config(cfg: Any) -> None:
     if cfg.mesh.get("impl") == "shard_map" and cfg.mesh.tensor not in (1, -1):
         raise ConfigError(f"config.mesh.impl='shard_map' runs data and fsdp parallelism; "
                           f"config.mesh.tensor={cfg.mesh.tensor} needs mesh.impl='gspmd'")
-    if cfg.mesh.get("impl") == "shard_map" and spec.make_step is not None:
+    if cfg.mesh.get("impl") == "shard_map" and spec.online:
         raise ConfigError(f"config.mesh.impl='shard_map' applies to the compiled offline step; "
                           f"{cfg.algorithm!r} runs its own step (use mesh.impl='gspmd')")
     for name in ("optim.lr", "optim.batch_size", "optim.grad_accum", "train.log_every",
@@ -94,33 +95,21 @@ def validate_config(cfg: Any) -> None:
     spec.validate(cfg)
 
 
-# Objectives whose batches are the plain layout contract, which `fairjax.data.packing` carries
-# over exactly; the others are refused with the reason.
-PACKABLE = ("bc", "ilql")
-_NO_PACK = {
-    "alol": "its batches carry per-episode extras (sequence reward, advantage, importance "
-            "weights over a whole row) that packed rows do not carry",
-    "phf": "its batches carry per-episode token scores / control tokens that packed rows do not "
-           "carry",
-    "dpo": "its batches are chosen/rejected pairs, not episodes",
-}
-
-
 def check_pack_config(cfg: Any) -> None:
     """`data.pack` is a bool and the objective can train on packed rows (ConfigError otherwise)."""
     pack = cfg.data.get("pack", False)
     choice("data.pack", pack, (False, True))
     if not pack:
         return
-    if cfg.algorithm not in PACKABLE:
-        why = _NO_PACK.get(cfg.algorithm, "it samples its own rollouts (online RL)")
+    spec = registry.get(cfg.algorithm)
+    if not spec.packable:
+        wired = [n for n in registry.names() if registry.get(n).packable]
+        why = spec.no_pack_reason or "it does not declare packed batches"
         raise ConfigError(f"config.data.pack=True is not supported for algorithm "
-                          f"{cfg.algorithm!r}: {why}; packing is wired for {list(PACKABLE)} "
+                          f"{cfg.algorithm!r}: {why}; packing is wired for {wired} "
                           "(set --config.data.pack=False)")
-    if cfg.algorithm == "ilql" and cfg.ilql.get("mc_returns", False):
-        raise ConfigError("config.data.pack=True with config.ilql.mc_returns=True: Monte-Carlo "
-                          "returns are summed along the whole row and would cross episodes; "
-                          "set one of them to False")
+    if spec.check_pack is not None:
+        spec.check_pack(cfg)
 
 
 # =========================================================================== build from config
@@ -254,12 +243,10 @@ def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str],
                           "from the 'reward' field; rename the field in the data")
     trunc = Truncation(max_len=cfg.data.max_len)
     if spec.build_data is not None:
-        import inspect
-
-        kw = ({"reference": reference}
-              if "reference" in inspect.signature(spec.build_data).parameters else {})
+        kw = {"reference": reference} if spec.needs_reference else {}
         return spec.build_data(cfg, tok, train_path, eval_path, trunc, **kw)
-    return episode_data(cfg, tok, train_path, eval_path, trunc)
+    return episode_data(cfg, tok, train_path, eval_path, trunc,
+                        need_reward=spec.trains_on_reward)
 
 
 def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Optional[str]):
@@ -267,13 +254,15 @@ def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Option
     scored / normalised on process 0, stored in the run dir, read by every process."""
     from fairjax.rewards.training import prepare_rewards, record_online_reward, rewarded_paths
 
-    online = registry.get(cfg.algorithm).make_step is not None  # scores its rollouts itself
+    spec = registry.get(cfg.algorithm)
+    online = spec.online  # scores its rollouts itself
     if parallel.is_main_process():
         try:
             if online:
                 record_online_reward(cfg, run_dir, train_path)
             else:
-                prepare_rewards(cfg, run_dir, train_path, eval_path, progress=cfg.train.progress)
+                prepare_rewards(cfg, run_dir, train_path, eval_path, progress=cfg.train.progress,
+                                trains_on_reward=spec.trains_on_reward)
         except ValueError as e:
             raise ConfigError(str(e)) from e
     if jax.process_count() > 1:
@@ -302,7 +291,8 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
                   initial_lm_params=policy if policy is not None else params,
                   steps_per_epoch=per_epoch, eval_generate_fn=gen_fn,
                   data_stats=sources.read_counts(cfg, train_path, eval_path,
-                                                 getattr(train_it, "layout_stats", None)))
+                                                 getattr(train_it, "layout_stats", None)),
+                  count_tokens=registry.get(cfg.algorithm).count_tokens)
     make_step = registry.get(cfg.algorithm).make_step
     if make_step is not None:
         setup.host_step = make_step(cfg, setup, run_dir)
@@ -327,10 +317,9 @@ def with_param_dtype(algorithm: Algorithm, param_dtype: str) -> Algorithm:
 def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module, tok,
                           eval_path: str):
     """`eval.generate`: at each evaluation, rewrite the first `eval.num_prompts` eval postings
-    (ILQL: perturbed with `ilql.generation.adv_weight`) and report the mean diversity reward of
+    (value-guided objectives: perturbed with their decoding settings' adv_weight) and report the mean diversity reward of
     the rewrites (`gen_reward`, pool = `reward.pool` or the demo candidates), their length and
     the fraction that ended with `</a>`. Single-process runs only (skipped otherwise)."""
-    from fairjax.agents.ilql import ILQLConfig
     from fairjax.generate import GenerationConfig, Policy, generate_texts
     from fairjax.rewards.diversity import DiversityScorer
     from fairjax.rewards.pool import load_pool
@@ -344,23 +333,19 @@ def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module,
         raise ConfigError(f"config.eval.generate needs a candidate pool: config.reward.pool="
                           f"{cfg.reward.pool!r} (no demo candidates at {pool_path})")
     scorer = DiversityScorer(load_pool(pool_path))
-    agent_cfg = registry.get(cfg.algorithm).agent_config(cfg)
-    ilql_cfg = agent_cfg if isinstance(agent_cfg, ILQLConfig) else None  # value-guided decoding
-    g = cfg.ilql.generation if ilql_cfg is not None else None
+    decoding = registry.get(cfg.algorithm).decoding
+    agent_cfg = registry.get(cfg.algorithm).agent_config(cfg) if decoding.value_guided else None
+    # (objectives without value guidance decode the eval prompts plainly: temperature 1, top_k 0)
+    g = decoding.settings(cfg) if decoding.value_guided and decoding.settings else None
     gen_cfg = GenerationConfig(max_new_tokens=cfg.eval.max_new_tokens,
                                temperature=g.temperature if g else 1.0, top_k=g.top_k if g else 0,
-                               adv_weight=g.adv_weight if g else 0.0)
+                               adv_weight=g.get("adv_weight", 0.0) if g else 0.0)
 
     def fn(params, frozen, step):
         if jax.process_count() > 1:
             return {}
-        if ilql_cfg is not None and cfg.lora.enabled:
-            from fairjax.agents.lora import effective_ilql
-
-            policy = Policy.ilql(module, ilql_cfg, *effective_ilql(
-                ilql_cfg, params, frozen, registry.lora_config(cfg)))
-        elif ilql_cfg is not None:
-            policy = Policy.ilql(module, ilql_cfg, params, frozen)
+        if decoding.value_guided:
+            policy = Policy.ilql(module, agent_cfg, *algorithm.merged(params, frozen))
         else:
             policy = Policy.lm(*algorithm.policy(params, frozen))
         rows = generate_texts(policy, tok, prompts, gen_cfg, rng=jax.random.PRNGKey(int(step)),

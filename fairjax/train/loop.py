@@ -45,7 +45,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from fairjax import faults, parallel
-from fairjax.agents.base import Algorithm
+from fairjax.agents.base import Algorithm, count_attended
 from fairjax.errors import ConfigError
 from fairjax.io import run_dir as rd
 from fairjax.optim import make_optimizer, make_schedule
@@ -84,7 +84,8 @@ class Setup:
     the same state, checkpoints and metrics contract (metrics["finite"] = 0 stops the run;
     metrics["tokens"], when present, is the step's token count behind the logged tokens_per_s);
     data_stats: one dict per data source (`fairjax.data.sources.SourceStats.to_dict`: path,
-    kept, skipped, line), printed at the start and written to RUN_DIR/summary.json.
+    kept, skipped, line), printed at the start and written to RUN_DIR/summary.json;
+    count_tokens(host batch) -> tokens it trains on (the objective's `count_tokens`: tokens/s).
     """
 
     algorithm: Algorithm
@@ -98,6 +99,7 @@ class Setup:
     eval_generate_fn: Optional[Callable[[PyTree, PyTree, int], dict]] = None
     host_step: Optional[Callable[[optax.GradientTransformation, Any], Callable]] = None
     data_stats: Sequence[dict] = ()
+    count_tokens: Callable[[dict], int] = count_attended
 
 
 @dataclasses.dataclass
@@ -358,17 +360,6 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
-def _tokens_in(batch: dict) -> int:
-    for key in ("attn_mask", "chosen_attn_mask"):
-        if key in batch:
-            n = float(np.asarray(batch[key]).sum())
-            return int(n * (2 if key.startswith("chosen") else 1))
-    for key in ("tokens", "input_ids"):
-        if key in batch:
-            return int(np.asarray(batch[key]).size)
-    return 0
-
-
 # =========================================================================== the loop
 def total_steps(cfg: Any, steps_per_epoch: Optional[int]) -> int:
     if cfg.train.steps > 0:
@@ -474,7 +465,7 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
             except StopIteration:
                 log.warning("training data exhausted at step %d", step)
                 break
-            tokens = _tokens_in(batch) * jax.process_count()
+            tokens = setup.count_tokens(batch) * jax.process_count()
             gbatch = parallel.shard_batch(stack_micro(batch, accum), mesh, leading_unsharded=1)
             state, dev_metrics = step_fn(state, gbatch)
             if setup.host_step is not None and "tokens" in dev_metrics:
