@@ -18,27 +18,9 @@ import json
 import jax
 import jax.numpy as jnp
 
+from fairjax.benchmarks import QUANT_SUFFIX, algorithm_cfg as _algorithm_cfg  # noqa: F401
+
 GIB = 2 ** 30
-
-
-QUANT_SUFFIX = {"lora": "none", "qlora": "nf4", "qlora8": "int8"}
-
-
-def _algorithm_cfg(algo: str, remat: str):
-    """configs/<algo>.py; "<algo>_lora" = LoRA (rank 16, bfloat16 frozen base; ILQL: shared base),
-    "<algo>_qlora" / "<algo>_qlora8" = the same on an nf4 / int8 base."""
-    from fairjax.benchmarks import repo_config
-
-    name, _, lora = algo.partition("_")
-    cfg = repo_config(name)
-    cfg.model.remat = remat
-    if lora:
-        if lora not in QUANT_SUFFIX:
-            raise ValueError(f"--algo={algo!r}: suffix must be one of {sorted(QUANT_SUFFIX)}")
-        cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha = True, 16, 32.0
-        cfg.lora.base_dtype = "bfloat16"
-        cfg.lora.quant = QUANT_SUFFIX[lora]  # read by LoraConfig.from_config (agents/registry)
-    return cfg
 
 
 def compile_step(family: str, size: str, algo: str, batch: int, seq: int, dtype: str,

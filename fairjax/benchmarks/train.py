@@ -63,7 +63,7 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     from fairjax import parallel
     from fairjax.agents.registry import build_algorithm
     from fairjax.benchmarks.forward import FAMILIES, make_config
-    from fairjax.benchmarks.memory import _algorithm_cfg
+    from fairjax.benchmarks import algorithm_cfg as _algorithm_cfg
     from fairjax.models.lora import cast_base
     from fairjax.optim import make_optimizer
     from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
