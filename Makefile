@@ -1,7 +1,7 @@
 PYTHON ?= python3
 export FAIRJAX_FIXTURES ?= $(abspath ../shared/fixtures)
 
-.PHONY: install install-test demo test test-fast bench
+.PHONY: install install-test demo lint test test-fast bench
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -15,6 +15,10 @@ install-test: install
 # Quick start 1: install, then the main job on the embedded demo corpus (ends with a fairness report).
 demo: install
 	$(PYTHON) -m fairjax.train --config=configs/ilql.py
+
+# Lint (ruff, rules in pyproject.toml [tool.ruff]); CI runs it before the tests.
+lint:
+	$(PYTHON) -m ruff check fairjax tests configs
 
 # Quick start 2: the whole test suite (what CI runs).
 # pytest's exit 5 (no test collected) is a failure with its own message, never a silent pass.

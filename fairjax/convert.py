@@ -16,7 +16,6 @@ Nothing existing is overwritten without --overwrite; outputs appear atomically (
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 

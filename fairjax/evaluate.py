@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 import zlib
 from pathlib import Path

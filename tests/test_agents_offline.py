@@ -1,7 +1,6 @@
 """A-LoL / DPO / PHF agents around a tiny random GPT-2: consistency with the pure losses, frozen
 vs precomputed reference, value-head fitting, and loss decrease over a few optax steps."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

@@ -4,7 +4,6 @@ same tokens/rewards/terminals as the unpacked layout; packed logits equal the un
 episode (GPT-2 fixture, LLaMA preset; xla and the jax.nn.dot_product_attention path); BC and ILQL
 losses and gradients equal the unpacked ones; config validation names `data.pack`; a BC run trains
 on packed rows, which are fuller."""
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,6 @@
 """Torch-free checkpoint reader/writer: fixtures, tied storages, legacy format, malicious pickles."""
 import collections
 import functools
-import json
 import os
 import pickle
 import re

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import optax
 
 from fairjax.agents.base import context_mask, lm_forward

@@ -13,7 +13,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fairjax.models import gpt2, llama
