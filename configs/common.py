@@ -15,12 +15,14 @@ import os
 from ml_collections import ConfigDict
 from ml_collections.config_dict import placeholder
 
-from fairjax.pipeline import SHARED  # fields a stage takes from the main run
+from fairjax.stages import SHARED  # fields a stage takes from the main run (a leaf module)
 
 
 def base_config(algorithm: str) -> ConfigDict:
     c = ConfigDict()
-    c.algorithm = algorithm  # objective: bc | ilql | alol | phf | dpo (set by the config file)
+    # objective (set by the config file): a name registered in fairjax/agents (fairjax.agents.
+    # registry.names(): alol bc dpo grpo ilql phf ppo rloo)
+    c.algorithm = algorithm
     c.seed = 0  # root seed: params init, data order (with the epoch) and per-step dropout keys
     c.run_dir = f"runs/{algorithm}"  # where config, model/, checkpoints/, metrics.jsonl, tb/ go
 
@@ -31,8 +33,10 @@ def base_config(algorithm: str) -> ConfigDict:
     c.model.init = "demo-tiny"
     c.model.base = ""  # HF dir supplying config.json + tokenizer for .pkl checkpoints
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
-    c.model.remat = "none"  # per-block remat: none | block | dots | dots_saveable | offload
-    # attention kernel: xla (exact einsum, any device) | cudnn (fused flash attention, GPU bf16:
+    # per-block remat: none | block | dots | dots_saveable | offload (models/common.py
+    # REMAT_POLICIES, which validate_config reads)
+    c.model.remat = "none"
+    # attention kernel (models/common.py ATTENTION_IMPLS): xla (exact einsum, any device) | cudnn (fused flash attention, GPU bf16:
     # 1.9x faster BC steps for GPT-2 medium 16x1024 on an H100) | auto (jax.nn's choice)
     c.model.attention = "xla"
     # blocks under nn.scan (params stacked [L, ...]: one compiled block, fast compiles for deep

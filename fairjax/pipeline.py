@@ -20,10 +20,7 @@ from typing import Any, Optional
 from ml_collections import ConfigDict
 
 from fairjax.errors import ConfigError
-
-# Fields the BC stage shares with the main run (same data, model, tokenizer, devices); the stage
-# config in `config.stages.bc` omits them (configs/common.py `stage`).
-SHARED = ("seed", "model", "data", "reward", "mesh", "distributed")
+from fairjax.stages import SHARED  # fields the BC stage shares with the main run
 
 
 def stage_config(cfg: Any, name: str):

@@ -281,3 +281,30 @@ def test_phf_and_dpo_train_with_lora_equal_to_the_merged_form(algo):
         np.testing.assert_allclose(
             np.asarray(jax.tree.leaves(mf["ref"])[0]),
             np.asarray(jax.tree.leaves(base)[0]), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- one definition
+def test_validation_allows_exactly_the_implemented_choices():
+    """validate_config takes the remat policies / attention kernels the models implement."""
+    from fairjax.errors import ConfigError
+    from fairjax.models.common import ATTENTION_IMPLS, REMAT_POLICIES
+    from fairjax.train.build import validate_config
+
+    for remat in REMAT_POLICIES:  # main allowed only none | block | dots
+        validate_config(small_config("bc", **{"model.remat": remat}))
+    for impl in ATTENTION_IMPLS:
+        validate_config(small_config("bc", **{"model.attention": impl}))
+    with pytest.raises(ConfigError, match=r"config.model.remat='bogus'.*offload"):
+        validate_config(small_config("bc", **{"model.remat": "bogus"}))
+    with pytest.raises(ConfigError, match=r"config.model.attention='flash'"):
+        validate_config(small_config("bc", **{"model.attention": "flash"}))
+
+
+def test_configs_import_no_fairjax_runtime_module():
+    """configs/*.py import only the dependency-free `fairjax.stages` of fairjax."""
+    for path in sorted((ROOT / "configs").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            mods = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            bad = [m for m in mods if m.startswith("fairjax") and m != "fairjax.stages"]
+            assert not bad, f"{path.name}:{node.lineno} imports {bad}"

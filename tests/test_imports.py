@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "fairjax"
 
 # Lowest first. A module belongs to the longest prefix listed; every module must have one.
 LAYERS: list[tuple[str, ...]] = [
-    ("fairjax", "fairjax.errors", "fairjax.faults"),                    # leaves
+    ("fairjax", "fairjax.errors", "fairjax.faults", "fairjax.stages"),  # leaves
     ("fairjax.models",),                                                # Flax modules + registry
     ("fairjax.io",),                                                    # formats, Orbax, load()
     ("fairjax.data", "fairjax.losses", "fairjax.rewards", "fairjax.rewriters",

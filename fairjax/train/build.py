@@ -22,8 +22,9 @@ from fairjax.agents.base import Algorithm
 from fairjax.agents.registry import build_algorithm, choice
 from fairjax.data import sources
 from fairjax.errors import ConfigError
+from fairjax.models.common import ATTENTION_IMPLS, REMAT_POLICIES
 from fairjax.models.lora import validate as validate_lora
-from fairjax.optim import PARAM_DTYPES, cast_params
+from fairjax.optim import PARAM_DTYPES, SCHEDULES, cast_params
 from fairjax.io import run_dir as rd
 from fairjax.train.loop import IMPLS, RunResult, Setup, run
 
@@ -56,10 +57,11 @@ def validate_config(cfg: Any) -> None:
     naming the key. Runs before any work (no files written, no devices touched)."""
     spec = registry.get(cfg.algorithm)  # ConfigError naming config.algorithm if unknown
     choice("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
-    choice("model.remat", cfg.model.remat, ("none", "block", "dots"))
+    choice("model.remat", cfg.model.remat, tuple(REMAT_POLICIES))
+    choice("model.attention", cfg.model.get("attention", "xla"), ATTENTION_IMPLS)
     _check_scan_layers(cfg)
     choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
-    choice("optim.schedule", cfg.optim.schedule, ("cosine", "linear", "constant"))
+    choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     choice("mesh.impl", cfg.mesh.get("impl", "gspmd"), IMPLS)
     choice("optim.param_dtype", cfg.optim.get("param_dtype", "float32"), PARAM_DTYPES)
     if cfg.get("lora") is not None:
