@@ -148,11 +148,13 @@ def base_config(algorithm: str) -> ConfigDict:
     c.distributed.step_timeout_s = 600
 
     c.lora = ConfigDict()  # LoRA adapters on one frozen base (fairjax/models/lora.py)
-    c.lora.enabled = False  # bc / alol: adapters on the policy (reference = base, adapters off);
-    # ilql: shared base with policy, Q/V and target adapter sets (Polyak target) + heads
+    # every objective (fairjax/agents/lora.py loraize): adapter sets in place of its LM trunks on
+    # one frozen base; bc / alol / phf / dpo: adapters on the policy (reference = base, adapters
+    # off); ilql: shared base with policy, Q/V and target adapter sets (Polyak target) + heads
+    c.lora.enabled = False
     c.lora.rank = 8
     c.lora.alpha = 16.0  # scale alpha / rank
-    c.lora.dropout = 0.0  # recorded in the PEFT export (the merged-kernel form applies none)
+    c.lora.dropout = 0.0  # on the adapter input of the trained sets, training only; in the PEFT export
     c.lora.targets = ""  # regex on param paths ("" = GPT-2 attn/c_attn, LLaMA q_proj|v_proj)
     c.lora.base_dtype = "float32"  # storage dtype of the frozen base (bfloat16 halves it)
     # quantised frozen base (qwix): none | int8 (per output channel) | nf4 (QLoRA NormalFloat4,
