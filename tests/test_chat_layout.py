@@ -187,3 +187,25 @@ def test_tokenizer_dir_round_trip_keeps_template(chat_tok, tmp_path):
     assert again.use_chat_template and again.end_of_turn_id == chat_tok.end_of_turn_id
     assert again.chat_prompt_parts("x") == chat_tok.chat_prompt_parts("x")
     assert not Tokenizer.from_dir(tmp_path / "tok", chat_template=False).use_chat_template
+
+
+@pytest.mark.slow
+def test_smollm2_tokenizer_layout(task):
+    """The packaged SmolLM2-135M-Instruct tokenizer (ChatML, read from its GGUF by transformers):
+    the end of turn is `<|im_end|>`, the templated prompt equals transformers' rendering, and the
+    action span is the posting + `</a>`."""
+    from transformers import AutoTokenizer
+
+    from fairjax.io import presets
+
+    [gguf_file] = presets.source_files(presets.get("smollm2-135m-instruct"))
+    hf_tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    tok = Tokenizer(hf_tok, source=str(gguf_file))
+    assert tok.use_chat_template and tok.end_of_turn_id == hf_tok.convert_tokens_to_ids("<|im_end|>")
+    ex = task.dataset[0]
+    ep = task.episodes(tok)[0]
+    s0 = int(ep.state_idxs[0])
+    assert ep.tokens[1:s0].tolist() == _hf_rendering_ids(tok, ex.prompt)
+    assert ep.tokens[ep.action_idxs + 1].tolist() == tok.encode_text(ex.response) + [tok.eoa_id]
+    assert tok.decode(ep.tokens[1:s0], skip_special_tokens=False).endswith(
+        "<|im_end|>\n<|im_start|>assistant\n")
