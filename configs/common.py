@@ -32,6 +32,9 @@ def base_config(algorithm: str) -> ConfigDict:
     # dir | an FMs-at-work .pkl (then `base` gives config + tokenizer).
     c.model.init = "demo-tiny"
     c.model.base = ""  # HF dir supplying config.json + tokenizer for .pkl checkpoints
+    # A tokenizer with a chat template (instruct models) renders the job prompts with it (system
+    # turn, user turn, assistant header inside <s>..</s>) and decoding also stops at its end of
+    # turn, e.g. <|im_end|> (docs/data-and-rewards.md); without one the layout is unchanged.
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
     # per-block remat: none | block | dots | dots_saveable | offload (models/common.py
     # REMAT_POLICIES, which validate_config reads)

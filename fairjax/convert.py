@@ -38,12 +38,13 @@ def define_flags() -> None:
     flags.DEFINE_enum("to", "fairjax", TARGETS, "output format")
     flags.DEFINE_string("dtype", None, "compute dtype stored in the config (e.g. float32, bfloat16)")
     flags.DEFINE_bool("overwrite", False, "replace an existing non-empty output")
-    flags.DEFINE_bool("chat_template", False, "mark the tokenizer to wrap prompts in its chat template")
+    flags.DEFINE_bool("chat_template", None, "wrap prompts in the tokenizer's chat template "
+                      "(default: when the tokenizer has one; --nochat_template: never)")
 
 
 def convert(source: str, output: str, *, base: Optional[str] = None, to: str = "fairjax",
             dtype: Optional[str] = None, overwrite: bool = False,
-            chat_template: bool = False) -> Path:
+            chat_template: Optional[bool] = None) -> Path:
     """Convert `source` to `to` format at `output`; returns the written path."""
     from fairjax.io import checkpoint
     from fairjax.runs import load_config_params_tokenizer

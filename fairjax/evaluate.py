@@ -268,7 +268,7 @@ def response_nll(policy_module, lm_params, tok, prompts: Sequence[str], response
     import jax.numpy as jnp
     import numpy as np
 
-    from fairjax.data.layout import bucket_for, prompt_tokens
+    from fairjax.data.layout import bucket_for, frame_prompt, prompt_tokens
 
     key = id(policy_module)
     if key not in _NLL_FNS:
@@ -282,8 +282,9 @@ def response_nll(policy_module, lm_params, tok, prompts: Sequence[str], response
     fn = _NLL_FNS[key]
     rows = []
     for p, r in zip(prompts, responses):
-        resp = tok.encode_text(r)[: max_len - 3] + [tok.eoa_id]
-        pr = prompt_tokens(tok, p, max_len=max(2, max_len - len(resp)))
+        framed = frame_prompt(tok, p)  # a chat template's head/tail always stay
+        resp = tok.encode_text(r)[: max_len - 3 - framed.frame_len] + [tok.eoa_id]
+        pr = prompt_tokens(tok, framed, max_len=max(2 + framed.frame_len, max_len - len(resp)))
         rows.append((np.concatenate([pr, np.asarray(resp, np.int32)]), len(pr)))
     out = []
     for start in range(0, len(rows), batch_size):

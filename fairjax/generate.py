@@ -2,7 +2,9 @@
 
 One compiled program per (policy structure, GenerationConfig, batch shape): prefill the
 left-padded prompts into a KV cache per trunk, then a `lax.while_loop` emits one token per step
-for every row until each row has produced `</a>` or `max_new_tokens` tokens.
+for every row until each row has produced `</a>` (or one of `GenerationConfig.stop_ids`, e.g. a
+chat template's end of turn `<|im_end|>`: `generate_texts` adds the tokenizer's
+`end_of_turn_id`) or `max_new_tokens` tokens.
 
 Per-step logits (upstream `IQL_Policy.sample_raw`, reference/fms_at_work.md §2):
 
@@ -60,6 +62,8 @@ class GenerationConfig:
     adv_weight: β of the ILQL perturbation (0 = plain policy sampling).  exp_adv: β·A (True) or
     the step-function log-weights (False).  adv_clip: upper clip of the perturbation (None = off).
     include_logits / include_adv: which terms enter the sampling logits.
+    stop_ids: extra token ids that end a row like `</a>` (e.g. a chat template's end-of-turn id;
+    `generate_texts` adds the tokenizer's own, see `with_stop_ids`).
     """
 
     max_new_tokens: int = 128
@@ -76,8 +80,16 @@ class GenerationConfig:
     adv_clip: Optional[float] = None
     include_logits: bool = True
     include_adv: bool = True
+    stop_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
+        try:
+            stop = tuple(int(i) for i in self.stop_ids)
+        except (TypeError, ValueError):
+            raise ConfigError(f"stop_ids={self.stop_ids!r}; expected a sequence of token ids") from None
+        if any(i < 0 for i in stop):
+            raise ConfigError(f"stop_ids={stop}; token ids must be >= 0")
+        object.__setattr__(self, "stop_ids", stop)
         if self.mode not in MODES:
             raise ConfigError(f"generation mode={self.mode!r}; expected one of {MODES}")
         if self.max_new_tokens < 1:
@@ -94,8 +106,9 @@ class GenerationConfig:
 
 
 class GenerationOutput(NamedTuple):
-    """tokens [B, N] int32 (pad after the stop), lengths [B] (tokens emitted, `</a>` included),
-    finished [B] bool (`</a>` emitted), log_prob / kl / adv_sum [B] float32."""
+    """tokens [B, N] int32 (pad after the stop), lengths [B] (tokens emitted, the stop token
+    included), finished [B] bool (`</a>` or a stop id emitted), log_prob / kl / adv_sum [B]
+    float32."""
 
     tokens: jax.Array
     lengths: jax.Array
@@ -276,6 +289,22 @@ def _take(x: jax.Array, tok: jax.Array) -> jax.Array:  # x [R, V], tok [R] -> [R
     return jnp.take_along_axis(x, tok[:, None], axis=-1)[:, 0]
 
 
+def _is_stop(tok: jax.Array, eoa_id: int, stop_ids: tuple[int, ...]) -> jax.Array:  # [R] -> [R]
+    stop = tok == eoa_id
+    for i in stop_ids:
+        stop = stop | (tok == i)
+    return stop
+
+
+def with_stop_ids(cfg: GenerationConfig, tokenizer) -> GenerationConfig:
+    """`cfg` with the tokenizer's end-of-turn id (chat templates; `Tokenizer.end_of_turn_id`)
+    added to `stop_ids`; unchanged for a tokenizer without one."""
+    eot = getattr(tokenizer, "end_of_turn_id", None)
+    if eot is None or int(eot) in cfg.stop_ids:
+        return cfg
+    return dataclasses.replace(cfg, stop_ids=cfg.stop_ids + (int(eot),))
+
+
 def _decode(policy: Policy, trunks: tuple, heads: dict, prompt_ids: jax.Array,
             prompt_mask: jax.Array, rng: jax.Array, *, cfg: GenerationConfig, eoa_id: int,
             pad_id: int) -> GenerationOutput:
@@ -337,7 +366,7 @@ def _decode(policy: Policy, trunks: tuple, heads: dict, prompt_ids: jax.Array,
         tokens = jax.lax.dynamic_update_slice_in_dim(s["tokens"], tok[:, None], s["t"], axis=1)
         new = dict(
             t=s["t"] + 1, tokens=tokens, rng=rng, score=score,
-            finished=done | (tok == eoa_id), lengths=s["lengths"] + live,
+            finished=done | _is_stop(tok, eoa_id, cfg.stop_ids), lengths=s["lengths"] + live,
             log_prob=s["log_prob"] + lp,
             kl=s["kl"] + jnp.where(live, lp - _take(logp_base, tok), 0.0),
             adv_sum=s["adv_sum"] + jnp.where(live, _take(adv, tok), 0.0))
@@ -416,8 +445,12 @@ def generate_texts(policy: Policy, tokenizer, prompts: Sequence[str], cfg: Gener
     left to `max_prompt_tokens`, default: what fits the model's positions with max_new_tokens),
     left-padded to a bucket length in fixed-size batches (few compilations). Returns per prompt
     {"prompt", "text", "tokens", "finished", "log_prob", "kl", "adv_sum", "num_new_tokens"}.
+    A row ends at `</a>`, at `cfg.stop_ids` or at the tokenizer's `end_of_turn_id`; "text" drops
+    the stop token.
     """
     from fairjax.data.layout import bucket_for, prompt_tokens
+
+    cfg = with_stop_ids(cfg, tokenizer)
 
     limit = policy.model.config.max_positions - cfg.max_new_tokens
     if max_prompt_tokens is not None:

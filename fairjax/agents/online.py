@@ -40,7 +40,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fairjax.errors import ConfigError
-from fairjax.generate import GenerationConfig, Policy, generate, left_pad
+from fairjax.generate import GenerationConfig, Policy, generate, left_pad, with_stop_ids
 from fairjax.losses.common import gather_tokens, masked_mean
 from fairjax.losses.grpo import GRPOHParams, group_advantages, grpo_loss_hp, k3_kl
 from fairjax.losses.ppo import PPOHParams, gae, ppo_loss, token_rewards, whiten
@@ -389,8 +389,8 @@ class OnlineRL:
         p_ids, p_mask = np.repeat(p_ids, G, 0), np.repeat(p_mask, G, 0)  # row p·G + g
         params, frozen = state["params"], state["frozen"]
         pol = Policy.lm(self.parts.model, self.parts.policy_lm(params, frozen))
-        out = generate(pol, p_ids, p_mask, k_gen, cfg.generation(), eoa_id=self.eoa_id,
-                       pad_id=self.pad_id, mesh=self.mesh)
+        out = generate(pol, p_ids, p_mask, k_gen, with_stop_ids(cfg.generation(), self.tok),
+                       eoa_id=self.eoa_id, pad_id=self.pad_id, mesh=self.mesh)
         lengths = np.asarray(out.lengths)
         mask = (np.arange(cfg.max_new_tokens)[None] < lengths[:, None]).astype(np.float32)
         seq = self._rows(np.concatenate([p_ids, np.asarray(out.tokens)], 1))

@@ -21,6 +21,11 @@ a posting that writes "Use <s> and </a> tags" keeps them as text (an anchor need
 `<a href=...>...</a>`; strikethrough `<s>` is thus kept literally). Control tokens can't arise from
 text anyway, because the layout inserts them as ids only.
 
+Instruct models: with a tokenizer that has a chat template the prompt below is not laid out as
+bare text but becomes the user turn of a chat, after a system turn `SYSTEM_TEXT` ("You rewrite
+job postings with inclusive wording and keep every fact."), and the posting is the assistant turn
+(`fairjax.data.layout`, docs/data-and-rewards.md).
+
 Splits are hashed: `split_of(key)` maps sha256(key) to a split by cumulative fractions with the
 smallest exact integer modulus (so 0.8/0.1/0.1 is `sha256(id) mod 10` -> 0-7 train, 8 eval,
 9 test, which is how ../shared/data/hn_jobs was split).
@@ -39,7 +44,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
+from fairjax.io.tokenizer import DEFAULT_SYSTEM_TEXT
+
 UNKNOWN = "unknown"
+# the system turn of a templated job prompt (instruct models); `Tokenizer.system_text`
+SYSTEM_TEXT = DEFAULT_SYSTEM_TEXT
 
 PROMPT_TEMPLATE = (
     "Original job description for reference: '{text}' \n"

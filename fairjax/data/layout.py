@@ -20,6 +20,21 @@ as the final state, and `terminals = [0]*(S-1) + [terminal]`, so S = A + 1.
 Ids are built by concatenating `tok.encode_text(piece)` and control ids; a literal `</a>` inside a
 posting therefore stays text (upstream tokenized the joined string, so it became a control token).
 
+Chat templates (instruct models). When the tokenizer renders prompts with its chat template
+(`tok.use_chat_template`, on by default for a tokenizer that has one), the first environment
+utterance, given as text, becomes the templated prompt `head + body + tail`
+(`Tokenizer.chat_prompt_parts`: system turn, user turn holding the prompt text, assistant
+header), still between `<s>` and `</s>`:
+
+    <s>{system turn}{user turn: prompt}{assistant header}</s>{response}</a></eod>
+
+so `</s>` is the first state and the action span is exactly the response's `encode_text` ids
+plus `</a>`, as without a template; the template's own end of turn (e.g. `<|im_end|>`) is not in
+the episode (decoding stops at it as well as at `</a>`: `GenerationConfig.stop_ids`). Truncation
+trims the body only (the template's head and tail always stay); `Truncation.max_prompt_tokens`
+counts the whole templated prompt, `min_prompt_tokens` the body. Prompts given as ids, and later
+environment turns of a multi-turn episode, are used as they are.
+
 Truncation (fixes an upstream bug): upstream cut `tokens[:max_len]`, which silently drops the final
 reward and the terminal flag of every long example (prompts contain the whole original posting).
 Here the PROMPT (first environment utterance) is trimmed first, keeping `<s>`/`</s>` and the end
@@ -147,10 +162,36 @@ class Episode:
         return int(self.state_idxs.shape[0])
 
 
+@dataclass(frozen=True)
+class FramedPrompt:
+    """A prompt's ids inside fixed framing (a chat template): only `body` is ever trimmed."""
+
+    head: tuple
+    body: tuple
+    tail: tuple
+
+    @property
+    def frame_len(self) -> int:
+        return len(self.head) + len(self.tail)
+
+
 def _encode(tok: TokenizerLike, text: Text) -> list[int]:
+    if isinstance(text, FramedPrompt):
+        return list(text.head + text.body + text.tail)
     if isinstance(text, str):
         return list(tok.encode_text(text))
     return [int(t) for t in text]
+
+
+def frame_prompt(tok: TokenizerLike, prompt: Union[Text, FramedPrompt]) -> FramedPrompt:
+    """The prompt as (head, body, tail) ids: the chat template's parts for text when the
+    tokenizer uses one (`chat_prompt_parts`), else no framing."""
+    if isinstance(prompt, FramedPrompt):
+        return prompt
+    if isinstance(prompt, str) and getattr(tok, "use_chat_template", False):
+        head, body, tail = tok.chat_prompt_parts(prompt)
+        return FramedPrompt(tuple(head), tuple(body), tuple(tail))
+    return FramedPrompt((), tuple(_encode(tok, prompt)), ())
 
 
 def _check_sequence(sequence: Sequence[Utterance]) -> None:
@@ -231,12 +272,22 @@ def layout(tok: TokenizerLike, sequence: Sequence[Utterance], terminal: bool, *,
     is_env = [r is None for _, r in sequence]
     pieces = [_encode(tok, text) for text, _ in sequence]
     overhead = 1 + len(sequence) + int(bool(terminal))  # <s>/<a>, one end marker each, </eod>
+    frame = None
+    if is_env[0]:  # the prompt: a chat template frames it; truncation trims its body only
+        frame = frame_prompt(tok, sequence[0][0])
+        pieces[0] = list(frame.body)
+        overhead += frame.frame_len
+        if trunc.max_prompt_tokens is not None:
+            trunc = dataclasses.replace(
+                trunc, max_prompt_tokens=max(trunc.max_prompt_tokens - frame.frame_len, 0))
     fitted = _fit(pieces, is_env, overhead, trunc, stats)
     if fitted is None:
         stats.dropped += 1
         stats.dropped_ids.append(example_id)
         return None
     pieces, kind = fitted
+    if frame is not None:
+        pieces[0] = list(frame.head) + pieces[0] + list(frame.tail)
     stats.prompt_trimmed += "prompt" in kind
     stats.response_truncated += "response" in kind
 
@@ -293,15 +344,20 @@ def layout_example(tok: TokenizerLike, prompt: Text, response: Text, reward: flo
 
 def prompt_tokens(tok: TokenizerLike, prompt: Text, max_len: Optional[int] = None,
                   prompt_side: str = "left") -> np.ndarray:
-    """`<s>{prompt}</s>` ids [T] int32 for generation (not terminal: no `</eod>`).
+    """`<s>{prompt}</s>` ids [T] int32 for generation (not terminal: no `</eod>`); with a chat
+    template `<s>{head}{prompt}{tail}</s>`, as the episodes are laid out (module docstring).
 
     With `max_len`, the prompt text is trimmed (its start dropped for "left") so T <= max_len.
     """
-    ids = _encode(tok, prompt)
+    frame = frame_prompt(tok, prompt)
+    ids = list(frame.body)
     if max_len is not None:
-        if max_len < 2:
-            raise ValueError(f"prompt max_len must be >= 2, got {max_len}")
-        ids = _trim(ids, max_len - 2, prompt_side)
+        if max_len < 2 + frame.frame_len:
+            raise ValueError(f"prompt max_len must be >= {2 + frame.frame_len} (<s>, </s>"
+                             + (f" and {frame.frame_len} chat-template tokens" if frame.frame_len
+                                else "") + f"), got {max_len}")
+        ids = _trim(ids, max_len - 2 - frame.frame_len, prompt_side)
+    ids = list(frame.head) + ids + list(frame.tail)
     return np.asarray([tok.bos_id] + ids + [tok.eos_id], dtype=np.int32)
 
 
@@ -373,7 +429,7 @@ def layout_pair(tok: TokenizerLike, prompt: Text, chosen: Text, rejected: Text, 
     Rewards are 0 (preference data carries none). Returns None if the policy drops the pair.
     """
     trunc = truncation or Truncation()
-    p_ids = _encode(tok, prompt)
+    p_ids = frame_prompt(tok, prompt)  # the same (templated) prompt for both rows
     c_ids, r_ids = _encode(tok, chosen), _encode(tok, rejected)
     if trunc.max_len is not None:
         budget = trunc.max_len - 4 - max(len(c_ids), len(r_ids))

@@ -199,7 +199,7 @@ def load_model_dir(path: str | os.PathLike, dtype: Optional[str] = None):
 
     path = _abs(path)
     config = config_from_model_dir(path, dtype)
-    chat = bool((read_model_json(path).get("tokenizer") or {}).get("chat_template", False))
+    chat = (read_model_json(path).get("tokenizer") or {}).get("chat_template")  # None: auto
     params = _to_numpy(restore_pytree(path / "params"))
     # a dir saved in the other block layout (unrolled h_0.. / scanned h) is converted
     params = _to_layout(params, config, source=str(path / "params"))

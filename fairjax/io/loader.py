@@ -66,7 +66,7 @@ def _local(path_or_id) -> Path:
 
 
 # ----------------------------------------------------------------------------- sources
-def _hf_dir(path: Path, dtype, chat_template: bool):
+def _hf_dir(path: Path, dtype, chat_template: Optional[bool]):
     from fairjax.io.tokenizer import Tokenizer, assert_vocab_matches, resize_embeddings
     from fairjax.io.hf import load_hf_dir
 
@@ -82,7 +82,7 @@ def _hf_dir(path: Path, dtype, chat_template: bool):
     return config, params, tokenizer
 
 
-def _base_config_and_tokenizer(base, dtype, chat_template: bool = False):
+def _base_config_and_tokenizer(base, dtype, chat_template: Optional[bool] = None):
     """(config, tokenizer) from a base: HF dir / id or fairjax model dir (for bare state dicts)."""
     from fairjax.io.tokenizer import Tokenizer
     from fairjax.io import checkpoint
@@ -133,7 +133,7 @@ def load_upstream_ilql(path, base, *, dtype: Optional[str] = None) -> dict[str, 
             "tokenizer": tokenizer, **trunks, "heads": heads, "notes": list(parts.notes)}
 
 
-def _upstream(path: Path, base, dtype, chat_template: bool):
+def _upstream(path: Path, base, dtype, chat_template: Optional[bool]):
     from fairjax.io.tokenizer import assert_vocab_matches
     from fairjax.io.torch_pickle import load_torch_pickle
     from fairjax.io.upstream import split_upstream
@@ -147,7 +147,7 @@ def _upstream(path: Path, base, dtype, chat_template: bool):
 
 
 def load_config_params_tokenizer(path_or_id, *, base=None, dtype: Optional[str] = None,
-                                 chat_template: bool = False, restore_policy=None):
+                                 chat_template: Optional[bool] = None, restore_policy=None):
     """Like `load` but returns (config, params, tokenizer). `restore_policy(run_dir, step)`:
     the trainer-run policy restore (`fairjax.runs` passes it; see the module docstring)."""
     from fairjax.io import checkpoint
@@ -166,19 +166,20 @@ def load_config_params_tokenizer(path_or_id, *, base=None, dtype: Optional[str] 
         raise FileNotFoundError(
             f"{path}: not a Hugging Face directory (config.json), a fairjax model directory "
             f"(fairjax_model.json), a fairjax run directory (model/ + checkpoints/) or a .pkl file")
-    if tok is not None and chat_template:
+    if tok is not None and chat_template is not None and chat_template != tok.use_chat_template:
         from fairjax.io.tokenizer import Tokenizer
-        tok = Tokenizer(tok.hf, use_chat_template=True, source=tok.source)
+        tok = Tokenizer(tok.hf, use_chat_template=chat_template, source=tok.source)
     return config, params, tok
 
 
-def load(path_or_id, *, base=None, dtype: Optional[str] = None, chat_template: bool = False,
+def load(path_or_id, *, base=None, dtype: Optional[str] = None, chat_template: Optional[bool] = None,
          restore_policy=None):
     """(model, float32 params, Tokenizer) from any supported source (module docstring).
 
     base: HF dir / HF id / fairjax model dir giving config + tokenizer for `.pkl` sources.
     dtype: compute dtype ('float32', 'bfloat16', ...); params stay float32.
-    chat_template: wrap prompts with the tokenizer's chat template (instruct models).
+    chat_template: wrap prompts with the tokenizer's chat template (instruct models); None (the
+        default) does so when the tokenizer has one, False never.
     """
     config, params, tokenizer = load_config_params_tokenizer(
         path_or_id, base=base, dtype=dtype, chat_template=chat_template,

@@ -18,6 +18,13 @@ anchors to avoid that). fairjax instead encodes all user text with special-token
 pieces `<`, `/`, `a`, `>` and decodes back to the same text. This holds for every special token of
 the tokenizer (also `<|endoftext|>` and chat-template markers). Control tokens enter a sequence only
 as ids inserted by the layout code (`fairjax/data/layout.py`).
+
+Chat templates (instruct models). A tokenizer whose HF `chat_template` is set renders prompts with
+it by default (`use_chat_template=None` = auto; False turns it off): `chat_prompt_parts` gives the
+ids of the rendered system turn (`system_text`, default `DEFAULT_SYSTEM_TEXT`), the user turn
+holding the prompt, and the assistant header, split as (head, body = the prompt's own ids, tail)
+so that truncation trims only the prompt. `end_of_turn_id` is the token the template closes an
+assistant turn with (e.g. ChatML `<|im_end|>`), a stop token for decoding; None without a template.
 """
 from __future__ import annotations
 
@@ -27,6 +34,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+# The system turn of a templated job prompt (docs/data-and-rewards.md).
+DEFAULT_SYSTEM_TEXT = "You rewrite job postings with inclusive wording and keep every fact."
+# placeholders substituted into a rendered template (private-use code points: never in real text)
+_SLOTS = {"system": "\uE000FAIRJAX_SYSTEM\uE000", "user": "\uE000FAIRJAX_USER\uE000",
+          "assistant": "\uE000FAIRJAX_ASSISTANT\uE000"}
 
 LAYOUT_TOKENS: tuple[str, ...] = ("</a>", "<a>", "</eod>", "<s>", "</s>", "<|pad|>")
 # attribute name for each layout token, same order
@@ -88,10 +101,13 @@ class Tokenizer:
     """A fast HF tokenizer + the ILQL layout token ids.
 
     Attributes: `eoa_id boa_id eod_id bos_id eos_id pad_id` (ints), `hf` (the wrapped HF
-    tokenizer), `use_chat_template` (bool), `added_tokens` (layout tokens this wrapper added).
+    tokenizer), `use_chat_template` (bool; None at construction = True iff the tokenizer has a
+    chat template), `system_text` (the system turn of templated prompts), `end_of_turn_id` (int
+    or None), `added_tokens` (layout tokens this wrapper added).
     """
 
-    def __init__(self, hf_tokenizer, use_chat_template: bool = False, source: str = "<memory>"):
+    def __init__(self, hf_tokenizer, use_chat_template: Optional[bool] = None,
+                 source: str = "<memory>", system_text: str = DEFAULT_SYSTEM_TEXT):
         from tokenizers import Tokenizer as _Backend
 
         self.hf = hf_tokenizer
@@ -108,12 +124,18 @@ class Tokenizer:
         if use_chat_template and not getattr(hf_tokenizer, "chat_template", None):
             raise ValueError(f"{source}: chat_template=True but the tokenizer has no chat template "
                              "(tokenizer_config.json / chat_template.jinja)")
+        if use_chat_template is None:
+            use_chat_template = bool(getattr(hf_tokenizer, "chat_template", None))
         self.use_chat_template = bool(use_chat_template)
+        self.system_text = system_text
+        self.end_of_turn_id: Optional[int] = (self._find_end_of_turn() if self.use_chat_template
+                                              else None)
 
     # -- construction / persistence -------------------------------------------------------
     @classmethod
-    def from_dir(cls, path: str | os.PathLike, chat_template: bool = False) -> "Tokenizer":
-        """Load from a local directory (HF snapshot, `hf/` fixture, fairjax `tokenizer/`)."""
+    def from_dir(cls, path: str | os.PathLike, chat_template: Optional[bool] = None) -> "Tokenizer":
+        """Load from a local directory (HF snapshot, `hf/` fixture, fairjax `tokenizer/`);
+        `chat_template` None: use the template when the tokenizer has one."""
         return cls(_load_hf_tokenizer(path), use_chat_template=chat_template, source=str(path))
 
     def save(self, path: str | os.PathLike) -> None:
@@ -166,14 +188,16 @@ class Tokenizer:
                 raise ValueError("system prompt given but the tokenizer is not configured with "
                                  "chat_template=True")
             return self.encode_text(prompt)
-        slots = {"system": "\uE000FAIRJAX_SYSTEM\uE000", "user": "\uE000FAIRJAX_USER\uE000"}
-        messages = ([{"role": "system", "content": slots["system"]}] if system is not None else [])
-        messages.append({"role": "user", "content": slots["user"]})
+        messages = ([{"role": "system", "content": _SLOTS["system"]}] if system is not None else [])
+        messages.append({"role": "user", "content": _SLOTS["user"]})
         rendered = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        values = {slots["system"]: system, slots["user"]: prompt}
-        # Split the rendering into control tokens (template markers only) and text runs; a text
-        # run may join template text and user content, so BPE merges across the boundary are as
-        # in a single-pass encoding, but control strings inside user content stay text.
+        return self._encode_template(rendered, {_SLOTS["system"]: system, _SLOTS["user"]: prompt})
+
+    def _encode_template(self, rendered: str, values: dict[str, str]) -> list[int]:
+        """Ids of a rendered template: its added tokens (template markers) as control ids, the
+        `values` substituted for their slots and encoded as text with the template text around
+        them (a text run may join template text and content, so BPE merges across the boundary
+        are as in a single-pass encoding, but control strings inside content stay text)."""
         added = {t.content: i for i, t in self.hf._tokenizer.get_added_tokens_decoder().items()}
         pattern = "|".join(re.escape(s) for s in
                            sorted(list(values) + list(added), key=len, reverse=True))
@@ -189,6 +213,58 @@ class Tokenizer:
         if run:
             ids += self.encode_text("".join(run))
         return ids
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            return self.hf.apply_chat_template(messages, tokenize=False,
+                                               add_generation_prompt=add_generation_prompt)
+        except Exception as e:  # jinja errors (e.g. a template that refuses a system role)
+            raise ValueError(f"{self.source}: its chat template failed to render "
+                             f"{[m['role'] for m in messages]}: {e}") from e
+
+    def _system_and_user(self, system: str) -> list[dict]:
+        """[system, user] messages with slots; a template that refuses the system role gets the
+        system text at the start of the user turn instead."""
+        both = [{"role": "system", "content": _SLOTS["system"]},
+                {"role": "user", "content": _SLOTS["user"]}]
+        try:
+            self._render(both, True)
+            return both
+        except ValueError:
+            return [{"role": "user", "content": _SLOTS["system"] + "\n\n" + _SLOTS["user"]}]
+
+    def chat_prompt_parts(self, prompt: str, system: Optional[str] = None
+                          ) -> tuple[list[int], list[int], list[int]]:
+        """A job prompt in the chat template as (head, body, tail) ids: head = the rendering up
+        to the user content (system turn with `system`, default `system_text`, and the user
+        header), body = `encode_text(prompt)`, tail = the rest (end of the user turn and the
+        assistant header of the generation prompt). head + body + tail is the templated prompt;
+        truncation trims the body only. Needs `use_chat_template`."""
+        if not self.use_chat_template:
+            raise ValueError(f"{self.source}: chat_prompt_parts needs a tokenizer with "
+                             "use_chat_template=True")
+        system = self.system_text if system is None else system
+        rendered = self._render(self._system_and_user(system), True)
+        if rendered.count(_SLOTS["user"]) != 1:
+            raise ValueError(f"{self.source}: the chat template renders the user turn "
+                             f"{rendered.count(_SLOTS['user'])} times; expected once")
+        before, after = rendered.split(_SLOTS["user"])
+        values = {_SLOTS["system"]: system}
+        return (self._encode_template(before, values), self.encode_text(prompt),
+                self._encode_template(after, values))
+
+    def _find_end_of_turn(self) -> Optional[int]:
+        """The first added token the template writes after an assistant turn's content (ChatML
+        `<|im_end|>`, Llama-3 `<|eot_id|>`), or None when it writes none."""
+        msgs = [{"role": "user", "content": _SLOTS["user"]},
+                {"role": "assistant", "content": _SLOTS["assistant"]}]
+        rendered = self._render(msgs, False)
+        if _SLOTS["assistant"] not in rendered:
+            return None
+        rest = rendered.split(_SLOTS["assistant"], 1)[1]
+        added = {t.content: i for i, t in self.hf._tokenizer.get_added_tokens_decoder().items()}
+        hits = [(rest.find(t), i) for t, i in added.items() if t and t in rest]
+        return int(min(hits)[1]) if hits else None
 
     def __repr__(self) -> str:
         return (f"Tokenizer({self.source!r}, len={len(self)}, layout={self.special_ids}, "

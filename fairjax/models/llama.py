@@ -1,7 +1,8 @@
 """LLaMA in Flax Linen, numerically equal to Hugging Face `LlamaForCausalLM`.
 
 RMSNorm, rotary embeddings in HF's rotate-half convention, grouped-query attention, SwiGLU MLP,
-untied LM head (a tied config is accepted too). Param tree mirrors HF names:
+untied LM head by default; with `tie_word_embeddings` the logits are h·Eᵀ through
+`embed_tokens` and there is no `lm_head` param. Param tree mirrors HF names:
 `embed_tokens/embedding`, `layers_{i}/{input_layernorm/weight, self_attn/{q,k,v,o}_proj/kernel,
 post_attention_layernorm/weight, mlp/{gate,up,down}_proj/kernel}`, `norm/weight`, `lm_head/kernel`.
 
