@@ -215,20 +215,26 @@ class BertModel(nn.Module):
 
 
 # --------------------------------------------------------------------------- HF conversion
-def hf_key_map(config: BertConfig) -> common.KeyMap:
-    """HF key (without the `bert.` prefix) -> (Flax path, transpose?)."""
-    km: dict[str, tuple[tuple[str, ...], bool]] = {}
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        km[f"embeddings.{name}.weight"] = (("embeddings", name, "embedding"), False)
-
+def key_map_adders(km: dict) -> tuple:
+    """(ln, lin): add the HF LayerNorm / nn.Linear keys `hf.{weight,bias}` of a Flax path to `km`
+    (Linear weights `[out, in]` are transposed to `kernel [in, out]`)."""
     def ln(hf: str, path: tuple[str, ...]) -> None:
         km[f"{hf}.weight"] = (path + ("scale",), False)
         km[f"{hf}.bias"] = (path + ("bias",), False)
 
     def lin(hf: str, path: tuple[str, ...]) -> None:
-        km[f"{hf}.weight"] = (path + ("kernel",), True)  # nn.Linear [out, in] -> [in, out]
+        km[f"{hf}.weight"] = (path + ("kernel",), True)
         km[f"{hf}.bias"] = (path + ("bias",), False)
 
+    return ln, lin
+
+
+def hf_key_map(config: BertConfig) -> common.KeyMap:
+    """HF key (without the `bert.` prefix) -> (Flax path, transpose?)."""
+    km: dict[str, tuple[tuple[str, ...], bool]] = {}
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        km[f"embeddings.{name}.weight"] = (("embeddings", name, "embedding"), False)
+    ln, lin = key_map_adders(km)
     ln("embeddings.LayerNorm", ("embeddings", "LayerNorm"))
     for i in range(config.num_layers):
         p, f = f"encoder.layer.{i}", f"layer_{i}"
@@ -267,20 +273,26 @@ def params_to_hf(params, config: BertConfig) -> dict[str, np.ndarray]:
     return common.params_to_state_dict(params, hf_key_map(config))
 
 
-def load_hf_dir(path: str | Path, **overrides) -> tuple[BertModel, dict, BertConfig]:
-    """(module, params, config) from a HF BERT directory (config.json + model.safetensors)."""
+def read_hf_dir(path: str | Path, what: str, prefix: str) -> tuple[dict, dict, bool]:
+    """(config.json dict, safetensors state dict, has a pooler) of a HF encoder directory."""
     from safetensors.numpy import load_file  # noqa: PLC0415
 
     path = Path(path)
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     for f in (cfg_file, weights):
         if not f.is_file():
-            raise ConfigError(f"{path}: missing {f.name} (need a HF BERT directory)")
+            raise ConfigError(f"{path}: missing {f.name} (need a HF {what} directory)")
     try:
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{cfg_file}: invalid JSON ({e})") from e
     sd = load_file(str(weights))
-    has_pooler = any(k.split("bert.")[-1].startswith("pooler.") for k in sd)
+    has_pooler = any(k.split(prefix)[-1].startswith("pooler.") for k in sd)
+    return cfg, sd, has_pooler
+
+
+def load_hf_dir(path: str | Path, **overrides) -> tuple[BertModel, dict, BertConfig]:
+    """(module, params, config) from a HF BERT directory (config.json + model.safetensors)."""
+    cfg, sd, has_pooler = read_hf_dir(path, "BERT", "bert.")
     config = BertConfig.from_hf(cfg, add_pooling_layer=has_pooler, **overrides)
-    return BertModel(config), params_from_hf(sd, config, source=str(weights)), config
+    return BertModel(config), params_from_hf(sd, config, source=str(Path(path) / "model.safetensors")), config
