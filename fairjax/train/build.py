@@ -343,7 +343,11 @@ def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module,
     if not os.path.isfile(pool_path):
         raise ConfigError(f"config.eval.generate needs a candidate pool: config.reward.pool="
                           f"{cfg.reward.pool!r} (no demo candidates at {pool_path})")
-    scorer = DiversityScorer(load_pool(pool_path))
+    from fairjax.rewards.embedders import make_embedder
+    from fairjax.rewards.registry import embedder_name
+
+    scorer = DiversityScorer(load_pool(pool_path), make_embedder(
+        embedder_name(cfg.reward), cfg.reward.diversity.get("n_features", 4096)))
     agent_cfg = registry.get(cfg.algorithm).agent_config(cfg)
     ilql_cfg = agent_cfg if isinstance(agent_cfg, ILQLConfig) else None  # value-guided decoding
     g = cfg.ilql.generation if ilql_cfg is not None else None
