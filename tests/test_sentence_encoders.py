@@ -307,3 +307,50 @@ def test_real_mpnet_equals_sentence_transformers():
     got = ours.encode(texts, normalize_embeddings=True)
     ref = SentenceTransformer(str(d), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
+
+
+# ----------------------------------------------------------------------------- reward.embedder
+def test_reward_embedder_choice_reaches_scorers_and_spec(tmp_path_factory, hf_dirs, tmp_path):
+    """reward.embedder picks the encoder of the diversity matching and the preservation cosine,
+    and the reward spec (the reward cache's key) changes with it."""
+    from ml_collections import ConfigDict
+
+    from fairjax.rewards.embedders import HashingTfidfEmbedder, SentenceEncoder
+    from fairjax.rewards.registry import build_reward_scorer, reward_spec, spec_hash
+    from trainer_fixtures import load_config
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"c{i}", "text": t, "gender": "female" if i % 2 else "male"})
+                            + "\n" for i, t in enumerate(CORPUS)))
+    d = _st_dir(tmp_path_factory, hf_dirs["bert"], _legacy("mean"))
+
+    def cfg(**kw):
+        return ConfigDict({"scorer": "composite", "pool": str(pool),
+                           "diversity": {"k": 2, "select_k": 1, "n_features": 256},
+                           "preservation": {"metric": "cosine"},
+                           "composite": {"terms": "diversity,preservation", "weights": "1,1"}, **kw})
+
+    enc = build_reward_scorer(cfg(embedder=str(d)))
+    div, pres = enc.terms[0][2], enc.terms[1][2]
+    assert isinstance(div.embedder, SentenceEncoder) and pres.embedder is div.embedder
+    vec = div.embedder.embed(TEXTS[:2])
+    ref = SentenceEncoder(d).encode(TEXTS[:2], normalize_embeddings=True)
+    np.testing.assert_allclose(vec, ref, atol=1e-6)
+    out = enc.score_texts(TEXTS[:2], references=TEXTS[:2][::-1])
+    assert np.all(np.isfinite(out))
+    tfidf = build_reward_scorer(cfg(embedder="tfidf"))
+    assert isinstance(tfidf.terms[0][2].embedder, HashingTfidfEmbedder)
+    legacy = build_reward_scorer(cfg())  # a config written before reward.embedder: tfidf
+    assert isinstance(legacy.terms[0][2].embedder, HashingTfidfEmbedder)
+    hashes = {spec_hash(reward_spec(cfg(embedder=e))) for e in (str(d), "tfidf", "all-minilm-l6-v2")}
+    assert len(hashes) == 3
+    assert reward_spec(cfg(embedder="all-minilm-l6-v2"))["embedder"] == {"name": "all-minilm-l6-v2"}
+    # the directory's weights are part of its spec: other weights, another reward cache
+    before = spec_hash(reward_spec(cfg(embedder=str(d))))
+    (d / "config.json").write_text((d / "config.json").read_text().replace("\n", "\n "))
+    assert spec_hash(reward_spec(cfg(embedder=str(d)))) != before
+    # the shipped default is MiniLM, in the training and the evaluation configs
+    assert load_config("ilql").reward.embedder == "all-minilm-l6-v2"
+    assert load_config("eval").scorer.embedder == "all-minilm-l6-v2"
+    with pytest.raises(ValueError, match="not a preset"):
+        build_reward_scorer(cfg(embedder="no-such-model"))
