@@ -354,3 +354,27 @@ def test_reward_embedder_choice_reaches_scorers_and_spec(tmp_path_factory, hf_di
     assert load_config("eval").scorer.embedder == "all-minilm-l6-v2"
     with pytest.raises(ValueError, match="not a preset"):
         build_reward_scorer(cfg(embedder="no-such-model"))
+
+
+def test_reward_benchmark_real_data_mode(tmp_path_factory, hf_dirs, tmp_path):
+    """`bench reward` on given postings/pools: every embedder timed; NAME@N extrapolates."""
+    import types
+
+    from fairjax.benchmarks import reward
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"c{i}", "text": t, "gender": "female" if i % 2 else "male"})
+                            + "\n" for i, t in enumerate(CORPUS * 3)))
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text("".join(json.dumps({"id": f"p{i}", "text": t}) + "\n"
+                             for i, t in enumerate(TEXTS) if t))
+    d = _st_dir(tmp_path_factory, hf_dirs["mpnet"], _legacy("mean"))
+    out = reward.run(types.SimpleNamespace(texts=str(posts), pools=str(pool), batch=None,
+                                           embedders=f"tfidf,{d},{d}@2", json=str(tmp_path / "r.json")))
+    assert out["n_texts"] == 6 and out["n_candidates"] == 18
+    rows = out["embedders"]
+    assert [r["extrapolated"] for r in rows] == [False, False, True]
+    assert rows[1]["dim"] == 32 and rows[0]["dim"] == 4096
+    assert rows[2]["embedded_subset"] == {"texts": 2, "candidates": 2}
+    assert all(r["seconds"]["embed_and_match"] > 0 for r in rows)
+    assert json.loads((tmp_path / "r.json").read_text())["embedders"][1]["id"] == rows[1]["id"]
