@@ -32,69 +32,41 @@ import numpy as np
 
 from fairjax.errors import ConfigError
 from fairjax.models import bert, common
-from fairjax.models.bert import _ACT, BertOutput, _AddNorm, _dense, _Intermediate, _ln, _Pooler
+from fairjax.models.bert import BertOutput, _AddNorm, _dense, _Intermediate, _ln, _Pooler
 
 PADDING_IDX = 1  # transformers' MPNetEmbeddings hard-codes it
 NUM_BUCKETS, MAX_DISTANCE = 32, 128  # what MPNetEncoder.compute_position_bias uses
 
 
 @dataclasses.dataclass(frozen=True)
-class MPNetConfig:
-    """MPNet hyper-parameters (HF `MPNetConfig` semantics); dtype = compute dtype name."""
+class MPNetConfig(bert.BertConfig):
+    """MPNet hyper-parameters (HF `MPNetConfig` semantics): BertConfig's fields (no token types)
+    with MPNet's defaults, plus the size of the relative-position table."""
 
     kind: ClassVar[str] = "mpnet"
     vocab_size: int = 30527
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
     max_positions: int = 514
-    relative_attention_num_buckets: int = 32
     layer_norm_eps: float = 1e-5
-    hidden_act: str = "gelu"
     pad_token_id: int = 1
-    add_pooling_layer: bool = True
-    dtype: str = "float32"
+    relative_attention_num_buckets: int = 32
 
+    _ARCH: ClassVar[str] = "MPNetModel"
+    _HF_EXTRA: ClassVar[dict[str, Any]] = {}
     _HF_NAMES: ClassVar[dict[str, str]] = {
-        "vocab_size": "vocab_size", "hidden_size": "hidden_size",
-        "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads",
-        "intermediate_size": "intermediate_size", "max_position_embeddings": "max_positions",
+        **{k: v for k, v in bert.BertConfig._HF_NAMES.items() if k != "type_vocab_size"},
         "relative_attention_num_buckets": "relative_attention_num_buckets",
-        "layer_norm_eps": "layer_norm_eps", "hidden_act": "hidden_act", "pad_token_id": "pad_token_id",
     }
 
     def __post_init__(self):
-        common.check_choice("hidden_act", self.hidden_act, list(_ACT))
-        common.compute_dtype(self.dtype)
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by "
-                              f"num_attention_heads={self.num_heads}")
+        super().__post_init__()
         if self.relative_attention_num_buckets < NUM_BUCKETS:
             raise ConfigError(f"relative_attention_num_buckets={self.relative_attention_num_buckets}: "
                               f"MPNet computes {NUM_BUCKETS} buckets, the table needs at least as many rows")
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
     def max_length(self) -> int:
         """Longest input: positions run from PADDING_IDX + 1 to max_positions − 1."""
         return self.max_positions - PADDING_IDX - 1
-
-    @classmethod
-    def from_hf(cls, d: Mapping[str, Any], **overrides) -> "MPNetConfig":
-        if d.get("model_type") != "mpnet":
-            raise ConfigError(f"model_type={d.get('model_type')!r}; MPNetConfig expects 'mpnet'")
-        kwargs = {ours: d[hf] for hf, ours in cls._HF_NAMES.items() if hf in d and d[hf] is not None}
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
-    def to_hf(self) -> dict[str, Any]:
-        out = {hf: getattr(self, ours) for hf, ours in self._HF_NAMES.items()}
-        out.update({"model_type": "mpnet", "architectures": ["MPNetModel"]})
-        return dict(sorted(out.items()))
 
 
 def relative_position_bucket(relative_position: jax.Array) -> jax.Array:
@@ -123,13 +95,7 @@ class MPNetSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
         """x [B, T, d]; bias [B, H, T, T] (position bias + mask) -> o(attention) [B, T, d]."""
         c = self.config
-        b, t, _ = x.shape
-        split = lambda y: y.reshape(b, t, c.num_heads, c.head_dim)  # noqa: E731
-        q, k, v = (split(_dense(c, c.hidden_size, n)(x)) for n in ("q", "k", "v"))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(c.head_dim)
-        probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, c.hidden_size)
-        return _dense(c, c.hidden_size, "o")(ctx)
+        return _dense(c, c.hidden_size, "o")(bert.attend(c, x, bias, ("q", "k", "v")))
 
 
 class MPNetAttention(nn.Module):
@@ -209,9 +175,7 @@ def hf_key_map(config: MPNetConfig) -> common.KeyMap:
         for name in ("q", "k", "v", "o"):
             lin(f"{p}.attention.attn.{name}", (f, "attention", "attn", name))
         ln(f"{p}.attention.LayerNorm", (f, "attention", "LayerNorm"))
-        lin(f"{p}.intermediate.dense", (f, "intermediate", "dense"))
-        lin(f"{p}.output.dense", (f, "output", "dense"))
-        ln(f"{p}.output.LayerNorm", (f, "output", "LayerNorm"))
+        bert.ffn_keys(ln, lin, p, f)
     if config.add_pooling_layer:
         lin("pooler.dense", ("pooler", "dense"))
     return km
@@ -225,13 +189,8 @@ def _ignored(key: str) -> bool:
 def params_from_hf(state_dict: Mapping[str, np.ndarray], config: MPNetConfig,
                    source: str = "MPNet state dict") -> dict:
     """HF MPNet state dict (keys with or without `mpnet.`) -> float32 Flax params."""
-    sd = {(k[len("mpnet."):] if k.startswith("mpnet.") else k): v for k, v in state_dict.items()}
-    if not config.add_pooling_layer:
-        sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
-    model = MPNetModel(config)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
-    return common.params_from_state_dict(sd, hf_key_map(config), common.flat_shapes(abstract["params"]),
-                                         ignored=_ignored, source=source)
+    return bert.encoder_params_from_hf(state_dict, config, MPNetModel(config), hf_key_map(config),
+                                       "mpnet.", _ignored, source)
 
 
 def params_to_hf(params, config: MPNetConfig) -> dict[str, np.ndarray]:

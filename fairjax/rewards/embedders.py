@@ -10,6 +10,12 @@ rows L2-normalised (an all-zero row for a text with no features), so cosine = do
 * `BertClsEmbedder`: the FMs-at-work reward encoder, BERT [CLS] of `last_hidden_state` from a HF
   BERT directory, run by the Flax port in `fairjax.models.bert` (jax imported lazily here), batched,
   jit-compiled for a few fixed padded lengths, cached by text hash (memory + optional npz).
+* `SentenceEncoder` / `load_embedder(name_or_dir)`: a sentence-transformers model (a preset of
+  `fairjax.io.presets` or a directory) as sentence-transformers defines it (modules.json, pooling,
+  Normalize, max_seq_length, lower-casing), its BERT or MPNet run by the Flax ports, the same
+  bucketed, cached machinery; equal to `SentenceTransformer.encode`.
+* `make_embedder(name)`: the one function every config field and CLI flag goes through (tfidf,
+  a preset, a directory, bert-cls:DIR).
 """
 from __future__ import annotations
 
