@@ -80,13 +80,20 @@ def base_config(algorithm: str) -> ConfigDict:
     # (reward_normalizer.json) and reused whenever the run's rewards are used again
     c.reward.normalize = "none"
     c.reward.cache_dir = ""  # reward cache ("" = ~/.cache/fairjax/rewards)
+    # Text embedder of the diversity reward's matching and the preservation cosine (its name is
+    # part of the reward spec, so changing it re-scores): all-minilm-l6-v2 (sentence-transformers
+    # MiniLM, mean pooling, the default) | all-mpnet-base-v2 (MPNet, slower) | tfidf (the hashing
+    # TF-IDF bag of words; fast, what the tests and the demo use) | bert-cls:DIR (BERT [CLS] of a
+    # HF BERT directory, the FMs-at-work encoder) | a sentence-transformers model directory.
+    # A config without the key (older run dirs) means tfidf, what those runs were scored with.
+    c.reward.embedder = "all-minilm-l6-v2"
     c.reward.diversity = ConfigDict()
     c.reward.diversity.k = 50  # matched candidates per posting
     c.reward.diversity.select_k = 10  # selected candidates (impact ratios)
     c.reward.diversity.distance = "signed_tv"  # signed_tv | paper
     c.reward.diversity.gender_target = "uniform"  # uniform | pool
     c.reward.diversity.region_target = "pool"  # uniform | pool
-    c.reward.diversity.n_features = 4096  # hashing TF-IDF embedder dimension
+    c.reward.diversity.n_features = 4096  # hashing TF-IDF embedder dimension (reward.embedder=tfidf)
     c.reward.gender_coded = ConfigDict()
     c.reward.gender_coded.mode = "ratio"  # reward -|coded ratio| (ratio) or -|masc - fem| (difference)
     c.reward.preservation = ConfigDict()

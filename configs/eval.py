@@ -57,7 +57,10 @@ def get_config():
     c.scorer.distance = "signed_tv"  # share distance: signed_tv | paper
     c.scorer.gender_target = "uniform"  # uniform | pool
     c.scorer.region_target = "pool"  # uniform | pool
-    c.scorer.n_features = 4096  # hashing TF-IDF embedder dimension
+    # Embedder of the matching and the preservation cosine, as reward.embedder (configs/common.py):
+    # all-minilm-l6-v2 | all-mpnet-base-v2 | tfidf (hashing TF-IDF) | bert-cls:DIR | a directory
+    c.scorer.embedder = "all-minilm-l6-v2"
+    c.scorer.n_features = 4096  # hashing TF-IDF embedder dimension (scorer.embedder=tfidf)
     c.scorer.cache_dir = ""  # pool-embedding cache ("" = none)
     c.lock()
     return c

@@ -34,6 +34,10 @@ def define_flags() -> None:
     flags.DEFINE_bool("breakdown", False, "memory: also split each compiled step's FLOPs, bytes "
                       "accessed and peak temporaries by op category (benchmarks/breakdown.py).")
     flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
+    flags.DEFINE_string("embedders", None, "reward: comma-separated embedder names (NAME@N: embed "
+                        "N texts per side and extrapolate); default tfidf, MiniLM, MPNet.")
+    flags.DEFINE_string("texts", None, "reward: postings JSONL (default the hn_jobs eval split).")
+    flags.DEFINE_string("pools", None, "reward: comma-separated candidate pools (default bios + tech_bios).")
     flags.DEFINE_integer("vocab_chunk", None, "Vocabulary block of the chunked heads/CE "
                          "(0 = materialise [B, A, V] / [B, T, V]; default $FAIRJAX_VOCAB_CHUNK "
                          "or 8192).")

@@ -224,8 +224,9 @@ def _shuffle_words(text: str, seed: int) -> str:
 def build_scorer(cfg: Any, run_dir_hint: Optional[str] = None):
     """DiversityScorer over `scorer.pools` (comma-separated JSONL; "" = the demo candidates)."""
     from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
-    from fairjax.rewards.embedders import HashingTfidfEmbedder
+    from fairjax.rewards.embedders import make_embedder
     from fairjax.rewards.pool import CandidatePool, load_pool
+    from fairjax.rewards.registry import embedder_name
 
     paths = [p.strip() for p in cfg.scorer.pools.split(",") if p.strip()]
     if not paths:
@@ -241,7 +242,7 @@ def build_scorer(cfg: Any, run_dir_hint: Optional[str] = None):
     s = cfg.scorer
     dcfg = DiversityConfig(k=s.k, select_k=s.select_k, distance=s.distance,
                            gender_target=s.gender_target, region_target=s.region_target)
-    return DiversityScorer(pool, HashingTfidfEmbedder(n_features=s.n_features), dcfg,
+    return DiversityScorer(pool, make_embedder(embedder_name(s), s.n_features), dcfg,
                            cache_dir=s.cache_dir or None)
 
 

@@ -87,6 +87,10 @@ def eval_config(cfg: Any, run_dir: Path):
     ev.generation.temperature = gen.temperature if gen is not None else 1.0
     ev.generation.top_k = gen.top_k if gen is not None else 0
     ev.scorer.pools = p.eval_pools
+    # judged with the embedder the run trained on (reward.embedder)
+    from fairjax.rewards.registry import embedder_name
+
+    ev.scorer.embedder = embedder_name(cfg.reward) if cfg.get("reward") is not None else "tfidf"
     ev.n_boot = p.eval_n_boot
     ev.lock()
     return ev

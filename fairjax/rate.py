@@ -46,6 +46,9 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("pool", None, "run, --scorer=diversity: candidate pool JSONL (repeatable).")
     flags.DEFINE_string("distance", "signed_tv", "run, --scorer=diversity: share distance.")
     flags.DEFINE_string("cache_dir", "", "run, --scorer=diversity: pool-embedding cache ('' = none).")
+    flags.DEFINE_string("embedder", "all-minilm-l6-v2", "run, --scorer=diversity: text embedder "
+                        "(all-minilm-l6-v2 | all-mpnet-base-v2 | tfidf | bert-cls:DIR | a "
+                        "sentence-transformers directory).")
     flags.DEFINE_string("output_dir", None, "run: output directory.")
     flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples for the CIs (0 = none).")
     flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
@@ -58,16 +61,19 @@ class ScorerOptions:
     pool: Sequence[str] = ()
     distance: str = "signed_tv"
     cache_dir: Optional[str] = None
+    embedder: str = "all-minilm-l6-v2"  # fairjax.rewards.embedders.make_embedder name
 
 
 def _diversity(o: ScorerOptions):
     from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
+    from fairjax.rewards.embedders import make_embedder
     from fairjax.rewards.pool import CandidatePool, load_pool
 
     if not o.pool:
         raise ValueError("--scorer=diversity needs at least one --pool=FILE.jsonl")
     pool = CandidatePool.concat([load_pool(p) for p in o.pool])
-    return DiversityScorer(pool, config=DiversityConfig(distance=o.distance), cache_dir=o.cache_dir)
+    return DiversityScorer(pool, make_embedder(o.embedder), config=DiversityConfig(distance=o.distance),
+                           cache_dir=o.cache_dir)
 
 
 def _gender_coded(o: ScorerOptions):
@@ -171,7 +177,7 @@ def main(argv: list[str]) -> None:
 
     recs = read_records(FLAGS.corpus, text_field=FLAGS.text_field, clean=False)[: FLAGS.limit]
     scorer = build_scorer(FLAGS.scorer, ScorerOptions(FLAGS.pool or (), FLAGS.distance,
-                                                      FLAGS.cache_dir or None))
+                                                      FLAGS.cache_dir or None, FLAGS.embedder))
     out = run_rate([r["text"] for r in recs], scorer, FLAGS.output_dir, ids=[r["id"] for r in recs],
                    attribute=FLAGS.attribute, n_boot=FLAGS.n_boot, seed=FLAGS.seed,
                    meta={"dataset_filename": FLAGS.corpus, "scorer": FLAGS.scorer,

@@ -27,7 +27,7 @@ from fairjax.data.jobs import DataError, extract_fields, read_records
 from fairjax.eval import fairness, stats
 from fairjax.rewards import lexicon, pii
 from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
-from fairjax.rewards.embedders import BertClsEmbedder, HashingTfidfEmbedder
+from fairjax.rewards.embedders import BERT_CLS_PREFIX, make_embedder
 from fairjax.rewards.pool import CandidatePool, load_pool
 
 FLAGS = flags.FLAGS
@@ -41,9 +41,11 @@ def define_flags() -> None:
     flags.DEFINE_string("texts", None, "JSONL/CSV of texts to score.")
     flags.DEFINE_string("text_field", "text", "Field holding the text.")
     flags.DEFINE_multi_string("pool", None, "Candidate pool JSONL (repeatable; pools are concatenated).")
-    flags.DEFINE_enum("embedder", "hashing", ["hashing", "bert"], "Text embedder.")
+    flags.DEFINE_string("embedder", "all-minilm-l6-v2", "Text embedder: all-minilm-l6-v2 | "
+                        "all-mpnet-base-v2 | tfidf (alias hashing) | bert (BERT [CLS] of --bert_dir) "
+                        "| bert-cls:DIR | a sentence-transformers directory.")
     flags.DEFINE_string("bert_dir", None, "HF BERT directory for --embedder=bert.")
-    flags.DEFINE_integer("n_features", 4096, "Hashing embedder dimension.")
+    flags.DEFINE_integer("n_features", 4096, "Hashing TF-IDF embedder dimension (--embedder=tfidf).")
     flags.DEFINE_integer("limit", None, "Score only the first N texts.")
     flags.DEFINE_integer("k", 50, "Matched candidates per text (pool of the impact ratio).")
     flags.DEFINE_integer("select_k", 10, "Selected candidates per text.")
@@ -148,12 +150,15 @@ def print_report(rows: list[dict], summary: dict, show: int, out=sys.stdout) -> 
 
 def build_scorer() -> DiversityScorer:
     pool = CandidatePool.concat([load_pool(p) for p in FLAGS.pool])
-    if FLAGS.embedder == "bert":
+    name = FLAGS.embedder
+    if name == "bert":
         if not FLAGS.bert_dir:
             raise app.UsageError("--embedder=bert needs --bert_dir")
-        embedder = BertClsEmbedder(FLAGS.bert_dir)
-    else:
-        embedder = HashingTfidfEmbedder(n_features=FLAGS.n_features)
+        name = BERT_CLS_PREFIX + FLAGS.bert_dir
+    try:
+        embedder = make_embedder(name, n_features=FLAGS.n_features)
+    except ValueError as e:
+        raise app.UsageError(f"--embedder={FLAGS.embedder}: {e}") from None
     cfg = DiversityConfig(k=FLAGS.k, select_k=FLAGS.select_k, distance=FLAGS.distance,
                           attributes=tuple(FLAGS.attributes), gender_target=FLAGS.gender_target,
                           region_target=FLAGS.region_target, location_filter=FLAGS.location_filter)

@@ -47,7 +47,8 @@ def test_alol_trains_end_to_end_with_a_fitted_value_baseline(tmp_path):
          "--config.train.steps=2", "--config.pipeline.bc_steps=2", "--config.alol.value_steps=40",
          "--config.data.demo_postings=60", "--config.train.progress=False",
          "--config.data.max_len=128", "--config.data.buckets=(64,128)",
-         "--config.train.tensorboard=False", f"--config.reward.cache_dir={tmp_path / 'cache'}"],
+         "--config.train.tensorboard=False", f"--config.reward.cache_dir={tmp_path / 'cache'}",
+         "--config.reward.embedder=tfidf"],
         cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True,
         timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]

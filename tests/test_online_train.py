@@ -27,6 +27,7 @@ def _config(name="grpo", **over):
     c[name].max_prompt_tokens = 48
     c[name].max_new_tokens = 8
     c.train.progress = False
+    c.reward.embedder = "tfidf"
     c.train.tensorboard = False
     c.train.async_checkpoint = False
     c.data.demo_postings = 40

@@ -67,7 +67,10 @@ def test_stage_configs_come_from_the_saved_config_not_from_files(tmp_path, monke
     assert bc.model.to_dict() == cfg.model.to_dict() and bc.data.to_dict() == cfg.data.to_dict()
     assert bc.train.steps == 7 and bc.optim.lr == cfg.pipeline.bc_lr and bc.run_dir == str(tmp_path / "bc")
     # evaluation stage = configs/eval.py pointed at the run
-    assert ev.scorer.to_dict() == ref_ev.scorer.to_dict() and ev.data.to_dict() == ref_ev.data.to_dict()
+    # ... judged with the run's own embedder (the tests' small configs: tfidf)
+    assert ev.scorer.embedder == cfg.reward.embedder == "tfidf"
+    assert ({**ev.scorer.to_dict(), "embedder": ""} == {**ref_ev.scorer.to_dict(), "embedder": ""}
+            and ev.data.to_dict() == ref_ev.data.to_dict())
     assert ev.variants == "bc:0,ilql_b2:2" and ev.checkpoint == str(tmp_path)
 
 

@@ -42,7 +42,7 @@ def test_run_rate_with_registry_scorers(tmp_path):
             ("Nurse and caring practitioner.", "male"),
             ("Software engineer, analytics and data.", "male"),
             ("Teacher for primary school children.", "female")])])
-    scorer = cli.build_scorer("diversity", cli.ScorerOptions(pool=[pool]))
+    scorer = cli.build_scorer("diversity", cli.ScorerOptions(pool=[pool], embedder="tfidf"))
     out = cli.run_rate(POSTINGS, scorer, tmp_path / "div", n_boot=50)
     recs = R.read_scored_jsonl(out["scored"])
     assert len(recs) == len(POSTINGS) and recs[0]["id"] == "0"

@@ -22,7 +22,8 @@ ARGS = ["--config=configs/ilql.py", "--config.pipeline.bc_steps=4", "--config.tr
         "--config.train.progress=False", "--config.train.tensorboard=False",
         "--config.pipeline.eval_limit=3", "--config.pipeline.eval_n_boot=10",
         "--config.pipeline.adv_weights=(8.0,)", "--config.eval.max_new_tokens=4",
-        "--config.stages.eval.batch_size=2", "--config.stages.eval.chunk_batches=1"]
+        "--config.stages.eval.batch_size=2", "--config.stages.eval.chunk_batches=1",
+        "--config.reward.embedder=tfidf"]
 
 
 def _run(run_dir, fault=None):

@@ -17,6 +17,8 @@ def _jsonl(path, rows):
 
 
 def _run(*args):
+    if not any(a.startswith("--embedder") for a in args):
+        args = (*args, "--embedder=tfidf")  # the hashing TF-IDF: no model to load
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "fairjax.score", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)

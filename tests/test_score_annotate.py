@@ -20,7 +20,7 @@ def test_annotate_matches_scorer(tmp_path):
     out = tmp_path / "scored.jsonl"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "fairjax.score", f"--texts={paths['train']}",
-                           f"--pool={paths['candidates']}", f"--annotate={out}", "--cache_dir="],
+                           f"--pool={paths['candidates']}", f"--annotate={out}", "--cache_dir=", "--embedder=tfidf"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     src = [json.loads(l) for l in open(paths["train"])]
@@ -38,7 +38,7 @@ def test_annotate_honours_limit_and_reports(tmp_path):
     out = tmp_path / "scored.jsonl"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "fairjax.score", f"--texts={paths['train']}",
-                           f"--pool={paths['candidates']}", f"--annotate={out}", "--cache_dir=",
+                           f"--pool={paths['candidates']}", f"--annotate={out}", "--cache_dir=", "--embedder=tfidf",
                            "--limit=5"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = [json.loads(l) for l in open(out)]

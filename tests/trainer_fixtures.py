@@ -35,7 +35,10 @@ def small_config(name: str = "bc", **overrides):
             "train.async_checkpoint": False, "optim.warmup_steps": 2, "optim.batch_size": 8,
             "optim.lr": 1e-2,
             # short episodes keep tests fast (the shipped default, 512, keeps demo postings whole)
-            "data.max_len": 128, "data.buckets": (64, 128)}
+            "data.max_len": 128, "data.buckets": (64, 128),
+            # the hashing TF-IDF embedder: the shipped default (MiniLM) would load a 90 MB model
+            # into every test that builds a reward
+            "reward.embedder": "tfidf"}
     base.update(overrides)
     return set_dotted(cfg, base)
 

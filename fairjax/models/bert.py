@@ -70,10 +70,13 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    _ARCH: ClassVar[str] = "BertModel"
+    _HF_EXTRA: ClassVar[dict[str, Any]] = {"position_embedding_type": "absolute"}
+
     @classmethod
     def from_hf(cls, d: Mapping[str, Any], **overrides) -> "BertConfig":
-        if d.get("model_type", "bert") != "bert":
-            raise ConfigError(f"model_type={d.get('model_type')!r}; BertConfig expects 'bert'")
+        if d.get("model_type", cls.kind) != cls.kind:
+            raise ConfigError(f"model_type={d.get('model_type')!r}; {cls.__name__} expects {cls.kind!r}")
         pe = d.get("position_embedding_type", "absolute")
         if pe != "absolute":
             raise ConfigError(f"position_embedding_type={pe!r}; only 'absolute' is supported")
@@ -83,8 +86,7 @@ class BertConfig:
 
     def to_hf(self) -> dict[str, Any]:
         out = {hf: getattr(self, ours) for hf, ours in self._HF_NAMES.items()}
-        out.update({"model_type": "bert", "architectures": ["BertModel"],
-                    "position_embedding_type": "absolute"})
+        out.update({"model_type": self.kind, "architectures": [self._ARCH], **self._HF_EXTRA})
         return dict(sorted(out.items()))
 
 
@@ -110,15 +112,17 @@ class BertSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
         """x [B, T, d]; bias [B, 1, 1, T] additive mask (0 keep, finfo.min drop) -> [B, T, d]."""
-        c = self.config
-        b, t, _ = x.shape
-        split = lambda y: y.reshape(b, t, c.num_heads, c.head_dim)  # noqa: E731
-        q = split(_dense(c, c.hidden_size, "query")(x))
-        k = split(_dense(c, c.hidden_size, "key")(x))
-        v = split(_dense(c, c.hidden_size, "value")(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(c.head_dim)
-        probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
-        return jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, c.hidden_size)
+        return attend(self.config, x, bias, ("query", "key", "value"))
+
+
+def attend(c, x: jax.Array, bias: jax.Array, names: tuple[str, str, str]) -> jax.Array:
+    """Scaled dot-product self-attention with the projections `names` (created in the calling
+    module): x [B, T, d], bias broadcastable to [B, H, T, T] (additive) -> [B, T, d]."""
+    b, t, _ = x.shape
+    q, k, v = (_dense(c, c.hidden_size, n)(x).reshape(b, t, c.num_heads, c.head_dim) for n in names)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(c.head_dim)
+    probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, c.hidden_size)
 
 
 class BertAttention(nn.Module):
@@ -215,20 +219,26 @@ class BertModel(nn.Module):
 
 
 # --------------------------------------------------------------------------- HF conversion
-def hf_key_map(config: BertConfig) -> common.KeyMap:
-    """HF key (without the `bert.` prefix) -> (Flax path, transpose?)."""
-    km: dict[str, tuple[tuple[str, ...], bool]] = {}
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        km[f"embeddings.{name}.weight"] = (("embeddings", name, "embedding"), False)
-
+def key_map_adders(km: dict) -> tuple:
+    """(ln, lin): add the HF LayerNorm / nn.Linear keys `hf.{weight,bias}` of a Flax path to `km`
+    (Linear weights `[out, in]` are transposed to `kernel [in, out]`)."""
     def ln(hf: str, path: tuple[str, ...]) -> None:
         km[f"{hf}.weight"] = (path + ("scale",), False)
         km[f"{hf}.bias"] = (path + ("bias",), False)
 
     def lin(hf: str, path: tuple[str, ...]) -> None:
-        km[f"{hf}.weight"] = (path + ("kernel",), True)  # nn.Linear [out, in] -> [in, out]
+        km[f"{hf}.weight"] = (path + ("kernel",), True)
         km[f"{hf}.bias"] = (path + ("bias",), False)
 
+    return ln, lin
+
+
+def hf_key_map(config: BertConfig) -> common.KeyMap:
+    """HF key (without the `bert.` prefix) -> (Flax path, transpose?)."""
+    km: dict[str, tuple[tuple[str, ...], bool]] = {}
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        km[f"embeddings.{name}.weight"] = (("embeddings", name, "embedding"), False)
+    ln, lin = key_map_adders(km)
     ln("embeddings.LayerNorm", ("embeddings", "LayerNorm"))
     for i in range(config.num_layers):
         p, f = f"encoder.layer.{i}", f"layer_{i}"
@@ -236,12 +246,17 @@ def hf_key_map(config: BertConfig) -> common.KeyMap:
             lin(f"{p}.attention.self.{qkv}", (f, "attention", "self", qkv))
         lin(f"{p}.attention.output.dense", (f, "attention", "output", "dense"))
         ln(f"{p}.attention.output.LayerNorm", (f, "attention", "output", "LayerNorm"))
-        lin(f"{p}.intermediate.dense", (f, "intermediate", "dense"))
-        lin(f"{p}.output.dense", (f, "output", "dense"))
-        ln(f"{p}.output.LayerNorm", (f, "output", "LayerNorm"))
+        ffn_keys(ln, lin, p, f)
     if config.add_pooling_layer:
         lin("pooler.dense", ("pooler", "dense"))
     return km
+
+
+def ffn_keys(ln, lin, hf_prefix: str, path: str) -> None:
+    """The feed-forward half of a layer: intermediate/dense, output/{dense, LayerNorm}."""
+    lin(f"{hf_prefix}.intermediate.dense", (path, "intermediate", "dense"))
+    lin(f"{hf_prefix}.output.dense", (path, "output", "dense"))
+    ln(f"{hf_prefix}.output.LayerNorm", (path, "output", "LayerNorm"))
 
 
 def _ignored(key: str) -> bool:
@@ -252,14 +267,20 @@ def _ignored(key: str) -> bool:
 def params_from_hf(state_dict: Mapping[str, np.ndarray], config: BertConfig,
                    source: str = "BERT state dict") -> dict:
     """HF BERT state dict (keys with or without `bert.`) -> float32 Flax params."""
-    sd = {(k[len("bert."):] if k.startswith("bert.") else k): v for k, v in state_dict.items()}
+    return encoder_params_from_hf(state_dict, config, BertModel(config), hf_key_map(config),
+                                  "bert.", _ignored, source)
+
+
+def encoder_params_from_hf(state_dict, config, model: nn.Module, key_map, prefix: str, ignored,
+                           source: str) -> dict:
+    """State dict (keys with or without `prefix`; the pooler dropped when the config has none)
+    -> float32 Flax params of `model`, checked against its abstract shapes."""
+    sd = {k.removeprefix(prefix): v for k, v in state_dict.items()}
     if not config.add_pooling_layer:
         sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
-    model = BertModel(config)
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
-    expected = common.flat_shapes(abstract["params"])
-    return common.params_from_state_dict(sd, hf_key_map(config), expected, ignored=_ignored,
-                                         source=source)
+    return common.params_from_state_dict(sd, key_map, common.flat_shapes(abstract["params"]),
+                                         ignored=ignored, source=source)
 
 
 def params_to_hf(params, config: BertConfig) -> dict[str, np.ndarray]:
@@ -267,20 +288,26 @@ def params_to_hf(params, config: BertConfig) -> dict[str, np.ndarray]:
     return common.params_to_state_dict(params, hf_key_map(config))
 
 
-def load_hf_dir(path: str | Path, **overrides) -> tuple[BertModel, dict, BertConfig]:
-    """(module, params, config) from a HF BERT directory (config.json + model.safetensors)."""
+def read_hf_dir(path: str | Path, what: str, prefix: str) -> tuple[dict, dict, bool]:
+    """(config.json dict, safetensors state dict, has a pooler) of a HF encoder directory."""
     from safetensors.numpy import load_file  # noqa: PLC0415
 
     path = Path(path)
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     for f in (cfg_file, weights):
         if not f.is_file():
-            raise ConfigError(f"{path}: missing {f.name} (need a HF BERT directory)")
+            raise ConfigError(f"{path}: missing {f.name} (need a HF {what} directory)")
     try:
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{cfg_file}: invalid JSON ({e})") from e
     sd = load_file(str(weights))
-    has_pooler = any(k.split("bert.")[-1].startswith("pooler.") for k in sd)
+    has_pooler = any(k.split(prefix)[-1].startswith("pooler.") for k in sd)
+    return cfg, sd, has_pooler
+
+
+def load_hf_dir(path: str | Path, **overrides) -> tuple[BertModel, dict, BertConfig]:
+    """(module, params, config) from a HF BERT directory (config.json + model.safetensors)."""
+    cfg, sd, has_pooler = read_hf_dir(path, "BERT", "bert.")
     config = BertConfig.from_hf(cfg, add_pooling_layer=has_pooler, **overrides)
-    return BertModel(config), params_from_hf(sd, config, source=str(weights)), config
+    return BertModel(config), params_from_hf(sd, config, source=str(Path(path) / "model.safetensors")), config

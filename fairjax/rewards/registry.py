@@ -9,10 +9,14 @@ Every reward built here is "higher = better":
 * `gender_coded`  −|coded ratio| (or −|masc − fem| for mode=difference) of the Gaucher et al. lexicon;
 * `pii`           −(contact-data characters per character);
 * `preservation`  content kept from the original posting (`reward.preservation.metric`: `cosine`
-                  under the diversity embedder, in [0, 1] for hashing vectors; or `chrf` / 100); needs
+                  under the reward's embedder, in [0, 1] for hashing vectors; or `chrf` / 100); needs
                   the original as reference (1 for an offline record, whose text *is* the original);
 * `composite`     Σ_i w_i · term_i with `reward.composite.terms` ("diversity,preservation") and
                   `reward.composite.weights` ("1,20"), each term one of the scorers above.
+
+The diversity matching and the preservation cosine share one embedder, `reward.embedder`
+(`embedder_name`; `embedders.make_embedder` builds it: tfidf, a sentence-transformers preset or
+directory, bert-cls:DIR).
 
 `reward_spec(cfg_reward)` is the JSON-ready description of the reward (the settings that change the
 scores, plus the sha256 of each pool file): its hash keys the reward cache (precompute.py) and it
@@ -100,6 +104,34 @@ def _uses(cfg: Any, term: str) -> bool:
     return name == term or (name == "composite" and term in dict(composite_terms(cfg)))
 
 
+def embedder_name(cfg: Any) -> str:
+    """`reward.embedder` ("tfidf" when the key is absent: configs written before it existed)."""
+    return str(_get(cfg, "embedder", "tfidf")).strip() or "tfidf"
+
+
+def embedder_spec(name: str) -> dict[str, Any]:
+    """What identifies an embedder in a reward spec: its name, and for a directory its absolute
+    path (left out of the spec hash) and a hash of its config and weight files."""
+    from fairjax.rewards.embedders import BERT_CLS_PREFIX, TFIDF_NAMES
+
+    if name in TFIDF_NAMES:
+        return {"name": "tfidf"}
+    path = name[len(BERT_CLS_PREFIX):] if name.startswith(BERT_CLS_PREFIX) else name
+    if not os.path.isdir(os.path.expanduser(path)):
+        return {"name": name}  # a preset: its files are sha256-checked by fairjax.io.presets
+    files = [os.path.join(path, f) for f in sorted(os.listdir(path))
+             if f.endswith((".json", ".safetensors"))]
+    for sub in ("1_Pooling",):
+        if os.path.isfile(os.path.join(path, sub, "config.json")):
+            files.append(os.path.join(path, sub, "config.json"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(os.path.basename(f).encode())
+        h.update(file_sha256(f).encode())
+    return {"name": name.split(":", 1)[0] if name.startswith(BERT_CLS_PREFIX) else "directory",
+            "path": os.path.abspath(os.path.expanduser(path)), "sha256": h.hexdigest()}
+
+
 def reward_spec(cfg: Any, default_pool: Optional[str] = None) -> dict[str, Any]:
     """What defines the scores of `reward.scorer` (JSON-ready; see module docstring)."""
     name = _get(cfg, "scorer", "")
@@ -112,6 +144,9 @@ def reward_spec(cfg: Any, default_pool: Optional[str] = None) -> dict[str, Any]:
         d = {k: _get(cfg, f"diversity.{k}") for k in ("k", "select_k", "distance", "gender_target",
                                                      "region_target", "n_features")}
         spec["diversity"] = {k: v for k, v in d.items() if v is not None}
+        spec["embedder"] = embedder_spec(embedder_name(cfg))
+        if spec["embedder"]["name"] != "tfidf":
+            spec["diversity"].pop("n_features", None)  # the hashing dimension plays no part
         paths = pool_paths(cfg, default_pool)
         spec["pools"] = [{"path": os.path.abspath(p), "sha256": file_sha256(p)} for p in paths]
     if _uses(cfg, "gender_coded"):
@@ -197,14 +232,14 @@ def build_reward_scorer(cfg: Any, default_pool: Optional[str] = None,
     def diversity():
         if "diversity" not in built:
             from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
-            from fairjax.rewards.embedders import HashingTfidfEmbedder
+            from fairjax.rewards.embedders import make_embedder
             from fairjax.rewards.pool import CandidatePool, load_pool
 
             d = {k: _get(cfg, f"diversity.{k}") for k in ("k", "select_k", "distance",
                                                          "gender_target", "region_target")}
             dcfg = DiversityConfig(**{k: v for k, v in d.items() if v is not None})
             pool = CandidatePool.concat([load_pool(p) for p in pool_paths(cfg, default_pool)])
-            emb = HashingTfidfEmbedder(n_features=int(_get(cfg, "diversity.n_features", 4096)))
+            emb = make_embedder(embedder_name(cfg), int(_get(cfg, "diversity.n_features", 4096)))
             built["diversity"] = DiversityScorer(pool, emb, dcfg, cache_dir=cache_dir, strict=strict)
         return built["diversity"]
 

@@ -334,7 +334,11 @@ def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module,
     if not os.path.isfile(pool_path):
         raise ConfigError(f"config.eval.generate needs a candidate pool: config.reward.pool="
                           f"{cfg.reward.pool!r} (no demo candidates at {pool_path})")
-    scorer = DiversityScorer(load_pool(pool_path))
+    from fairjax.rewards.embedders import make_embedder
+    from fairjax.rewards.registry import embedder_name
+
+    scorer = DiversityScorer(load_pool(pool_path), make_embedder(
+        embedder_name(cfg.reward), cfg.reward.diversity.get("n_features", 4096)))
     decoding = registry.get(cfg.algorithm).decoding
     agent_cfg = registry.get(cfg.algorithm).agent_config(cfg) if decoding.value_guided else None
     # (objectives without value guidance decode the eval prompts plainly: temperature 1, top_k 0)
