@@ -65,13 +65,30 @@ def test_rows_in_order_with_all_fields_and_resume(ilql_run, tmp_path):
     assert "vs_bc" in summary["systems"]["ilql"]["reward_length_controlled"]
     table = summary["systems"]["original"]["fairness"]["gender"]
     assert set(table["by_group"]) == {"female", "male"} and "ratio" in table
-    assert {"shuffled_words", "generic_text"} <= set(summary["sanity"])
+    san = summary["sanity"]
+    assert {"shuffled_words", "generic_text", "first_half", "empty"} <= set(san)
+    assert san["empty"]["unmatched_share"] == 1.0  # counted, not matched to the first candidates
+    for k in ("shuffled_words", "generic_text", "first_half", "empty"):  # below every original
+        assert san[k]["constrained"]["ci_high"] < san["original"]["constrained"]["ci_low"], k
+    for name in ("bc", "ilql"):
+        j = summary["systems"][name]["joint"]
+        assert {"sim", "acc", "fl", "j", "retrieved", "masculine_words", "feminine_words",
+                "delta_diversity", "retrieval_chance"} <= set(j)
+        sims = [r[name]["cosine"] for r in rows]
+        assert j["sim"]["mean"] == pytest.approx(sum(max(0.0, x) for x in sims) / len(sims), abs=1e-5)
+        assert 0.0 <= j["j"]["mean"] <= j["sim"]["mean"] + 1e-9
+        d = [r[name]["reward"] - r["original"]["reward"] for r in rows]
+        assert j["delta_diversity"]["mean_diff"] == pytest.approx(sum(d) / len(d))
+        assert 0.0 <= summary["systems"][name]["constrained_reward"]["faithful_share"] <= 1.0
+        assert "unmatched_share" in summary["systems"][name]
     assert "US employment-law heuristic" in summary["four_fifths_note"]
     md = (out / E.REPORT_DIR / "report.md").read_text()
     assert md.index("Verdict:") < md.index("## Appendix") and "Trained reward:** diversity (standardize)" in md
-    assert "### Examples" in md and "### Sanity" in md
+    assert "### Examples" in md and "### Sanity" in md and "### Joint metrics" in md
+    assert "| empty text |" in md and "constrained reward" in md
     assert (out / E.SUMMARY_FILE).is_file()
-    for f in ("report.md", "report.json", "reward_distributions.png", "impact_ratios.png"):
+    for f in ("report.md", "report.json", "reward_distributions.png", "impact_ratios.png",
+              "pareto.png"):
         assert (out / E.REPORT_DIR / f).is_file()
 
     # crash: the last row half-written; the first 4 rows must survive byte-identical
