@@ -14,13 +14,17 @@ FMs-at-work `eval_policy` + `distill_policy_eval` + `impact_ratio_calc` in one r
    distances, selection and impact ratios per group and four-fifths flags; gender-coded wording
    verdict; PII; length) and each system's own per-token NLL of the original and of its rewrite;
    and what each rewrite keeps of its original (`eval.preservation`: cosine under the scorer's
-   embedder, chrF, skills kept, header fields kept, length ratio);
+   embedder, chrF, skills kept, header fields kept, length ratio); with `fluency_model` set, the
+   per-token NLL of original and rewrites under that one model (`fl_nll`);
 4. write OUTPUT_DIR/eval_logs.jsonl (one row per prompt, all fields), summary.json (top level:
    `trained_reward` of the checkpoint, `reported_reward`, a `sanity` row with the reward of
    word-shuffled and generic text against the originals; per system: headline means with bootstrap
    CIs, `finished_share` (rewrites that ended with `</a>`), `preservation`, corpus selection tables
    per attribute in fairlearn's MetricFrame shape, paired and length-controlled differences vs the
-   original) and report/ (`eval.report`: headline table, verdict, examples, appendix, figures).
+   original; `joint`: SIM, ACC, FL, J, identity retrieval, coded words before/after, Δ diversity
+   (`eval.joint`); `constrained_reward`; `unmatched_share`; the sanity rows also under the
+   constrained reward) and report/ (`eval.report`: headline and joint tables, verdict, examples,
+   appendix, figures incl. the SIM vs Δ diversity Pareto plot).
 
 `generation.max_new_tokens = 0` (default) takes the `generation.length_percentile` percentile of the
 eval postings' token lengths (+1 for `</a>`); any value is capped so that at least half of each
@@ -647,7 +651,7 @@ def format_summary(summary: dict) -> str:
              f"(candidate pool {summary.get('reported_reward', {}).get('pool', '?')})",
              f"{'system':14s} {'reward':>22s} {'IR female':>10s} {'IR male':>8s} "
              f"{'4/5 viol. (F)':>13s} {'Δreward vs original':>26s} {'finished':>8s} {'chrF':>6s}"
-             "  trained on"]
+             f" {'SIM':>5s} {'J':>5s} {'retr.':>5s}  trained on"]
     by_system = summary.get("trained_reward_by_system", {})
     for name, s in summary["systems"].items():
         r = s.get("reward", {})
@@ -662,6 +666,8 @@ def format_summary(summary: dict) -> str:
             + (f" {s['finished_share']['mean']:8.0%}" if "finished_share" in s else " " * 9)
             + (f" {s['preservation']['chrf']['mean']:6.1f}" if "chrf" in s.get("preservation", {})
                else " " * 7)
+            + ("".join(f" {s['joint'][k]['mean']:5.2f}" for k in ("sim", "j", "retrieved"))
+               if "joint" in s else " " * 18)
             + (f"  {reward_name(by_system[name])}" if name in by_system else ""))
     return "\n".join(lines)
 

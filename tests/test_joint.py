@@ -85,3 +85,29 @@ def test_fluency_mapping_and_j_is_zero_when_any_factor_is():
     assert fl0["j"].max() < 1e-20  # fluency ~0 -> J ~0
     s = joint.summarize_joint(r, n_boot=100)
     assert s["j"]["mean"] == pytest.approx(0.25) and s["j"]["n"] == 4
+
+
+def test_report_joint_table_and_pareto(tmp_path):
+    from fairjax.eval import report
+
+    vecs = np.eye(5)
+    systems = {"original": {}}
+    for name, gain in (("swap", 0.0), ("generic", 16.0)):
+        rew = vecs if name == "swap" else np.tile(vecs[:1], (5, 1))
+        cols = joint.joint_rows(rew, vecs, np.full(5, gain), np.zeros(5), np.zeros(5), np.ones(5),
+                                np.ones(5), np.ones(5))
+        systems[name] = {"joint": joint.summarize_joint(
+            cols, n_boot=50, coded={"masculine": (np.ones(5), np.zeros(5))},
+            diversity=(np.zeros(5), np.full(5, gain))), "unmatched_share": 0.0,
+            "constrained_reward": {"mean": -1.0, "ci_low": -2.0, "ci_high": 0.0, "n": 5,
+                                   "faithful_share": 0.4}}
+    head = report._jsonable({"systems": systems, "joint_note": "note."})
+    md = "\n".join(report.render_joint(head))
+    assert "| `swap` | 1 [1, 1] | 0 [0, 0] |" in md  # SIM 1, ACC 0 (no diversity gain)
+    assert "| `generic` | 0.2 [0, " in md and "| 1 [1, 1] | 0.2 [0, " in md and "(40%)" in md and "Retrieval chance: 20.00%" in md
+    pts = {p["system"]: p for p in report.pareto_points(head)}
+    assert (pts["original"]["x"], pts["original"]["y"]) == (1.0, 0.0)
+    assert pts["generic"]["y"] == pytest.approx(16.0) and pts["generic"]["x"] == pytest.approx(0.2)
+    path = report.plot_pareto(head, str(tmp_path / "pareto.png"))
+    assert path and (tmp_path / "pareto.png").stat().st_size > 1000
+    assert report.plot_pareto({"systems": {"original": {}}}, str(tmp_path / "none.png")) is None
