@@ -108,9 +108,16 @@ def test_rows_in_order_with_all_fields_and_resume(ilql_run, tmp_path):
 def test_hf_dir_checkpoint_and_errors(fixtures_dir, ilql_run, tmp_path):
     cfg = eval_config(fixtures_dir / "gpt2_tiny" / "hf", tmp_path / "hf", limit=2,
                       **{"data.eval": str(ilql_run / "data" / "jobs_eval.jsonl"),
-                         "variants": "gpt2"})
+                         "variants": "gpt2",
+                         "fluency_model": str(fixtures_dir / "gpt2_tiny" / "hf")})
     s = E.evaluate(cfg)
     assert set(s["systems"]) == {"original", "gpt2"}
+    # the fluency model is the system's own model here: its NLLs are the system's NLL columns
+    rows = [json.loads(l) for l in (tmp_path / "hf" / E.LOG_FILE).read_text().splitlines()]
+    for r in rows:
+        assert r["gpt2"]["fl_nll"] == pytest.approx(r["gpt2"]["nll"], rel=1e-5)
+        assert r["original"]["fl_nll"] == pytest.approx(r["gpt2"]["nll_original"], rel=1e-5)
+    assert "FL under" in s["joint_note"] and 0.0 <= s["systems"]["gpt2"]["joint"]["fl"]["mean"] <= 1.0
     with pytest.raises(ValueError, match="NAME:ADV_WEIGHT"):
         E.parse_variants("a:b")
     with pytest.raises(ValueError, match="unique"):

@@ -306,6 +306,10 @@ def plot_pareto(headline: Mapping[str, Any], path: str) -> Optional[str]:
         ax.annotate(p["system"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5),
                     fontsize=8)
     ax.axhline(0.0, color="gray", lw=1, ls="--")
+    tau = next((e["constrained_reward"].get("tau") for e in headline.get("systems", {}).values()
+                if isinstance(e.get("constrained_reward"), Mapping)), None)
+    if tau is not None:
+        ax.axvline(tau, color="crimson", lw=1, ls=":", label=f"τ = {tau:g} (faithful to the right)")
     ax.set_xlabel("SIM: similarity to the original (mean, 95% CI)")
     ax.set_ylabel("Δ diversity reward vs original (95% CI)")
     ax.set_title("Fairer vs still the same job")
