@@ -72,7 +72,7 @@ def base_config(algorithm: str) -> ConfigDict:
     # summary; BC trains on no reward and ignores this block.
     c.reward = ConfigDict()
     c.reward.field = "reward"  # precomputed reward field in the data records (reward.scorer="")
-    # diversity | gender_coded | pii | preservation | composite | "" (= the data's `field`; the
+    # diversity | gender_coded | pii | preservation | composite | constrained | "" (= the data's `field`; the
     # demo corpus's field is a stand-in lexical reward, named as such in every report)
     c.reward.scorer = "diversity"
     c.reward.pool = ""  # candidate pool JSONL(s), comma-separated ("" = candidates.jsonl beside the train file)
@@ -101,6 +101,26 @@ def base_config(algorithm: str) -> ConfigDict:
     c.reward.composite = ConfigDict()
     c.reward.composite.terms = "diversity,preservation"  # terms of reward.scorer=composite
     c.reward.composite.weights = "1,20"  # one weight per term
+    # reward.scorer=constrained, the faithful-rewrite reward (fairjax/rewards/constrained.py): the
+    # fairness term F = diversity_weight * diversity + gender_coded_weight * (-|coded ratio|),
+    # bounded in [-B, 0] with B = 100 * diversity_weight * (attributes the pool labels) +
+    # gender_coded_weight, counts only for a faithful rewrite: cosine to the original (diversity
+    # embedder) >= tau AND the original's header fields (company, title, location, remote) kept.
+    # Needs the original: online objectives pass each prompt's posting; offline data reads a
+    # record's `original` field (rewrite-augmented data; data without any is refused).
+    c.reward.constrained = ConfigDict()
+    c.reward.constrained.form = "hard"  # hard: unfaithful -> floor -B - margin | smooth: penalties
+    # tau: 5th percentile of the lexicon-swap rewrites' similarity to their originals on the
+    # hn_jobs train postings under the default embedder (hashing TF-IDF, 4096 features, idf fitted
+    # on the bios + tech_bios pools): `python -m fairjax.score --texts=hn_jobs/train.jsonl
+    # --pool=bios/bios.jsonl --pool=tech_bios/bios.jsonl --calibrate_tau=5` (rerun it when the
+    # embedder or pool changes: the value is specific to them)
+    c.reward.constrained.tau = 0.9588  # n = 3206 changed swaps; p1 0.938, p10 0.968, median 0.986
+    c.reward.constrained.diversity_weight = 1.0
+    c.reward.constrained.gender_coded_weight = 0.0  # e.g. 10: -10 * |coded ratio| added
+    c.reward.constrained.margin = 1.0  # hard: how far below -B the floor lies (> 0)
+    c.reward.constrained.penalty = 100.0  # smooth: lambda * max(0, tau - similarity)
+    c.reward.constrained.header_penalty = 50.0  # smooth: mu * (share of header fields lost)
 
     c.optim = ConfigDict()
     c.optim.lr = 3e-4  # peak learning rate (paper GPT-2 ILQL hx1-dev: 3e-4; BC: 1e-5)

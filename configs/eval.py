@@ -27,6 +27,11 @@ def get_config():
     c.chunk_batches = 4  # generation batches per appended block of eval_logs.jsonl rows
     c.max_prompt_tokens = 0  # trim prompts to this many tokens (0 = what fits the model)
     c.n_boot = 1000  # bootstrap resamples for the CIs
+    # Language model of the fluency FL = min(1, exp(nll(original) - nll(rewrite))) in the joint
+    # metrics (docs/evaluation.md): "" = each system's own per-token NLL columns; a model path or
+    # preset (e.g. "smollm2-135m-instruct": the pretrained base, loaded with fairjax.runs.load)
+    # scores every system's rewrites and the originals with that one model.
+    c.fluency_model = ""
 
     c.data = ConfigDict()
     c.data.eval = ""  # eval postings JSONL/CSV ("" = the checkpoint run's eval split)
@@ -62,5 +67,8 @@ def get_config():
     c.scorer.embedder = "all-minilm-l6-v2"
     c.scorer.n_features = 4096  # hashing TF-IDF embedder dimension (scorer.embedder=tfidf)
     c.scorer.cache_dir = ""  # pool-embedding cache ("" = none)
+    # similarity threshold of the constrained (faithful-rewrite) reward shown per system and in the
+    # sanity rows: configs/common.py reward.constrained.tau (calibrated for the default embedder)
+    c.scorer.constrained_tau = 0.9588
     c.lock()
     return c

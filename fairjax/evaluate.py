@@ -14,13 +14,17 @@ FMs-at-work `eval_policy` + `distill_policy_eval` + `impact_ratio_calc` in one r
    distances, selection and impact ratios per group and four-fifths flags; gender-coded wording
    verdict; PII; length) and each system's own per-token NLL of the original and of its rewrite;
    and what each rewrite keeps of its original (`eval.preservation`: cosine under the scorer's
-   embedder, chrF, skills kept, header fields kept, length ratio);
+   embedder, chrF, skills kept, header fields kept, length ratio); with `fluency_model` set, the
+   per-token NLL of original and rewrites under that one model (`fl_nll`);
 4. write OUTPUT_DIR/eval_logs.jsonl (one row per prompt, all fields), summary.json (top level:
    `trained_reward` of the checkpoint, `reported_reward`, a `sanity` row with the reward of
    word-shuffled and generic text against the originals; per system: headline means with bootstrap
    CIs, `finished_share` (rewrites that ended with `</a>`), `preservation`, corpus selection tables
    per attribute in fairlearn's MetricFrame shape, paired and length-controlled differences vs the
-   original) and report/ (`eval.report`: headline table, verdict, examples, appendix, figures).
+   original; `joint`: SIM, ACC, FL, J, identity retrieval, coded words before/after, Δ diversity
+   (`eval.joint`); `constrained_reward`; `unmatched_share`; the sanity rows also under the
+   constrained reward) and report/ (`eval.report`: headline and joint tables, verdict, examples,
+   appendix, figures incl. the SIM vs Δ diversity Pareto plot).
 
 `generation.max_new_tokens = 0` (default) takes the `generation.length_percentile` percentile of the
 eval postings' token lengths (+1 for `</a>`); any value is capped so that at least half of each
@@ -361,6 +365,7 @@ def evaluate(cfg: Any) -> dict:
     scorer = build_scorer(cfg, hint)
     gen_info = _size_generation(cfg, systems, examples)
     rng = jax.random.PRNGKey(cfg.seed)
+    fluency = load_fluency_model(cfg.fluency_model)
     chunk = cfg.batch_size * max(1, cfg.chunk_batches)
     t0, n_new = time.perf_counter(), 0
     for start in range(len(done), len(examples), chunk):
@@ -393,8 +398,14 @@ def evaluate(cfg: Any) -> dict:
                                                     "num_new_tokens")},
                                **{k: float(v[j]) for k, v in kept.items()},
                                "prompt_truncated": bool(cut[j])}
+            if fluency is not None:
+                for row, v in zip(rows, fluency(prompts, texts)):
+                    row[s.name]["fl_nll"] = v
         for row, sc in zip(rows, score_texts(originals, scorer)):
             row["original"].update(sc)
+        if fluency is not None:
+            for row, v in zip(rows, fluency(prompts, originals)):
+                row["original"]["fl_nll"] = v
         _append(log, rows)
         faults.inject("eval", start + len(rows))
         n_new += len(rows)
@@ -420,8 +431,14 @@ def evaluate(cfg: Any) -> dict:
     extras = corpus_tables(by_system, scorer, n_boot=cfg.n_boot, seed=cfg.seed)
     for name, entry in extras.items():
         summary["systems"][name].update(entry)
+    constrained = constrained_scorer(scorer, cfg.scorer.constrained_tau)
+    for name, entry in joint_tables(rows, names, scorer, constrained, cfg.n_boot, cfg.seed).items():
+        summary["systems"][name].update(entry)
+    summary["joint_note"] = JOINT_NOTE + (f" FL under {cfg.fluency_model}." if cfg.fluency_model
+                                          else " FL under each system's own model.")
     summary["sanity"] = sanity_rows([r["original"]["text"] for r in rows],
-                                    by_system["original"], scorer, cfg.n_boot, cfg.seed)
+                                    by_system["original"], scorer, cfg.n_boot, cfg.seed,
+                                    constrained)
     summary["four_fifths_note"] = fairness.FOUR_FIFTHS_NOTE
     examples = [{"id": r["id"], **{n: r[n]["text"] for n in names}} for r in rows[:3]]
     paths = write_report(out / REPORT_DIR, by_system, meta, n_boot=cfg.n_boot, seed=cfg.seed,
@@ -497,21 +514,107 @@ def corpus_tables(by_system: dict, scorer, n_boot: int, seed: int) -> dict[str, 
     return out
 
 
+def sanity_texts(originals: Sequence[str], seed: int) -> dict[str, list[str]]:
+    """Texts that no longer describe the job, one per original: its words shuffled, one generic
+    text, its first half (by words), the empty text."""
+    return {"shuffled_words": [_shuffle_words(t, seed + i) for i, t in enumerate(originals)],
+            "generic_text": [SANITY_TEXT] * len(originals),
+            "first_half": [" ".join(t.split()[: len(t.split()) // 2]) for t in originals],
+            "empty": [""] * len(originals)}
+
+
 def sanity_rows(originals: Sequence[str], original_rows: Sequence[dict], scorer, n_boot: int,
-                seed: int) -> dict:
-    """Reported reward of the originals with their words shuffled, and of one generic text, against
-    the originals (paired): a reward that rates these above the original can be gamed."""
+                seed: int, constrained=None) -> dict:
+    """Reported reward of the `sanity_texts` against the originals (paired), and under the
+    constrained reward (`constrained`, each original its own reference) when given: a reward that
+    rates these above the original can be gamed. `unmatched_share`: texts that matched no
+    candidate (no embedding features), scored as no match."""
     from fairjax.eval import stats
 
     base = [r["reward"] for r in original_rows]
     out = {"original": stats.mean_std_ci(base, n_boot=n_boot, seed=seed)}
-    for name, texts in (("shuffled_words", [_shuffle_words(t, seed + i) for i, t in enumerate(originals)]),
-                        ("generic_text", [SANITY_TEXT] * len(originals))):
-        r = [x["reward"] for x in score_texts(texts, scorer)]
+    if constrained is not None:
+        c_base = constrained.score_texts(originals, originals)
+        out["original"]["constrained"] = stats.mean_std_ci(c_base, n_boot=n_boot, seed=seed)
+    for name, texts in sanity_texts(originals, seed).items():
+        sc = score_texts(texts, scorer)
+        r = [x["reward"] for x in sc]
         out[name] = {**stats.mean_std_ci(r, n_boot=n_boot, seed=seed),
-                     "vs_original": stats.paired_comparison(base, r, n_boot=n_boot, seed=seed)}
+                     "vs_original": stats.paired_comparison(base, r, n_boot=n_boot, seed=seed),
+                     "unmatched_share": sum(x["n_matched"] == 0 for x in sc) / max(len(sc), 1)}
+        if constrained is not None:
+            c = constrained.score_texts(texts, originals)
+            out[name]["constrained"] = {
+                **stats.mean_std_ci(c, n_boot=n_boot, seed=seed),
+                "vs_original": stats.paired_comparison(c_base, c, n_boot=n_boot, seed=seed)}
     out["generic_text"]["text"] = SANITY_TEXT
     return out
+
+
+JOINT_NOTE = ("Joint metrics per rewrite vs its original: SIM = embedder cosine; ACC = diversity "
+              "reward above the original's and no more masculine-coded words; FL = min(1, "
+              "exp(nll_original - nll_rewrite)); J = mean(ACC*SIM*FL) (Krishna et al. 2020); "
+              "retrieval = share of rewrites whose nearest original is their own (chance 1/N).")
+
+
+def constrained_scorer(scorer, tau: float):
+    """The constrained (faithful-rewrite) reward over the evaluation's diversity scorer, hard form."""
+    from fairjax.rewards.constrained import ConstrainedConfig, ConstrainedScorer
+
+    return ConstrainedScorer(scorer, ConstrainedConfig(form="hard", tau=float(tau)), strict=False)
+
+
+def joint_tables(rows: Sequence[dict], names: Sequence[str], scorer, constrained, n_boot: int,
+                 seed: int) -> dict[str, dict]:
+    """Per system: `unmatched_share` (texts that matched no candidate); per rewrite system also
+    `joint` (`fairjax.eval.joint.summarize_joint`: SIM, ACC, FL, J, retrieval, coded words before/
+    after, Δ diversity, with CIs) and `constrained_reward` (mean with CI, faithful share). FL uses
+    the `fl_nll` columns when the rows have them (eval.fluency_model), else the system's own
+    `nll` / `nll_original`."""
+    import numpy as np
+
+    from fairjax.eval import joint, stats
+
+    def col(name: str, key: str, default=np.nan) -> np.ndarray:
+        return np.array([float(r[name][key]) if r[name].get(key) is not None else default
+                         for r in rows])
+
+    originals = [r["original"]["text"] for r in rows]
+    orig_vecs = scorer.embedder.embed(originals)
+    out: dict[str, dict] = {}
+    for name in names:
+        entry: dict[str, Any] = {"unmatched_share": float(np.mean(col(name, "n_matched", 0) == 0))}
+        if name != "original":
+            texts = [r[name]["text"] for r in rows]
+            own = "fl_nll" in rows[0][name] and "fl_nll" in rows[0]["original"]
+            nll = (col(name, "fl_nll"), col("original", "fl_nll")) if own else \
+                (col(name, "nll"), col(name, "nll_original"))
+            cols = joint.joint_rows(scorer.embedder.embed(texts), orig_vecs, col(name, "reward"),
+                                    col("original", "reward"), col(name, "masculine"),
+                                    col("original", "masculine"), *nll)
+            coded = {k: (col("original", k), col(name, k)) for k in ("masculine", "feminine")}
+            entry["joint"] = joint.summarize_joint(cols, n_boot, seed, coded=coded,
+                                                   diversity=(col("original", "reward"),
+                                                              col(name, "reward")))
+            c = constrained.evaluate(texts, originals)
+            entry["constrained_reward"] = {
+                **{k: v for k, v in stats.mean_std_ci(c.reward, n_boot=n_boot, seed=seed).items()
+                   if k in ("mean", "ci_low", "ci_high", "n")},
+                "faithful_share": float(c.faithful.mean()), "tau": constrained.config.tau}
+        out[name] = entry
+    return out
+
+
+def load_fluency_model(name: str):
+    """None for "" (each system's own NLLs), else fn(prompts, texts) -> per-token NLLs [N] of the
+    texts as rewrites of the prompts under that one model (`fairjax.runs.load`: path or preset)."""
+    if not name:
+        return None
+    from fairjax.runs import load
+
+    module, params, tok = load(name)
+    max_len = module.config.max_positions
+    return lambda prompts, texts: response_nll(module, params, tok, prompts, texts, max_len)
 
 
 def headline(numbers: dict, meta: dict) -> dict:
@@ -547,7 +650,7 @@ def format_summary(summary: dict) -> str:
              f"(candidate pool {summary.get('reported_reward', {}).get('pool', '?')})",
              f"{'system':14s} {'reward':>22s} {'IR female':>10s} {'IR male':>8s} "
              f"{'4/5 viol. (F)':>13s} {'Δreward vs original':>26s} {'finished':>8s} {'chrF':>6s}"
-             "  trained on"]
+             f" {'SIM':>5s} {'J':>5s} {'retr.':>5s}  trained on"]
     by_system = summary.get("trained_reward_by_system", {})
     for name, s in summary["systems"].items():
         r = s.get("reward", {})
@@ -562,6 +665,8 @@ def format_summary(summary: dict) -> str:
             + (f" {s['finished_share']['mean']:8.0%}" if "finished_share" in s else " " * 9)
             + (f" {s['preservation']['chrf']['mean']:6.1f}" if "chrf" in s.get("preservation", {})
                else " " * 7)
+            + ("".join(f" {s['joint'][k]['mean']:5.2f}" for k in ("sim", "j", "retrieved"))
+               if "joint" in s else " " * 18)
             + (f"  {reward_name(by_system[name])}" if name in by_system else ""))
     return "\n".join(lines)
 

@@ -62,6 +62,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("show", 20, "Per-posting rows to print (-1 = all).")
     flags.DEFINE_string("output", None, "Write per-posting results to this JSONL.")
     flags.DEFINE_string("summary_json", None, "Write the aggregate figures to this JSON file.")
+    flags.DEFINE_float("calibrate_tau", None, "Print the faithfulness threshold tau of "
+                       "reward.scorer=constrained: this percentile (e.g. 5) of the similarity of the "
+                       "lexicon-swap rewrites of --texts to their originals under the reward's "
+                       "embedder (fitted on --pool), and exit.")
     flags.DEFINE_string("annotate", None, "Write a copy of --texts (JSONL) with the diversity reward "
                         "in each record's 'reward' field (training data for BC/ILQL/A-LoL), "
                         "and exit.")
@@ -170,6 +174,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.texts or not FLAGS.pool:
         raise app.UsageError("--texts and at least one --pool are required")
+    if FLAGS.calibrate_tau is not None:
+        from fairjax.rewards.constrained import calibrate_tau
+
+        records = read_records(FLAGS.texts, text_field=FLAGS.text_field)[: FLAGS.limit]
+        out = calibrate_tau([r["text"] for r in records], build_scorer().embedder, FLAGS.calibrate_tau)
+        print(json.dumps({**out, "texts": FLAGS.texts, "pool": FLAGS.pool}, indent=1))
+        return
     if FLAGS.annotate:
         from fairjax.rewards.precompute import annotate_jsonl
 

@@ -66,13 +66,30 @@ def test_rows_in_order_with_all_fields_and_resume(ilql_run, tmp_path):
     assert "vs_bc" in summary["systems"]["ilql"]["reward_length_controlled"]
     table = summary["systems"]["original"]["fairness"]["gender"]
     assert set(table["by_group"]) == {"female", "male"} and "ratio" in table
-    assert {"shuffled_words", "generic_text"} <= set(summary["sanity"])
+    san = summary["sanity"]
+    assert {"shuffled_words", "generic_text", "first_half", "empty"} <= set(san)
+    assert san["empty"]["unmatched_share"] == 1.0  # counted, not matched to the first candidates
+    for k in ("shuffled_words", "generic_text", "first_half", "empty"):  # below every original
+        assert san[k]["constrained"]["ci_high"] < san["original"]["constrained"]["ci_low"], k
+    for name in ("bc", "ilql"):
+        j = summary["systems"][name]["joint"]
+        assert {"sim", "acc", "fl", "j", "retrieved", "masculine_words", "feminine_words",
+                "delta_diversity", "retrieval_chance"} <= set(j)
+        sims = [r[name]["cosine"] for r in rows]
+        assert j["sim"]["mean"] == pytest.approx(sum(max(0.0, x) for x in sims) / len(sims), abs=1e-5)
+        assert 0.0 <= j["j"]["mean"] <= j["sim"]["mean"] + 1e-9
+        d = [r[name]["reward"] - r["original"]["reward"] for r in rows]
+        assert j["delta_diversity"]["mean_diff"] == pytest.approx(sum(d) / len(d))
+        assert 0.0 <= summary["systems"][name]["constrained_reward"]["faithful_share"] <= 1.0
+        assert "unmatched_share" in summary["systems"][name]
     assert "US employment-law heuristic" in summary["four_fifths_note"]
     md = (out / E.REPORT_DIR / "report.md").read_text()
     assert md.index("Verdict:") < md.index("## Appendix") and "Trained reward:** diversity (standardize)" in md
-    assert "### Examples" in md and "### Sanity" in md
+    assert "### Examples" in md and "### Sanity" in md and "### Joint metrics" in md
+    assert "| empty text |" in md and "constrained reward" in md
     assert (out / E.SUMMARY_FILE).is_file()
-    for f in ("report.md", "report.json", "reward_distributions.png", "impact_ratios.png"):
+    for f in ("report.md", "report.json", "reward_distributions.png", "impact_ratios.png",
+              "pareto.png"):
         assert (out / E.REPORT_DIR / f).is_file()
 
     # crash: the last row half-written; the first 4 rows must survive byte-identical
@@ -92,9 +109,16 @@ def test_rows_in_order_with_all_fields_and_resume(ilql_run, tmp_path):
 def test_hf_dir_checkpoint_and_errors(fixtures_dir, ilql_run, tmp_path):
     cfg = eval_config(fixtures_dir / "gpt2_tiny" / "hf", tmp_path / "hf", limit=2,
                       **{"data.eval": str(ilql_run / "data" / "jobs_eval.jsonl"),
-                         "variants": "gpt2"})
+                         "variants": "gpt2",
+                         "fluency_model": str(fixtures_dir / "gpt2_tiny" / "hf")})
     s = E.evaluate(cfg)
     assert set(s["systems"]) == {"original", "gpt2"}
+    # the fluency model is the system's own model here: its NLLs are the system's NLL columns
+    rows = [json.loads(l) for l in (tmp_path / "hf" / E.LOG_FILE).read_text().splitlines()]
+    for r in rows:
+        assert r["gpt2"]["fl_nll"] == pytest.approx(r["gpt2"]["nll"], rel=1e-5)
+        assert r["original"]["fl_nll"] == pytest.approx(r["gpt2"]["nll_original"], rel=1e-5)
+    assert "FL under" in s["joint_note"] and 0.0 <= s["systems"]["gpt2"]["joint"]["fl"]["mean"] <= 1.0
     with pytest.raises(ValueError, match="NAME:ADV_WEIGHT"):
         E.parse_variants("a:b")
     with pytest.raises(ValueError, match="unique"):

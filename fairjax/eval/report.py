@@ -15,7 +15,9 @@ the same prompts, in the same order, e.g.
 * `impact_ratios.png`  mean impact ratio per group and system with bootstrap 95% CIs and the 0.8
   four-fifths line;
 * `verdicts.png`  verdict counts per system (stacked bars) and, for the first non-reference system,
-  the reference -> system transition matrix.
+  the reference -> system transition matrix;
+* `pareto.png`  (with `headline` joint metrics) x = similarity to the original, y = Δ diversity vs
+  the original, one point per system with 95% CI bars.
 
 With `headline` (fairjax.evaluate's summary) and `examples`, report.md opens with the headline
 (trained/reported reward, one table per system with CIs, a one-line verdict, the sanity rows, three
@@ -270,6 +272,55 @@ def plot_verdicts(summary: Mapping[str, Any], path: str) -> Optional[str]:
     return path
 
 
+def pareto_points(headline: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One point per system for the Pareto figure: x = mean SIM, y = mean Δ diversity vs the
+    original, each with its CI; `original` at (1, 0)."""
+    pts = []
+    for name, e in headline.get("systems", {}).items():
+        j = e.get("joint")
+        if name == "original":
+            pts.append({"system": name, "x": 1.0, "x_ci": [1.0, 1.0], "y": 0.0, "y_ci": [0.0, 0.0]})
+        elif j and "sim" in j and "delta_diversity" in j:
+            sim, d = j["sim"], j["delta_diversity"]
+            pts.append({"system": name, "x": sim["mean"], "x_ci": [sim["ci_low"], sim["ci_high"]],
+                        "y": d["mean_diff"], "y_ci": [d["ci_low"], d["ci_high"]]})
+    return pts
+
+
+def plot_pareto(headline: Mapping[str, Any], path: str) -> Optional[str]:
+    """x = similarity to the original (SIM), y = Δ diversity reward vs the original, one point per
+    system with 95% CI bars; the upper right is fairer and still the same job."""
+    pts = [p for p in pareto_points(headline) if p["x"] is not None and p["y"] is not None]
+    if len(pts) < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, p in enumerate(pts):
+        xerr = np.abs(np.array([[p["x"] - (p["x_ci"][0] if p["x_ci"][0] is not None else p["x"])],
+                                [(p["x_ci"][1] if p["x_ci"][1] is not None else p["x"]) - p["x"]]]))
+        yerr = np.abs(np.array([[p["y"] - (p["y_ci"][0] if p["y_ci"][0] is not None else p["y"])],
+                                [(p["y_ci"][1] if p["y_ci"][1] is not None else p["y"]) - p["y"]]]))
+        ax.errorbar([p["x"]], [p["y"]], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
+                    color=colors[i % len(colors)], label=p["system"])
+        ax.annotate(p["system"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
+    ax.axhline(0.0, color="gray", lw=1, ls="--")
+    tau = next((e["constrained_reward"].get("tau") for e in headline.get("systems", {}).values()
+                if isinstance(e.get("constrained_reward"), Mapping)), None)
+    if tau is not None:
+        ax.axvline(tau, color="crimson", lw=1, ls=":", label=f"τ = {tau:g} (faithful to the right)")
+    ax.set_xlabel("SIM: similarity to the original (mean, 95% CI)")
+    ax.set_ylabel("Δ diversity reward vs original (95% CI)")
+    ax.set_title("Fairer vs still the same job")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------- markdown
 def _fmt(x: Any) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -337,6 +388,40 @@ def _cell(text: Any, width: int = 360) -> str:
     return t if len(t) <= width else t[:width] + " …"
 
 
+JOINT_COLUMNS = (("SIM", "sim"), ("ACC", "acc"), ("FL", "fl"), ("J", "j"),
+                 ("identity retrieval", "retrieved"))
+
+
+def render_joint(headline: Mapping[str, Any]) -> list[str]:
+    """Markdown table: per rewrite system SIM, ACC, FL, J, identity retrieval, Δ diversity,
+    masculine/feminine-coded words before → after, the constrained reward (faithful share) and the
+    unmatched share, each with its 95% CI; [] when no system has joint metrics."""
+    rows = [(n, e) for n, e in headline.get("systems", {}).items() if e.get("joint")]
+    if not rows:
+        return []
+    head = ([h for h, _ in JOINT_COLUMNS] + ["Δ diversity", "masculine words", "feminine words",
+                                             "constrained reward (faithful)", "unmatched"])
+    lines = ["### Joint metrics: fairer and the same job", "", "| system | " + " | ".join(head) + " |",
+             "|" + "---|" * (len(head) + 1)]
+    for name, e in rows:
+        j = e["joint"]
+        cells = [_ci(j.get(k)) for _, k in JOINT_COLUMNS]
+        cells.append(_ci(j.get("delta_diversity"), "mean_diff", signed=True))
+        for k in ("masculine_words", "feminine_words"):
+            w = j.get(k)
+            cells.append(f"{_fmt(w['before'])} → {_fmt(w['after'])} "
+                         f"({_ci(w, 'mean_diff', signed=True)})" if w else "–")
+        c = e.get("constrained_reward")
+        cells.append(f"{_ci(c)} ({c['faithful_share']:.0%})" if c else "–")
+        u = e.get("unmatched_share")
+        cells.append("–" if u is None else f"{u:.1%}")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    chance = next((e["joint"].get("retrieval_chance") for _, e in rows), None)
+    lines += ["", headline.get("joint_note", "") + (f" Retrieval chance: {chance:.2%}." if chance
+                                                    else ""), ""]
+    return lines
+
+
 def render_headline(headline: Mapping[str, Any], examples: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """The first page: rewards trained/reported, one table per system with CIs, the verdict,
     the sanity row, three examples and the corpus selection tables."""
@@ -373,20 +458,10 @@ def render_headline(headline: Mapping[str, Any], examples: Sequence[Mapping[str,
               "the reward's embedder; chrF 0–100; shares of skills and header fields kept; "
               "characters rewrite/original); finished = rewrites that ended with `</a>`.", "",
               verdict_line(headline), ""]
+    lines += render_joint(headline)
     if headline.get("four_fifths_note"):
         lines += [f"_Note: {headline['four_fifths_note']}_", ""]
-    san = headline.get("sanity")
-    if san:
-        lines += ["### Sanity: can the reward be gamed?", "",
-                  "| text | reported reward | Δ vs original (paired) |", "|---|---|---|",
-                  f"| original postings | {_ci(san['original'])} | – |"]
-        for k, v in san.items():
-            if k != "original":
-                label = {"shuffled_words": "original, words shuffled",
-                         "generic_text": f"generic text “{v.get('text', '')}”"}.get(k, k)
-                lines.append(f"| {label} | {_ci(v)} | {_ci(v['vs_original'], 'mean_diff', signed=True)} |")
-        lines += ["", "A reward that rates shuffled or generic text at or above the originals can be "
-                  "raised by rewrites that no longer describe the job.", ""]
+    lines += render_sanity(headline.get("sanity"))
     if examples:
         names = [k for k in examples[0] if k != "id"]
         lines += ["### Examples (first three eval postings)", "",
@@ -406,6 +481,35 @@ def render_headline(headline: Mapping[str, Any], examples: Sequence[Mapping[str,
                       f"| difference (max − min) | {_ci(t['difference'], 'value')} | | |",
                       f"| ratio (min / max) | {_ci(t['ratio'], 'value')} | | |", ""]
     return lines
+
+
+SANITY_LABELS = {"shuffled_words": "original, words shuffled", "first_half": "first half only",
+                 "empty": "empty text"}
+
+
+def render_sanity(san: Optional[Mapping[str, Any]]) -> list[str]:
+    """Markdown: the sanity texts under the reported reward and the constrained reward."""
+    if not san:
+        return []
+    lines = ["### Sanity: can the reward be gamed?", "",
+             "| text | reported reward | Δ vs original (paired) | constrained reward | Δ vs original "
+             "(constrained) | unmatched |", "|---|---|---|---|---|---|",
+             f"| original postings | {_ci(san['original'])} | – | "
+             f"{_ci(san['original'].get('constrained'))} | – | – |"]
+    for k, v in san.items():
+        if k == "original":
+            continue
+        label = SANITY_LABELS.get(k, f"generic text “{v.get('text', '')}”" if k == "generic_text" else k)
+        c = v.get("constrained") or {}
+        u = v.get("unmatched_share")
+        lines.append(f"| {label} | {_ci(v)} | {_ci(v['vs_original'], 'mean_diff', signed=True)} | "
+                     f"{_ci(c) if c else '–'} | "
+                     f"{_ci(c.get('vs_original'), 'mean_diff', signed=True) if c else '–'} | "
+                     f"{'–' if u is None else f'{u:.0%}'} |")
+    return lines + ["", "A reward that rates these texts at or above the originals can be raised by "
+                    "rewrites that no longer describe the job; the constrained reward gives every "
+                    "unfaithful text a floor below every faithful one. Unmatched: texts that match no "
+                    "candidate (no embedding features), scored as no match.", ""]
 
 
 def render_markdown(summary: Mapping[str, Any], images: Mapping[str, str], title: str,
@@ -464,7 +568,8 @@ def write_report(out_dir: str | os.PathLike, rows_by_system: Mapping[str, Any],
     for name, fn in (("reward_distributions", lambda p: plot_reward_distributions(
                          rows_by_system, p, reward_fields)),
                      ("impact_ratios", lambda p: plot_impact_ratios(numbers, p)),
-                     ("verdicts", lambda p: plot_verdicts(numbers, p))):
+                     ("verdicts", lambda p: plot_verdicts(numbers, p)),
+                     ("pareto", lambda p: plot_pareto(_jsonable(dict(headline or {})), p))):
         got = fn(os.path.join(out_dir, f"{name}.png"))
         if got:
             images[name] = got

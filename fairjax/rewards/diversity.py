@@ -19,8 +19,9 @@ computed. Upstream's measure is symmetric — 70/30 and 30/70 women/men score th
 it ignores which region is which — so it rewards "balanced-looking" numbers, not the target mix; we
 keep it only to reproduce published numbers (upstream bug, fixed by the default).
 
-No eligible candidate (location filter removed all, or an attribute has no labelled candidate in
-the top k): reward = −100 and NaN shares/rates for that text, as upstream's q = −100 (with scipy's
+No eligible candidate (location filter removed all, the text has no embedding features — empty
+text, or only symbols the embedder ignores: an all-zero vector, which matches nobody rather than the
+first k candidates of the file —, or an attribute has no labelled candidate in the top k): reward = −100 and NaN shares/rates for that text, as upstream's q = −100 (with scipy's
 infinite distance upstream mapped to D = 10, i.e. −1000; we keep −100 which the datasets also used).
 """
 from __future__ import annotations
@@ -201,6 +202,10 @@ class DiversityScorer:
                 valid = np.isfinite(np.take_along_axis(sim, top, axis=1))
             top_all[s:s + len(top)] = top
             valid_all[s:s + len(top)] = valid
+        # A text with no embedding features (empty, or only unseen symbols) is an all-zero row:
+        # every similarity ties at 0 and the top k would be the first k candidates in file order.
+        # It matches no candidate instead (n_matched 0, reward NO_MATCH_REWARD, counted by callers).
+        valid_all[~np.any(emb != 0, axis=1)] = False
         shares, targets, dist, rates, counts = {}, {}, {}, {}, {}
         total = np.zeros(n)
         for a in self.attrs:
@@ -227,7 +232,10 @@ class DiversityScorer:
             for a in self.attrs:
                 bad = np.nonzero(np.isnan(res.distance[a]))[0]
                 if bad.size:
-                    raise ScorerFailure(int(bad[0]), f"empty candidate match: none of the top "
-                                        f"{self.config.k} candidates has a {a} label "
-                                        f"({int(res.n_matched[bad[0]])} eligible matches)")
+                    i = int(bad[0])
+                    why = ("the text has no embedding features (empty?) and matches no candidate"
+                           if res.n_matched[i] == 0 else
+                           f"none of the top {self.config.k} candidates has a {a} label "
+                           f"({int(res.n_matched[i])} eligible matches)")
+                    raise ScorerFailure(i, f"empty candidate match: {why}")
         return res.reward

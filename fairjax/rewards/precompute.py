@@ -169,6 +169,37 @@ def _read_build_cache(path: Path, header: dict) -> dict[int, tuple[str, float]]:
     return done
 
 
+REFERENCE_FIELD = "original"  # the original posting of a rewrite record (rewrite-augmented data)
+
+
+def reference_text(record: dict) -> str:
+    """The original posting a record's text rewrites: its `original` field (top level or, for a
+    canonical record of `fairjax.data.jobs.read_records`, under `extra`), else its own text."""
+    ref = record.get(REFERENCE_FIELD)
+    if ref is None:
+        ref = (record.get("extra") or {}).get(REFERENCE_FIELD)
+    return ref if isinstance(ref, str) else record["text"]
+
+
+def has_reference(record: dict) -> bool:
+    return isinstance(record.get(REFERENCE_FIELD, (record.get("extra") or {}).get(REFERENCE_FIELD)), str)
+
+
+def require_references(records: Sequence[dict], path: str | os.PathLike, reward: str) -> None:
+    """ConfigError when no record of `path` carries an `original` field: every response would be
+    its own original (similarity 1, header kept), so a reference-constrained reward's constraint
+    could never act and it would train on its fairness term alone under another name."""
+    if any(has_reference(r) for r in records):
+        return
+    from fairjax.errors import ConfigError
+
+    raise ConfigError(f"config.reward.scorer={reward}: {path}: no record has an "
+                      f"{REFERENCE_FIELD!r} field, so each response is its own original and the "
+                      "faithfulness constraint is constant (always met); train on rewrite-augmented "
+                      f"data (records with the rewrite in 'text' and the posting in "
+                      f"{REFERENCE_FIELD!r}) or use reward.scorer=diversity")
+
+
 def build_rewards(data_path: str | os.PathLike, records: Sequence[dict], scorer: Scorer,
                   spec: dict, cache_dir: str | os.PathLike, *, batch_size: int = 256,
                   progress: bool = True, cache_path: Optional[str | os.PathLike] = None
@@ -176,8 +207,9 @@ def build_rewards(data_path: str | os.PathLike, records: Sequence[dict], scorer:
     """Rewards [N] float64 of `records` (canonical records of `data_path`, each with "id", "text"
     and "source" = "file:line"), and the cache file used (see module docstring).
 
-    A scorer with `needs_reference` gets each record's own text as the original (offline data: the
-    posting is its own original). `cache_path` overrides the derived cache file name.
+    A scorer with `needs_reference` gets each record's `original` field as the original
+    (rewrite-augmented data) and, where a record has none, the record's own text (the posting is
+    its own original). `cache_path` overrides the derived cache file name.
     """
     from fairjax.rewards.registry import file_sha256, spec_hash
 
@@ -204,7 +236,8 @@ def build_rewards(data_path: str | os.PathLike, records: Sequence[dict], scorer:
 
     def run(chunk):
         texts = [r["text"] for _, r in chunk]
-        v = scorer.score_texts(texts, texts) if refs else scorer.score_texts(texts)
+        v = (scorer.score_texts(texts, [reference_text(r) for _, r in chunk]) if refs
+             else scorer.score_texts(texts))
         v = np.asarray(v, np.float64)
         if v.shape != (len(chunk),):
             raise ValueError(f"returned shape {v.shape} for {len(chunk)} texts")

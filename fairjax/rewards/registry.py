@@ -1,5 +1,5 @@
 """Build the training reward from the config: `reward.scorer` ∈ diversity | gender_coded | pii |
-preservation | composite (numpy only; BERT embedders import jax lazily).
+preservation | composite | constrained (numpy only; BERT embedders import jax lazily).
 
 Every reward built here is "higher = better":
 
@@ -12,7 +12,12 @@ Every reward built here is "higher = better":
                   under the reward's embedder, in [0, 1] for hashing vectors; or `chrf` / 100); needs
                   the original as reference (1 for an offline record, whose text *is* the original);
 * `composite`     Σ_i w_i · term_i with `reward.composite.terms` ("diversity,preservation") and
-                  `reward.composite.weights` ("1,20"), each term one of the scorers above.
+                  `reward.composite.weights` ("1,20"), each term one of the scorers above;
+* `constrained`   the faithful-rewrite reward (`constrained.py`): the fairness term (diversity,
+                  optionally + gender-coded wording) counts only when the rewrite's similarity to
+                  the original is ≥ `reward.constrained.tau` and its header fields are kept;
+                  otherwise a floor below every faithful reward (`form=hard`) or a penalty
+                  (`form=smooth`); needs the original as reference (a record's `original` field).
 
 The diversity matching and the preservation cosine share one embedder, `reward.embedder`
 (`embedder_name`; `embedders.make_embedder` builds it: tfidf, a sentence-transformers preset or
@@ -24,6 +29,7 @@ is what summaries report as `trained_reward`.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,8 +43,10 @@ RUN_SPEC_FILE = "reward_spec.json"  # in a run dir: the trained reward's spec (+
 RUN_NORMALIZER_FILE = "reward_normalizer.json"  # in a run dir: normalize.fit_normalizer stats
 DEMO_STANDIN = ("demo stand-in lexical reward −10·|#agentic − #communal phrases| "
                 "(fairjax/data/demo/generator.py), not the diversity reward")
-SCORERS = ("diversity", "gender_coded", "pii", "preservation", "composite")
-TERMS = SCORERS[:-1]
+SCORERS = ("diversity", "gender_coded", "pii", "preservation", "composite", "constrained")
+TERMS = SCORERS[:4]
+CONSTRAINED_FIELDS = ("form", "tau", "diversity_weight", "gender_coded_weight", "margin", "penalty",
+                      "header_penalty")
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -140,7 +148,7 @@ def reward_spec(cfg: Any, default_pool: Optional[str] = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"scorer": name, "higher_is_better": True}
     if name == "composite":
         spec["terms"] = [{"term": t, "weight": w} for t, w in composite_terms(cfg)]
-    if _uses(cfg, "diversity") or _uses(cfg, "preservation"):
+    if _uses(cfg, "diversity") or _uses(cfg, "preservation") or name == "constrained":
         d = {k: _get(cfg, f"diversity.{k}") for k in ("k", "select_k", "distance", "gender_target",
                                                      "region_target", "n_features")}
         spec["diversity"] = {k: v for k, v in d.items() if v is not None}
@@ -153,7 +161,17 @@ def reward_spec(cfg: Any, default_pool: Optional[str] = None) -> dict[str, Any]:
         spec["gender_coded"] = {"mode": _get(cfg, "gender_coded.mode", "ratio")}
     if _uses(cfg, "preservation"):
         spec["preservation"] = {"metric": _get(cfg, "preservation.metric", "cosine")}
+    if name == "constrained":
+        spec["constrained"] = dataclasses.asdict(constrained_config(cfg))
     return spec
+
+
+def constrained_config(cfg: Any):
+    """`reward.constrained` as a validated `ConstrainedConfig` (fields absent from cfg: defaults)."""
+    from fairjax.rewards.constrained import ConstrainedConfig
+
+    kw = {k: _get(cfg, f"constrained.{k}") for k in CONSTRAINED_FIELDS}
+    return ConstrainedConfig(**{k: v for k, v in kw.items() if v is not None})
 
 
 def spec_hash(spec: Any) -> str:
@@ -256,6 +274,10 @@ def build_reward_scorer(cfg: Any, default_pool: Optional[str] = None,
 
     if name == "composite":
         return CompositeScorer([(t, w, term(t)) for t, w in composite_terms(cfg)])
+    if name == "constrained":
+        from fairjax.rewards.constrained import ConstrainedScorer
+
+        return ConstrainedScorer(diversity(), constrained_config(cfg), strict=strict)
     return term(name)
 
 

@@ -109,7 +109,10 @@ def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_
     records = {s: read_records(p, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
                for s, p in splits.items()}
     if r.scorer:
-        from fairjax.rewards.precompute import build_rewards
+        from fairjax.rewards.precompute import build_rewards, require_references
+
+        if r.scorer == "constrained":  # offline data must carry the originals it rewrites
+            require_references(records["train"], train_path, r.scorer)
 
         default_pool = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
         default_pool = default_pool if os.path.isfile(default_pool) else None
