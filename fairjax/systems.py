@@ -74,7 +74,7 @@ class PromptedRewriter:
 
     def __init__(self, module: Any, params: Any, tokenizer: Any, generation: Any,
                  instruction: str = INSTRUCTION, batch_size: int = 8, seed: int = 0,
-                 name: str = "prompted"):
+                 name: str = "prompted", auto_size: bool = False):
         from fairjax.generate import Policy
 
         if getattr(tokenizer.hf, "chat_template", None) and not tokenizer.use_chat_template:
@@ -82,6 +82,7 @@ class PromptedRewriter:
             tokenizer.use_chat_template = True
         self.policy, self.tokenizer, self.generation = Policy.lm(module, params), tokenizer, generation
         self.instruction, self.batch_size, self.seed, self.name = instruction, batch_size, seed, name
+        self.auto_size = auto_size  # `rewrite` sizes max_new_tokens from its postings
 
     @property
     def stop_id(self) -> int:
@@ -91,16 +92,11 @@ class PromptedRewriter:
         eos = self.tokenizer.hf.eos_token_id
         return int(eos) if eos is not None else int(self.tokenizer.eoa_id)
 
-    def size(self, postings: Sequence[str], percentile: float = 95.0, margin: int = 16) -> dict:
+    def size(self, postings: Sequence[str]) -> dict:
         """Set max_new_tokens from the postings' token lengths (see the module docstring)."""
-        n_pos = self.policy.model.config.max_positions
-        lengths = [len(self.tokenizer.encode_text(t)) for t in postings] or [1]
-        want = int(np.ceil(np.percentile(lengths, percentile))) + margin
-        n_new = max(1, min(want, n_pos - n_pos // 2))
+        n_new, why = size_for(self.tokenizer, self.policy.model.config.max_positions, postings)
         self.generation = dataclasses.replace(self.generation, max_new_tokens=n_new)
-        return {"max_new_tokens": n_new, "max_new_tokens_reason":
-                f"p{percentile:g} of the postings' token lengths under the instruct tokenizer + "
-                f"{margin}, capped at half of {n_pos} positions"}
+        return {"max_new_tokens": n_new, "max_new_tokens_reason": why + " (instruct tokenizer)"}
 
     def _ids(self, text: str, budget: int) -> tuple[list[int], bool]:
         def wrap(t: str) -> list[int]:
@@ -130,7 +126,47 @@ class PromptedRewriter:
         return _sample_rows(gens, [c for _, c in laid])
 
     def rewrite(self, texts: Sequence[str]) -> list[str]:
+        if self.auto_size:
+            self.size(texts)
         return [r["text"] for r in self.rewrite_rows(texts)]
+
+
+def job_prompts(texts: Sequence[str]) -> list[str]:
+    """The job-rewrite prompt of each posting (`data.jobs.build_prompt` with its header fields)."""
+    from fairjax.data.jobs import build_prompt, extract_fields
+
+    return [build_prompt(t, **extract_fields(t)) for t in texts]
+
+
+def size_for(tokenizer: Any, max_positions: int, postings: Sequence[str], percentile: float = 95.0,
+             margin: int = 16) -> tuple[int, str]:
+    """(max_new_tokens, why): the `percentile` of the postings' token lengths + `margin`, capped at
+    half of the model's positions."""
+    lengths = [len(tokenizer.encode_text(t)) for t in postings] or [1]
+    want = int(np.ceil(np.percentile(lengths, percentile))) + margin
+    return max(1, min(want, max_positions - max_positions // 2)), (
+        f"p{percentile:g} of the postings' token lengths + {margin}, capped at half of "
+        f"{max_positions} positions")
+
+
+class PolicyRewriter:
+    """A fairjax policy (run dir, model dir) sampled on the job-rewrite layout; `rewrite` sizes
+    max_new_tokens from the postings when `generation.max_new_tokens` is 0."""
+
+    def __init__(self, policy: Any, tokenizer: Any, generation: Any, name: str, batch_size: int = 8,
+                 seed: int = 0, auto_size: bool = True):
+        self.policy, self.tokenizer, self.generation, self.name = policy, tokenizer, generation, name
+        self.batch_size, self.seed, self.auto_size = batch_size, seed, auto_size
+
+    def rewrite(self, texts: Sequence[str]) -> list[str]:
+        import jax
+
+        gen = self.generation
+        if self.auto_size:
+            n, _ = size_for(self.tokenizer, self.policy.model.config.max_positions, texts)
+            gen = dataclasses.replace(gen, max_new_tokens=n)
+        sample = policy_sampler(self.policy, self.tokenizer, gen, self.batch_size)
+        return [r["text"] for r in sample(job_prompts(texts), jax.random.PRNGKey(self.seed))]
 
 
 def score_with(scorer: Any, texts: Sequence[str], references: Sequence[str]) -> np.ndarray:
@@ -205,10 +241,7 @@ class BestOfN:
                 for i, p in enumerate(picks)]
 
     def rewrite(self, texts: Sequence[str]) -> list[str]:
-        from fairjax.data.jobs import build_prompt, extract_fields
-
-        prompts = [build_prompt(t, **extract_fields(t)) for t in texts]
-        return [r["text"] for r in self.rewrite_rows(texts, prompts)]
+        return [r["text"] for r in self.rewrite_rows(texts, job_prompts(texts))]
 
 
 def policy_sampler(policy: Any, tokenizer: Any, generation: Any, batch_size: int = 16,
