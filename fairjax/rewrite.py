@@ -8,7 +8,7 @@ lexicon swap towards neutral wording plus one fixed inclusion/benefits sentence,
 `--model=` (and `load_rewriter(model=...)`):
 * a baseline: `lexicon_swap`, `inclusion_statement`;
 * `prompted` or `prompted:SOURCE`: an instruct model zero-shot (`fairjax.systems.PromptedRewriter`,
-  default SOURCE `PROMPTED_MODEL`); a preset name (`fairjax.io.presets`) is used the same way;
+  default SOURCE `fairjax.systems.PROMPTED_MODEL`); a preset name (`fairjax.io.presets`) is used the same way;
 * anything else `fairjax.runs.load` reads (a fairjax run dir, a fairjax model dir, a Hugging
   Face dir): the policy sampled on the job-rewrite prompt (`fairjax.systems.PolicyRewriter`).
 
@@ -42,12 +42,10 @@ from typing import Any, Optional, Sequence
 from absl import app, flags
 
 from fairjax.data.jobs import DataError
-from fairjax.rewriters import TEXT_BASELINES
 from fairjax.rewriters import TextRewriter as Rewriter  # noqa: F401  (the type load_rewriter returns)
 
 # The rewriter fairjax ships; see the module docstring for why it is a baseline for now.
 SHIPPED = "inclusion_statement"
-PROMPTED_MODEL = "smollm2-135m-instruct"
 SEPARATOR = "---"
 FLAGS = flags.FLAGS
 
@@ -69,32 +67,12 @@ def define_flags() -> None:
 
 
 # ----------------------------------------------------------------------------- rewriters
-def load_rewriter(model: str = SHIPPED, *, temperature: float = 0.7, batch_size: int = 8,
-                  seed: int = 0) -> Rewriter:
-    """A rewriter with `.name` and `.rewrite(texts) -> list[str]` (see the module docstring)."""
-    from fairjax import systems
+def load_rewriter(model: str = SHIPPED, **kw) -> Rewriter:
+    """A rewriter with `.name` and `.rewrite(texts) -> list[str]` (see the module docstring;
+    keywords: temperature, batch_size, seed)."""
+    from fairjax.systems import load_rewriter as load
 
-    if model in TEXT_BASELINES:
-        return systems.text_baseline(model).rewriter
-    from fairjax.generate import GenerationConfig
-    from fairjax.io.presets import PRESETS
-    from fairjax.runs import load
-
-    gen = GenerationConfig(max_new_tokens=1, mode="sample", temperature=temperature,
-                           top_p=systems.PROMPTED_SAMPLING["top_p"])
-    if model == "prompted" or model.startswith("prompted:") or model in PRESETS:
-        source = model.partition(":")[2] or (model if model in PRESETS else PROMPTED_MODEL)
-        module, params, tok = load(source)
-        return systems.PromptedRewriter(module, params, tok, gen, batch_size=batch_size, seed=seed,
-                                        name=f"prompted:{source}", auto_size=True)
-    if not os.path.exists(model):
-        raise ValueError(f"--model={model!r}: not a baseline ({', '.join(sorted(TEXT_BASELINES))}), "
-                         "'prompted[:SOURCE]', a preset or an existing run/model directory")
-    from fairjax.generate import Policy
-
-    module, params, tok = load(model)
-    return systems.PolicyRewriter(Policy.lm(module, params), tok, gen, name=model,
-                                  batch_size=batch_size, seed=seed)
+    return load(model, **kw)
 
 
 # ----------------------------------------------------------------------------- input

@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+
+from fairjax.eval.preservation import Faithfulness  # noqa: F401  (re-exported: the test best_of_n uses)
 
 INSTRUCTION = ("Rewrite the job posting below in gender-neutral, inclusive language. Keep the "
                "company name, job title, location, remote policy, technologies, requirements and "
                "contact details exactly as they are and change nothing else. Reply with the "
                "rewritten posting only.")
+PROMPTED_MODEL = "smollm2-135m-instruct"  # the default instruct model of `prompted`
 PROMPTED_SAMPLING = {"mode": "sample", "temperature": 0.7, "top_p": 0.9, "top_k": 0}
 NO_POLICY_FIELDS = {"finished": True, "log_prob": None, "kl": None, "adv_sum": None,
                     "num_new_tokens": None, "prompt_truncated": False}
@@ -176,31 +180,6 @@ def score_with(scorer: Any, texts: Sequence[str], references: Sequence[str]) -> 
     return np.asarray(scorer.score_texts(list(texts)), np.float64)
 
 
-@dataclasses.dataclass
-class Faithfulness:
-    """The faithfulness test of a rewrite: cosine under `embedder` ≥ `tau` and (with
-    `require_header`) every header field of the original kept (`eval.preservation`)."""
-
-    embedder: Any
-    tau: float = 0.8
-    require_header: bool = True
-
-    def cosine(self, originals: Sequence[str], rewrites: Sequence[str]) -> np.ndarray:
-        from fairjax.eval.preservation import cosine_rows
-
-        return cosine_rows(self.embedder.embed(list(rewrites)), self.embedder.embed(list(originals)))
-
-    def __call__(self, originals: Sequence[str], rewrites: Sequence[str],
-                 fields: Optional[Sequence[Optional[dict]]] = None) -> tuple[np.ndarray, np.ndarray]:
-        """(faithful [N] bool, cosine [N]) of each rewrite against its original."""
-        from fairjax.eval.preservation import faithful_mask, header_kept
-
-        fields = fields if fields is not None else [None] * len(originals)
-        cos = self.cosine(originals, rewrites)
-        head = np.array([header_kept(o, r, f) for o, r, f in zip(originals, rewrites, fields)])
-        return faithful_mask(cos, head, self.tau, self.require_header), cos
-
-
 class BestOfN:
     """n samples from `sample(prompts, rng) -> [row]` per prompt; the best faithful one under
     `reward` (module docstring)."""
@@ -259,3 +238,34 @@ def policy_sampler(policy: Any, tokenizer: Any, generation: Any, batch_size: int
         return _sample_rows(gens, [len(prompt_tokens(tokenizer, p)) > limit for p in prompts])
 
     return sample
+
+
+def load_rewriter(model: str, *, temperature: float = 0.7, batch_size: int = 8,
+                  seed: int = 0) -> Any:
+    """A rewriter with `.name` and `.rewrite(texts) -> list[str]`: a text baseline name
+    (`lexicon_swap`, `inclusion_statement`), `prompted[:SOURCE]` or a preset (an instruct model
+    zero-shot, default SOURCE `PROMPTED_MODEL`), or a path `fairjax.runs.load` reads (a run or
+    model dir: `PolicyRewriter`)."""
+    from fairjax.rewriters import TEXT_BASELINES
+
+    if model in TEXT_BASELINES:
+        return text_baseline(model).rewriter
+    from fairjax.generate import GenerationConfig
+    from fairjax.io.presets import PRESETS
+    from fairjax.runs import load
+
+    gen = GenerationConfig(max_new_tokens=1, mode="sample", temperature=temperature,
+                           top_p=PROMPTED_SAMPLING["top_p"])
+    if model == "prompted" or model.startswith("prompted:") or model in PRESETS:
+        source = model.partition(":")[2] or (model if model in PRESETS else PROMPTED_MODEL)
+        module, params, tok = load(source)
+        return PromptedRewriter(module, params, tok, gen, batch_size=batch_size, seed=seed,
+                                        name=f"prompted:{source}", auto_size=True)
+    if not os.path.exists(model):
+        raise ValueError(f"--model={model!r}: not a baseline ({', '.join(sorted(TEXT_BASELINES))}), "
+                         "'prompted[:SOURCE]', a preset or an existing run/model directory")
+    from fairjax.generate import Policy
+
+    module, params, tok = load(model)
+    return PolicyRewriter(Policy.lm(module, params), tok, gen, name=model,
+                                  batch_size=batch_size, seed=seed)

@@ -23,6 +23,7 @@ candidates (best-of-n decoding, DPO pairs from rewrite-augmented data).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping, Optional, Sequence
 
@@ -121,6 +122,27 @@ def faithful_mask(cosine: Any, header: Any, tau: float, require_header: bool = T
     if require_header:
         ok &= np.isnan(hk) | (hk >= 1.0 - 1e-9)
     return ok
+
+
+@dataclasses.dataclass
+class Faithfulness:
+    """The faithfulness test of a rewrite: cosine under `embedder` ≥ `tau` and (with
+    `require_header`) every header field of the original kept (`eval.preservation`)."""
+
+    embedder: Any
+    tau: float = 0.8
+    require_header: bool = True
+
+    def cosine(self, originals: Sequence[str], rewrites: Sequence[str]) -> np.ndarray:
+        return cosine_rows(self.embedder.embed(list(rewrites)), self.embedder.embed(list(originals)))
+
+    def __call__(self, originals: Sequence[str], rewrites: Sequence[str],
+                 fields: Optional[Sequence[Optional[dict]]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(faithful [N] bool, cosine [N]) of each rewrite against its original."""
+        fields = fields if fields is not None else [None] * len(originals)
+        cos = self.cosine(originals, rewrites)
+        head = np.array([header_kept(o, r, f) for o, r, f in zip(originals, rewrites, fields)])
+        return faithful_mask(cos, head, self.tau, self.require_header), cos
 
 
 def _pick(rewards: Any, faithful: Any, sign: float) -> tuple[np.ndarray, np.ndarray]:

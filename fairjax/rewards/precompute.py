@@ -169,6 +169,12 @@ def _read_build_cache(path: Path, header: dict) -> dict[int, tuple[str, float]]:
     return done
 
 
+def original_of(record: dict) -> str:
+    """The original posting of a canonical record: its `original` field, else its text."""
+    o = record.get("extra", {}).get("original")
+    return o if isinstance(o, str) and o.strip() else record["text"]
+
+
 def build_rewards(data_path: str | os.PathLike, records: Sequence[dict], scorer: Scorer,
                   spec: dict, cache_dir: str | os.PathLike, *, batch_size: int = 256,
                   progress: bool = True, cache_path: Optional[str | os.PathLike] = None
@@ -176,8 +182,9 @@ def build_rewards(data_path: str | os.PathLike, records: Sequence[dict], scorer:
     """Rewards [N] float64 of `records` (canonical records of `data_path`, each with "id", "text"
     and "source" = "file:line"), and the cache file used (see module docstring).
 
-    A scorer with `needs_reference` gets each record's own text as the original (offline data: the
-    posting is its own original). `cache_path` overrides the derived cache file name.
+    A scorer with `needs_reference` gets each record's original: its `original` field (a rewrite
+    row of `fairjax.data.augment`), else its own text (offline data: the posting is its own
+    original). `cache_path` overrides the derived cache file name.
     """
     from fairjax.rewards.registry import file_sha256, spec_hash
 
@@ -204,7 +211,8 @@ def build_rewards(data_path: str | os.PathLike, records: Sequence[dict], scorer:
 
     def run(chunk):
         texts = [r["text"] for _, r in chunk]
-        v = scorer.score_texts(texts, texts) if refs else scorer.score_texts(texts)
+        v = (scorer.score_texts(texts, [original_of(r) for _, r in chunk]) if refs
+             else scorer.score_texts(texts))
         v = np.asarray(v, np.float64)
         if v.shape != (len(chunk),):
             raise ValueError(f"returned shape {v.shape} for {len(chunk)} texts")
