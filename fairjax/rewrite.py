@@ -56,13 +56,13 @@ def define_flags() -> None:
     flags.DEFINE_string("input", None, "Postings: .jsonl (a `text` per line), a text file (postings "
                         "separated by a line `---`), or - (stdin).")
     flags.DEFINE_string("output", None, "Output JSONL (appended; a rerun continues).")
+    flags.DEFINE_integer("batch_size", 8, "Postings per rewrite batch (and per appended block).")
+    flags.DEFINE_integer("seed", 0, "Sampling seed of a model rewriter.")
     flags.DEFINE_string("model", SHIPPED, "Baseline name, prompted[:SOURCE], preset, run dir or "
                         "model dir (default: the shipped rewriter).")
     flags.DEFINE_multi_string("pool", None, "Candidate pool JSONL for the diversity reward "
                               "(repeatable).")
     flags.DEFINE_float("temperature", 0.7, "Sampling temperature of a model rewriter.")
-    flags.DEFINE_integer("batch_size", 8, "Postings per rewrite batch (and per appended block).")
-    flags.DEFINE_integer("seed", 0, "Sampling seed of a model rewriter.")
     flags.mark_flags_as_required(["input", "output"])
 
 
@@ -95,23 +95,24 @@ def _decode(data: bytes, name: str) -> str:
                         ".jsonl or plain text") from None
 
 
+def _jsonl_posting(line: str, where: str) -> Posting:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+    text = rec.get("text") if isinstance(rec, dict) else None
+    if not isinstance(text, str):
+        raise DataError(f"{where}: no 'text' field: each line needs an object with a string "
+                        "'text' (and optionally 'id')")
+    if not text.strip():
+        raise DataError(f"{where}: empty posting")
+    rid = rec.get("id")
+    return Posting(text.strip(), where, None if rid is None else str(rid))
+
+
 def parse_jsonl(text: str, name: str) -> list[Posting]:
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{name}:{n}: invalid JSON ({e.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-            raise DataError(f"{name}:{n}: no 'text' field: each line needs an object with a string "
-                            "'text' (and optionally 'id')")
-        if not rec["text"].strip():
-            raise DataError(f"{name}:{n}: empty posting")
-        rid = rec.get("id")
-        out.append(Posting(rec["text"].strip(), f"{name}:{n}", None if rid is None else str(rid)))
-    return out
+    return [_jsonl_posting(line, f"{name}:{n}") for n, line in enumerate(text.splitlines(), 1)
+            if line.strip()]
 
 
 def parse_text(text: str, name: str) -> list[Posting]:
