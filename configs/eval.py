@@ -20,6 +20,28 @@ def get_config():
     c.variants = "bc:0,ilql_b1:1,ilql_b8:8"
     # More systems, each sampled plainly: "NAME=PATH,..." (e.g. "alol=runs/study/alol").
     c.extra_checkpoints = ""
+    # Baselines beside the checkpoint (fairjax.systems; docs/evaluation.md "Baselines"), comma-
+    # separated: lexicon_swap (masculine-coded words swapped for neutral ones), inclusion_statement
+    # (the swap + one fixed inclusion/benefits sentence), prompted (an instruct model zero-shot,
+    # `prompted.*`), best_of_n (`best_of_n.n` samples of a policy, the best faithful one under its
+    # training reward). Their nll columns are under the checkpoint's LM.
+    c.baselines = "lexicon_swap,inclusion_statement"
+    c.prompted = ConfigDict()
+    c.prompted.model = "smollm2-135m-instruct"  # preset, HF dir, fairjax model or run dir
+    c.prompted.instruction = ""  # "" = fairjax.systems.INSTRUCTION
+    c.prompted.temperature = 0.7
+    c.prompted.top_p = 0.9
+    c.prompted.top_k = 0
+    c.prompted.max_new_tokens = 0  # 0 = p95 of the postings' token lengths + 16 (half the context at most)
+    c.prompted.batch_size = 8
+    c.best_of_n = ConfigDict()
+    c.best_of_n.policy = ""  # "" = the checkpoint (its first variant); or a run/model dir
+    c.best_of_n.n = 4  # samples per prompt
+    c.best_of_n.temperature = 1.0
+    # faithful = cosine to the original under the scorer's embedder >= tau and every header field
+    # (company, title, location, remote) kept; the best faithful sample by the training reward wins
+    c.best_of_n.tau = 0.8
+    c.best_of_n.require_header = True
     c.output_dir = "runs/eval"
     c.seed = 0
     c.limit = 0  # evaluate only the first N postings (0 = all)

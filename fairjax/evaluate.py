@@ -6,7 +6,10 @@ FMs-at-work `eval_policy` + `distill_policy_eval` + `impact_ratio_calc` in one r
    `name:adv_weight` decodes with the three trunks and β = adv_weight, β = 0 being the policy
    trunk alone, i.e. the BC policy when awac_weight = 0; other sources — fairjax model dir, HF dir,
    FMs-at-work BC `.pkl` with `base` — sample from the LM), plus `extra_checkpoints`
-   (`name=path,...`, each sampled plainly);
+   (`name=path,...`, each sampled plainly), and the `baselines` (`fairjax.systems`):
+   `lexicon_swap`, `inclusion_statement` (text rules), `prompted` (an instruct model zero-shot,
+   `prompted.*`), `best_of_n` (`best_of_n.n` samples of a policy, the best faithful one under
+   its training reward, `best_of_n.*`); a baseline's `nll` columns are under the checkpoint's LM;
 2. read the eval postings (`data.eval`; "" = the checkpoint run's eval split), build each prompt
    with the job template, and rewrite **every prompt once, in order** (upstream drew prompts with
    replacement);
@@ -77,6 +80,9 @@ class System:
     generation: Any  # fairjax.generate.GenerationConfig
     nll_params: Any  # policy LM params for the NLL columns
     source: str
+    # a baseline (`fairjax.systems`): its rows come from `rewriter.rewrite_rows(...)`; `policy`,
+    # `tokenizer` and `nll_params` are then the checkpoint's, for the NLL columns
+    rewriter: Any = None
 
 
 # ----------------------------------------------------------------------------- systems
@@ -153,10 +159,111 @@ def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
             pol = Policy.lm(module, lm)
         label = name or (parse_variants(cfg.variants)[0][0] if cfg.variants else "policy")
         systems.append(System(label, pol, tok, _generation(cfg), lm, path))
+    systems += load_baselines(cfg, systems[0])
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise ValueError(f"system names collide: {names}")
     return systems, eval_path
+
+
+BASELINES = ("lexicon_swap", "inclusion_statement", "prompted", "best_of_n")
+
+
+def parse_baselines(spec: str) -> list[str]:
+    """"lexicon_swap,best_of_n" -> names, each one of BASELINES, unique."""
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    bad = [n for n in names if n not in BASELINES]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"config.baselines={spec!r}: expected distinct names from {list(BASELINES)}")
+    return names
+
+
+def training_scorer(path: str, fallback):
+    """(scorer, description) of the reward the checkpoint at `path` trained on (a run dir with
+    `reward.scorer` set); else `fallback` (the reported diversity reward)."""
+    if _is_run_dir(path):
+        from fairjax.io.run_dir import load_config
+        from fairjax.rewards.registry import build_reward_scorer
+
+        rc = load_config(path)
+        if rc.algorithm != "bc" and rc.get("reward") is not None and rc.reward.scorer:
+            pool = Path(path) / "data" / "candidates.jsonl"
+            if rc.data.train:
+                pool = Path(rc.data.train).parent / "candidates.jsonl"
+            scorer = build_reward_scorer(rc.reward, str(pool) if pool.is_file() else None,
+                                         strict=False)
+            return scorer, f"the training reward of {path} ({scorer.name})"
+    return fallback, f"the reported reward ({fallback.name}): {path} names no training reward"
+
+
+def load_baselines(cfg: Any, primary: System) -> list[System]:
+    """`config.baselines` as systems (see the module docstring); the scorer-dependent parts of
+    best_of_n are attached by `evaluate` (`attach_scorer`)."""
+    from fairjax import systems as B
+
+    out = []
+    for name in parse_baselines(cfg.get("baselines", "")):
+        if name in ("lexicon_swap", "inclusion_statement"):
+            rw = B.text_baseline(name)
+        elif name == "prompted":
+            from fairjax.generate import GenerationConfig
+            from fairjax.runs import load
+
+            p = cfg.prompted
+            module, params, tok = load(p.model)
+            gen = GenerationConfig(max_new_tokens=max(1, p.max_new_tokens), mode="sample",
+                                   temperature=p.temperature, top_p=p.top_p, top_k=p.top_k)
+            rw = B.PromptedRewriter(module, params, tok, gen, instruction=p.instruction or B.INSTRUCTION,
+                                    batch_size=p.batch_size, seed=cfg.seed)
+        else:
+            rw = _BestOfNPending(cfg.best_of_n, primary)
+        out.append(System(name, primary.policy, primary.tokenizer, primary.generation,
+                          primary.nll_params, primary.source, rewriter=rw))
+    return out
+
+
+@dataclasses.dataclass
+class _BestOfNPending:
+    """best_of_n before the eval scorer exists (`attach_scorer` builds the BestOfN)."""
+
+    cfg: Any
+    primary: System
+
+
+def attach_scorer(cfg: Any, systems: list[System], scorer) -> dict[str, dict]:
+    """Build best_of_n with its reward and faithfulness test; returns {name: settings} for the
+    summary (the baselines' decoding and reward)."""
+    from fairjax import systems as B
+
+    info: dict[str, dict] = {}
+    for s in systems:
+        if isinstance(s.rewriter, _BestOfNPending):
+            b, src = s.rewriter.cfg, s.rewriter.primary
+            policy, tok, gen, source = src.policy, src.tokenizer, src.generation, src.source
+            if b.policy:
+                from fairjax.generate import Policy
+                from fairjax.runs import load
+
+                module, lm, tok = load(b.policy, base=cfg.base or None)
+                policy, source = Policy.lm(module, lm), b.policy
+                gen = dataclasses.replace(gen, adv_weight=0.0)
+            gen = dataclasses.replace(gen, mode="sample", temperature=b.temperature,
+                                      num_generations=1)
+            reward, why = training_scorer(source, scorer)
+            faith = B.Faithfulness(scorer.embedder, b.tau, b.require_header)
+            sampler = B.policy_sampler(policy, tok, gen, cfg.batch_size,
+                                       cfg.max_prompt_tokens or None)
+            s.rewriter = B.BestOfN(sampler, b.n, reward, faith)
+            info[s.name] = {"n": b.n, "policy": source, "reward": why, "tau": b.tau,
+                            "require_header": b.require_header, "embedder": scorer.embedder.id,
+                            "generation": dataclasses.asdict(gen)}
+        elif isinstance(s.rewriter, B.PromptedRewriter):
+            info[s.name] = {"model": cfg.prompted.model, "instruction": s.rewriter.instruction,
+                            "chat_template": bool(s.rewriter.tokenizer.use_chat_template),
+                            "generation": dataclasses.asdict(s.rewriter.generation)}
+        elif s.rewriter is not None:
+            info[s.name] = {"rule": type(s.rewriter.rewriter).__name__}
+    return info
 
 
 def _is_run_dir(path: str) -> bool:
@@ -364,6 +471,13 @@ def evaluate(cfg: Any) -> dict:
     hint = cfg.checkpoint if _is_run_dir(cfg.checkpoint) else None
     scorer = build_scorer(cfg, hint)
     gen_info = _size_generation(cfg, systems, examples)
+    baselines = attach_scorer(cfg, systems, scorer)
+    for s in systems:
+        if hasattr(s.rewriter, "size"):
+            size = (s.rewriter.size([e.response for e in examples]) if cfg.prompted.max_new_tokens <= 0
+                    else {"max_new_tokens": s.rewriter.generation.max_new_tokens,
+                          "max_new_tokens_reason": "config"})
+            baselines[s.name]["generation"] = {**dataclasses.asdict(s.rewriter.generation), **size}
     rng = jax.random.PRNGKey(cfg.seed)
     fluency = load_fluency_model(cfg.fluency_model)
     chunk = cfg.batch_size * max(1, cfg.chunk_batches)
@@ -375,11 +489,15 @@ def evaluate(cfg: Any) -> dict:
         rows = [{"index": start + j, "id": e.id, "prompt": e.prompt,
                  "original": {"text": e.response}} for j, e in enumerate(batch)]
         orig_vecs = scorer.embedder.embed(originals)
+        nll_originals: dict[int, list[float]] = {}
         for s in systems:
             key = jax.random.fold_in(jax.random.fold_in(rng, start), zlib.crc32(s.name.encode()) % (2 ** 31))
-            gens = generate_texts(s.policy, s.tokenizer, prompts, s.generation, rng=key,
-                                  batch_size=cfg.batch_size,
-                                  max_prompt_tokens=cfg.max_prompt_tokens or None)
+            if s.rewriter is not None:
+                gens = s.rewriter.rewrite_rows(originals, prompts, [e.metadata for e in batch], key)
+            else:
+                gens = generate_texts(s.policy, s.tokenizer, prompts, s.generation, rng=key,
+                                      batch_size=cfg.batch_size,
+                                      max_prompt_tokens=cfg.max_prompt_tokens or None)
             texts = [g["text"] for g in gens]
             kept = preservation.preservation_rows(originals, texts, orig_vecs,
                                                   scorer.embedder.embed(texts),
@@ -389,15 +507,20 @@ def evaluate(cfg: Any) -> dict:
             max_len = s.policy.model.config.max_positions
             nll = response_nll(s.policy.model, s.nll_params, s.tokenizer, prompts, texts, max_len,
                                cfg.batch_size)
-            nll_o = response_nll(s.policy.model, s.nll_params, s.tokenizer, prompts, originals,
-                                 max_len, cfg.batch_size)
+            if id(s.nll_params) not in nll_originals:
+                nll_originals[id(s.nll_params)] = response_nll(
+                    s.policy.model, s.nll_params, s.tokenizer, prompts, originals, max_len,
+                    cfg.batch_size)
+            nll_o = nll_originals[id(s.nll_params)]
             for j, (row, g, sc, a, b) in enumerate(zip(rows, gens, score_texts(texts, scorer), nll,
                                                         nll_o)):
+                std = ("finished", "log_prob", "kl", "adv_sum", "num_new_tokens")
+                extra = {k: v for k, v in g.items()  # best_of_n: faithful, n_faithful, ...
+                         if k not in std + ("text", "prompt", "tokens", "prompt_truncated")}
                 row[s.name] = {"text": g["text"], **sc, "nll": a, "nll_original": b,
-                               **{k: g[k] for k in ("finished", "log_prob", "kl", "adv_sum",
-                                                    "num_new_tokens")},
+                               **{k: g[k] for k in std},
                                **{k: float(v[j]) for k, v in kept.items()},
-                               "prompt_truncated": bool(cut[j])}
+                               "prompt_truncated": bool(g.get("prompt_truncated", cut[j])), **extra}
             if fluency is not None:
                 for row, v in zip(rows, fluency(prompts, texts)):
                     row[s.name]["fl_nll"] = v
@@ -418,14 +541,18 @@ def evaluate(cfg: Any) -> dict:
                 "embedder": scorer.embedder.id,
                 "settings": {k: cfg.scorer[k] for k in ("k", "select_k", "distance",
                                                          "gender_target", "region_target")}}
-    trained = {s.name: trained_reward_of(s.source, s.generation.adv_weight) for s in systems}
+    trained = {s.name: ({"scorer": "baseline", "note": f"{s.name}: not trained"} if s.rewriter
+                        is not None else trained_reward_of(s.source, s.generation.adv_weight))
+               for s in systems}
     meta = {"checkpoint": cfg.checkpoint, "extra_checkpoints": cfg.extra_checkpoints,
             "eval_data": eval_path, "n_prompts": len(rows), "systems": names,
             "trained_reward": trained_reward_of(cfg.checkpoint), "trained_reward_by_system": trained,
             "reported_reward": reported,
             "scorer": {"pool": scorer.pool.describe(), "embedder": scorer.embedder.id},
             "generation": {s.name: {**dataclasses.asdict(s.generation), **gen_info[s.name]}
-                           for s in systems}}
+                           for s in systems if s.rewriter is None},
+            "baselines": {s.name: baselines.get(s.name, {}) for s in systems
+                          if s.rewriter is not None}}
     numbers = summarize_systems(by_system, "original", n_boot=cfg.n_boot, seed=cfg.seed)
     summary = headline(numbers, meta)
     extras = corpus_tables(by_system, scorer, n_boot=cfg.n_boot, seed=cfg.seed)

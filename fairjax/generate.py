@@ -438,7 +438,8 @@ def left_pad(rows: Sequence[np.ndarray], width: int, pad_id: int) -> tuple[np.nd
 def generate_texts(policy: Policy, tokenizer, prompts: Sequence[str], cfg: GenerationConfig, *,
                    rng: jax.Array, batch_size: int = 16, max_prompt_tokens: Optional[int] = None,
                    buckets: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
-                   mesh: Optional[Mesh] = None) -> list[dict]:
+                   mesh: Optional[Mesh] = None, prompt_ids: Optional[Sequence[Sequence[int]]] = None,
+                   stop_id: Optional[int] = None) -> list[dict]:
     """Rewrite every prompt once, in input order.
 
     Each prompt is laid out as `<s>{prompt}</s>` (`data.layout.prompt_tokens`, trimmed from the
@@ -447,6 +448,8 @@ def generate_texts(policy: Policy, tokenizer, prompts: Sequence[str], cfg: Gener
     {"prompt", "text", "tokens", "finished", "log_prob", "kl", "adv_sum", "num_new_tokens"}.
     A row ends at `</a>`, at `cfg.stop_ids` or at the tokenizer's `end_of_turn_id`; "text" drops
     the stop token.
+    `prompt_ids` (one id list per prompt, e.g. a chat template's) replaces that layout (each is
+    trimmed from the left to fit); `stop_id` replaces `</a>` as the token that ends a rewrite.
     """
     from fairjax.data.layout import bucket_for, prompt_tokens
 
@@ -458,7 +461,13 @@ def generate_texts(policy: Policy, tokenizer, prompts: Sequence[str], cfg: Gener
     if limit < 2:
         raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
                           f"{policy.model.config.max_positions} positions")
-    ids = [prompt_tokens(tokenizer, p, max_len=limit) for p in prompts]
+    if prompt_ids is None:
+        ids = [prompt_tokens(tokenizer, p, max_len=limit) for p in prompts]
+    else:
+        if len(prompt_ids) != len(prompts):
+            raise ValueError(f"{len(prompt_ids)} prompt_ids for {len(prompts)} prompts")
+        ids = [np.asarray(list(x)[-limit:], np.int32) for x in prompt_ids]
+    stop = tokenizer.eoa_id if stop_id is None else int(stop_id)
     results: list[Optional[dict]] = [None] * len(prompts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
     keys = jax.random.split(rng, max(1, math.ceil(len(ids) / batch_size)))
@@ -468,7 +477,7 @@ def generate_texts(policy: Policy, tokenizer, prompts: Sequence[str], cfg: Gener
         rows = [ids[i] for i in idx] + [ids[idx[-1]]] * (batch_size - len(idx))  # fixed shape
         p_ids, p_mask = left_pad(rows, width, tokenizer.pad_id)
         out = jax.device_get(generate(policy, p_ids, p_mask, keys[n_batch], cfg,
-                                      eoa_id=tokenizer.eoa_id, pad_id=tokenizer.pad_id, mesh=mesh))
+                                      eoa_id=stop, pad_id=tokenizer.pad_id, mesh=mesh))
         for j, i in enumerate(idx):
             n = int(out.lengths[j])
             toks = [int(t) for t in out.tokens[j, :n]]

@@ -19,6 +19,13 @@ Re(Re(X, 1 - W), W); see `fairjax/eval/rate.py`). Attribute classifiers are plai
 * `ModelRewriter`: wraps any `generate(prompts: list[str]) -> list[str]` (a fairjax policy, an
   API client) with a RATE-style rewrite prompt.
 
+Baselines for job postings (`TextRewriter`: `name` + `rewrite(texts) -> texts`, no target; the
+systems of `fairjax.evaluate` and `fairjax.rewrite`):
+
+* `LexiconSwap` ("lexicon_swap"): the swap table towards neutral wording, no appended sentences;
+* `InclusionStatement` ("inclusion_statement"): the lexicon swap plus `INCLUSION_STATEMENT`
+  appended once (what many hiring teams do first).
+
 This module imports numpy and `fairjax.rewards` / `fairjax.eval` only; never jax at import time.
 """
 from __future__ import annotations
@@ -180,6 +187,63 @@ class LexiconRewriter:
                     new = new.rstrip() + ("\n\n" if "\n" in new else " ") + sentence
             out.append(new)
         return out
+
+
+# ----------------------------------------------------------------------------- baselines
+@runtime_checkable
+class TextRewriter(Protocol):
+    """Rewrites postings [N] -> N postings (no target attribute): a baseline or a policy."""
+
+    name: str
+
+    def rewrite(self, texts: Sequence[str]) -> list[str]:
+        ...
+
+
+# The fixed statement of the `inclusion_statement` baseline (issue 23: measured elsewhere at
+# +0.030 female share of matched candidates at encoder similarity 0.985).
+INCLUSION_STATEMENT = ("We welcome applicants of every gender and background. We offer flexible "
+                       "hours, parental leave and mentorship, and we value collaboration and "
+                       "supportive teamwork.")
+
+
+class LexiconSwap:
+    """Masculine-coded terms swapped for their `GENDER_SWAPS` alternatives; nothing appended, no
+    other character changed."""
+
+    name = "lexicon_swap"
+
+    def __init__(self, swaps: Mapping[str, str] = GENDER_SWAPS):
+        self._lex = LexiconRewriter(swaps, balance=False)
+
+    def rewrite(self, texts: Sequence[str]) -> list[str]:
+        return [self._lex.swap(t, False) for t in texts]
+
+
+def append_sentence(text: str, sentence: str) -> str:
+    """`text` + `sentence` (a blank line before it when the text has lines, else a space); a text
+    that already ends with it is returned unchanged."""
+    body = text.rstrip()
+    if body.endswith(sentence):
+        return text
+    return body + ("\n\n" if "\n" in body else " ") + sentence if body else sentence
+
+
+class InclusionStatement:
+    """`LexiconSwap` then `statement` (default `INCLUSION_STATEMENT`) appended once."""
+
+    name = "inclusion_statement"
+
+    def __init__(self, statement: str = INCLUSION_STATEMENT, swaps: Mapping[str, str] = GENDER_SWAPS):
+        self.statement = statement
+        self._swap = LexiconSwap(swaps)
+
+    def rewrite(self, texts: Sequence[str]) -> list[str]:
+        return [append_sentence(t, self.statement) for t in self._swap.rewrite(texts)]
+
+
+TEXT_BASELINES: dict[str, Callable[[], TextRewriter]] = {
+    "lexicon_swap": LexiconSwap, "inclusion_statement": InclusionStatement}
 
 
 # ----------------------------------------------------------------------------- model rewriter

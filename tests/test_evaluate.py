@@ -2,6 +2,7 @@
 finished rows byte-identical, non-run-dir checkpoints (HF dir), config errors."""
 import json
 
+import numpy as np
 import pytest
 
 from fairjax import evaluate as E
@@ -47,7 +48,7 @@ def test_rows_in_order_with_all_fields_and_resume(ilql_run, tmp_path):
                     "num_new_tokens"} <= set(r[name])
             assert 1 <= r[name]["num_new_tokens"] <= 8
         assert r["bc"]["adv_sum"] == 0.0 and r["ilql"]["adv_sum"] != 0.0
-    assert set(summary["systems"]) == {"original", "bc", "ilql"}
+    assert set(summary["systems"]) == {"original", "bc", "ilql", "lexicon_swap", "inclusion_statement"}
     assert "vs_original" in summary["systems"]["ilql"]
     # the ILQL run trains on the (standardised) diversity reward it reports; β = 0 is its BC policy
     assert summary["trained_reward"]["scorer"] == "diversity"
@@ -109,7 +110,7 @@ def test_rows_in_order_with_all_fields_and_resume(ilql_run, tmp_path):
 def test_hf_dir_checkpoint_and_errors(fixtures_dir, ilql_run, tmp_path):
     cfg = eval_config(fixtures_dir / "gpt2_tiny" / "hf", tmp_path / "hf", limit=2,
                       **{"data.eval": str(ilql_run / "data" / "jobs_eval.jsonl"),
-                         "variants": "gpt2",
+                         "variants": "gpt2", "baselines": "",
                          "fluency_model": str(fixtures_dir / "gpt2_tiny" / "hf")})
     s = E.evaluate(cfg)
     assert set(s["systems"]) == {"original", "gpt2"}
@@ -146,3 +147,36 @@ def test_default_generation_fits_the_demo_context(ilql_run, tmp_path):
                                **{"generation.max_new_tokens": 0}))
     g = s["generation"]["bc"]
     assert 1 <= g["max_new_tokens"] <= 64 and g["prompt_limit"] >= 64
+
+
+def test_baselines_are_systems_with_the_same_metrics(fixtures_dir, ilql_run, tmp_path):
+    from fairjax.rewriters import InclusionStatement, LexiconSwap
+
+    out = tmp_path / "base"
+    cfg = eval_config(ilql_run, out, limit=4, variants="bc:0",
+                      baselines="lexicon_swap,inclusion_statement,prompted,best_of_n",
+                      **{"prompted.model": str(fixtures_dir / "gpt2_tiny" / "hf"),
+                         "prompted.max_new_tokens": 6, "best_of_n.n": 2, "best_of_n.tau": 0.0,
+                         "best_of_n.require_header": False})
+    summary = E.evaluate(cfg)
+    names = ("lexicon_swap", "inclusion_statement", "prompted", "best_of_n")
+    assert set(summary["systems"]) == {"original", "bc", *names}
+    keys = set(summary["systems"]["bc"])
+    for n in names:  # scored the same way as the trained policy
+        assert set(summary["systems"][n]) == keys, n
+        assert summary["trained_reward_by_system"][n]["scorer"] == "baseline"
+    rows = [json.loads(l) for l in (out / E.LOG_FILE).read_text().splitlines()]
+    for r in rows:
+        o = r["original"]["text"]
+        assert r["lexicon_swap"]["text"] == LexiconSwap().rewrite([o])[0]
+        assert r["inclusion_statement"]["text"] == InclusionStatement().rewrite([o])[0]
+        bon = r["best_of_n"]
+        assert bon["faithful"] == (bon["n_faithful"] > 0) and bon["n_faithful"] <= 2
+        assert np.isfinite(bon["candidate_reward"])
+        assert 1 <= r["prompted"]["num_new_tokens"] <= 6
+    b = summary["baselines"]
+    assert b["best_of_n"]["n"] == 2 and "training reward" in b["best_of_n"]["reward"]
+    assert b["prompted"]["instruction"].startswith("Rewrite the job posting")
+    assert b["prompted"]["generation"]["temperature"] == 0.7
+    with pytest.raises(ValueError, match="baselines"):
+        E.parse_baselines("lexicon_swap,nope")

@@ -25,8 +25,8 @@ LAYERS: list[tuple[str, ...]] = [
      "fairjax.agents.online", "fairjax.agents.online_objectives"),     # online RL samples: uses generate
     ("fairjax.runs",),                                                  # restore run dirs
     ("fairjax.train", "fairjax.train.build"),                           # config -> objects
-    ("fairjax.pipeline", "fairjax.evaluate", "fairjax.score"),
-    ("fairjax.train.__main__", "fairjax.convert", "fairjax.rate", "fairjax.bench",
+    ("fairjax.pipeline", "fairjax.evaluate", "fairjax.score", "fairjax.systems", "fairjax.rest"),
+    ("fairjax.train.__main__", "fairjax.convert", "fairjax.rate", "fairjax.bench", "fairjax.rewrite",
      "fairjax.benchmarks", "fairjax.trainer"),                          # CLIs, benchmarks, alias
 ]
 

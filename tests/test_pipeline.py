@@ -17,7 +17,8 @@ def test_bc_then_ilql_then_evaluation(tmp_path):
     assert out["bc"].step == 4 and out["train"].step == 4
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["init"]["policy"] == str(tmp_path / "bc")  # ILQL started from the BC policy
-    assert set(out["eval"]["systems"]) == {"original", "bc", "ilql_b8"}
+    assert set(out["eval"]["systems"]) == {"original", "bc", "ilql_b8", "lexicon_swap",
+                                          "inclusion_statement"}  # + the default baselines
     assert (tmp_path / "eval" / "report" / "report.md").is_file()
     rows = (tmp_path / "eval" / "eval_logs.jsonl").read_text().splitlines()
     assert len(rows) == 4

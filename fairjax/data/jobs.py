@@ -446,12 +446,17 @@ class JobExample:
 
 
 def make_example(rec: Mapping[str, Any], extract: bool = True) -> JobExample:
-    """Canonical record -> JobExample, filling missing fields with `extract_fields` heuristics."""
+    """Canonical record -> JobExample, filling missing fields with `extract_fields` heuristics.
+
+    A record with a string `original` field (a rewrite row of `fairjax.data.augment`) is a
+    response to the prompt of that original posting: the prompt and its fields come from it."""
     text = rec["text"]
-    guess = extract_fields(text) if extract else {}
+    original = rec.get("extra", {}).get("original")
+    basis = original if isinstance(original, str) and original.strip() else text
+    guess = extract_fields(basis) if extract else {}
     fields = {k: rec.get(k) or guess.get(k) for k in ("location", "company", "title", "technologies")}
     remote = guess.get("remote")
-    prompt = build_prompt(text, remote=remote, **fields)
+    prompt = build_prompt(basis, remote=remote, **fields)
     meta = {**fields, "remote": remote, "source": rec.get("source"),
             "extracted": sorted(k for k in fields if not rec.get(k) and guess.get(k)),
             **rec.get("extra", {})}

@@ -13,12 +13,17 @@ Per rewrite vs its original (one pair per prompt):
                  appears; NaN when no field was found in the original;
 * `length_ratio` characters of the rewrite / characters of the original.
 
+`faithful_mask` is the faithfulness test of a rewrite (cosine ≥ τ and every header field kept);
+`best_faithful` / `worst_faithful` pick, per prompt, the highest / lowest reward among its faithful
+candidates (best-of-n decoding, DPO pairs from rewrite-augmented data).
+
 `length_controlled_difference` compares two systems on the same prompts with length as a covariate
 (OLS y = a + δ·[system b] + β·log(1 + chars)) and within length bins, both with paired bootstrap CIs
 (prompts resampled, `stats.resample_indices`).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping, Optional, Sequence
 
@@ -102,6 +107,63 @@ def preservation_rows(originals: Sequence[str], rewrites: Sequence[str],
     out["header_kept"] = np.array([header_kept(o, r, f) for o, r, f in zip(originals, rewrites, fields)])
     out["length_ratio"] = np.array([len(r) / max(len(o), 1) for o, r in zip(originals, rewrites)])
     return out
+
+
+# ----------------------------------------------------------------------------- faithfulness
+def faithful_mask(cosine: Any, header: Any, tau: float, require_header: bool = True) -> np.ndarray:
+    """Faithful rewrites, bool of cosine's shape: cosine to the original ≥ `tau` (NaN, e.g. an
+    empty text, is not faithful) and, with `require_header`, `header_kept` = 1 (NaN: the original
+    has no header field to keep, which passes)."""
+    cos = np.asarray(cosine, np.float64)
+    hk = np.asarray(header, np.float64)
+    if cos.shape != hk.shape:
+        raise ValueError(f"faithful_mask: cosine {cos.shape} and header {hk.shape} differ in shape")
+    ok = np.nan_to_num(cos, nan=-np.inf) >= tau
+    if require_header:
+        ok &= np.isnan(hk) | (hk >= 1.0 - 1e-9)
+    return ok
+
+
+@dataclasses.dataclass
+class Faithfulness:
+    """The faithfulness test of a rewrite: cosine under `embedder` ≥ `tau` and (with
+    `require_header`) every header field of the original kept (`eval.preservation`)."""
+
+    embedder: Any
+    tau: float = 0.8
+    require_header: bool = True
+
+    def cosine(self, originals: Sequence[str], rewrites: Sequence[str]) -> np.ndarray:
+        return cosine_rows(self.embedder.embed(list(rewrites)), self.embedder.embed(list(originals)))
+
+    def __call__(self, originals: Sequence[str], rewrites: Sequence[str],
+                 fields: Optional[Sequence[Optional[dict]]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(faithful [N] bool, cosine [N]) of each rewrite against its original."""
+        fields = fields if fields is not None else [None] * len(originals)
+        cos = self.cosine(originals, rewrites)
+        head = np.array([header_kept(o, r, f) for o, r, f in zip(originals, rewrites, fields)])
+        return faithful_mask(cos, head, self.tau, self.require_header), cos
+
+
+def _pick(rewards: Any, faithful: Any, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(rewards, np.float64)
+    f = np.asarray(faithful, bool)
+    if r.shape != f.shape or r.ndim != 2:
+        raise ValueError(f"rewards {r.shape} and faithful {f.shape} must be one [N, n] shape")
+    ok = f & np.isfinite(r)
+    masked = np.where(ok, sign * r, -np.inf)
+    return np.argmax(masked, axis=1), ok.any(axis=1)
+
+
+def best_faithful(rewards: Any, faithful: Any) -> tuple[np.ndarray, np.ndarray]:
+    """rewards [N, n], faithful [N, n] bool -> (index [N] of the highest reward among the faithful
+    candidates of each row (first on ties), has_faithful [N]); a row with none gets index 0."""
+    return _pick(rewards, faithful, 1.0)
+
+
+def worst_faithful(rewards: Any, faithful: Any) -> tuple[np.ndarray, np.ndarray]:
+    """As `best_faithful`, the lowest reward among the faithful candidates."""
+    return _pick(rewards, faithful, -1.0)
 
 
 # ----------------------------------------------------------------------------- length control

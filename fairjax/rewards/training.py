@@ -88,6 +88,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def reward_cache_dir(reward_cfg: Any) -> str:
+    """Where the reward build caches its rewards: `reward.cache_dir` or ~/.cache/fairjax/rewards."""
+    return (reward_cfg.get("cache_dir", "") or
+            os.path.join(os.path.expanduser("~"), ".cache", "fairjax", "rewards"))
+
+
 def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_path: Optional[str],
                     progress: bool = True, trains_on_reward: bool = True
                     ) -> tuple[str, Optional[str]]:
@@ -117,8 +123,7 @@ def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_
         default_pool = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
         default_pool = default_pool if os.path.isfile(default_pool) else None
         spec = reward_spec(r, default_pool)
-        cache_dir = r.get("cache_dir", "") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                           "fairjax", "rewards")
+        cache_dir = reward_cache_dir(r)
         scorer = build_reward_scorer(r, default_pool, cache_dir=os.path.join(cache_dir, "pools"))
         raw, caches = {}, {}
         for s, p in splits.items():
