@@ -37,9 +37,15 @@ class _TooLarge(Exception):
     pass
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes is answered 413 (by Content-Length at once,
-    otherwise as soon as the streamed body passes the limit), before the app buffers it."""
+SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer")]
+
+
+class Guard:
+    """ASGI middleware: the security headers on every response, and a request body over `limit`
+    bytes answered 413 (by Content-Length at once, otherwise as soon as the streamed body passes
+    the limit), before the app buffers it. Pure ASGI (no BaseHTTPMiddleware, which would wrap the
+    limit's exception in a task group)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -48,9 +54,6 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         too_big = _error(413, f"request body over {self.limit} bytes")
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await too_big(scope, receive, send)
         seen = 0
         started = False
 
@@ -59,7 +62,7 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
+                if self.limit and seen > self.limit:
                     raise _TooLarge()
             return msg
 
@@ -67,13 +70,17 @@ class BodyLimit:
             nonlocal started
             if msg["type"] == "http.response.start":
                 started = True
+                msg = {**msg, "headers": list(msg.get("headers") or []) + SECURITY_HEADERS}
             await send(msg)
 
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if self.limit and length is not None and length.isdigit() and int(length) > self.limit:
+            return await too_big(scope, receive, tracking_send)
         try:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await too_big(scope, receive, send)
+                await too_big(scope, receive, tracking_send)
 
 
 def create_app(services: Services, *, queue_size: int = 32, batch_size: int = 8,
@@ -91,14 +98,6 @@ def create_app(services: Services, *, queue_size: int = 32, batch_size: int = 8,
     app.state.services, app.state.rewrite_queue = services, rq
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
     page = env.get_template("index.html")
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        resp = await call_next(request)
-        resp.headers["Content-Security-Policy"] = CSP
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["Referrer-Policy"] = "no-referrer"
-        return resp
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -164,6 +163,5 @@ def create_app(services: Services, *, queue_size: int = 32, batch_size: int = 8,
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    if max_body:
-        app.add_middleware(BodyLimit, limit=max_body)  # outermost: before anything reads the body
+    app.add_middleware(Guard, limit=max_body)  # outermost: before anything reads the body
     return app

@@ -289,7 +289,7 @@ def parse_upload(name: str, data: bytes) -> list[dict[str, Any]]:
             try:
                 t = check_text(obj)
             except InputError as e:
-                raise InputError(f"{base}:{n}: {e}") from None
+                raise InputError(f"{base}:{n}: {e}", e.status) from None
             out.append({"line": n, "id": str(obj.get("id", f"{base}:{n}")), "text": t})
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
