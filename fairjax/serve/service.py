@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
-import difflib
 import importlib.util
 import io
 import json
 import math
 import os
 import queue
-import re
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from fairjax.eval.diff import word_diff
 from fairjax.rewards import lexicon, pii
 from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
 from fairjax.rewards.pool import CandidatePool, load_pool
@@ -189,33 +188,6 @@ def make_embedder(name: Optional[str]):
     if os.path.isdir(name):
         return embedders.BertClsEmbedder(name)
     raise ValueError(f"--embedder={name!r}: expected 'tfidf' or a BERT model directory")
-
-
-# ----------------------------------------------------------------------------- diff
-_DIFF_TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
-
-
-def word_diff(before: str, after: str) -> list[dict[str, str]]:
-    """Word-level diff [{"op": "equal"|"delete"|"insert", "text"}]: the equal+delete parts joined
-    give `before`, the equal+insert parts give `after` (whitespace and punctuation are tokens)."""
-    a, b = _DIFF_TOKEN.findall(before), _DIFF_TOKEN.findall(after)
-    out: list[dict[str, str]] = []
-
-    def add(op: str, toks: Sequence[str]) -> None:
-        if not toks:
-            return
-        if out and out[-1]["op"] == op:
-            out[-1]["text"] += "".join(toks)
-        else:
-            out.append({"op": op, "text": "".join(toks)})
-
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if tag == "equal":
-            add("equal", a[i1:i2])
-        else:
-            add("delete", a[i1:i2])
-            add("insert", b[j1:j2])
-    return out
 
 
 # ----------------------------------------------------------------------------- input checks
