@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from fairjax.eval import report as RP
-from fairjax.eval.report_html import diff_html, highlight, render_html, write_report_html
+from fairjax.eval.report_html import (
+    diff_html,
+    highlight,
+    render_html,
+    write_report_html,
+)
 
 ROWS = [
     {"index": 0, "id": "job-0", "prompt": "p0",

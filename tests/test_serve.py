@@ -12,13 +12,21 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from serve_helpers import REPO, cli_server, thread_server
 
 from fairjax.rewards import lexicon
 from fairjax.rewriters import LexiconRewriter
 from fairjax.serve.app import create_app
-from fairjax.serve.service import (RewriteQueue, QueueFull, RewriterAdapter, Services, demo_pool,
-                                   parse_upload, word_diff, InputError)
-from serve_helpers import REPO, cli_server, thread_server
+from fairjax.serve.service import (
+    InputError,
+    QueueFull,
+    RewriteQueue,
+    RewriterAdapter,
+    Services,
+    demo_pool,
+    parse_upload,
+    word_diff,
+)
 
 POSTING = ("Acme | Berlin | Senior Backend Engineer | ONSITE | Full-time\n"
            "We want a competitive, ambitious leader who thrives on challenges and decides fast. "
@@ -236,7 +244,7 @@ def test_full_rewrite_queue_answers_503_with_retry_after_never_hangs():
     svc = Services(pool=demo_pool(40), rewriter=rw)
     with thread_server(create_app(svc, queue_size=2, batch_size=1)) as url:
         pool = concurrent.futures.ThreadPoolExecutor(4)
-        post = lambda: httpx.post(url + "/api/rewrite", json={"text": "lead"}, timeout=30)  # noqa: E731
+        post = lambda: httpx.post(url + "/api/rewrite", json={"text": "lead"}, timeout=30)
         first = pool.submit(post)
         t0 = time.monotonic()
         while not rw.calls and time.monotonic() - t0 < 10:  # the worker holds request 1

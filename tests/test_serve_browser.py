@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from serve_helpers import cli_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -112,7 +111,7 @@ def test_script_posting_renders_as_text_without_alert(driver, server):
 
     _submit(driver, server, SCRIPT_POSTING)
     with pytest.raises(NoAlertPresentException):
-        driver.switch_to.alert.text  # noqa: B018
+        driver.switch_to.alert.text
     shown = driver.find_element(By.ID, "highlighted")
     assert shown.text == SCRIPT_POSTING
     assert driver.find_elements(By.CSS_SELECTOR, "#highlighted script, #highlighted img, "
@@ -150,7 +149,6 @@ def test_file_upload_fills_the_table_with_progress(driver, server, tmp_path):
 def test_report_html_opens_without_console_errors(driver, tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
-
     from test_report_html import make_eval_dir
 
     from fairjax.eval.report_html import write_report_html
@@ -167,7 +165,7 @@ def test_report_html_opens_without_console_errors(driver, tmp_path):
     imgs = driver.find_elements(By.CSS_SELECTOR, "img.figure")
     assert imgs and all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in imgs)
     with pytest.raises(NoAlertPresentException):
-        driver.switch_to.alert.text  # noqa: B018  (the <script> example must not run)
+        driver.switch_to.alert.text
     if os.environ.get("FAIRJAX_SCREENSHOT_DIR"):
         driver.save_screenshot(str(Path(os.environ["FAIRJAX_SCREENSHOT_DIR"]) / "report_html.png"))
     assert _severe(driver) == []

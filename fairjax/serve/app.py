@@ -19,8 +19,15 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fairjax.serve.service import (MAX_BODY_BYTES, InputError, QueueFull, RewriteQueue, Services,
-                                   parse_json_body, parse_upload)
+from fairjax.serve.service import (
+    MAX_BODY_BYTES,
+    InputError,
+    QueueFull,
+    RewriteQueue,
+    Services,
+    parse_json_body,
+    parse_upload,
+)
 
 HERE = Path(__file__).resolve().parent
 # Only same-origin resources: no CDN, font or script from the network, and no inline script.

@@ -146,7 +146,7 @@ class RewriteQueue:
                 outs = self.rewrite_fn([t for t, _ in batch])
                 if len(outs) != len(batch):
                     raise RuntimeError(f"rewriter returned {len(outs)} texts for {len(batch)}")
-            except BaseException as e:  # noqa: BLE001  (delivered to every waiting request)
+            except BaseException as e:
                 for _, f in batch:
                     f.set_exception(e)
             else:
