@@ -114,17 +114,18 @@ def _figures(report_dir: Path) -> list[tuple[str, str]]:
 
 
 def read_rows(path: Path, limit: Optional[int] = None) -> list[dict]:
-    rows = []
+    """The first `limit` rows of an eval_logs.jsonl; ValueError names file:line of a bad one."""
+    rows: list[dict] = []
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+        numbered = ((n, ln) for n, ln in enumerate(f, 1) if ln.strip())
+        while limit is None or len(rows) < limit:
+            n, line = next(numbered, (0, None))
+            if line is None:
+                break
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if limit is not None and len(rows) >= limit:
-                break
     return rows
 
 

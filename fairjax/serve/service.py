@@ -223,6 +223,13 @@ def parse_json_body(data: bytes) -> str:
     return check_text(obj)
 
 
+def _json_line(line: str, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
 def parse_upload(name: str, data: bytes) -> list[dict[str, Any]]:
     """Postings of an uploaded file -> [{"line", "id", "text"}]; InputError names file:line.
 
@@ -251,13 +258,8 @@ def parse_upload(name: str, data: bytes) -> list[dict[str, Any]]:
             else:
                 block.append(line)
     elif suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{base}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        for n, line in [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]:
+            obj = _json_line(line, f"{base}:{n}")
             try:
                 t = check_text(obj)
             except InputError as e:
