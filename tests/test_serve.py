@@ -36,7 +36,7 @@ POSTING = ("Acme | Berlin | Senior Backend Engineer | ONSITE | Full-time\n"
 
 @pytest.fixture(scope="module")
 def services():
-    return Services()
+    return Services(rewriter=RewriterAdapter.lexicon())
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_healthz_and_page(client, services):
 def test_page_escapes_pool_names():
     pool = demo_pool(40)
     pool.sources = ("<script>alert(1)</script>",)
-    svc = Services(pool=pool)
+    svc = Services(pool=pool, rewriter=RewriterAdapter.lexicon())
     with TestClient(create_app(svc)) as c:
         text = c.get("/").text
     assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -324,19 +324,22 @@ def test_twenty_concurrent_score_requests_all_succeed(services):
 def test_adapter_falls_back_to_the_lexicon_rewriter_or_loads_fairjax_rewrite():
     import importlib.util
 
-    a = RewriterAdapter()
+    lex = RewriterAdapter.lexicon()
+    assert lex.name.startswith("lexicon swap")
+    assert lex.rewrite(["a competitive leader", "an aggressive plan"]) == [
+        "a collaborative mentor", "a proactive plan"]
     if importlib.util.find_spec("fairjax.rewrite") is None:
-        assert a.name.startswith("lexicon swap")
-        assert a.rewrite(["a competitive leader"]) == ["a collaborative mentor"]
+        assert RewriterAdapter("lexicon_swap").name == lex.name
         with pytest.raises(ValueError, match="--model"):
             RewriterAdapter("some/model")
     else:
-        assert isinstance(a.rewrite(["a competitive leader"])[0], str)
+        out = RewriterAdapter("lexicon_swap").rewrite(["a competitive leader"])
+        assert len(out) == 1 and isinstance(out[0], str)
 
 
 # ----------------------------------------------------------------------------- CLI
 def test_cli_serves_on_localhost_and_prints_the_url():
-    with cli_server() as (url, proc):
+    with cli_server("--model=lexicon_swap") as (url, proc):
         assert httpx.get(url + "/healthz").json()["status"] == "ok"
         assert httpx.post(url + "/api/score", json={"text": "kind"}).json()["verdict"] == \
             "slightly feminine-coded"
@@ -347,7 +350,7 @@ def test_cli_serves_on_localhost_and_prints_the_url():
 
 
 def test_cli_warns_when_bound_beyond_localhost():
-    with cli_server("--host=0.0.0.0") as (url, proc):
+    with cli_server("--host=0.0.0.0", "--model=lexicon_swap") as (_url, proc):
         proc.terminate()
         out, err = proc.communicate(timeout=10)
     assert "--host=0.0.0.0" in err and "reachable from other machines" in err

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from serve_helpers import cli_server
+from serve_helpers import thread_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = pytest.mark.slow
@@ -57,7 +57,11 @@ def driver():
 
 @pytest.fixture(scope="module")
 def server():
-    with cli_server() as (url, _proc):
+    """uvicorn in a thread (the CLI itself is tested in test_serve.py), the swap-table rewriter."""
+    from fairjax.serve.app import create_app
+    from fairjax.serve.service import RewriterAdapter, Services
+
+    with thread_server(create_app(Services(rewriter=RewriterAdapter.lexicon()))) as url:
         yield url
 
 

@@ -65,22 +65,30 @@ class RewriterAdapter:
     otherwise the deterministic swap-table rewriter `fairjax.rewriters.LexiconRewriter` towards
     gender-neutral wording (accepts no `--model` other than "lexicon")."""
 
-    def __init__(self, model: Optional[str] = None):
-        if importlib.util.find_spec("fairjax.rewrite") is not None:
+    LEXICON_NAMES = ("lexicon", "lexicon_swap")
+
+    def __init__(self, model: Optional[str] = None, *, force_lexicon: bool = False):
+        self._fn: Callable[[list[str]], list[str]]
+        if not force_lexicon and importlib.util.find_spec("fairjax.rewrite") is not None:
             from fairjax.rewrite import load_rewriter
 
-            self._impl = load_rewriter(model=model) if model else load_rewriter()
-            self.name = str(getattr(self._impl, "name", type(self._impl).__name__))
-            self._fn: Callable[[list[str]], list[str]] = lambda texts: list(self._impl.rewrite(texts))
+            impl = load_rewriter(model=model) if model else load_rewriter()
+            self.name = str(getattr(impl, "name", type(impl).__name__))
+            self._fn = lambda texts: list(impl.rewrite(texts))
             return
-        if model not in (None, "", "lexicon"):
+        if model not in (None, "", *self.LEXICON_NAMES):
             raise ValueError(f"--model={model!r}: this install has no model rewriter "
-                             "(fairjax.rewrite); only --model=lexicon is available")
+                             "(fairjax.rewrite); only --model=lexicon_swap is available")
         from fairjax.rewriters import LexiconRewriter
 
-        impl = LexiconRewriter()
-        self.name = f"lexicon swap ({impl.name})"
-        self._fn = lambda texts: impl.rewrite(texts, np.zeros(len(texts), bool))
+        swap = LexiconRewriter()
+        self.name = f"lexicon swap ({swap.name})"
+        self._fn = lambda texts: swap.rewrite(texts, np.zeros(len(texts), bool))
+
+    @classmethod
+    def lexicon(cls) -> "RewriterAdapter":
+        """The swap-table rewriter, whatever else is installed (deterministic; tests)."""
+        return cls(force_lexicon=True)
 
     def rewrite(self, texts: list[str]) -> list[str]:
         out = list(self._fn(list(texts)))
