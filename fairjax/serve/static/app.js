@@ -124,14 +124,19 @@ async function checkOne() {
   $("check").disabled = true;
   $("status").textContent = "checking…";
   try {
-    const r = await postJSON("/api/rewrite", {text: text});
-    const s = r.before;
+    // scores first (fast), then the rewrite (a model may take a while)
+    const s = await postJSON("/api/score", {text: text});
+    $("diff").replaceChildren();
+    $("before-after").replaceChildren();
     $("verdict").textContent = s.verdict;
     $("counts").textContent = s.masculine + " masculine-coded, " + s.feminine + " feminine-coded words";
     $("highlighted").replaceChildren(highlighted(text, s.coded_words));
     renderDiversity($("diversity"), s);
     const pc = Object.entries(s.pii.counts).filter(([, n]) => n > 0);
     $("pii").textContent = pc.length ? pc.map(([k, n]) => n + " " + k).join(", ") : "none found";
+    $("result").hidden = false;
+    $("status").textContent = "rewriting…";
+    const r = await postJSON("/api/rewrite", {text: text});
     $("diff").replaceChildren(diffNodes(r.diff));
     renderBeforeAfter($("before-after"), r.before, r.after);
     lastRewrite = r.rewrite;
