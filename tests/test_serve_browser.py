@@ -115,7 +115,7 @@ def test_script_posting_renders_as_text_without_alert(driver, server):
 
     _submit(driver, server, SCRIPT_POSTING)
     with pytest.raises(NoAlertPresentException):
-        driver.switch_to.alert.text
+        _ = driver.switch_to.alert.text
     shown = driver.find_element(By.ID, "highlighted")
     assert shown.text == SCRIPT_POSTING
     assert driver.find_elements(By.CSS_SELECTOR, "#highlighted script, #highlighted img, "
@@ -169,7 +169,7 @@ def test_report_html_opens_without_console_errors(driver, tmp_path):
     imgs = driver.find_elements(By.CSS_SELECTOR, "img.figure")
     assert imgs and all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in imgs)
     with pytest.raises(NoAlertPresentException):
-        driver.switch_to.alert.text
+        _ = driver.switch_to.alert.text
     if os.environ.get("FAIRJAX_SCREENSHOT_DIR"):
         driver.save_screenshot(str(Path(os.environ["FAIRJAX_SCREENSHOT_DIR"]) / "report_html.png"))
     assert _severe(driver) == []
