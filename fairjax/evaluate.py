@@ -571,10 +571,12 @@ def evaluate(cfg: Any) -> dict:
     paths = write_report(out / REPORT_DIR, by_system, meta, n_boot=cfg.n_boot, seed=cfg.seed,
                          title="fairjax evaluation: original postings vs rewrites",
                          headline=summary, examples=examples)
-    summary["report"] = paths
+    summary["report"] = {**paths, "html": str(out / REPORT_DIR / "report.html")}
     with open(out / SUMMARY_FILE, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, default=float)
         f.write("\n")
+    from fairjax.eval.report_html import write_report_html  # reads the summary.json just written
+    write_report_html(out)
     return summary
 
 

@@ -92,6 +92,9 @@ def test_rows_in_order_with_all_fields_and_resume(ilql_run, tmp_path):
     for f in ("report.md", "report.json", "reward_distributions.png", "impact_ratios.png",
               "pareto.png"):
         assert (out / E.REPORT_DIR / f).is_file()
+    page = (out / E.REPORT_DIR / "report.html").read_text()
+    assert summary["report"]["html"] == str(out / E.REPORT_DIR / "report.html")
+    assert "Verdict:" in page and 'src="data:image/png;base64,' in page and "<ins>" in page
 
     # crash: the last row half-written; the first 4 rows must survive byte-identical
     lines = log.read_bytes().splitlines(keepends=True)

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fairjax.train", "fairjax.train.build"),                           # config -> objects
     ("fairjax.pipeline", "fairjax.evaluate", "fairjax.score", "fairjax.systems", "fairjax.rest"),
     ("fairjax.train.__main__", "fairjax.convert", "fairjax.rate", "fairjax.bench", "fairjax.rewrite",
-     "fairjax.benchmarks", "fairjax.trainer"),                          # CLIs, benchmarks, alias
+     "fairjax.benchmarks", "fairjax.trainer", "fairjax.serve"),                          # CLIs, benchmarks, alias
 ]
 
 

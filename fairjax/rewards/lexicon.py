@@ -87,6 +87,25 @@ def code_text(text: str) -> Coding:
     return Coding(len(masc), len(fem), masc, fem, len(words))
 
 
+LEXICON_NAME = ("Gaucher, Friesen & Kay (2011) gender-coded word lists "
+                "(as used by the Gender Decoder)")
+
+
+def coded_spans(text: str) -> list[tuple[int, int, str, str]]:
+    """(start, end, word, kind) of every coded word occurrence in `text`, kind "masculine" or
+    "feminine", offsets into `text` itself (the words and counts are those of `code_text`)."""
+    # lower-case character by character so offsets stay those of the original text (a few
+    # characters lower-case to two, e.g. "İ"; they are never [a-z] letters and stay as they are)
+    low = "".join(c if len(lc := c.lower()) != 1 else lc for c in text)
+    out = []
+    for m in _WORD.finditer(low):
+        w = m.group()
+        kind = "masculine" if _MASC.match(w) else "feminine" if _FEM.match(w) else None
+        if kind:
+            out.append((m.start(), m.end(), text[m.start():m.end()], kind))
+    return out
+
+
 class GenderCodedScorer:
     """Scorer: per text, `ratio` = (masc - fem)/(masc + fem) (default) or `difference` = masc - fem.
 
