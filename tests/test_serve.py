@@ -321,20 +321,17 @@ def test_twenty_concurrent_score_requests_all_succeed(services):
             assert r.json() == services.score(t)
 
 
-def test_adapter_falls_back_to_the_lexicon_rewriter_or_loads_fairjax_rewrite():
-    import importlib.util
+def test_adapter_loads_fairjax_rewrite_baselines_and_the_shipped_default():
+    from fairjax.rewrite import SHIPPED, load_rewriter
 
     lex = RewriterAdapter.lexicon()
-    assert lex.name.startswith("lexicon swap")
-    assert lex.rewrite(["a competitive leader", "an aggressive plan"]) == [
-        "a collaborative mentor", "a proactive plan"]
-    if importlib.util.find_spec("fairjax.rewrite") is None:
-        assert RewriterAdapter("lexicon_swap").name == lex.name
-        with pytest.raises(ValueError, match="--model"):
-            RewriterAdapter("some/model")
-    else:
-        out = RewriterAdapter("lexicon_swap").rewrite(["a competitive leader"])
-        assert len(out) == 1 and isinstance(out[0], str)
+    want = load_rewriter("lexicon_swap")
+    assert lex.name == want.name
+    texts = ["a competitive leader", "an aggressive plan"]
+    assert lex.rewrite(texts) == want.rewrite(texts) != texts
+    shipped = RewriterAdapter()
+    assert shipped.name == load_rewriter(SHIPPED).name
+    assert shipped.rewrite(texts) == load_rewriter(SHIPPED).rewrite(texts)
 
 
 # ----------------------------------------------------------------------------- CLI

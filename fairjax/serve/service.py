@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -59,36 +58,21 @@ def _finite(x: Any) -> Optional[float]:
 
 # ----------------------------------------------------------------------------- rewriter
 class RewriterAdapter:
-    """`rewrite(texts: list[str]) -> list[str]` and `name`, whatever the rewriter behind it.
+    """`rewrite(texts: list[str]) -> list[str]` and `name` of `fairjax.rewrite.load_rewriter`:
+    the shipped rewriter (`fairjax.rewrite.SHIPPED`) unless `model` names another (a baseline,
+    a run dir, a preset)."""
 
-    `fairjax.rewrite.load_rewriter(model=...)` when that module exists (the shipped rewriter);
-    otherwise the deterministic swap-table rewriter `fairjax.rewriters.LexiconRewriter` towards
-    gender-neutral wording (accepts no `--model` other than "lexicon")."""
+    def __init__(self, model: Optional[str] = None):
+        from fairjax.rewrite import SHIPPED, load_rewriter
 
-    LEXICON_NAMES = ("lexicon", "lexicon_swap")
-
-    def __init__(self, model: Optional[str] = None, *, force_lexicon: bool = False):
-        self._fn: Callable[[list[str]], list[str]]
-        if not force_lexicon and importlib.util.find_spec("fairjax.rewrite") is not None:
-            from fairjax.rewrite import load_rewriter
-
-            impl = load_rewriter(model=model) if model else load_rewriter()
-            self.name = str(getattr(impl, "name", type(impl).__name__))
-            self._fn = lambda texts: list(impl.rewrite(texts))
-            return
-        if model not in (None, "", *self.LEXICON_NAMES):
-            raise ValueError(f"--model={model!r}: this install has no model rewriter "
-                             "(fairjax.rewrite); only --model=lexicon_swap is available")
-        from fairjax.rewriters import LexiconRewriter
-
-        swap = LexiconRewriter()
-        self.name = f"lexicon swap ({swap.name})"
-        self._fn = lambda texts: swap.rewrite(texts, np.zeros(len(texts), bool))
+        impl = load_rewriter(model=model or SHIPPED)
+        self.name = str(getattr(impl, "name", type(impl).__name__))
+        self._fn: Callable[[list[str]], list[str]] = lambda texts: list(impl.rewrite(texts))
 
     @classmethod
     def lexicon(cls) -> "RewriterAdapter":
-        """The swap-table rewriter, whatever else is installed (deterministic; tests)."""
-        return cls(force_lexicon=True)
+        """The lexicon-swap baseline (deterministic, no model: tests)."""
+        return cls("lexicon_swap")
 
     def rewrite(self, texts: list[str]) -> list[str]:
         out = list(self._fn(list(texts)))
@@ -183,19 +167,12 @@ def demo_pool(n: int = DEMO_POOL_SIZE, seed: int = 0) -> CandidatePool:
 
 
 def make_embedder(name: Optional[str]):
-    """`tfidf` (default; also `hashing`): the numpy hashing TF-IDF embedder fitted on the pool.
-    Anything else goes to `fairjax.rewards.embedders.make_embedder(name)` when that exists, else
-    is read as a Hugging Face BERT directory (`BertClsEmbedder`, imports jax)."""
+    """The server's embedder: `tfidf` (default; the fast hashing TF-IDF) or any name
+    `fairjax.rewards.embedders.make_embedder` takes (a preset such as all-minilm-l6-v2, a
+    sentence-transformers directory, `bert-cls:DIR`)."""
     from fairjax.rewards import embedders
 
-    if name in (None, "", "tfidf", "hashing"):
-        return embedders.HashingTfidfEmbedder(n_features=4096)
-    maker = getattr(embedders, "make_embedder", None)
-    if callable(maker):
-        return maker(name)
-    if os.path.isdir(name):
-        return embedders.BertClsEmbedder(name)
-    raise ValueError(f"--embedder={name!r}: expected 'tfidf' or a BERT model directory")
+    return embedders.make_embedder(name or "tfidf")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -302,9 +279,10 @@ class Services:
 
     def __init__(self, pool: Optional[CandidatePool] = None, embedder: Optional[str] = None,
                  rewriter: Optional[RewriterAdapter] = None, model: Optional[str] = None,
-                 config: DiversityConfig = DiversityConfig()):
+                 config: Optional[DiversityConfig] = None):
         self.pool = pool if pool is not None else demo_pool()
-        self.diversity = DiversityScorer(self.pool, make_embedder(embedder), config)
+        self.diversity = DiversityScorer(self.pool, make_embedder(embedder),
+                                         config if config is not None else DiversityConfig())
         self.rewriter = rewriter if rewriter is not None else RewriterAdapter(model)
         self._lock = threading.Lock()  # the embedder's token memo is shared: score one at a time
 
