@@ -185,8 +185,11 @@ def training_scorer(path: str, fallback):
         from fairjax.io.run_dir import load_config
         from fairjax.rewards.registry import build_reward_scorer
 
+        from fairjax.agents import registry
+
         rc = load_config(path)
-        if rc.algorithm != "bc" and rc.get("reward") is not None and rc.reward.scorer:
+        if (registry.get(rc.algorithm).trains_on_reward and rc.get("reward") is not None
+                and rc.reward.scorer):
             pool = Path(path) / "data" / "candidates.jsonl"
             if rc.data.train:
                 pool = Path(rc.data.train).parent / "candidates.jsonl"
