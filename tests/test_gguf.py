@@ -15,11 +15,11 @@ gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gguf import GGMLQuantizationType as Q  # noqa: E402
-from gguf import quants  # noqa: E402
+from gguf import GGMLQuantizationType as Q
+from gguf import quants
 
-from fairjax.errors import ConfigError  # noqa: E402
-from fairjax.io import gguf as fg  # noqa: E402
+from fairjax.errors import ConfigError
+from fairjax.io import gguf as fg
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
@@ -222,7 +222,7 @@ LLAMA_CASES = [
 def test_llama_gguf_equals_transformers(tmp_path, bpe, label, qtype, tied, heavy):
     path = tmp_path / "tiny-llama.gguf"
     hf = write_llama_gguf(path, bpe, qtype, tied, heavy)
-    model, params, tok = _compare(path, tied)
+    model, params, _ = _compare(path, tied)
     c = model.config
     assert (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.intermediate_size) == \
         (2, 64, 4, 2, 256)
@@ -251,7 +251,7 @@ GPT2_CASES = [("F32-tied", Q.F32, True, None), ("Q8_0-untied", Q.Q8_0, False, No
 def test_gpt2_gguf_equals_transformers(tmp_path, bpe, label, qtype, tied, heavy):
     path = tmp_path / "tiny-gpt2.gguf"
     hf = write_gpt2_gguf(path, bpe, qtype, tied, heavy)
-    model, params, _ = _compare(path, tied)
+    _, params, _ = _compare(path, tied)
     if qtype == Q.F32:  # Conv1D weights transposed back to HF's [in, out]
         np.testing.assert_array_equal(params["h_0"]["attn"]["c_attn"]["kernel"],
                                       hf.state_dict()["transformer.h.0.attn.c_attn.weight"].numpy())
@@ -265,7 +265,7 @@ def test_convert_cli_writes_model_dir(tmp_path, bpe):
     write_llama_gguf(path, bpe, Q.Q8_0, True)
     out = convert(str(path), str(tmp_path / "out"))
     config, params, tok = load_model_dir(out)
-    c2, p2, t2 = fg.load_gguf(path)
+    _, p2, t2 = fg.load_gguf(path)
     assert config.tie_word_embeddings and "lm_head" not in params
     assert len(tok) == len(t2) and tok.hf.chat_template == CHATML
     np.testing.assert_array_equal(params["embed_tokens"]["embedding"], p2["embed_tokens"]["embedding"])

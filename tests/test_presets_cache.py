@@ -94,10 +94,11 @@ def test_encoder_preset_is_not_an_lm(cache):
 def test_lm_preset_through_runs_load_and_model_init(tmp_path, cache, monkeypatch):
     """The preset builder converts the (here: a tiny, written-by-the-test) GGUF once; runs.load
     and the training builder's model.init both resolve the name."""
+    import json
+
     from gguf import GGMLQuantizationType as Q
     from test_gguf import SPECIALS, write_llama_gguf
     from tokenizers import ByteLevelBPETokenizer
-    import json
 
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator(["hello world, a job posting"] * 4, vocab_size=280, min_frequency=1,
@@ -121,12 +122,13 @@ def test_lm_preset_through_runs_load_and_model_init(tmp_path, cache, monkeypatch
     from fairjax.runs import load
 
     m1, params, t1 = load("tiny-gguf-lm")
-    m2, _, _ = load("tiny-gguf-lm")
+    load("tiny-gguf-lm")
     assert built == [1]
     assert m1.config.tie_word_embeddings and "lm_head" not in params
     assert (presets.entry_dir(p) / "fairjax_model.json").is_file()
-    from fairjax.train import build as B
     from trainer_fixtures import load_config
+
+    from fairjax.train import build as B
 
     cfg = load_config("bc")
     cfg.model.init = "tiny-gguf-lm"

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -109,7 +109,7 @@ def _reader(path: Path):
         raise ConfigError(f"{path}: not a GGUF file (starts with {head!r}, expected {MAGIC!r})")
     try:
         return gguf.GGUFReader(str(path))
-    except Exception as e:  # truncated tables / data raise ValueError, IndexError, struct errors
+    except Exception as e:  # noqa: BLE001  (truncated tables/data: ValueError, IndexError, ...)
         raise ConfigError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
 
@@ -121,7 +121,7 @@ def _metadata(reader, path: Path) -> dict:
             continue
         try:
             out[key] = field.contents()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (any decoding failure -> one line naming the key)
             raise ConfigError(f"{path}: metadata key {key!r} is unreadable "
                               f"({type(e).__name__}: {e})") from None
     return out
@@ -136,7 +136,7 @@ def _dequantize(tensor, path: Path) -> np.ndarray:
     except NotImplementedError:
         raise ConfigError(f"{path}: tensor {name!r} has type {qtype.name}, which gguf.quants "
                           "cannot dequantise (unsupported quantisation type)") from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (short/misshapen data -> one line naming the tensor)
         raise ConfigError(f"{path}: tensor {name!r} ({qtype.name}) is truncated or corrupt "
                           f"({type(e).__name__}: {e})") from None
     want = tuple(int(d) for d in reversed(list(tensor.shape)))  # GGML order -> numpy order
@@ -194,7 +194,7 @@ def _hf_config(arch: str, meta: dict, names: set, path: Path) -> dict:
     return cfg
 
 
-def _hf_name(arch: str, name: str) -> Optional[tuple[str, str]]:
+def _hf_name(arch: str, name: str) -> tuple[str, str] | None:
     """(HF key, GGUF base name without blk.N.) of a GGUF tensor name, or None if unknown."""
     stem, _, suffix = name.rpartition(".")
     top, block = (_LLAMA_TENSORS, _LLAMA_BLOCK) if arch == "llama" else (_GPT2_TENSORS, _GPT2_BLOCK)
@@ -249,7 +249,9 @@ def hf_tokenizer(meta: dict, path: str | os.PathLike = "<gguf>"):
     merges, control tokens, bos/eos/unk/pad, chat template) by transformers' GGUF converter."""
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-        GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer)
+        GGUF_TOKENIZER_MAPPING,
+        convert_gguf_tokenizer,
+    )
 
     if "tokenizer.ggml.tokens" not in meta:
         raise ConfigError(f"{path}: metadata key 'tokenizer.ggml.tokens' is missing (no tokenizer)")
@@ -258,7 +260,7 @@ def hf_tokenizer(meta: dict, path: str | os.PathLike = "<gguf>"):
                 if f"tokenizer.{key}" in meta}
     try:
         backend, _ = convert_gguf_tokenizer(meta.get("general.architecture"), tok_dict)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (converter errors -> one line naming the key)
         raise ConfigError(f"{path}: metadata key 'tokenizer.ggml.model' = "
                           f"{tok_dict.get('tokenizer_type')!r}: cannot build the tokenizer "
                           f"({type(e).__name__}: {e})") from None
@@ -274,7 +276,7 @@ def hf_tokenizer(meta: dict, path: str | os.PathLike = "<gguf>"):
     return PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
 
 
-def load_gguf(path: str | os.PathLike, *, dtype: Optional[str] = None,
+def load_gguf(path: str | os.PathLike, *, dtype: str | None = None,
               chat_template: bool = False, progress: bool = False):
     """(fairjax config, float32 params, fairjax Tokenizer) of a GGUF file. The tokenizer gains the
     six layout tokens and the embedding (the tied head with it) gets their rows (mean init)."""
@@ -299,4 +301,4 @@ def load_gguf(path: str | os.PathLike, *, dtype: Optional[str] = None,
     return config, params, tokenizer
 
 
-__all__ = ["read_gguf", "load_gguf", "hf_tokenizer", "is_gguf", "GGUFContents", "ARCHITECTURES"]
+__all__ = ["ARCHITECTURES", "GGUFContents", "hf_tokenizer", "is_gguf", "load_gguf", "read_gguf"]
