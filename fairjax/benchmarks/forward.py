@@ -21,11 +21,21 @@ FAMILIES = {"gpt2": (gpt2, gpt2.GPT2LMHeadModel), "llama": (llama, llama.LlamaFo
 DEFAULT_BATCH, DEFAULT_SEQ, DEFAULT_STEPS, WARMUP = 8, 128, 10, 2
 
 
+# Shapes of real pretrained models (random weights: speed does not depend on their values).
+# smollm2-135m = SmolLM2-135M-Instruct, the `smollm2-135m-instruct` preset (fairjax.io.presets).
+PRETRAINED_SHAPES = {
+    "llama": {"smollm2-135m": llama.LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+        num_kv_heads=3, max_positions=8192, rope_theta=1e5, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2)},
+}
+
+
 def make_config(family: str, size: str, dtype: str | None, attention: str = "xla"):
     """Preset config of `family`/`size` with the benchmark's compute dtype."""
     if family not in FAMILIES:
         raise ValueError(f"--model={family!r}; expected one of {sorted(FAMILIES)}")
-    presets = FAMILIES[family][0].PRESETS
+    presets = {**FAMILIES[family][0].PRESETS, **PRETRAINED_SHAPES.get(family, {})}
     if size not in presets:
         raise ValueError(f"--size={size!r} for {family}; expected one of {sorted(presets)}")
     if dtype is None:

@@ -4,7 +4,15 @@ Times the compiled fairjax train step (the loop's own `compile_train_step`: scan
 micro-batch, AdamW, Polyak update), once per `mesh.impl` (gspmd and shard_map, data-parallel over
 all devices), on random weights of a GPT-2 (or, --model=llama, LLaMA) preset with a synthetic batch in
 the ILQL layout (prompt = first half, response = second half; B x T = 8 x 128 by default), and,
-when torch is importable, a plain Hugging Face PyTorch GPT-2 LM step (AdamW) on the same shapes.
+when torch is importable, a plain Hugging Face PyTorch LM step (AdamW) on the same shapes (the
+same family: GPT2LMHeadModel / LlamaForCausalLM from the fairjax config's HF dict).
+
+Pretrained shapes: `--model=llama --size=smollm2-135m` (SmolLM2-135M, tied embeddings; random
+weights of that shape) with `--algo=bc`; `--lora` times LoRA (rank 16, alpha 32, LLaMA q/v
+projections, frozen float32 base on the CPU) beside peft's LoRA on the torch model. Peak memory:
+the device's `peak_bytes_in_use` where it reports one (GPU/TPU); on the CPU the growth of the
+process's peak resident set (`VmHWM`, reset through /proc/self/clear_refs before each side) while
+that side builds its model and runs its steps.
 
 On the CPU, `--profile` also prints the compiled step's FLOPs, bytes accessed and peak
 temporaries per op category (benchmarks/breakdown.py).
@@ -51,9 +59,51 @@ def _time(fn, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
+def _proc_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakRSS:
+    """Growth of the process's peak resident set over a section (Linux; None elsewhere)."""
+
+    def __enter__(self):
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+        self.base = _proc_kib("VmRSS")
+        self.bytes = None
+        return self
+
+    def __exit__(self, *exc):
+        hwm = _proc_kib("VmHWM")
+        if hwm is not None and self.base is not None:
+            self.bytes = (hwm - self.base) * 1024
+        return False
+
+
+def peak_memory(out: dict, rss: "PeakRSS") -> dict:
+    """`out` with peak_bytes (device stats) or, on the CPU, peak_rss_growth_bytes."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        out["peak_bytes"] = int(stats["peak_bytes_in_use"])
+    elif rss.bytes is not None:
+        out["peak_rss_growth_bytes"] = int(rss.bytes)
+    return out
+
+
 def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: int,
                  attention: str = "xla", profile_dir: str | None = None, family: str = "gpt2",
-                 remat: str = "none", lora: str | None = None, impl: str = "gspmd") -> dict:
+                 remat: str = "none", lora: str | None = None, impl: str = "gspmd",
+                 lora_base: str = "bfloat16") -> dict:
     """Time the loop's compiled step of `algo` (configs/<algo>.py) on random `family/size`
     weights, on a data-parallel mesh over all devices (`impl` = config `mesh.impl`).
     lora: None = full fine-tuning; 'none' | 'int8' | 'nf4' = LoRA (rank 16, bf16 base
@@ -69,11 +119,14 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
 
     suffix = {None: "", "none": "_lora", "nf4": "_qlora", "int8": "_qlora8"}[lora]
     cfg = _algorithm_cfg(algo + suffix, remat)
+    if lora is not None:
+        cfg.lora.base_dtype = lora_base
     base = make_config(family, size, dtype, attention).replace(remat=remat)
     mcfg = base.replace(vocab_size=base.vocab_size + 6)
     mod, model_cls = FAMILIES[family]
     init = (lambda r: mod.init_params(mcfg, r)) if lora is None else (  # noqa: E731
-        lambda r: cast_base(mod.init_params(mcfg, r), "bfloat16"))
+        lambda r: cast_base(mod.init_params(mcfg, r), lora_base))
+    rss = PeakRSS().__enter__()
     params = jax.jit(init)(jax.random.PRNGKey(0))
     alg = build_algorithm(cfg, model_cls(mcfg), mcfg, params)
     mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
@@ -94,10 +147,9 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
         jax.block_until_ready(m["loss"])
 
     dt = _time(run, steps)
-    out = {"step_s": dt, "tokens_per_s": batch * seq / dt, "flops": flops, "params_lm": n_params}
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        out["peak_bytes"] = int(stats["peak_bytes_in_use"])
+    rss.__exit__(None, None, None)
+    out = peak_memory({"step_s": dt, "tokens_per_s": batch * seq / dt, "flops": flops,
+                       "params_lm": n_params}, rss)
     if profile_dir and jax.default_backend() == "cpu":  # XLA's own split of the compiled step
         from fairjax.benchmarks import breakdown
 
@@ -109,59 +161,90 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     return out
 
 
-def torch_step(size: str, batch: int, seq: int, steps: int) -> dict | None:
+def torch_step(size: str, batch: int, seq: int, steps: int, mcfg=None,
+               lora: bool = False) -> dict | None:
+    """A Hugging Face PyTorch LM step (AdamW) on the same shapes: GPT-2 `size` preset, or the
+    model of the fairjax config `mcfg` (any family); lora: peft LoRA (rank 16, alpha 32, on
+    c_attn / q_proj+v_proj as fairjax's default targets), only the adapters trained."""
     try:
         import torch
-        from transformers import GPT2Config, GPT2LMHeadModel
+        import transformers
     except ImportError:
         return None
-    from fairjax.models.gpt2 import PRESETS
+    if mcfg is None:
+        from fairjax.models.gpt2 import PRESETS
 
-    c = PRESETS[size]
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size + 6, n_embd=c.hidden_size,
-                                       n_layer=c.num_layers, n_head=c.num_heads,
-                                       n_positions=c.max_positions))
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, c.vocab_size, (batch, seq))
+        c = PRESETS[size]
+        mcfg = c.replace(vocab_size=c.vocab_size + 6)
+    torch.manual_seed(0)
+    with PeakRSS() as rss:
+        model = transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.for_model(**mcfg.to_hf()))
+        if lora:
+            from peft import LoraConfig, get_peft_model
 
-    def run():
-        opt.zero_grad()
-        model(input_ids=x, labels=x).loss.backward()
-        opt.step()
+            targets = ["c_attn"] if mcfg.kind == "gpt2" else ["q_proj", "v_proj"]
+            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                                     target_modules=targets))
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        x = torch.randint(0, mcfg.vocab_size - 6, (batch, seq))
 
-    dt = _time(run, steps)
-    return {"step_s": dt, "tokens_per_s": batch * seq / dt}
+        def run():
+            opt.zero_grad()
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+
+        dt = _time(run, steps)
+    out = {"step_s": dt, "tokens_per_s": batch * seq / dt}
+    if rss.bytes is not None:
+        out["peak_rss_growth_bytes"] = int(rss.bytes)
+    return out
 
 
 def run(FLAGS) -> None:
+    from fairjax.benchmarks.forward import PRETRAINED_SHAPES, make_config
+
     batch, seq = FLAGS.batch or 8, FLAGS.seq or 128
     steps = FLAGS.steps or 3
     on_cpu = jax.default_backend() == "cpu"
     dtype = FLAGS.dtype or ("float32" if on_cpu else "bfloat16")
-    if FLAGS.model != "gpt2" and FLAGS.torch:
-        raise SystemExit("benchmarks/train: the torch baseline is GPT-2 only; pass --notorch")
-    res = {"algo": FLAGS.algo, "size": FLAGS.size, "batch": batch, "seq": seq, "dtype": dtype,
-           "device": jax.devices()[0].device_kind}
+    lora = "none" if getattr(FLAGS, "lora", False) else None
+    lora_base = "float32" if on_cpu else "bfloat16"
+    pretrained = FLAGS.size in PRETRAINED_SHAPES.get(FLAGS.model, {})
+    res = {"algo": FLAGS.algo, "size": FLAGS.size, "model": FLAGS.model, "batch": batch,
+           "seq": seq, "dtype": dtype, "device": jax.devices()[0].device_kind,
+           "lora": bool(lora)}
     res["attention"] = getattr(FLAGS, "attention", "xla")
     res["devices"] = jax.device_count()
     res["fairjax"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps, res["attention"],
-                                  getattr(FLAGS, "profile", None), family=FLAGS.model)
-    res["fairjax_shard_map"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps,
-                                            res["attention"], impl="shard_map", family=FLAGS.model)
+                                  getattr(FLAGS, "profile", None), family=FLAGS.model, lora=lora,
+                                  lora_base=lora_base)
+    impls = [("fairjax", "gspmd")]
+    if not pretrained:  # the pretrained shapes time the default implementation only
+        res["fairjax_shard_map"] = fairjax_step(FLAGS.algo, FLAGS.size, batch, seq, dtype, steps,
+                                                res["attention"], impl="shard_map",
+                                                family=FLAGS.model, lora=lora, lora_base=lora_base)
+        impls.insert(0, ("fairjax_shard_map", "shard_map"))
     peak = next((v for k, v in PEAK_BF16.items() if k in res["device"]), None)
-    for key in ("fairjax", "fairjax_shard_map"):
+    for key, _ in impls:
         if peak and not on_cpu and res[key]["flops"]:
             res[key]["mfu"] = res[key]["flops"] / res[key]["step_s"] / peak
     if FLAGS.torch:
-        res["torch_lm"] = torch_step(FLAGS.size, batch, seq, steps)
-    print(f"{FLAGS.algo} {FLAGS.size} {batch}x{seq} {dtype} attention={res['attention']} "
-          f"on {res['device']}")
-    for key, impl in (("fairjax_shard_map", "shard_map"), ("fairjax", "gspmd")):
+        mcfg = None
+        if FLAGS.model != "gpt2" or lora or pretrained:
+            base = make_config(FLAGS.model, FLAGS.size, dtype)
+            mcfg = base.replace(vocab_size=base.vocab_size + 6)
+        res["torch_lm"] = torch_step(FLAGS.size, batch, seq, steps, mcfg=mcfg, lora=bool(lora))
+    what = "LoRA r16 " if lora else ""
+    print(f"{what}{FLAGS.algo} {FLAGS.model}-{FLAGS.size} {batch}x{seq} {dtype} "
+          f"attention={res['attention']} on {res['device']}")
+    for key, impl in impls:
         f = res[key]
         print(f"  fairjax {FLAGS.algo} mesh.impl={impl} ({res['devices']} devices): "
               f"{f['step_s']*1e3:.1f} ms/step  {f['tokens_per_s']:.0f} tok/s  "
-              f"{f['flops']/1e12:.2f} TFLOP/step" + (f"  MFU {f['mfu']:.1%}" if "mfu" in f else ""))
+              f"{f['flops']/1e12:.2f} TFLOP/step" + (f"  MFU {f['mfu']:.1%}" if "mfu" in f else "")
+              + _mem(f))
     if "breakdown" in f:
         from fairjax.benchmarks import breakdown
 
@@ -172,8 +255,22 @@ def run(FLAGS) -> None:
         profile.print_summary(f["profile"])
     if res.get("torch_lm"):
         t = res["torch_lm"]
-        print(f"  torch GPT-2 LM step: {t['step_s']*1e3:.1f} ms/step  {t['tokens_per_s']:.0f} tok/s")
-        print(f"  ratio fairjax {FLAGS.algo} / torch LM = {f['step_s']/t['step_s']:.2f} (goal <= 1.7 on CPU)")
+        label = ("peft LoRA " if lora else "") + ("GPT-2" if FLAGS.model == "gpt2" else FLAGS.model)
+        print(f"  torch {label} LM step: {t['step_s']*1e3:.1f} ms/step  "
+              f"{t['tokens_per_s']:.0f} tok/s" + _mem(t))
+        if FLAGS.algo == "bc":
+            print(f"  speed-up fairjax / torch = {t['step_s']/f['step_s']:.2f}x (goal >= 1.3x)")
+        else:
+            print(f"  ratio fairjax {FLAGS.algo} / torch LM = {f['step_s']/t['step_s']:.2f} "
+                  "(goal <= 1.7 on CPU)")
     if FLAGS.json:
         with open(FLAGS.json, "w") as fh:
             json.dump(res, fh, indent=2)
+
+
+def _mem(r: dict) -> str:
+    if "peak_bytes" in r:
+        return f"  peak {r['peak_bytes']/2**30:.2f} GiB"
+    if "peak_rss_growth_bytes" in r:
+        return f"  peak RSS +{r['peak_rss_growth_bytes']/2**30:.2f} GiB"
+    return ""

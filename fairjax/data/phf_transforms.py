@@ -171,12 +171,12 @@ def resize_for_control_tokens(params: dict, config, new_vocab: int, seed: int = 
                               noise_std: float = 0.01) -> tuple[dict, object]:
     """Grow the LM's vocabulary arrays to `new_vocab`; new rows = mean row + noise_std·N(0, 1)
     (PHF `train.py`). Returns (params, config with the new vocab_size)."""
-    from fairjax.io.tokenizer import _VOCAB_ARRAYS, resize_embeddings
+    from fairjax.io.tokenizer import _vocab_arrays, resize_embeddings
 
     old = int(config.vocab_size)
     out, new_config = resize_embeddings(params, config, new_vocab, method="mean")
     rng = np.random.default_rng(seed)
-    for path, axis in _VOCAB_ARRAYS[config.kind]:
+    for path, axis in _vocab_arrays(config):
         node = out
         for p in path[:-1]:
             node = node[p]

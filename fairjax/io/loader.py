@@ -7,6 +7,9 @@
   * a fairjax run directory (`model/` + `checkpoints/`): only through `fairjax.runs.load`, which
     passes the run-dir policy restore (it rebuilds the objective, a layer above io) as
     `restore_policy`; without it a trainer run dir raises ConfigError naming `fairjax.runs.load`,
+  * a GGUF file (llama / gpt2, any type `gguf.quants` dequantises; `fairjax.io.gguf`),
+  * a pretrained preset name (`smollm2-135m-instruct`, `fairjax.io.presets`): the installed
+    package's GGUF, sha256-checked, converted once into `$FAIRJAX_CACHE`,
   * an FMs-at-work / ILQL `.pkl` (BC `model.pkl`, `model_converted.pkl`, full PerTokenIQL
     `model.pkl` -> its policy LM; `base=` gives config + tokenizer; see `load_upstream_ilql`).
 `params` are float32 (numpy); `dtype` only sets the compute dtype of `model`.
@@ -146,14 +149,44 @@ def _upstream(path: Path, base, dtype, chat_template: Optional[bool]):
     return config, params, tokenizer
 
 
+def convert_gguf_into(files, out: Path) -> None:
+    """Preset builder (`presets.prepare`): the GGUF `files[0]` as a fairjax model dir in `out`."""
+    from fairjax.io import checkpoint
+    from fairjax.io.gguf import load_gguf
+
+    config, params, tokenizer = load_gguf(files[0], progress=True)
+    checkpoint.save_model_dir(out, config, params, tokenizer, overwrite=True,
+                              extra_meta={"converted_from": Path(files[0]).name})
+
+
+def preset_model_dir(name: str) -> Path:
+    """The fairjax model dir of a GGUF preset (`fairjax.io.presets`), converted once into
+    `$FAIRJAX_CACHE` and reused."""
+    from fairjax.io import presets
+
+    preset = presets.get(name)
+    if preset.kind != "gguf":
+        raise presets.PresetError(f"preset {name!r} is a {preset.kind} model (a sentence "
+                                  f"encoder), not a language model; LM presets: "
+                                  f"{presets.names('gguf')}")
+    return presets.prepare(name, convert_gguf_into)
+
+
 def load_config_params_tokenizer(path_or_id, *, base=None, dtype: Optional[str] = None,
                                  chat_template: Optional[bool] = None, restore_policy=None):
     """Like `load` but returns (config, params, tokenizer). `restore_policy(run_dir, step)`:
     the trainer-run policy restore (`fairjax.runs` passes it; see the module docstring)."""
-    from fairjax.io import checkpoint
+    from fairjax.io import checkpoint, presets
 
-    path = _local(path_or_id)
+    if presets.is_preset(path_or_id) and not Path(path_or_id).exists():
+        path = preset_model_dir(str(path_or_id))
+    else:
+        path = _local(path_or_id)
     if path.is_file():
+        from fairjax.io import gguf
+
+        if gguf.is_gguf(path):
+            return gguf.load_gguf(path, dtype=dtype, chat_template=chat_template)
         return _upstream(path, base, dtype, chat_template)
     if checkpoint.is_run_dir(path):
         config, params, tok = checkpoint.load_run_dir(path, dtype=dtype,

@@ -288,11 +288,18 @@ def assert_vocab_matches(tokenizer: Tokenizer, config: Any, allow_padding: bool 
         f"(layout ids {tokenizer.special_ids}); {hint}")
 
 
-# param paths of the vocabulary-sized arrays per model kind: (path, vocab axis)
-_VOCAB_ARRAYS = {
-    "gpt2": [(("wte", "embedding"), 0)],
-    "llama": [(("embed_tokens", "embedding"), 0), (("lm_head", "kernel"), 1)],
-}
+# param paths of the vocabulary-sized arrays per model kind: (path, vocab axis); an untied
+# model also has its head `lm_head/kernel` [d, V] (axis 1), a tied one reads the embedding.
+_EMBEDDINGS = {"gpt2": ("wte", "embedding"), "llama": ("embed_tokens", "embedding")}
+_HEAD = (("lm_head", "kernel"), 1)
+
+
+def _vocab_arrays(config) -> list:
+    kind = getattr(config, "kind", None)
+    if kind not in _EMBEDDINGS:
+        raise ValueError(f"resize_embeddings: unsupported model kind {kind!r}")
+    tied = bool(getattr(config, "tie_word_embeddings", kind == "gpt2"))
+    return [(_EMBEDDINGS[kind], 0)] + ([] if tied else [_HEAD])
 
 
 def resize_embeddings(params: dict, config: Any, new_vocab: int, rng=None,
@@ -303,14 +310,13 @@ def resize_embeddings(params: dict, config: Any, new_vocab: int, rng=None,
       method="mean":   the mean of the existing rows (deterministic; like HF's `mean_resizing`
                        without its tiny covariance noise) — the default, keeps initial logits sane;
       method="normal": N(0, 0.02) (HF's `initializer_range` init); needs a jax PRNG key `rng`.
-    Existing rows are unchanged. GPT-2's tied head follows `wte`; LLaMA's untied `lm_head/kernel`
+    Existing rows are unchanged. A tied head (`tie_word_embeddings`: GPT-2, SmolLM2) follows the
+    embedding, so only the embedding grows and the tie is kept; an untied `lm_head/kernel`
     ([d, V]) gets columns the same way. Shrinking is refused (it would drop trained tokens).
     """
     import dataclasses
 
-    kind = getattr(config, "kind", None)
-    if kind not in _VOCAB_ARRAYS:
-        raise ValueError(f"resize_embeddings: unsupported model kind {kind!r}")
+    arrays = _vocab_arrays(config)
     old = int(config.vocab_size)
     if new_vocab < old:
         raise ValueError(f"resize_embeddings: refusing to shrink vocab {old} -> {new_vocab}")
@@ -320,7 +326,7 @@ def resize_embeddings(params: dict, config: Any, new_vocab: int, rng=None,
         raise ValueError("resize_embeddings(method='normal') needs a jax PRNG key `rng`")
     out = _copy_tree(params)
     n_new = new_vocab - old
-    for i, (path, axis) in enumerate(_VOCAB_ARRAYS[kind]):
+    for i, (path, axis) in enumerate(arrays):
         node = out
         for p in path[:-1]:
             if p not in node:
