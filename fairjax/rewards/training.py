@@ -79,6 +79,12 @@ def require_data_rewards(cfg: Any) -> None:
         raise DataError(str(e)) from e
 
 
+def reward_cache_dir(reward_cfg: Any) -> str:
+    """`reward.cache_dir`, default ~/.cache/fairjax/rewards (pool embeddings under pools/)."""
+    return (reward_cfg.get("cache_dir", "")
+            or os.path.join(os.path.expanduser("~"), ".cache", "fairjax", "rewards"))
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -109,12 +115,10 @@ def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_
     if r.scorer:
         from fairjax.rewards.precompute import build_rewards
 
-        default_pool = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
-        default_pool = default_pool if os.path.isfile(default_pool) else None
-        spec = reward_spec(r, default_pool)
-        cache_dir = r.get("cache_dir", "") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                           "fairjax", "rewards")
-        scorer = build_reward_scorer(r, default_pool, cache_dir=os.path.join(cache_dir, "pools"))
+        spec = reward_spec(r, default_pool(train_path))
+        cache_dir = reward_cache_dir(r)
+        scorer = build_reward_scorer(r, default_pool(train_path),
+                                     cache_dir=os.path.join(cache_dir, "pools"))
         raw, caches = {}, {}
         for s, p in splits.items():
             raw[s], caches[s] = build_rewards(p, records[s], scorer, spec, cache_dir, progress=progress)
@@ -167,10 +171,34 @@ def rewarded_paths(run_dir: str | os.PathLike, train_path: str, eval_path: Optio
     return done.get("train", train_path), (done.get("eval", eval_path) if eval_path else None)
 
 
+def source_paths(run_dir: str | os.PathLike, train_path: str, eval_path: Optional[str]
+                 ) -> tuple[str, Optional[str]]:
+    """The inverse of `rewarded_paths`: the data files that `prepare_rewards` read when
+    (train_path, eval_path) are its rewarded copies in `run_dir`, else the paths unchanged."""
+    spec_path = Path(run_dir) / RUN_SPEC_FILE
+    spec = {}
+    if spec_path.is_file():
+        with open(spec_path, encoding="utf-8") as f:
+            spec = json.load(f)
+    done, data = spec.get("rewarded", {}), spec.get("data", {})
+
+    def source(split, path):
+        if path and isinstance(data, dict) and done.get(split) == str(path) and split in data:
+            return data[split]
+        return path
+    return source("train", train_path), source("eval", eval_path)
+
+
+def default_pool(train_path: str) -> Optional[str]:
+    """The candidate pool used when `reward.pool` is empty: candidates.jsonl beside the (source)
+    train file (the demo corpus writes one there), or None."""
+    path = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
+    return path if os.path.isfile(path) else None
+
+
 def record_online_reward(cfg: Any, run_dir: str | os.PathLike, train_path: str) -> None:
     """RUN_DIR/reward_spec.json of an online objective, which scores its own rollouts with
     `reward.scorer` during training (no data build, no normalisation statistics)."""
-    default_pool = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
-    spec = reward_spec(cfg.reward, default_pool if os.path.isfile(default_pool) else None)
+    spec = reward_spec(cfg.reward, default_pool(train_path))
     _write_json(Path(run_dir) / RUN_SPEC_FILE,
                 {**spec, "note": "scored on the policy's own rollouts during training"})
