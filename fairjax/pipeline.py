@@ -87,6 +87,7 @@ def eval_config(cfg: Any, run_dir: Path):
         gen = cfg[cfg.algorithm]
     ev.generation.temperature = gen.temperature
     ev.generation.top_k = gen.top_k
+    ev.generation.top_p = gen.get("top_p", 1.0)  # ILQL's generation block has none
     ev.scorer.pools = p.eval_pools
     ev.n_boot = p.eval_n_boot
     ev.lock()
