@@ -85,7 +85,9 @@ def base_config(algorithm: str) -> ConfigDict:
     c.reward.preservation = ConfigDict()
     c.reward.preservation.metric = "cosine"  # cosine (diversity embedder) | chrf (/100)
     c.reward.composite = ConfigDict()
-    c.reward.composite.terms = "diversity,preservation"  # terms of reward.scorer=composite
+    # terms of reward.scorer=composite; preservation needs a reference text, which only online
+    # objectives have (offline ones refuse it); a training reward that is constant is refused
+    c.reward.composite.terms = "diversity,preservation"
     c.reward.composite.weights = "1,20"  # one weight per term
 
     c.optim = ConfigDict()

@@ -27,7 +27,7 @@ import numpy as np
 
 from fairjax.rewards import normalize as norm
 from fairjax.rewards.registry import (DEMO_STANDIN, RUN_NORMALIZER_FILE, RUN_SPEC_FILE,
-                                      build_reward_scorer, reward_spec)
+                                      build_reward_scorer, composite_terms, reward_spec)
 
 NO_REWARD_OBJECTIVES = ("bc",)
 REWARDED_DIR = "rewarded"
@@ -63,8 +63,16 @@ def _field_rewards(records: list[dict]) -> np.ndarray:
 
 def require_data_rewards(cfg: Any) -> None:
     """DataError now when the run would train on its data's own `reward` field and a record of
-    `data.train` lacks one: a pipeline calls it before its BC stage spends any time."""
+    `data.train` lacks one (ConfigError for a reward term offline data cannot give,
+    `refuse_reference_terms`): a pipeline calls it before its BC stage spends any time."""
     path = cfg.data.train
+    if cfg.algorithm not in NO_REWARD_OBJECTIVES and cfg.reward.scorer:
+        from fairjax.errors import ConfigError
+
+        try:
+            refuse_reference_terms(cfg.reward, cfg.algorithm)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     if (cfg.algorithm in NO_REWARD_OBJECTIVES or cfg.reward.scorer or not path
             or os.path.isdir(path)):
         return
@@ -77,6 +85,32 @@ def require_data_rewards(cfg: Any) -> None:
         raise
     except ValueError as e:
         raise DataError(str(e)) from e
+
+
+def refuse_reference_terms(reward_cfg: Any, algorithm: str) -> None:
+    """ValueError when an offline objective would train on a term that needs a reference text
+    (preservation): the records are their own originals, so it scores every posting 1."""
+    name = reward_cfg.scorer
+    if name == "composite" and "preservation" in dict(composite_terms(reward_cfg)):
+        where = f"config.reward.composite.terms={reward_cfg.composite.terms!r}"
+    elif name == "preservation":
+        where = "config.reward.scorer='preservation'"
+    else:
+        return
+    raise ValueError(f"{where}: the preservation reward compares a text with its original, and "
+                     f"{algorithm} trains offline on the postings themselves (no other reference "
+                     "text), so it would score every record 1: drop the term, or train an online "
+                     "objective (grpo, rloo, ppo), which scores its rewrites against the originals")
+
+
+def refuse_constant(train_rewards: np.ndarray, spec: dict, train_path: str) -> None:
+    """ValueError naming the reward when the training rewards [N] have zero variance (N > 1):
+    no signal, and standardisation would train on zeros."""
+    r = np.asarray(train_rewards, np.float64)
+    if r.size > 1 and float(np.ptp(r)) == 0.0:
+        raise ValueError(f"the training reward {spec.get('scorer')!r} is the constant {r[0] + 0.0:g} on "
+                         f"all {r.size} records of {train_path}: it carries no signal; choose "
+                         "another config.reward.scorer or data with varied rewards")
 
 
 def reward_cache_dir(reward_cfg: Any) -> str:
@@ -116,6 +150,7 @@ def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_
         from fairjax.rewards.precompute import build_rewards
 
         spec = reward_spec(r, default_pool(train_path))
+        refuse_reference_terms(r, cfg.algorithm)
         cache_dir = reward_cache_dir(r)
         scorer = build_reward_scorer(r, default_pool(train_path),
                                      cache_dir=os.path.join(cache_dir, "pools"))
@@ -126,6 +161,7 @@ def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_
     else:
         raw = {s: _field_rewards(recs) for s, recs in records.items()}
         spec = _field_spec(cfg, train_path)
+    refuse_constant(raw["train"], spec, train_path)
     norm_path = run_dir / RUN_NORMALIZER_FILE
     if norm_path.is_file():  # a resumed run applies the statistics it trained with
         stats = norm.load_normalizer(norm_path)
