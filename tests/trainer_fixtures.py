@@ -182,3 +182,14 @@ def max_rel_err(a, b) -> float:
     errs = [np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-12)
             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
     return float(max(errs))
+
+
+def jaxpr_eqns(jaxpr):
+    """Every equation of a (closed) jaxpr, recursing into sub-jaxprs (jit, scan, remat, custom_vjp)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            for s in (v if isinstance(v, (list, tuple)) else [v]):
+                if hasattr(s, "eqns") or hasattr(getattr(s, "jaxpr", None), "eqns"):
+                    yield from jaxpr_eqns(s)
