@@ -150,7 +150,7 @@ def base_config(algorithm: str) -> ConfigDict:
     # ilql: shared base with policy, Q/V and target adapter sets (Polyak target) + heads
     c.lora.rank = 8
     c.lora.alpha = 16.0  # scale alpha / rank
-    c.lora.dropout = 0.0  # recorded in the PEFT export (the merged-kernel form applies none)
+    c.lora.dropout = 0.0  # adapter-input dropout in training (factored form), recorded in the PEFT export
     c.lora.targets = ""  # regex on param paths ("" = GPT-2 attn/c_attn, LLaMA q_proj|v_proj)
     c.lora.base_dtype = "float32"  # storage dtype of the frozen base (bfloat16 halves it)
     # quantised frozen base (qwix): none | int8 (per output channel) | nf4 (QLoRA NormalFloat4,
