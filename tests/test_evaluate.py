@@ -142,3 +142,10 @@ def test_eval_skips_are_reported_and_real_data_needs_a_pool(ilql_run, tmp_path):
     assert s["eval_read"]["errors"][0].startswith(f"{data}:4")
     assert "3 records kept, 2 skipped" in E.format_summary(s)
     assert json.loads((tmp_path / "b" / E.SUMMARY_FILE).read_text())["eval_read"]["skipped"] == 2
+    # the headline is the mean of the per-row log, and vs_original the mean paired difference
+    rows = [json.loads(l) for l in (tmp_path / "b" / E.LOG_FILE).read_text().splitlines()]
+    for name in ("original", "bc"):
+        want = sum(r[name]["reward"] for r in rows) / len(rows)
+        assert s["systems"][name]["reward"]["mean"] == pytest.approx(want)
+    diff = sum(r["bc"]["reward"] - r["original"]["reward"] for r in rows) / len(rows)
+    assert s["systems"]["bc"]["vs_original"]["reward"]["mean_diff"] == pytest.approx(diff)
