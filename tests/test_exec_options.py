@@ -47,7 +47,7 @@ def test_each_remat_policy_puts_its_checkpoint_in_the_jaxpr(mod, scan):
     ids = jnp.zeros((2, 9), jnp.int32)
     for remat, policy in common.REMAT_POLICIES.items():
         m = mod.Model(cfg.replace(remat=remat))
-        jaxpr = jax.make_jaxpr(lambda p: m.apply({"params": p}, ids).logits)(params)
+        jaxpr = jax.make_jaxpr(lambda p, m=m: m.apply({"params": p}, ids).logits)(params)
         ck = [e for e in jaxpr_eqns(jaxpr) if e.primitive.name in REMAT_PRIMITIVES]
         assert len(ck) == (0 if remat == "none" else 1 if scan else cfg.num_layers), remat
         assert all(e.params["policy"] is policy for e in ck), remat
@@ -61,7 +61,8 @@ def test_scan_layers_traces_one_scan_over_the_layers(mod):
     for scan in (False, True):
         cfg = mod.PRESETS["tiny"].replace(scan_layers=scan)
         params = mod.init_params(cfg, jax.random.PRNGKey(0))
-        jaxpr = jax.make_jaxpr(lambda p: mod.Model(cfg).apply({"params": p}, ids).logits)(params)
+        model = mod.Model(cfg)
+        jaxpr = jax.make_jaxpr(lambda p, model=model: model.apply({"params": p}, ids).logits)(params)
         scans = [e.params["length"] for e in jaxpr_eqns(jaxpr) if e.primitive.name == "scan"]
         assert scans == ([cfg.num_layers] if scan else []), scan
 

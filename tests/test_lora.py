@@ -96,6 +96,15 @@ def test_shared_base_ilql_trains_adapters_and_heads_only(tmp_path):
     assert res.step == 24
 
 
+def _bc_batch():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 900, (2, 12)).astype(np.int32)
+    return {"tokens": tokens, "attn_mask": np.ones((2, 12), np.float32),
+            "state_idxs": np.tile(np.arange(5, 12), (2, 1)).astype(np.int32),
+            "action_idxs": np.tile(np.arange(5, 11), (2, 1)).astype(np.int32),
+            "rewards": np.zeros((2, 6), np.float32), "terminals": np.tile([0] * 6 + [1], (2, 1))}
+
+
 def test_lora_bc_and_alol_reference_is_the_base():
     from fairjax.agents import lora as AL
     from fairjax.agents import lm as LM
@@ -105,12 +114,7 @@ def test_lora_bc_and_alol_reference_is_the_base():
     alg = AL.bc_algorithm(model, LM.LMConfig(), base, lc, "gpt2")
     params, frozen = alg.init(jax.random.PRNGKey(0))
     assert set(frozen) == {"base"} and all(set(v) == {"a", "b"} for v in params.values())
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 900, (2, 12)).astype(np.int32)
-    batch = {"tokens": tokens, "attn_mask": np.ones((2, 12), np.float32),
-             "state_idxs": np.tile(np.arange(5, 12), (2, 1)).astype(np.int32),
-             "action_idxs": np.tile(np.arange(5, 11), (2, 1)).astype(np.int32),
-             "rewards": np.zeros((2, 6), np.float32), "terminals": np.tile([0] * 6 + [1], (2, 1))}
+    batch = _bc_batch()
     g = jax.grad(lambda p: alg.loss(p, frozen, batch, None)[0])(params)
     assert any(float(jnp.abs(v["a"]).max()) == 0 and float(jnp.abs(v["b"]).max()) > 0
                for v in g.values())  # B = 0: dL/dA = 0, dL/dB != 0 at init
@@ -125,12 +129,7 @@ def test_lora_dropout_reaches_the_objective_loss():
     from fairjax.agents import lora as AL
 
     model, base, cfg = _tiny("gpt2")
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 900, (2, 12)).astype(np.int32)
-    batch = {"tokens": tokens, "attn_mask": np.ones((2, 12), np.float32),
-             "state_idxs": np.tile(np.arange(5, 12), (2, 1)).astype(np.int32),
-             "action_idxs": np.tile(np.arange(5, 11), (2, 1)).astype(np.int32),
-             "rewards": np.zeros((2, 6), np.float32), "terminals": np.tile([0] * 6 + [1], (2, 1))}
+    batch = _bc_batch()
 
     def loss(lc, key):
         alg = AL.bc_algorithm(model, LM.LMConfig(), base, lc, "gpt2")
