@@ -154,3 +154,20 @@ def test_chunked_heads_trace_no_vocab_sized_array():
     for make in (bc, logp):
         assert vocab_sized(make(0)), make.__name__  # the dense path materialises [B, T, V]
         assert vocab_sized(make(50)) == [], make.__name__
+
+
+def test_ilql_detach_v_and_detach_q_stop_the_trunk_gradient():
+    """detach_v / detach_q: the V (Q) heads read the value trunk's hidden states through a
+    stop_gradient; with both set (and a separate policy) the trunk gets no gradient at all."""
+    model, cfg, params, frozen, batch = _ilql_setup(separate_policy=True, awac=0.0, dm=0.0)
+    trunk = [k for k in params if k not in ("policy",) and "head" not in k and k != "heads"]
+
+    def trunk_grad(**kw):
+        c = dataclasses.replace(cfg, **kw)
+        g = jax.grad(lambda p: I.loss_fn(model, c, p, frozen, batch)[0])(params)
+        return max(float(jnp.abs(x).max()) for k in trunk for x in jax.tree.leaves(g[k]))
+
+    assert trunk, sorted(params)
+    assert trunk_grad() > 0
+    assert trunk_grad(detach_v=True) > 0 and trunk_grad(detach_q=True) > 0
+    assert trunk_grad(detach_v=True, detach_q=True) == 0.0
