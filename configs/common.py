@@ -101,7 +101,9 @@ def base_config(algorithm: str) -> ConfigDict:
     c.reward.preservation = ConfigDict()
     c.reward.preservation.metric = "cosine"  # cosine (diversity embedder) | chrf (/100)
     c.reward.composite = ConfigDict()
-    c.reward.composite.terms = "diversity,preservation"  # terms of reward.scorer=composite
+    # terms of reward.scorer=composite; preservation needs a reference text, which only online
+    # objectives have (offline ones refuse it); a training reward that is constant is refused
+    c.reward.composite.terms = "diversity,preservation"
     c.reward.composite.weights = "1,20"  # one weight per term
     # reward.scorer=constrained, the faithful-rewrite reward (fairjax/rewards/constrained.py): the
     # fairness term F = diversity_weight * diversity + gender_coded_weight * (-|coded ratio|),
@@ -186,7 +188,7 @@ def base_config(algorithm: str) -> ConfigDict:
     c.lora.enabled = False
     c.lora.rank = 8
     c.lora.alpha = 16.0  # scale alpha / rank
-    c.lora.dropout = 0.0  # on the adapter input of the trained sets, training only; in the PEFT export
+    c.lora.dropout = 0.0  # adapter-input dropout in training (factored form), recorded in the PEFT export
     c.lora.targets = ""  # regex on param paths ("" = GPT-2 attn/c_attn, LLaMA q_proj|v_proj)
     c.lora.base_dtype = "float32"  # storage dtype of the frozen base (bfloat16 halves it)
     # quantised frozen base (qwix): none | int8 (per output channel) | nf4 (QLoRA NormalFloat4,

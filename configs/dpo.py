@@ -22,7 +22,7 @@ def get_config():
     c.dpo.min_margin = 0.0  # only pairs whose reward gap exceeds this (derived pairs)
     # Pairs: a JSONL of {"prompt", "chosen", "rejected"}; "" = derive them from the postings of
     # data.train: each posting vs its gender-coded-wording counterfactual (lexicon rewriter),
-    # ranked by the diversity reward over reward.pool (fairjax/data/pairs.py).
+    # ranked by the configured reward (reward.scorer over reward.pool; fairjax/data/pairs.py).
     c.dpo.pairs = ""
     c.dpo.eval_pairs = ""  # eval pairs JSONL ("" = derived from data.eval when pairs are derived)
     c.optim.lr = 5e-5

@@ -76,7 +76,8 @@ def get_config():
     c.generation.adv_clip = 0.0  # upper clip of the perturbation (0 = off)
 
     c.scorer = ConfigDict()
-    # Candidate pools, comma-separated JSONL ("" = the demo candidates). Real data:
+    # Candidate pools, comma-separated JSONL ("" = the candidates.jsonl beside the eval data,
+    # which only the demo corpus has; other data without pools is refused). Real data:
     # "../shared/data/bios/bios.jsonl,../shared/data/tech_bios/bios.jsonl"
     c.scorer.pools = ""
     c.scorer.k = 50  # candidates matched per posting (the impact-ratio pool)

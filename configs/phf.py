@@ -19,9 +19,11 @@ def get_config():
     c.phf.objective = "awr"
     c.phf.threshold = 0.0  # reward threshold (filtering keeps >=; conditional: good/bad token)
     c.phf.ul_alpha = 1.0  # unlikelihood weight
-    # unlikelihood token-score threshold; job data scores tokens with -reward (the diversity
-    # reward is about -35..-10, so scores 10..35); upstream toxicity threshold: 0.00078
-    c.phf.ul_threshold = 25.0
+    # unlikelihood token-score threshold on the scale of the token scores, -reward after
+    # reward.normalize (standardised below: 0.5 = postings more than half a standard deviation
+    # below the mean reward get the unlikelihood term, about a third of them); a threshold that
+    # leaves every train posting on one side is refused; upstream toxicity threshold: 0.00078
+    c.phf.ul_threshold = 0.5
     c.phf.awr_alpha = 0.5  # AWR value-loss weight
     c.phf.awr_beta = 1.0  # AWR / RWR temperature
     c.phf.clip_weight_max = 1000.0  # cap of exp(A / beta)

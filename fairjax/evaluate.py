@@ -335,8 +335,10 @@ def _shuffle_words(text: str, seed: int) -> str:
 
 
 # ----------------------------------------------------------------------------- scoring
-def build_scorer(cfg: Any, run_dir_hint: Optional[str] = None):
-    """DiversityScorer over `scorer.pools` (comma-separated JSONL; "" = the demo candidates)."""
+def build_scorer(cfg: Any, eval_path: str):
+    """DiversityScorer over `scorer.pools` (comma-separated JSONL; "" = the candidates.jsonl
+    beside the eval data, which only the demo corpus has: real postings without a pool are
+    refused rather than scored against synthetic candidates)."""
     from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
     from fairjax.rewards.embedders import make_embedder
     from fairjax.rewards.pool import CandidatePool, load_pool
@@ -344,14 +346,12 @@ def build_scorer(cfg: Any, run_dir_hint: Optional[str] = None):
 
     paths = [p.strip() for p in cfg.scorer.pools.split(",") if p.strip()]
     if not paths:
-        demo = Path(run_dir_hint or "") / "data" / "candidates.jsonl"
-        if not demo.is_file():
-            from fairjax.data.demo import write_demo
-
-            d = Path(cfg.output_dir) / "demo_data"
-            write_demo(d, seed=0)
-            demo = d / "candidates.jsonl"
-        paths = [str(demo)]
+        beside = Path(eval_path).parent / "candidates.jsonl"
+        if not beside.is_file():
+            raise ValueError(f"config.scorer.pools is empty and {eval_path} has no candidate pool "
+                             "beside it (only the demo corpus does): give the candidate pool "
+                             "JSONL(s) to score the postings against")
+        paths = [str(beside)]
     pool = CandidatePool.concat([load_pool(p) for p in paths])
     s = cfg.scorer
     dcfg = DiversityConfig(k=s.k, select_k=s.select_k, distance=s.distance,
@@ -450,6 +450,7 @@ def evaluate(cfg: Any) -> dict:
 
     from fairjax.data.jobs import JobsDataset
     from fairjax.data.layout import prompt_tokens
+    from fairjax.data.sources import SourceStats
     from fairjax.eval import fairness, preservation
     from fairjax.eval.report import summarize_systems, write_report
     from fairjax.generate import generate_texts
@@ -462,6 +463,10 @@ def evaluate(cfg: Any) -> dict:
         raise ValueError("config.data.eval is empty and the checkpoint is not a run dir with an "
                          "eval split: give the eval JSONL/CSV")
     ds = JobsDataset.from_file(eval_path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
+    r = ds.read_stats  # data.on_error=skip: what was dropped is counted and reported
+    read = SourceStats(eval_path, lines=r.lines, kept=r.kept, skipped=r.skipped,
+                       errors=list(r.errors)).to_dict()
+    print(read["line"], flush=True)
     examples = list(ds)[: cfg.limit or None]
     if not examples:
         raise ValueError(f"{eval_path}: no postings to evaluate")
@@ -471,8 +476,7 @@ def evaluate(cfg: Any) -> dict:
         if row.get("index") != i or row.get("id") != examples[i].id:
             raise ValueError(f"{log}:{i + 1}: row for {row.get('id')!r} does not match prompt "
                              f"{i} ({examples[i].id!r}) of {eval_path}: use a new output_dir")
-    hint = cfg.checkpoint if _is_run_dir(cfg.checkpoint) else None
-    scorer = build_scorer(cfg, hint)
+    scorer = build_scorer(cfg, eval_path)
     gen_info = _size_generation(cfg, systems, examples)
     baselines = attach_scorer(cfg, systems, scorer)
     for s in systems:
@@ -548,7 +552,7 @@ def evaluate(cfg: Any) -> dict:
                         is not None else trained_reward_of(s.source, s.generation.adv_weight))
                for s in systems}
     meta = {"checkpoint": cfg.checkpoint, "extra_checkpoints": cfg.extra_checkpoints,
-            "eval_data": eval_path, "n_prompts": len(rows), "systems": names,
+            "eval_data": eval_path, "eval_read": read, "n_prompts": len(rows), "systems": names,
             "trained_reward": trained_reward_of(cfg.checkpoint), "trained_reward_by_system": trained,
             "reported_reward": reported,
             "scorer": {"pool": scorer.pool.describe(), "embedder": scorer.embedder.id},
@@ -780,6 +784,7 @@ def format_summary(summary: dict) -> str:
                                                                      {}).values()) else ""),
              f"reported reward: {summary.get('reported_reward', {}).get('scorer', 'diversity')} "
              f"(candidate pool {summary.get('reported_reward', {}).get('pool', '?')})",
+             *([summary["eval_read"]["line"]] if "eval_read" in summary else []),
              f"{'system':14s} {'reward':>22s} {'IR female':>10s} {'IR male':>8s} "
              f"{'4/5 viol. (F)':>13s} {'Δreward vs original':>26s} {'finished':>8s} {'chrF':>6s}"
              f" {'SIM':>5s} {'J':>5s} {'retr.':>5s}  trained on"]

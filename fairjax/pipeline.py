@@ -86,6 +86,7 @@ def eval_config(cfg: Any, run_dir: Path):
     gen = decoding.settings(cfg) if decoding.settings is not None else None
     ev.generation.temperature = gen.temperature if gen is not None else 1.0
     ev.generation.top_k = gen.top_k if gen is not None else 0
+    ev.generation.top_p = getattr(gen, "top_p", 1.0) if gen is not None else 1.0  # ILQL's block has none
     ev.scorer.pools = p.eval_pools
     # judged with the embedder the run trained on (reward.embedder)
     from fairjax.rewards.registry import embedder_name

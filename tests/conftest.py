@@ -14,7 +14,9 @@ def fixtures_root() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     root = fixtures_root()
-    if not root.is_dir():  # the only allowed skip; .ci/run refuses to run without fixtures
+    # skipping when the fixture dir is absent is the suite's one kind of skip (this one and
+    # shared_data_dir below); .ci/run refuses to run at all without the fixture dir
+    if not root.is_dir():
         pytest.skip(f"fixture directory {root} is absent (set FAIRJAX_FIXTURES)")
     return root
 

@@ -183,3 +183,31 @@ def test_baselines_are_systems_with_the_same_metrics(fixtures_dir, ilql_run, tmp
     assert b["prompted"]["generation"]["temperature"] == 0.7
     with pytest.raises(ValueError, match="baselines"):
         E.parse_baselines("lexicon_swap,nope")
+
+
+def test_eval_skips_are_reported_and_real_data_needs_a_pool(ilql_run, tmp_path):
+    """data.on_error=skip drops bad eval records and says how many (log line, summary.json);
+    eval data without a candidate pool beside it (not the demo corpus) is refused instead of
+    being scored against a synthetic pool."""
+    lines = (ilql_run / "data" / "jobs_eval.jsonl").read_text().splitlines()
+    data = tmp_path / "postings.jsonl"
+    data.write_text("\n".join(lines[:3] + ['{"id": "bad", "text": 3}', "{not json"]) + "\n")
+    cfg = eval_config(ilql_run, tmp_path / "a", limit=2, variants="bc:0",
+                      **{"data.eval": str(data), "data.on_error": "skip"})
+    with pytest.raises(ValueError, match="scorer.pools is empty"):
+        E.evaluate(cfg)
+    cfg = eval_config(ilql_run, tmp_path / "b", limit=2, variants="bc:0",
+                      **{"data.eval": str(data), "data.on_error": "skip",
+                         "scorer.pools": str(ilql_run / "data" / "candidates.jsonl")})
+    s = E.evaluate(cfg)
+    assert (s["eval_read"]["kept"], s["eval_read"]["skipped"]) == (3, 2)
+    assert s["eval_read"]["errors"][0].startswith(f"{data}:4")
+    assert "3 records kept, 2 skipped" in E.format_summary(s)
+    assert json.loads((tmp_path / "b" / E.SUMMARY_FILE).read_text())["eval_read"]["skipped"] == 2
+    # the headline is the mean of the per-row log, and vs_original the mean paired difference
+    rows = [json.loads(l) for l in (tmp_path / "b" / E.LOG_FILE).read_text().splitlines()]
+    for name in ("original", "bc"):
+        want = sum(r[name]["reward"] for r in rows) / len(rows)
+        assert s["systems"][name]["reward"]["mean"] == pytest.approx(want)
+    diff = sum(r["bc"]["reward"] - r["original"]["reward"] for r in rows) / len(rows)
+    assert s["systems"]["bc"]["vs_original"]["reward"]["mean_diff"] == pytest.approx(diff)

@@ -32,6 +32,41 @@ def test_remat_policies_equal_plain(mod):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=remat)
 
 
+REMAT_PRIMITIVES = ("checkpoint", "remat2", "remat")
+
+
+@pytest.mark.parametrize("mod", [gpt2, llama], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan"])
+def test_each_remat_policy_puts_its_checkpoint_in_the_jaxpr(mod, scan):
+    """Equal outputs cannot tell remat from none: the traced forward must hold one checkpoint per
+    block (one in the scanned body) carrying the named policy, and none for remat='none'."""
+    from trainer_fixtures import jaxpr_eqns
+
+    cfg = mod.PRESETS["tiny"].replace(scan_layers=scan)
+    params = mod.init_params(cfg, jax.random.PRNGKey(0))
+    ids = jnp.zeros((2, 9), jnp.int32)
+    for remat, policy in common.REMAT_POLICIES.items():
+        m = mod.Model(cfg.replace(remat=remat))
+        jaxpr = jax.make_jaxpr(lambda p, m=m: m.apply({"params": p}, ids).logits)(params)
+        ck = [e for e in jaxpr_eqns(jaxpr) if e.primitive.name in REMAT_PRIMITIVES]
+        assert len(ck) == (0 if remat == "none" else 1 if scan else cfg.num_layers), remat
+        assert all(e.params["policy"] is policy for e in ck), remat
+
+
+@pytest.mark.parametrize("mod", [gpt2, llama], ids=["gpt2", "llama"])
+def test_scan_layers_traces_one_scan_over_the_layers(mod):
+    from trainer_fixtures import jaxpr_eqns
+
+    ids = jnp.zeros((2, 9), jnp.int32)
+    for scan in (False, True):
+        cfg = mod.PRESETS["tiny"].replace(scan_layers=scan)
+        params = mod.init_params(cfg, jax.random.PRNGKey(0))
+        model = mod.Model(cfg)
+        jaxpr = jax.make_jaxpr(lambda p, model=model: model.apply({"params": p}, ids).logits)(params)
+        scans = [e.params["length"] for e in jaxpr_eqns(jaxpr) if e.primitive.name == "scan"]
+        assert scans == ([cfg.num_layers] if scan else []), scan
+
+
 def test_bad_remat_name_names_key_and_values():
     with pytest.raises(ConfigError, match=r"remat.*'offlaod'.*(dots_saveable|offload)"):
         gpt2.PRESETS["tiny"].replace(remat="offlaod")

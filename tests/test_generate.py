@@ -248,3 +248,27 @@ def test_one_compilation_serves_every_beta(upstream):
     # beta 8's first token is the argmax of the fixture's perturbed logits
     full = gen["full_logits"]
     assert int(outs[1].tokens[0, 0]) == int(np.argmax(np.where(np.isfinite(full), full, -np.inf)))
+
+
+def test_perturbation_options_exp_adv_and_adv_clip_reach_the_logits():
+    """generation.exp_adv=False (step-function log-weights) and adv_clip, from the eval config to
+    the perturbation added to the policy logits."""
+    from fairjax import evaluate as E
+    from fairjax.generate import GenerationConfig, advantage_logits
+    from trainer_fixtures import load_config
+
+    q, v = jnp.array([[1.0, -1.0, 3.0]]), jnp.array([0.5])
+    a = np.asarray(q - v[:, None])
+    pert, adv = advantage_logits(q, v, GenerationConfig(adv_weight=2.0))
+    np.testing.assert_allclose(pert, 2.0 * a, rtol=1e-6)
+    np.testing.assert_allclose(adv, a, rtol=1e-6)
+    pert, _ = advantage_logits(q, v, GenerationConfig(adv_weight=0.8, exp_adv=False))
+    np.testing.assert_allclose(pert, np.log([[0.8, 0.2, 0.8]]), rtol=1e-6)
+    pert, _ = advantage_logits(q, v, GenerationConfig(adv_weight=2.0, adv_clip=1.0))
+    np.testing.assert_allclose(pert, np.minimum(2.0 * a, 1.0), rtol=1e-6)
+    c = load_config("eval")
+    c.generation.exp_adv, c.generation.adv_clip = False, 1.5
+    g = E._generation(c, adv_weight=4.0)
+    assert (g.exp_adv, g.adv_clip, g.adv_weight) == (False, 1.5, 4.0)
+    c.generation.adv_clip = 0.0  # 0 = off
+    assert E._generation(c).adv_clip is None

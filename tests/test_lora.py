@@ -9,7 +9,7 @@ import pytest
 
 from fairjax.models import gpt2, llama
 from fairjax.models import lora as L
-from trainer_fixtures import small_config
+from trainer_fixtures import assert_trees_equal, small_config
 
 FAMILIES = {"gpt2": (gpt2, gpt2.GPT2LMHeadModel), "llama": (llama, llama.LlamaForCausalLM)}
 
@@ -96,6 +96,15 @@ def test_shared_base_ilql_trains_adapters_and_heads_only(tmp_path):
     assert res.step == 24
 
 
+def _bc_batch():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 900, (2, 12)).astype(np.int32)
+    return {"tokens": tokens, "attn_mask": np.ones((2, 12), np.float32),
+            "state_idxs": np.tile(np.arange(5, 12), (2, 1)).astype(np.int32),
+            "action_idxs": np.tile(np.arange(5, 11), (2, 1)).astype(np.int32),
+            "rewards": np.zeros((2, 6), np.float32), "terminals": np.tile([0] * 6 + [1], (2, 1))}
+
+
 def test_lora_bc_and_alol_reference_is_the_base():
     from fairjax.agents import lora as AL
     from fairjax.agents import lm as LM
@@ -105,14 +114,35 @@ def test_lora_bc_and_alol_reference_is_the_base():
     alg = AL.loraize(lambda m, lm: LM.make_algorithm(m, LM.LMConfig(), lm), model, base, lc, "gpt2")
     params, frozen = alg.init(jax.random.PRNGKey(0))
     assert set(frozen) == {"base"} and all(set(v) == {"a", "b"} for v in params.values())
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 900, (2, 12)).astype(np.int32)
-    batch = {"tokens": tokens, "attn_mask": np.ones((2, 12), np.float32),
-             "state_idxs": np.tile(np.arange(5, 12), (2, 1)).astype(np.int32),
-             "action_idxs": np.tile(np.arange(5, 11), (2, 1)).astype(np.int32),
-             "rewards": np.zeros((2, 6), np.float32), "terminals": np.tile([0] * 6 + [1], (2, 1))}
+    batch = _bc_batch()
     g = jax.grad(lambda p: alg.loss(p, frozen, batch, None)[0])(params)
     assert any(float(jnp.abs(v["a"]).max()) == 0 and float(jnp.abs(v["b"]).max()) > 0
                for v in g.values())  # B = 0: dL/dA = 0, dL/dB != 0 at init
     assert set(jax.tree.leaves(jax.tree.map(lambda x: x.shape, g))) == set(
         jax.tree.leaves(jax.tree.map(lambda x: x.shape, params)))
+
+
+def test_lora_dropout_reaches_the_objective_loss():
+    """lora.dropout in the BC objective: the loss and its gradient depend on the step key (two
+    keys differ, one key repeats), and without a key (eval) equal the no-dropout loss."""
+    from fairjax.agents import lm as LM
+    from fairjax.agents import lora as AL
+
+    model, base, cfg = _tiny("gpt2")
+    batch = _bc_batch()
+
+    def loss(lc, key):
+        alg = AL.bc_algorithm(model, LM.LMConfig(), base, lc, "gpt2")
+        params, frozen = alg.init(jax.random.PRNGKey(0))
+        params = jax.tree.map(lambda x: x + 0.05, params)  # B != 0: the adapters act
+        return jax.value_and_grad(lambda p: alg.loss(p, frozen, batch, key)[0])(params)
+
+    drop, plain = L.LoraConfig(rank=2, dropout=0.5), L.LoraConfig(rank=2)
+    k0, k1 = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
+    (v0, g0), (v1, _), (v0b, _) = loss(drop, k0), loss(drop, k1), loss(drop, k0)
+    (vp, gp), (ve, ge) = loss(plain, k0), loss(drop, None)
+    assert float(v0) != float(v1) and float(v0) == float(v0b)
+    assert float(v0) != float(vp)
+    assert not np.allclose(jax.tree.leaves(g0)[0], jax.tree.leaves(gp)[0])
+    np.testing.assert_allclose(float(ve), float(vp), rtol=1e-6)
+    assert_trees_equal(ge, gp, rtol=1e-5, atol=1e-7)

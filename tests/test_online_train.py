@@ -84,3 +84,18 @@ def test_grpo_pipeline_bc_then_grpo_then_evaluation(tmp_path):
     names = json.dumps(summary["systems"])
     assert "grpo" in names and "bc" in names
     assert (tmp_path / "grpo" / "eval" / "report" / "report.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rloo", "ppo"])
+def test_shipped_rloo_and_ppo_configs_train_two_steps(tmp_path, name):
+    """configs/rloo.py and configs/ppo.py (tiny settings) train end to end: two logged steps
+    with a reward, a checkpoint at step 2 and a summary."""
+    res = train(_config(name, **{"train.steps": 2, "train.log_every": 1, "train.eval_every": 0,
+                                 "train.save_every": 2}), tmp_path)
+    assert res.step == 2
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r.get("split", "train") == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and "reward/mean" in json.dumps(r) for r in train_rows)
+    assert (tmp_path / "summary.json").is_file()

@@ -61,3 +61,42 @@ def test_dpo_trains_from_config_on_explicit_pairs(tmp_path):
     train = [r for r in logs if r["split"] == "train"]
     assert train[-1]["loss"] < train[0]["loss"]
     assert train[-1]["rewards/accuracy"] >= train[0]["rewards/accuracy"]
+
+
+@pytest.mark.slow
+def test_dpo_trains_on_derived_pairs_with_the_shipped_defaults(tmp_path):
+    """configs/dpo.py as shipped (derived pairs, default scorer and pool) trains: the pool is the
+    demo candidates beside the source data, not beside its rewarded copy."""
+    from fairjax.train.build import train
+
+    cfg = small_config("dpo", **{"train.steps": 1, "train.eval_every": 0,
+                                 "data.demo_postings": 80, "optim.batch_size": 4})
+    train(cfg, tmp_path / "run")
+    spec = json.loads((tmp_path / "run" / "reward_spec.json").read_text())
+    assert spec["scorer"] == "diversity"
+    logs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs if r["split"] == "train"] == [1]
+
+
+def test_dpo_pairs_are_ranked_by_the_configured_reward(tmp_path):
+    """The pair scorer is `reward.scorer` with its settings and (comma-separated) pools."""
+    from fairjax.agents.dpo import pair_scorer
+    from fairjax.data.demo import write_demo
+    from fairjax.errors import ConfigError
+    from fairjax.rewards.pool import load_pool
+
+    write_demo(tmp_path, n_postings=20, seed=0)
+    train = str(tmp_path / "jobs_train.jsonl")
+    pool = str(tmp_path / "candidates.jsonl")
+    cfg = small_config("dpo", **{"reward.scorer": "gender_coded",
+                                 "reward.gender_coded.mode": "difference",
+                                 "reward.cache_dir": str(tmp_path / "cache")})
+    s = pair_scorer(cfg, train)
+    assert "gender_coded" in s.name and s.base.mode == "difference"
+    cfg.reward.scorer, cfg.reward.pool = "diversity", f"{pool},{pool}"
+    cfg.reward.diversity.k = 17
+    s = pair_scorer(cfg, train)
+    assert len(s.pool) == 2 * len(load_pool(pool)) and s.config.k == 17
+    cfg.reward.scorer = ""
+    with pytest.raises(ConfigError, match="reward.scorer"):
+        pair_scorer(cfg, train)

@@ -104,3 +104,25 @@ def test_online_pipeline_evaluation_sizes_rewrites_from_the_data():
     for algo in ("grpo", "rloo", "ppo", "ilql"):
         ev = pipeline.eval_config(small_config(algo), Path("/tmp/run"))
         assert ev.generation.max_new_tokens == 0, algo
+
+
+def test_online_pipeline_evaluation_samples_as_the_run_did():
+    """temperature, top_k and top_p of the online objective reach the evaluation stage."""
+    from pathlib import Path
+
+    for algo in ("grpo", "rloo", "ppo"):
+        cfg = small_config(algo, **{f"{algo}.temperature": 0.7, f"{algo}.top_k": 5,
+                                    f"{algo}.top_p": 0.9})
+        g = pipeline.eval_config(cfg, Path("/tmp/run")).generation
+        assert (g.temperature, g.top_k, g.top_p) == (0.7, 5, 0.9), algo
+
+
+def test_offline_pipeline_refuses_preservation_before_bc(tmp_path):
+    """A reward offline data cannot give (preservation: every posting its own original) stops the
+    pipeline before its BC stage trains."""
+    from fairjax.errors import ConfigError
+
+    cfg = small_config("ilql", **{"reward.scorer": "preservation"})
+    with pytest.raises(ConfigError, match="reward.scorer='preservation'"):
+        pipeline.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "bc").exists()

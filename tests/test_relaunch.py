@@ -8,12 +8,11 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 
 from fairjax.runs import restore_run
 
-from trainer_fixtures import REPO
+from trainer_fixtures import REPO, assert_trees_equal
 
 ARGS = ["--config=configs/ilql.py", "--config.pipeline.bc_steps=4", "--config.train.steps=4",
         "--config.train.save_every=2", "--config.train.eval_every=0", "--config.train.log_every=1",
@@ -65,8 +64,7 @@ def test_sigkill_in_each_stage_then_relaunch_matches_uninterrupted_run(tmp_path)
     r = _run(killed)
     assert r.returncode == 0, r.stderr[-3000:]
     for sub in ("bc", ""):
-        for a, b in zip(_params(full / sub), _params(killed / sub)):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert_trees_equal(_params(full / sub), _params(killed / sub))
         ma, mb = _metrics(full / sub / "metrics.jsonl"), _metrics(killed / sub / "metrics.jsonl")
         assert mb == ma  # no duplicate rows for the steps re-run after the BC resume
     la = (full / "eval" / "eval_logs.jsonl").read_text()

@@ -5,13 +5,11 @@ import signal
 import subprocess
 import sys
 
-import jax
-import numpy as np
 import pytest
 
 from fairjax.runs import restore_policy as restore_policy_params
 
-from trainer_fixtures import REPO
+from trainer_fixtures import REPO, assert_trees_equal
 
 ARGS = ["--config=configs/bc.py", "--config.train.steps=8", "--config.train.save_every=2",
         "--config.train.eval_every=0", "--config.data.demo_postings=40",
@@ -42,5 +40,4 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
     assert "resumed" in resumed.stdout
     _, a = restore_policy_params(tmp_path / "full", "latest")
     _, b = restore_policy_params(tmp_path / "killed", "latest")
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+    assert_trees_equal(a, b, rtol=0, atol=1e-6)

@@ -246,3 +246,35 @@ def test_demo_standin_reward_is_named(tmp_path):
     prepare_rewards(cfg, tmp_path / "run", str(train), None)
     spec = trained_reward(None, tmp_path / "run")
     assert spec["scorer"] == "demo_standin" and "stand-in lexical reward" in spec["note"]
+
+
+@pytest.mark.parametrize("scorer,composite,match", [
+    ("preservation", None, r"reward.scorer='preservation'"),
+    ("composite", {"terms": "diversity,preservation", "weights": "1,20"},
+     r"composite.terms='diversity,preservation'")])
+def test_offline_objectives_refuse_terms_that_need_a_reference(tmp_path, scorer, composite, match):
+    """Scored against itself, every offline posting would get preservation 1."""
+    from fairjax.rewards.training import prepare_rewards
+
+    train, _ = _data(tmp_path, ["python backend engineer", "nurse at the hospital", "python data"])
+    cfg = _run_cfg(tmp_path, scorer=scorer)
+    if composite:
+        cfg.reward.composite.update(composite)
+    with pytest.raises(ValueError, match=match + ".*ilql trains offline"):
+        prepare_rewards(cfg, tmp_path / "run", str(train), None, progress=False)
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_a_constant_training_reward_stops_the_build_naming_it(tmp_path):
+    from fairjax.rewards.training import prepare_rewards
+
+    train, _ = _data(tmp_path, ["python backend engineer", "nurse at the hospital", "data work"])
+    cfg = _run_cfg(tmp_path, scorer="gender_coded")  # no gender-coded word: every reward 0
+    with pytest.raises(ValueError, match=r"reward 'gender_coded' is the constant 0 on all 3"):
+        prepare_rewards(cfg, tmp_path / "run", str(train), None, progress=False)
+    p = tmp_path / "field.jsonl"
+    p.write_text("".join(json.dumps({"id": f"r{i}", "text": "t", "reward": 2.5}) + "\n"
+                         for i in range(4)))
+    with pytest.raises(ValueError, match=r"reward 'data_field' is the constant 2.5"):
+        prepare_rewards(_run_cfg(tmp_path, scorer=""), tmp_path / "run2", str(p), None,
+                        progress=False)

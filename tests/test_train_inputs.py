@@ -127,3 +127,18 @@ def test_custom_task_plugs_in_through_the_config(tmp_path):
     with pytest.raises(ValueError, match="--config.data.task=.*has no callable 'nope'"):
         train(cfg, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("algorithm", ["phf", pytest.param("ilql", marks=pytest.mark.slow)])
+def test_skipped_records_are_counted_for_objectives_that_train_on_a_reward(tmp_path, algorithm):
+    """The reward build reads (and skips) the records first; the counts of that first read, not
+    of the rewarded copy, reach the log line and summary.json."""
+    path = _postings(tmp_path, n_bad=3)
+    cfg = small_config(algorithm, **TINY, **{"data.train": str(path), "data.on_error": "skip",
+                                             "reward.scorer": "gender_coded",
+                                             "reward.cache_dir": str(tmp_path / "cache")})
+    res = train(cfg, tmp_path / "run")
+    assert [s["skipped"] for s in res.data_stats] == [3]
+    summary = json.loads((tmp_path / "run" / rd.SUMMARY_FILE).read_text())
+    assert summary["data"][0]["skipped"] == 3 and summary["data"][0]["path"] == str(path)
+    assert "3 skipped" in summary["data"][0]["line"]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from fairjax.errors import ConfigError
+from fairjax.io import run_dir as rd
 from fairjax.train import loop
 from fairjax.train.build import train
-from fairjax.io import run_dir as rd
 
-from trainer_fixtures import small_config, toy_setup
+from trainer_fixtures import assert_trees_equal, small_config, toy_setup
 
 
 def _params(result):
@@ -54,8 +54,7 @@ def test_resume_from_checkpoint_is_exact(tmp_path):
             shutil.rmtree(p)
     resumed = train(cfg, tmp_path / "b", setup=toy_setup(cfg))
     assert resumed.step == 9
-    for x, y in zip(jax.tree.leaves(_params(full)), jax.tree.leaves(_params(resumed))):
-        np.testing.assert_array_equal(x, y)
+    assert_trees_equal(_params(full), _params(resumed))
     np.testing.assert_array_equal(np.asarray(jax.device_get(full.state["rng"])),
                                   np.asarray(jax.device_get(resumed.state["rng"])))
 
@@ -73,8 +72,7 @@ def test_grad_accumulation_equals_large_batch(tmp_path):
     acc = small_config("bc", **{"optim.batch_size": 4, "optim.grad_accum": 2})
     a = train(big, tmp_path / "a", setup=toy_setup(big, noise=0.0))
     b = train(acc, tmp_path / "b", setup=toy_setup(acc, noise=0.0))
-    for x, y in zip(jax.tree.leaves(_params(a)), jax.tree.leaves(_params(b))):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert_trees_equal(_params(a), _params(b), rtol=1e-5, atol=1e-6)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
@@ -123,3 +121,13 @@ def test_save_without_eval_metric_logs_no_orbax_warning(tmp_path):
         absl_logger.removeHandler(handler)
     assert (tmp_path / rd.CHECKPOINT_DIR / "1").is_dir()
     assert not [r for r in records if "tracked_metric" in r.getMessage()]
+
+
+def test_tree_equality_fails_on_a_truncated_or_renamed_tree():
+    """The helper the resume/relaunch tests compare params with: a zip() over leaves would pass."""
+    a = {"w": np.ones(3), "b": np.zeros(2)}
+    assert_trees_equal(a, {"w": np.ones(3), "b": np.zeros(2)})
+    for other in ({"w": np.ones(3)}, {"w": np.ones(3), "c": np.zeros(2)},
+                  {"w": np.ones(3), "b": np.ones(2)}):
+        with pytest.raises(AssertionError):
+            assert_trees_equal(a, other)

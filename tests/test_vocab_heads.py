@@ -126,3 +126,48 @@ def test_compiled_ilql_step_has_no_vocab_sized_float32_temporary():
     # Dense keeps several [B, A, V] (Q scores, softmax) and [B, T, V] (logits) arrays; the chunked
     # path keeps [B*A, chunk] blocks (and the kernel gradients both paths need).
     assert dense - lean > 4 * bav and lean < 2 * bav, (dense, lean)
+
+
+def test_chunked_heads_trace_no_vocab_sized_array():
+    """vocab_chunk > 0 must reach the loss: no [.., V]-shaped value anywhere in the traced
+    value-and-grad of BC and of the log-prob forward (A-LoL/DPO/PHF); the dense path has them."""
+    from trainer_fixtures import jaxpr_eqns
+
+    mcfg = gpt2.GPT2Config(vocab_size=257, hidden_size=32, num_layers=1, num_heads=4,
+                           max_positions=32)
+    model, params = gpt2.Model(mcfg), gpt2.init_params(mcfg, jax.random.PRNGKey(0))
+    _, _, _, _, batch = _ilql_setup(vocab=mcfg.vocab_size)
+    B, T = batch["tokens"].shape
+
+    def vocab_sized(fn):
+        jaxpr = jax.make_jaxpr(jax.value_and_grad(fn))(params)
+        return [v.aval.shape for e in jaxpr_eqns(jaxpr) for v in e.outvars
+                if v.aval.shape[:1] in ((B,), (B * (T - 1),)) and mcfg.vocab_size in v.aval.shape]
+
+    def bc(c):
+        return lambda p: LM.loss_fn(model, LM.LMConfig(vocab_chunk=c), p, batch)[0]
+
+    def logp(c):
+        return lambda p: jnp.sum(AL.lm_forward(model, p, batch["tokens"], batch["attn_mask"],
+                                               vocab_chunk=c)[0])
+
+    for make in (bc, logp):
+        assert vocab_sized(make(0)), make.__name__  # the dense path materialises [B, T, V]
+        assert vocab_sized(make(50)) == [], make.__name__
+
+
+def test_ilql_detach_v_and_detach_q_stop_the_trunk_gradient():
+    """detach_v / detach_q: the V (Q) heads read the value trunk's hidden states through a
+    stop_gradient; with both set (and a separate policy) the trunk gets no gradient at all."""
+    model, cfg, params, frozen, batch = _ilql_setup(separate_policy=True, awac=0.0, dm=0.0)
+    trunk = [k for k in params if k not in ("policy",) and "head" not in k and k != "heads"]
+
+    def trunk_grad(**kw):
+        c = dataclasses.replace(cfg, **kw)
+        g = jax.grad(lambda p: I.loss_fn(model, c, p, frozen, batch)[0])(params)
+        return max(float(jnp.abs(x).max()) for k in trunk for x in jax.tree.leaves(g[k]))
+
+    assert trunk, sorted(params)
+    assert trunk_grad() > 0
+    assert trunk_grad(detach_v=True) > 0 and trunk_grad(detach_q=True) > 0
+    assert trunk_grad(detach_v=True, detach_q=True) == 0.0

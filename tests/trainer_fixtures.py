@@ -20,6 +20,15 @@ from fairjax.train.loop import Setup
 REPO = Path(__file__).resolve().parents[1]
 
 
+def assert_trees_equal(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
+    """Same tree structure (keys, nesting) and every leaf equal (within rtol/atol): unlike a
+    `zip()` over the leaves, a tree with a leaf missing fails."""
+    sa, sb = jax.tree.structure(a), jax.tree.structure(b)
+    assert sa == sb, f"tree structures differ: {sa} vs {sb}"
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
+                                                         rtol=rtol, atol=atol), a, b)
+
+
 def load_config(name: str):
     spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
@@ -176,3 +185,14 @@ def max_rel_err(a, b) -> float:
     errs = [np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-12)
             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
     return float(max(errs))
+
+
+def jaxpr_eqns(jaxpr):
+    """Every equation of a (closed) jaxpr, recursing into sub-jaxprs (jit, scan, remat, custom_vjp)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            for s in (v if isinstance(v, (list, tuple)) else [v]):
+                if hasattr(s, "eqns") or hasattr(getattr(s, "jaxpr", None), "eqns"):
+                    yield from jaxpr_eqns(s)

@@ -103,12 +103,12 @@ def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Alg
     return make_algorithm(module, from_config(cfg), policy)
 
 
-def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
+def build_data(cfg: Any, tok, train_path: str, eval_path, trunc,
+               reference: Optional[dict] = None):
     """DPO batches: `dpo.pairs` JSONL ({prompt, chosen, rejected}), or reward-ranked
-    (posting, gender-coded counterfactual) pairs of the job data (`data.pairs.pairs_from_postings`,
-    diversity reward over `reward.pool`, default: the demo candidates beside the train file)."""
-    import os
-
+    (posting, gender-coded counterfactual) pairs of the job data (`data.pairs.pairs_from_postings`),
+    ranked by the configured reward (`reward.scorer` with its `reward.*` settings; candidate pools
+    `reward.pool`, default: the candidates beside the source train file, not its rewarded copy)."""
     from fairjax.data.episodes import iterators
     from fairjax.data.jobs import JobsDataset
     from fairjax.data.pairs import layout_pairs, pair_collate, pairs_from_postings, read_pairs
@@ -120,14 +120,7 @@ def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
         if explicit:
             return read_pairs(path)
         if scorer is None:
-            from fairjax.rewards.diversity import DiversityScorer
-            from fairjax.rewards.pool import load_pool
-
-            pool = cfg.reward.pool or os.path.join(os.path.dirname(train_path), "candidates.jsonl")
-            if not os.path.isfile(pool):
-                raise ConfigError(f"dpo pairs from postings need a candidate pool: "
-                                  f"config.reward.pool={cfg.reward.pool!r} (nothing at {pool})")
-            scorer = DiversityScorer(load_pool(pool))
+            scorer = pair_scorer(cfg, train_path, (reference or {}).get("run_dir"))
         ds = JobsDataset.from_file(path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
         return pairs_from_postings([e.prompt for e in ds], [e.response for e in ds], scorer,
                                    cfg.dpo.min_margin)
@@ -151,6 +144,25 @@ def count_tokens(batch) -> int:
 
     return int(sum(float(np.asarray(batch[p + "attn_mask"]).sum())
                    for p in ("chosen_", "rejected_") if p + "attn_mask" in batch))
+
+
+def pair_scorer(cfg: Any, train_path: str, run_dir=None):
+    """The scorer that ranks derived pairs: `reward.scorer` as configured (the reward named in
+    reward_spec.json); the default pool sits beside the source data of `train_path`."""
+    import os
+
+    from fairjax.rewards.registry import build_reward_scorer
+    from fairjax.rewards.training import default_pool, reward_cache_dir, source_paths
+
+    if not cfg.reward.scorer:
+        raise ConfigError("dpo pairs derived from postings are ranked by config.reward.scorer, "
+                          "which is empty: set a scorer (e.g. diversity) or give config.dpo.pairs")
+    src = source_paths(run_dir, train_path, None)[0] if run_dir is not None else train_path
+    try:
+        return build_reward_scorer(cfg.reward, default_pool(src),
+                                   cache_dir=os.path.join(reward_cache_dir(cfg.reward), "pools"))
+    except ValueError as e:
+        raise ConfigError(f"dpo pairs from postings: {e}") from e
 
 
 OBJECTIVE = register(Objective(name="dpo", agent_config=from_config, build=build,

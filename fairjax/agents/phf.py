@@ -126,6 +126,22 @@ def with_token_scores(collate_fn):
     return wrapped
 
 
+def check_ul_threshold(cfg: Any, rewards, path: str) -> None:
+    """ConfigError when `phf.ul_threshold` puts every train posting on one side (token score
+    −reward, on the `reward.normalize` scale): unlikelihood would then be plain NLL (or pure UL)."""
+    scores = -np.asarray(rewards, np.float64)
+    thr = float(cfg.phf.ul_threshold)
+    if thr == 0.0 or scores.size == 0:  # 0: soft weights 1 − s (upstream), no threshold
+        return
+    n_bad = int(np.sum(scores > thr))
+    if n_bad in (0, scores.size):
+        raise ConfigError(
+            f"config.phf.ul_threshold={thr:g}: {'no' if n_bad == 0 else 'every'} posting of {path} "
+            f"has a token score (−reward, reward.normalize={cfg.reward.normalize!r}) above it "
+            f"(scores {scores.min():.3g}..{scores.max():.3g}), so unlikelihood would be "
+            f"{'plain NLL' if n_bad == 0 else 'pure unlikelihood'}: put the threshold inside that range")
+
+
 def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
     """Episodes with rewards; filtering keeps reward >= `phf.threshold`; unlikelihood / AWR / RWR
     batches carry per-token scores."""
@@ -145,6 +161,9 @@ def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
         return ds
 
     def prepare(train_eps):
+        if objective == "unlikelihood":
+            check_ul_threshold(cfg, [train_eps[i].sequence_reward for i in range(len(train_eps))],
+                               train_path)
         return train_eps, with_token_scores(functools.partial(collate, pad_id=tok.pad_id,
                                                               extras=True))
 

@@ -4,8 +4,9 @@
   `DataError("file:line: ...")`).
 * Derived from postings (`pairs_from_postings`): each posting's response is paired with its
   gender-coded-wording counterfactual (`rewriters.LexiconRewriter`: masculine-coded terms swapped
-  for neutral/feminine-coded ones, or back); both are scored by the reward scorer (the diversity
-  reward), the higher-scoring text is "chosen"; pairs whose reward gap is ≤ `min_margin` (or whose
+  for neutral/feminine-coded ones, or back); both are scored by the run's reward scorer
+  (`reward.scorer`; one that needs a reference is given the original), the higher-scoring text
+  is "chosen"; pairs whose reward gap is ≤ `min_margin` (or whose
   rewrite equals the original) are dropped. Deterministic.
 
 `PairDataset` lays pairs out with `layout.layout_pair` (the same trimmed prompt for both rows) and
@@ -63,8 +64,12 @@ def pairs_from_postings(prompts: Sequence[str], responses: Sequence[str], scorer
     keep = [i for i, (a, b) in enumerate(zip(responses, rewrites)) if a != b]
     if not keep:
         return []
-    r_orig = scorer.score_texts([responses[i] for i in keep])
-    r_new = scorer.score_texts([rewrites[i] for i in keep])
+    orig = [responses[i] for i in keep]
+    if getattr(scorer, "needs_reference", False):  # e.g. preservation: against the original
+        r_orig, r_new = scorer.score_texts(orig, orig), scorer.score_texts(
+            [rewrites[i] for i in keep], orig)
+    else:
+        r_orig, r_new = scorer.score_texts(orig), scorer.score_texts([rewrites[i] for i in keep])
     out = []
     for j, i in enumerate(keep):
         gap = float(r_new[j] - r_orig[j])

@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from fairjax.rewards import normalize as norm
 from fairjax.rewards.registry import (DEMO_STANDIN, RUN_NORMALIZER_FILE, RUN_SPEC_FILE,
-                                      build_reward_scorer, reward_spec)
+                                      build_reward_scorer, composite_terms, reward_spec)
 
 REWARDED_DIR = "rewarded"
 
@@ -62,9 +62,17 @@ def _field_rewards(records: list[dict]) -> np.ndarray:
 
 def require_data_rewards(cfg: Any, trains_on_reward: bool = True) -> None:
     """DataError now when the run would train on its data's own `reward` field and a record of
-    `data.train` lacks one: a pipeline calls it before its BC stage spends any time.
+    `data.train` lacks one (ConfigError for a reward term offline data cannot give,
+    `refuse_reference_terms`): a pipeline calls it before its BC stage spends any time.
     `trains_on_reward`: the objective's capability (`agents.registry.Objective`)."""
     path = cfg.data.train
+    if trains_on_reward and reference_term(cfg.reward):
+        from fairjax.errors import ConfigError
+
+        try:
+            refuse_reference_terms(cfg.reward, cfg.algorithm, _records_or_none(cfg))
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     if (not trains_on_reward or cfg.reward.scorer or not path
             or os.path.isdir(path)):
         return
@@ -77,6 +85,58 @@ def require_data_rewards(cfg: Any, trains_on_reward: bool = True) -> None:
         raise
     except ValueError as e:
         raise DataError(str(e)) from e
+
+
+def _records_or_none(cfg: Any) -> Optional[list]:
+    """The train records when `data.train` is a JSONL/CSV file (None for the demo or TFDS)."""
+    path = cfg.data.train
+    if not path or os.path.isdir(path):
+        return None
+    from fairjax.data.jobs import read_records
+
+    return read_records(path, text_field=cfg.data.text_field, on_error="skip")
+
+
+def reference_term(reward_cfg: Any) -> Optional[str]:
+    """The config key of a reward term that needs a reference text (preservation), or None."""
+    if reward_cfg.scorer == "composite" and "preservation" in dict(composite_terms(reward_cfg)):
+        return f"config.reward.composite.terms={reward_cfg.composite.terms!r}"
+    if reward_cfg.scorer == "preservation":
+        return "config.reward.scorer='preservation'"
+    return None
+
+
+def refuse_reference_terms(reward_cfg: Any, algorithm: str,
+                           records: Optional[Sequence[dict]] = None) -> None:
+    """ValueError when an offline objective would train on a term that needs a reference text
+    (preservation) and no train record carries one (an `original` field, as rewrite-augmented
+    data has): the records are their own originals, so it scores every posting 1."""
+    from fairjax.rewards.precompute import has_reference
+
+    where = reference_term(reward_cfg)
+    if where is None or (records is not None and any(has_reference(r) for r in records)):
+        return
+    raise ValueError(f"{where}: the preservation reward compares a text with its original, and "
+                     f"{algorithm} trains offline on the postings themselves (no other reference "
+                     "text), so it would score every record 1: drop the term, train on rewrite-augmented "
+                     "data (records with an 'original' field), or train an online objective, "
+                     "which scores its rewrites against the originals")
+
+
+def refuse_constant(train_rewards: np.ndarray, spec: dict, train_path: str) -> None:
+    """ValueError naming the reward when the training rewards [N] have zero variance (N > 1):
+    no signal, and standardisation would train on zeros."""
+    r = np.asarray(train_rewards, np.float64)
+    if r.size > 1 and float(np.ptp(r)) == 0.0:
+        raise ValueError(f"the training reward {spec.get('scorer')!r} is the constant {r[0] + 0.0:g} on "
+                         f"all {r.size} records of {train_path}: it carries no signal; choose "
+                         "another config.reward.scorer or data with varied rewards")
+
+
+def reward_cache_dir(reward_cfg: Any) -> str:
+    """`reward.cache_dir`, default ~/.cache/fairjax/rewards (pool embeddings under pools/)."""
+    return (reward_cfg.get("cache_dir", "")
+            or os.path.join(os.path.expanduser("~"), ".cache", "fairjax", "rewards"))
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -120,11 +180,11 @@ def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_
         if r.scorer == "constrained":  # offline data must carry the originals it rewrites
             require_references(records["train"], train_path, r.scorer)
 
-        default_pool = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
-        default_pool = default_pool if os.path.isfile(default_pool) else None
-        spec = reward_spec(r, default_pool)
+        spec = reward_spec(r, default_pool(train_path))
+        refuse_reference_terms(r, cfg.algorithm, records["train"])
         cache_dir = reward_cache_dir(r)
-        scorer = build_reward_scorer(r, default_pool, cache_dir=os.path.join(cache_dir, "pools"))
+        scorer = build_reward_scorer(r, default_pool(train_path),
+                                     cache_dir=os.path.join(cache_dir, "pools"))
         raw, caches = {}, {}
         for s, p in splits.items():
             raw[s], caches[s] = build_rewards(p, records[s], scorer, spec, cache_dir, progress=progress)
@@ -132,6 +192,7 @@ def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_
     else:
         raw = {s: _field_rewards(recs) for s, recs in records.items()}
         spec = _field_spec(cfg, train_path)
+    refuse_constant(raw["train"], spec, train_path)
     norm_path = run_dir / RUN_NORMALIZER_FILE
     if norm_path.is_file():  # a resumed run applies the statistics it trained with
         stats = norm.load_normalizer(norm_path)
@@ -177,10 +238,34 @@ def rewarded_paths(run_dir: str | os.PathLike, train_path: str, eval_path: Optio
     return done.get("train", train_path), (done.get("eval", eval_path) if eval_path else None)
 
 
+def source_paths(run_dir: str | os.PathLike, train_path: str, eval_path: Optional[str]
+                 ) -> tuple[str, Optional[str]]:
+    """The inverse of `rewarded_paths`: the data files that `prepare_rewards` read when
+    (train_path, eval_path) are its rewarded copies in `run_dir`, else the paths unchanged."""
+    spec_path = Path(run_dir) / RUN_SPEC_FILE
+    spec = {}
+    if spec_path.is_file():
+        with open(spec_path, encoding="utf-8") as f:
+            spec = json.load(f)
+    done, data = spec.get("rewarded", {}), spec.get("data", {})
+
+    def source(split, path):
+        if path and isinstance(data, dict) and done.get(split) == str(path) and split in data:
+            return data[split]
+        return path
+    return source("train", train_path), source("eval", eval_path)
+
+
+def default_pool(train_path: str) -> Optional[str]:
+    """The candidate pool used when `reward.pool` is empty: candidates.jsonl beside the (source)
+    train file (the demo corpus writes one there), or None."""
+    path = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
+    return path if os.path.isfile(path) else None
+
+
 def record_online_reward(cfg: Any, run_dir: str | os.PathLike, train_path: str) -> None:
     """RUN_DIR/reward_spec.json of an online objective, which scores its own rollouts with
     `reward.scorer` during training (no data build, no normalisation statistics)."""
-    default_pool = os.path.join(os.path.dirname(train_path), "candidates.jsonl")
-    spec = reward_spec(cfg.reward, default_pool if os.path.isfile(default_pool) else None)
+    spec = reward_spec(cfg.reward, default_pool(train_path))
     _write_json(Path(run_dir) / RUN_SPEC_FILE,
                 {**spec, "note": "scored on the policy's own rollouts during training"})

@@ -276,6 +276,8 @@ def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Option
 
 def build_setup(cfg: Any, run_dir: Path) -> Setup:
     """Model, tokenizer, data and objective from the config (see configs/common.py)."""
+    from fairjax.rewards.training import source_paths
+
     train_path, eval_path = training_rewards(cfg, run_dir, *data_paths(cfg, run_dir))
     mcfg, module, params, tok = build_model(cfg, run_dir, train_path)
     policy = _init_policy_params(cfg, mcfg)
@@ -292,7 +294,8 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
                   rules=mcfg.partition_rules(), model_config=mcfg, tokenizer=tok,
                   initial_lm_params=policy if policy is not None else params,
                   steps_per_epoch=per_epoch, eval_generate_fn=gen_fn,
-                  data_stats=sources.read_counts(cfg, train_path, eval_path,
+                  # counted on the files as first read (the rewarded copies hold only kept records)
+                  data_stats=sources.read_counts(cfg, *source_paths(run_dir, train_path, eval_path),
                                                  getattr(train_it, "layout_stats", None)),
                   count_tokens=registry.get(cfg.algorithm).count_tokens)
     make_step = registry.get(cfg.algorithm).make_step
