@@ -148,12 +148,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def reward_cache_dir(reward_cfg: Any) -> str:
-    """Where the reward build caches its rewards: `reward.cache_dir` or ~/.cache/fairjax/rewards."""
-    return (reward_cfg.get("cache_dir", "") or
-            os.path.join(os.path.expanduser("~"), ".cache", "fairjax", "rewards"))
-
-
 def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_path: Optional[str],
                     progress: bool = True, trains_on_reward: bool = True
                     ) -> tuple[str, Optional[str]]:
