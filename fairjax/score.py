@@ -152,8 +152,10 @@ def print_report(rows: list[dict], summary: dict, show: int, out=sys.stdout) -> 
           file=out)
 
 
-def build_scorer() -> DiversityScorer:
-    pool = CandidatePool.concat([load_pool(p) for p in FLAGS.pool])
+def build_embedder(pool: CandidatePool):
+    """The `--embedder`; the hashing TF-IDF one with its idf fitted on `pool`'s texts."""
+    from fairjax.rewards.embedders import HashingTfidfEmbedder
+
     name = FLAGS.embedder
     if name == "bert":
         if not FLAGS.bert_dir:
@@ -163,6 +165,14 @@ def build_scorer() -> DiversityScorer:
         embedder = make_embedder(name, n_features=FLAGS.n_features)
     except ValueError as e:
         raise app.UsageError(f"--embedder={FLAGS.embedder}: {e}") from None
+    if isinstance(embedder, HashingTfidfEmbedder) and embedder.idf is None:
+        embedder.fit(pool.texts)
+    return embedder
+
+
+def build_scorer() -> DiversityScorer:
+    pool = CandidatePool.concat([load_pool(p) for p in FLAGS.pool])
+    embedder = build_embedder(pool)
     cfg = DiversityConfig(k=FLAGS.k, select_k=FLAGS.select_k, distance=FLAGS.distance,
                           attributes=tuple(FLAGS.attributes), gender_target=FLAGS.gender_target,
                           region_target=FLAGS.region_target, location_filter=FLAGS.location_filter)
@@ -178,7 +188,9 @@ def main(argv: list[str]) -> None:
         from fairjax.rewards.constrained import calibrate_tau
 
         records = read_records(FLAGS.texts, text_field=FLAGS.text_field)[: FLAGS.limit]
-        out = calibrate_tau([r["text"] for r in records], build_scorer().embedder, FLAGS.calibrate_tau)
+        # only the embedder: tau needs no candidate matching (the pool fits tfidf's idf)
+        embedder = build_embedder(CandidatePool.concat([load_pool(p) for p in FLAGS.pool]))
+        out = calibrate_tau([r["text"] for r in records], embedder, FLAGS.calibrate_tau)
         print(json.dumps({**out, "texts": FLAGS.texts, "pool": FLAGS.pool}, indent=1))
         return
     if FLAGS.annotate:
