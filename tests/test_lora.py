@@ -132,7 +132,8 @@ def test_lora_dropout_reaches_the_objective_loss():
     batch = _bc_batch()
 
     def loss(lc, key):
-        alg = AL.bc_algorithm(model, LM.LMConfig(), base, lc, "gpt2")
+        alg = AL.loraize(lambda m, lm: LM.make_algorithm(m, LM.LMConfig(), lm), model, base, lc,
+                         "gpt2")
         params, frozen = alg.init(jax.random.PRNGKey(0))
         params = jax.tree.map(lambda x: x + 0.05, params)  # B != 0: the adapters act
         return jax.value_and_grad(lambda p: alg.loss(p, frozen, batch, key)[0])(params)

@@ -167,4 +167,5 @@ def pair_scorer(cfg: Any, train_path: str, run_dir=None):
 
 OBJECTIVE = register(Objective(name="dpo", agent_config=from_config, build=build,
                                build_data=build_data, count_tokens=count_tokens,
+                               needs_reference=True,  # run_dir: the pool beside the source data
                                no_pack_reason="its batches are chosen/rejected pairs, not episodes"))
