@@ -231,6 +231,7 @@ def _norm(tree):
     return float(np.sqrt(sum(np.sum(np.square(np.asarray(x))) for x in jax.tree.leaves(tree))))
 
 
+@pytest.mark.slow  # ~40 s on the contended 2-core CPU (three eager PPO gradients)
 def test_ppo_separate_value_trunk_is_its_own_trained_network():
     """value_trunk="separate": V(s_t) reads a second copy of the LM, the value loss trains that
     copy and never the policy trunk; value_trunk="policy": the value loss reaches the policy."""
