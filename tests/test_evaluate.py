@@ -143,6 +143,40 @@ def test_max_new_tokens_from_data_and_context():
     assert E.choose_max_new_tokens(32, [300], 128) == (32, "config")
 
 
+def test_length_percentile_sizes_each_systems_rewrites(fixtures_dir):
+    """generation.max_new_tokens = 0: the evaluation sizes rewrites at the configured percentile of
+    the eval postings' token lengths (+1 for `</a>`), per system, and leaves the rest of the
+    context to the prompt."""
+    from types import SimpleNamespace
+
+    from fairjax.generate import GenerationConfig
+    from fairjax.io.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dir(fixtures_dir / "gpt2_tiny" / "hf")
+    postings = [SimpleNamespace(response=" ".join(["a"] * n)) for n in range(1, 41)]
+    assert [len(tok.encode_text(e.response)) for e in postings] == list(range(1, 41))
+    policy = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(max_positions=128)))
+
+    def sized(percentile, max_prompt_tokens=0):
+        c = load_config("eval")
+        c.unlock()
+        c.generation.max_new_tokens, c.generation.length_percentile = 0, percentile
+        c.max_prompt_tokens = max_prompt_tokens
+        systems = [E.System(n, policy, tok, GenerationConfig(max_new_tokens=1), None, "test")
+                   for n in ("bc", "ilql")]
+        info = E._size_generation(c, systems, postings)
+        assert [s.generation.max_new_tokens for s in systems] == [info[n]["max_new_tokens"]
+                                                                   for n in ("bc", "ilql")]
+        return info["ilql"]
+
+    # lengths 1..40: p95 = 38.05 -> 39 (+1), p50 = 20.5 -> 21 (+1), p100 = 40 (+1)
+    assert sized(95.0) == {"max_new_tokens": 40, "prompt_limit": 88, "max_new_tokens_reason":
+                           "p95 of the eval postings' token lengths + </a>"}
+    assert sized(50.0)["max_new_tokens"] == 22 and sized(50.0)["prompt_limit"] == 106
+    assert sized(100.0)["max_new_tokens"] == 41
+    assert sized(50.0, max_prompt_tokens=32)["prompt_limit"] == 32
+
+
 def test_default_generation_fits_the_demo_context(ilql_run, tmp_path):
     """With the defaults (max_new_tokens from the data) the demo run evaluates instead of failing
     with "max_new_tokens=128 leaves no room for a prompt in 128 positions"."""

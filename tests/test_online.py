@@ -1,18 +1,22 @@
 """agents/online.py: the reward rises to a known optimum on a toy task (reward = count of one
 token), KL = 0 / ratio = 1 on the first on-policy update (LoRA reference = adapters off), scorer
-failures name the prompt and the sample, config validation names the key, 8 fake devices == 1."""
+failures name the prompt and the sample, config validation names the key, 8 fake devices == 1,
+PPO's separate value trunk is a second network that only the value loss trains."""
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from fairjax.agents.online import (OnlineConfig, OnlineRL, PolicyParts, RewardScoringError,
-                                   score_completions)
+                                   completion_forward, init_params, loss_fn, score_completions,
+                                   values_of)
 from fairjax.errors import ConfigError
 from fairjax.losses.grpo import GRPOHParams
 from fairjax.losses.ppo import PPOHParams
@@ -198,3 +202,63 @@ def test_reference_scorers_get_the_original_posting_of_each_row():
     assert got[0] > 0.99 and got[1] < 0.2 and got[2] > 0.99 and got[3] > 0.99
     with pytest.raises(RewardScoringError, match="needs the original posting"):
         score_completions(scorer, texts, ["p0", "p1"], 2)
+
+
+def _ppo_minibatch(N=4, plen=3, T=4):
+    rng = np.random.default_rng(0)
+    seq = jnp.asarray(rng.integers(0, 12, (N, plen + T)))  # no pad (15) anywhere
+    attn = jnp.ones_like(seq)
+    lm = gpt2.init_params(MCFG, jax.random.PRNGKey(0))  # the initial policy: ratio 1, no clipping
+    old = completion_forward(gpt2.GPT2LMHeadModel(MCFG), lm, seq, attn, plen, 1.0, Tok.pad_id)[0]
+    return {"seq": seq, "attn": attn, "mask": jnp.ones((N, T), jnp.float32), "old_logps": old,
+            "old_values": jnp.zeros((N, T), jnp.float32),
+            "advantages": jnp.asarray(rng.normal(size=(N, T)), jnp.float32),
+            "returns": jnp.asarray(rng.normal(2.0, 1.0, (N, T)), jnp.float32)}, plen
+
+
+def _ppo_grads(value_trunk, vf_coef=0.1):
+    parts = PolicyParts(gpt2.GPT2LMHeadModel(MCFG))
+    cfg = OnlineConfig(algo="ppo", value_trunk=value_trunk, reference="none",
+                       ppo=PPOHParams(beta=0.0, vf_coef=vf_coef)).validate()
+    params, frozen = init_params(parts, cfg, gpt2.init_params(MCFG, jax.random.PRNGKey(0)),
+                                 jax.random.PRNGKey(1))
+    mb, plen = _ppo_minibatch()
+    grads = jax.grad(lambda p: loss_fn(parts, cfg, Tok.pad_id, p, frozen, mb, plen)[0])(params)
+    return parts, cfg, params, frozen, grads
+
+
+def _norm(tree):
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(x))) for x in jax.tree.leaves(tree))))
+
+
+@pytest.mark.slow  # ~40 s on the contended 2-core CPU (three eager PPO gradients)
+def test_ppo_separate_value_trunk_is_its_own_trained_network():
+    """value_trunk="separate": V(s_t) reads a second copy of the LM, the value loss trains that
+    copy and never the policy trunk; value_trunk="policy": the value loss reaches the policy."""
+    parts, cfg, params, frozen, g_sep = _ppo_grads("separate")
+    *_, g_shared = _ppo_grads("policy")
+    *_, g_policy_only = _ppo_grads("policy", vf_coef=0.0)
+    assert set(params) == {"policy", "value_lm", "value_head"}
+    assert set(g_shared) == {"policy", "value_head"}
+    # the value trunk starts as a copy of the policy (equal leaves, distinct buffers)
+    jax.tree.map(np.testing.assert_array_equal, params["value_lm"], params["policy"])
+    assert _norm(g_sep["value_lm"]) > 1e-6  # the value loss trains the value trunk
+    # ... and not the policy trunk: its gradient is the policy loss's alone
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 g_sep["policy"], g_policy_only["policy"])
+    diff = jax.tree.map(lambda a, b: a - b, g_shared["policy"], g_policy_only["policy"])
+    assert _norm(diff) > 1e-3 * _norm(g_shared["policy"])  # shared: value loss reaches the policy
+    # V(s_t) is read from the value trunk: moving it moves the values, not the policy's states
+    mb, plen = _ppo_minibatch()
+    lm = parts.policy_lm(params, frozen)
+    _, _, hid = completion_forward(parts.model, lm, mb["seq"], mb["attn"], plen, 1.0, Tok.pad_id)
+    v0 = values_of(parts, cfg, params, frozen, mb["seq"], mb["attn"], plen, hid)
+    leaves, tdef = jax.tree.flatten(params["value_lm"])
+    keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+    noisy = [a + 0.05 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    moved = dict(params, value_lm=jax.tree.unflatten(tdef, noisy))
+    v1 = values_of(parts, cfg, moved, frozen, mb["seq"], mb["attn"], plen, hid)
+    assert float(jnp.max(jnp.abs(v1 - v0))) > 1e-4
+    shared_cfg = dataclasses.replace(cfg, value_trunk="policy")
+    np.testing.assert_array_equal(values_of(parts, shared_cfg, moved, frozen, mb["seq"],
+                                            mb["attn"], plen, hid), v0)
