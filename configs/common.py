@@ -114,12 +114,14 @@ def base_config(algorithm: str) -> ConfigDict:
     # record's `original` field (rewrite-augmented data; data without any is refused).
     c.reward.constrained = ConfigDict()
     c.reward.constrained.form = "hard"  # hard: unfaithful -> floor -B - margin | smooth: penalties
-    # tau: 5th percentile of the lexicon-swap rewrites' similarity to their originals on the
-    # hn_jobs train postings under the default embedder (hashing TF-IDF, 4096 features, idf fitted
-    # on the bios + tech_bios pools): `python -m fairjax.score --texts=hn_jobs/train.jsonl
-    # --pool=bios/bios.jsonl --pool=tech_bios/bios.jsonl --calibrate_tau=5` (rerun it when the
-    # embedder or pool changes: the value is specific to them)
-    c.reward.constrained.tau = 0.9588  # n = 3206 changed swaps; p1 0.938, p10 0.968, median 0.986
+    # tau: 5th percentile of the lexicon-swap rewrites' similarity to their originals on hn_jobs
+    # train postings under the default embedder (all-MiniLM-L6-v2), over the first 600 train
+    # postings (311 of them changed by the swap): `python -m fairjax.score
+    # --texts=hn_jobs/train.jsonl --pool=bios/bios.jsonl --pool=tech_bios/bios.jsonl
+    # --calibrate_tau=5 --limit=600 --embedder=all-minilm-l6-v2` (p1 0.945, p10 0.985, median
+    # 0.998). Specific to the embedder: under reward.embedder=tfidf the same procedure over all
+    # 5,854 train postings gives 0.9588 (set it with the embedder).
+    c.reward.constrained.tau = 0.9765
     c.reward.constrained.diversity_weight = 1.0
     c.reward.constrained.gender_coded_weight = 0.0  # e.g. 10: -10 * |coded ratio| added
     c.reward.constrained.margin = 1.0  # hard: how far below -B the floor lies (> 0)
