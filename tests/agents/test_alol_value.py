@@ -40,7 +40,7 @@ def test_alol_trains_end_to_end_with_a_fitted_value_baseline(tmp_path):
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     run = tmp_path / "alol"
     res = subprocess.run(
         [sys.executable, "-m", "fairjax.train", "--config=configs/alol.py", f"--config.run_dir={run}",

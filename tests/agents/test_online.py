@@ -23,7 +23,7 @@ from fairjax.losses.ppo import PPOHParams
 from fairjax.models import gpt2
 from fairjax.models import lora as L
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOY = r'''
 import jax, numpy as np
 from fairjax.models import gpt2

@@ -13,7 +13,7 @@ from fairjax.errors import ConfigError
 from fairjax.train.build import train, validate_config
 from trainer_fixtures import set_dotted
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(name="grpo", **over):

@@ -10,7 +10,7 @@ import pytest
 
 from fairjax.benchmarks import gpu_bench
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_out_of_budget_parts_are_reported_and_json_is_written(tmp_path):

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainer_fixtures import small_config  # noqa: E402
+from trainer_fixtures import small_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 # lines that used to appear on every command (see issue 15)
 NOISE = ("PyTorch was not found", "directory is read only", "read_only=True", "orbax-checkpoint version",

@@ -1,18 +1,12 @@
 """fairjax.cli: a user's mistake (bad data, bad key, missing or empty file, config typo) ends the
 score/convert/evaluate/rate commands with ONE `error:` line on stderr and exit status 2; a bug
 still shows its traceback; no third-party log noise."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from cli_helpers import NOISE
+from cli_helpers import run_cli as _run
 from fairjax import cli
-
-REPO = Path(__file__).resolve().parents[1]
-NOISE = ("PyTorch was not found", "directory is read only", "orbax", "Unable to initialize backend")
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +17,6 @@ def files(tmp_path_factory):
     (d / "pool.jsonl").write_text('{"id": "c1", "text": "a b", "gender": "female"}\n')
     (d / "scored.json").write_text('{"not": "scores"}\n')
     return d
-
-
-def _run(module, *args, tmp_path):
-    site = tmp_path / "no_torch"  # as on a machine without PyTorch (transformers' banner case)
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{site}{os.pathsep}{REPO}")
-    env.pop("FAIRJAX_TRACEBACK", None)
-    return subprocess.run([sys.executable, "-m", f"fairjax.{module}", *args], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=300)
 
 
 CASES = [  # (module, args with {d} = data dir, text the one line must contain)

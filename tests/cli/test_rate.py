@@ -11,7 +11,7 @@ import pytest
 from fairjax import rate as cli
 from fairjax.eval import rate as R
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POSTINGS = [
     "We need an aggressive, competitive rockstar to lead our analytics team.",
     "Friendly team building tools for gardeners; supportive and understanding colleagues.",

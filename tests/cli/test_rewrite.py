@@ -12,7 +12,7 @@ from fairjax import rewrite as W
 from fairjax.data.jobs import DataError
 from fairjax.rewriters import InclusionStatement, LexiconSwap
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 A = ("Acme | Senior Backend Engineer | Berlin | Remote\nWe want an aggressive, competitive "
      "rockstar who can lead our analytics work in Python.")
 B = "Beta Corp | Data Engineer | London\nBuild Kafka pipelines with a supportive team."

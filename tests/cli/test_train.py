@@ -5,7 +5,8 @@ import pytest
 
 from fairjax import cli
 
-from test_cli_errors import NOISE, _run
+from cli_helpers import NOISE
+from cli_helpers import run_cli as _run
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from fairjax.errors import ConfigError
 from fairjax.models import lora as L
 from fairjax.optim import MasterState
 
-from test_cli_errors import _run
+from cli_helpers import run_cli as _run
 from trainer_fixtures import small_config
 
 FAST = {"train.steps": 3, "train.eval_every": 0, "train.save_every": 3, "train.log_every": 1}

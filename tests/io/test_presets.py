@@ -97,7 +97,7 @@ def test_lm_preset_through_runs_load_and_model_init(tmp_path, cache, monkeypatch
     import json
 
     from gguf import GGMLQuantizationType as Q
-    from test_gguf import SPECIALS, write_llama_gguf
+    from gguf_helpers import SPECIALS, write_llama_gguf
     from tokenizers import ByteLevelBPETokenizer
 
     tok = ByteLevelBPETokenizer()

@@ -306,7 +306,7 @@ def test_fsdp_partition_rules_on_tied(tied_dir):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _FSDP_SCRIPT.format(path=str(tied_dir))],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=HERE.parent)
+                          env=env, capture_output=True, text=True, timeout=300, cwd=HERE.parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1][6:])
     assert "lm_head" not in res["keys"]

@@ -50,7 +50,7 @@ def test_sharded_candidate_matching_equals_single_device(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=HERE.parent)
+                          capture_output=True, text=True, timeout=300, cwd=HERE.parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1][6:])
     for name in ("one", "eight"):

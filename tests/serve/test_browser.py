@@ -153,7 +153,7 @@ def test_file_upload_fills_the_table_with_progress(driver, server, tmp_path):
 def test_report_html_opens_without_console_errors(driver, tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
-    from test_report_html import make_eval_dir
+    from report_helpers import make_eval_dir
 
     from fairjax.eval.report_html import write_report_html
 
