@@ -19,27 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from absl import app, flags
-
 TARGETS = ("fairjax", "hf", "upstream_bc", "peft")
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    """Define this CLI's absl flags (only when run as a program, so that importing several
-    fairjax CLIs in one process never collides on shared flag names)."""
-    if "source" in flags.FLAGS:
-        return
-    flags.DEFINE_string("source", None, "checkpoint to convert (path or cached HF id)")
-    flags.DEFINE_string("base", None, "HF dir / id / fairjax model dir with config + tokenizer "
-                        "(needed for .pkl sources)")
-    flags.DEFINE_string("output", None, "output directory (or .pkl file for --to=upstream_bc)")
-    flags.DEFINE_enum("to", "fairjax", TARGETS, "output format")
-    flags.DEFINE_string("dtype", None, "compute dtype stored in the config (e.g. float32, bfloat16)")
-    flags.DEFINE_bool("overwrite", False, "replace an existing non-empty output")
-    flags.DEFINE_bool("chat_template", None, "wrap prompts in the tokenizer's chat template "
-                      "(default: when the tokenizer has one; --nochat_template: never)")
 
 
 def convert(source: str, output: str, *, base: Optional[str] = None, to: str = "fairjax",
@@ -147,19 +127,7 @@ def describe_export(source: str, to: str) -> str:
     return f"{what} of run {source}, {when}"
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.source or not FLAGS.output:
-        raise app.UsageError("--source and --output are required")
-    out = convert(FLAGS.source, FLAGS.output, base=FLAGS.base, to=FLAGS.to, dtype=FLAGS.dtype,
-                  overwrite=FLAGS.overwrite, chat_template=FLAGS.chat_template)
-    print(f"wrote {FLAGS.to} checkpoint to {out}")
-    print(f"exported: {describe_export(FLAGS.source, FLAGS.to)}")
+if __name__ == "__main__":  # `python -m fairjax.convert`: the program is fairjax/cli/convert.py
+    from fairjax.cli.convert import start
 
-
-if __name__ == "__main__":
-    from fairjax import cli
-
-    define_flags()
-    cli.run(main)
+    start()

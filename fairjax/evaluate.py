@@ -47,27 +47,13 @@ import zlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from absl import app, flags
-
 from fairjax import faults
 
-FLAGS = flags.FLAGS
 LOG_FILE = "eval_logs.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_DIR = "report"
 HEADLINE = ("reward", "ir_female", "ir_male", "has_pii", "n_chars", "nll", "nll_original")
 SANITY_TEXT = "We are hiring. Join our team. Apply now."  # degenerate rewrite for the sanity row
-
-
-def define_flags() -> None:
-    """Define this CLI's absl flags (only when run as a program)."""
-    from ml_collections import config_flags
-
-    if "config" in flags.FLAGS:
-        return
-    config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/eval.py).",
-                                    lock_config=True)
-    flags.mark_flags_as_required(["config"])
 
 
 @dataclasses.dataclass
@@ -808,19 +794,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from absl import logging as absl_logging
+if __name__ == "__main__":  # `python -m fairjax.evaluate`: the program is fairjax/cli/evaluate.py
+    from fairjax.cli.evaluate import start
 
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    summary = evaluate(FLAGS.config)
-    print(format_summary(summary))
-    print(f"report: {summary['report']['markdown']}")
-
-
-if __name__ == "__main__":
-    from fairjax import cli
-
-    define_flags()
-    cli.run(main)
+    start()

@@ -1,4 +1,5 @@
-"""Grow -> improve rounds (ReST, Gulcehre et al. 2023): `python -m fairjax.rest --config=configs/rest.py`.
+"""Grow -> improve rounds (ReST, Gulcehre et al. 2023); the program is
+`python -m fairjax.rest --config=configs/rest.py` (fairjax/cli/rest.py).
 
 `run(cfg, run_dir)`: for r in 0..rest.rounds-1,
 1. grow: the round's sampler (round 0: `rest.initial`, `systems.load_rewriter`; later rounds:
@@ -18,19 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from absl import app, flags
-
-FLAGS = flags.FLAGS
 SUMMARY = "rest_summary.json"
-
-
-def define_flags() -> None:
-    from ml_collections import config_flags
-
-    if "config" in flags.FLAGS:
-        return
-    config_flags.DEFINE_config_file("config", None, "ReST config (configs/rest.py).", lock_config=True)
-    flags.mark_flags_as_required(["config"])
 
 
 def _data(cfg: Any, run_dir: Path) -> tuple[str, Optional[str], str]:
@@ -113,21 +102,7 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     return summary
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    s = run(FLAGS.config)
-    for r in s["rounds"]:
-        rw = r["data"]["reward"]
-        print(f"round {r['round']}: sampler {r['sampler']}, {r['data']['rows']} rows, reward "
-              f"original {rw['original'].get('mean', float('nan')):.3f} / rewrite "
-              f"{rw['rewrite'].get('mean', float('nan')):.3f}, faithful share "
-              f"{r['data']['rewrite_faithful_share']}, {r['data']['pairs']} DPO pairs, trained "
-              f"{r['steps']} steps -> {r['train_run']}")
+if __name__ == "__main__":  # `python -m fairjax.rest`: the program is fairjax/cli/rest.py
+    from fairjax.cli.rest import start
 
-
-if __name__ == "__main__":
-    from fairjax import cli
-
-    define_flags()
-    cli.run(main)
+    start()

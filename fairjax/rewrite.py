@@ -39,31 +39,12 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from absl import app, flags
-
 from fairjax.data.jobs import DataError
 from fairjax.rewriters import TextRewriter as Rewriter  # noqa: F401  (the type load_rewriter returns)
 
 # The rewriter fairjax ships; see the module docstring for why it is a baseline for now.
 SHIPPED = "inclusion_statement"
 SEPARATOR = "---"
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    if "input" in flags.FLAGS:
-        return
-    flags.DEFINE_string("input", None, "Postings: .jsonl (a `text` per line), a text file (postings "
-                        "separated by a line `---`), or - (stdin).")
-    flags.DEFINE_string("output", None, "Output JSONL (appended; a rerun continues).")
-    flags.DEFINE_integer("batch_size", 8, "Postings per rewrite batch (and per appended block).")
-    flags.DEFINE_integer("seed", 0, "Sampling seed of a model rewriter.")
-    flags.DEFINE_string("model", SHIPPED, "Baseline name, prompted[:SOURCE], preset, run dir or "
-                        "model dir (default: the shipped rewriter).")
-    flags.DEFINE_multi_string("pool", None, "Candidate pool JSONL for the diversity reward "
-                              "(repeatable).")
-    flags.DEFINE_float("temperature", 0.7, "Sampling temperature of a model rewriter.")
-    flags.mark_flags_as_required(["input", "output"])
 
 
 # ----------------------------------------------------------------------------- rewriters
@@ -262,17 +243,7 @@ def format_table(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    recs = run(FLAGS.input, FLAGS.output, FLAGS.model, FLAGS.pool, batch_size=FLAGS.batch_size,
-               temperature=FLAGS.temperature, seed=FLAGS.seed)
-    print(format_table(recs) if recs else f"{FLAGS.output}: every posting was already rewritten")
-    print(f"{len(recs)} rewrites appended to {FLAGS.output} (model {FLAGS.model})")
+if __name__ == "__main__":  # `python -m fairjax.rewrite`: the program is fairjax/cli/rewrite.py
+    from fairjax.cli.rewrite import start
 
-
-if __name__ == "__main__":
-    from fairjax import cli
-
-    define_flags()
-    cli.run(main)
+    start()

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ast_helpers import entry_point_nodes, flag_definitions
 from trainer_fixtures import small_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +36,12 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for mod, path in mods.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        entry = entry_point_nodes(tree)  # `python -m fairjax.X` handing over to fairjax.cli.X
+        for node in ast.walk(tree):
             names = []
+            if id(node) in entry:
+                continue
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -92,6 +97,23 @@ def test_no_import_circle_among_fairjax_modules():
     assert "fairjax.agents.base" in graph["fairjax.agents.dpo"]  # the walk sees imports
     cycle = find_cycle(graph)
     assert not cycle, "import circle: " + " -> ".join(cycle)
+
+
+# ----------------------------------------------------------------------------- flags only in cli/
+def test_flag_check_finds_definitions():
+    src = ("from absl import flags\nfrom ml_collections import config_flags\n"
+           "def define():\n    flags.DEFINE_string('x', None, 'x')\n"
+           "    config_flags.DEFINE_config_file('config')\n    flags.mark_flags_as_required(['x'])\n")
+    assert len(flag_definitions(src)) == 5
+    assert flag_definitions("from absl import app, logging\nlogging.info('flags')\n") == []
+
+
+def test_library_modules_define_no_flags():
+    """Flag parsing lives in fairjax/cli/ (one module per program); every other module is a
+    library that takes its settings as arguments."""
+    bad = {m: h for m, p in _modules().items()
+           if m.split(".")[:2] != ["fairjax", "cli"] and (h := flag_definitions(p.read_text(encoding="utf-8")))}
+    assert not bad, bad
 
 
 # ----------------------------------------------------------------------------- generic layers

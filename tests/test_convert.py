@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from fairjax import convert as convert_cli
+from fairjax.cli import convert as convert_cli
 from fairjax.convert import convert
 from fairjax.io.tokenizer import VocabMismatchError
 from fairjax.errors import CheckpointMismatchError

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from ast_helpers import entry_point_imports, entry_point_nodes
+
 PKG = Path(__file__).resolve().parents[1] / "fairjax"
 
 # Lowest first. A module belongs to the longest prefix listed; every module must have one.
+# "pkg.*" matches the modules inside pkg but not pkg itself (fairjax.cli, the package, holds the
+# helpers every program shares; fairjax.cli.<name> are the programs).
 LAYERS: list[tuple[str, ...]] = [
     ("fairjax", "fairjax.errors", "fairjax.faults", "fairjax.stages"),  # leaves
     ("fairjax.models",),                                                # Flax modules + registry
@@ -25,9 +29,10 @@ LAYERS: list[tuple[str, ...]] = [
      "fairjax.agents.online", "fairjax.agents.online_objectives"),     # online RL samples: uses generate
     ("fairjax.runs",),                                                  # restore run dirs
     ("fairjax.train", "fairjax.train.build"),                           # config -> objects
-    ("fairjax.pipeline", "fairjax.evaluate", "fairjax.score", "fairjax.systems", "fairjax.rest"),
-    ("fairjax.train.__main__", "fairjax.convert", "fairjax.rate", "fairjax.bench", "fairjax.rewrite",
-     "fairjax.benchmarks", "fairjax.trainer", "fairjax.serve"),                          # CLIs, benchmarks, alias
+    ("fairjax.pipeline", "fairjax.evaluate", "fairjax.score", "fairjax.systems", "fairjax.rest",
+     "fairjax.convert", "fairjax.rewrite", "fairjax.audit"),            # stages and workflows
+    ("fairjax.cli.*", "fairjax.benchmarks", "fairjax.serve",           # programs (flags), benchmarks,
+     "fairjax.train.__main__", "fairjax.bench", "fairjax.rate"),        # server; entry-point shims
 ]
 
 
@@ -35,7 +40,8 @@ def layer_of(module: str) -> int:
     best, best_len = None, -1
     for i, prefixes in enumerate(LAYERS):
         for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and len(p) > best_len:
+            inside = p.endswith(".*") and module.startswith(p[:-1])
+            if (inside or module == p or module.startswith(p + ".")) and len(p) > best_len:
                 best, best_len = i, len(p)
     if best is None:
         raise KeyError(f"{module} has no layer in tests/test_imports.py LAYERS; add it")
@@ -49,11 +55,21 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
+def is_module(name: str) -> bool:
+    """`name` is a fairjax module or package in this checkout."""
+    path = PKG.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[int, str]]:
     """(line, fairjax module) of every import in `source` (any nesting depth)."""
     out = []
     package = module if is_package else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    entry = entry_point_nodes(tree)
+    for node in ast.walk(tree):
+        if id(node) in entry:
+            continue
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -62,9 +78,11 @@ def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[i
                 anchor = package.split(".")
                 anchor = anchor[:len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            # `from pkg import name` may import the submodule pkg.name: check the most specific.
+            # `from pkg import name` imports the submodule pkg.name when there is one, else a
+            # name defined in pkg (`from fairjax.cli import is_user_error`: the package)
             for a in node.names:
-                out.append((node.lineno, f"{base}.{a.name}" if base else a.name))
+                sub = f"{base}.{a.name}" if base else a.name
+                out.append((node.lineno, sub if is_module(sub) or not base else base))
     return [(line, m) for line, m in out if m == "fairjax" or m.startswith("fairjax.")]
 
 
@@ -93,6 +111,19 @@ def test_no_module_imports_a_higher_layer():
     for path, name in all_modules():
         bad += upward_imports(path.read_text(), name, path.name == "__init__.py")
     assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_main_blocks_only_hand_over_to_the_cli_package():
+    """`python -m fairjax.X` still works for a library module X, but its `__main__` block only
+    imports the program `fairjax.cli.<name>` (the one import the layer walk skips)."""
+    bad = {}
+    for path, name in all_modules():
+        if layer_of(name) == layer_of("fairjax.cli.x"):
+            continue
+        mods = entry_point_imports(ast.parse(path.read_text()))
+        if [m for m in mods if not m.startswith("fairjax.cli.")]:
+            bad[name] = mods
+    assert not bad, bad
 
 
 def test_eval_imports_no_jax():
@@ -136,3 +167,11 @@ def test_checker_allows_downward_and_same_layer_imports():
     assert upward_imports(src, "fairjax.io.hf") == []
     with pytest.raises(KeyError, match="LAYERS"):
         layer_of("fairjax_other.x")
+
+
+def test_checker_layers_the_cli_package_and_its_programs_apart():
+    assert layer_of("fairjax.cli") < layer_of("fairjax.agents") < layer_of("fairjax.cli.train")
+    src = ("from fairjax.train.build import train\n"
+           "if __name__ == '__main__':\n    from fairjax.cli.x import start\n    start()\n")
+    assert upward_imports(src, "fairjax.pipeline") == []  # the entry point is not walked
+    assert upward_imports(src.replace("if __name__ == '__main__':", "if True:"), "fairjax.pipeline")

@@ -1,4 +1,9 @@
-"""The command-line layer shared by fairjax's programs (score, convert, evaluate, rate; train next).
+"""fairjax's command-line programs, one module each (`fairjax/cli/<name>.py`: its absl flags and
+`main`; no library module defines flags), and the helpers they share (this module).
+
+Each program runs as `python -m fairjax.<name>` (the entry point: `fairjax/<name>.py`'s
+`__main__` block, or a package's `__main__.py`, hands over to `fairjax.cli.<name>.start`) or as
+`python -m fairjax.cli.<name>`: train, evaluate, convert, score, rate, rewrite, rest, serve, bench.
 
 `run(main)` replaces `absl.app.run(main)`:
 * third-party INFO logs stay quiet (absl verbosity WARNING unless `--verbosity`/`-v` is given; the
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 EXIT_USER_ERROR = 2
-_PKG_DIR = str(Path(__file__).resolve().parent)
+_PKG_DIR = str(Path(__file__).resolve().parents[1])  # fairjax/
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                 PermissionError)
 
@@ -90,10 +95,21 @@ def quiet_logs(verbose: bool = False) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
 
 
-def run(main: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:
-    """`absl.app.run(main)` with quiet logs and one-line user errors (exit status 2)."""
+def set_usage(doc: Optional[str]) -> None:
+    """Make `doc` (the program module's docstring) the text of `--help`: absl prints the
+    docstring of `__main__`, which is the entry-point module that handed over to the program."""
+    main_module = sys.modules.get("__main__")
+    if doc and main_module is not None:
+        main_module.__doc__ = doc
+
+
+def run(main: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
+        doc: Optional[str] = None) -> None:
+    """`absl.app.run(main)` with quiet logs and one-line user errors (exit status 2); `doc`: the
+    program's usage text (`set_usage`)."""
     from absl import app
 
+    set_usage(doc)
     argv = list(sys.argv if argv is None else argv)
     debug = os.environ.get("FAIRJAX_TRACEBACK", "") not in ("", "0")
 

@@ -58,6 +58,13 @@ def main(argv: list[str]) -> None:
     module.run(flags.FLAGS)
 
 
-if __name__ == "__main__":
+def start(argv=None) -> None:
+    from fairjax import cli
+
     define_flags()
-    app.run(main, argv=sys.argv)
+    cli.set_usage(__doc__)
+    app.run(main, argv=sys.argv if argv is None else argv)
+
+
+if __name__ == "__main__":
+    start()

@@ -1,4 +1,5 @@
-"""`python -m fairjax.serve [--port=8000] [--host=127.0.0.1] [--model=...] [--pool=...]`
+"""`python -m fairjax.serve [--port=8000] [--host=127.0.0.1] [--model=...] [--pool=...]`: the
+program around `fairjax/serve/` (the local page + JSON API).
 
 Loads the rewriter and the scorers once, prints the URL and serves the page and the API with
 uvicorn until interrupted. Bound to 127.0.0.1 (this computer only) unless --host is given.
@@ -54,6 +55,10 @@ def main(argv) -> None:
     uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="warning")
 
 
-if __name__ == "__main__":
+def start(argv=None) -> None:
     define_flags()
-    cli.run(main)
+    cli.run(main, argv, doc=__doc__)
+
+
+if __name__ == "__main__":
+    start()

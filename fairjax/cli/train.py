@@ -54,8 +54,14 @@ def main(argv: list[str]) -> None:
             print(f"fairness report: {out['eval']['report']['markdown']}", flush=True)
 
 
-if __name__ == "__main__":
-    define_flags()
+def start(argv=None) -> None:
+    """Define the flags and run `main`: user mistakes give one `error:` line (exit 2); quiet
+    logs unless --verbose."""
     from fairjax import cli
 
-    cli.run(main)  # user mistakes: one `error:` line (exit 2); quiet logs unless --verbose
+    define_flags()
+    cli.run(main, argv, doc=__doc__)
+
+
+if __name__ == "__main__":
+    start()

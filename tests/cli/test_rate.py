@@ -1,4 +1,5 @@
-"""python -m fairjax.rate: effects from RATE files, end-to-end run with the scorer registry."""
+"""python -m fairjax.rate (fairjax/cli/rate.py) and the audit behind it (fairjax/audit.py): effects
+from RATE files, end-to-end run with the scorer registry."""
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fairjax import rate as cli
+from fairjax import audit
 from fairjax.eval import rate as R
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,8 +43,8 @@ def test_run_rate_with_registry_scorers(tmp_path):
             ("Nurse and caring practitioner.", "male"),
             ("Software engineer, analytics and data.", "male"),
             ("Teacher for primary school children.", "female")])])
-    scorer = cli.build_scorer("diversity", cli.ScorerOptions(pool=[pool], embedder="tfidf"))
-    out = cli.run_rate(POSTINGS, scorer, tmp_path / "div", n_boot=50)
+    scorer = audit.build_scorer("diversity", audit.ScorerOptions(pool=[pool], embedder="tfidf"))
+    out = audit.run_rate(POSTINGS, scorer, tmp_path / "div", n_boot=50)
     recs = R.read_scored_jsonl(out["scored"])
     assert len(recs) == len(POSTINGS) and recs[0]["id"] == "0"
     assert set(recs[0]["completions"]) == set(R.COMPLETION_KEYS)
@@ -62,17 +63,17 @@ def test_run_rate_with_registry_scorers(tmp_path):
         def score_texts(self, texts):
             return np.array([len(t) for t in texts], float)
 
-    cli.SCORERS["length_test"] = lambda o: Length()
+    audit.SCORERS["length_test"] = lambda o: Length()
     try:
-        e2 = cli.run_rate(POSTINGS, cli.build_scorer("length_test", cli.ScorerOptions()),
+        e2 = audit.run_rate(POSTINGS, audit.build_scorer("length_test", audit.ScorerOptions()),
                           tmp_path / "len", n_boot=0)["effects"]
     finally:
-        del cli.SCORERS["length_test"]
+        del audit.SCORERS["length_test"]
     assert e2["reward_key"] == "length" and np.isfinite(e2["ATE_rewritten_rewrite"])
     with pytest.raises(ValueError, match="unknown scorer"):
-        cli.build_scorer("nope", cli.ScorerOptions())
+        audit.build_scorer("nope", audit.ScorerOptions())
     with pytest.raises(ValueError, match="needs at least one --pool"):
-        cli.build_scorer("diversity", cli.ScorerOptions())
+        audit.build_scorer("diversity", audit.ScorerOptions())
 
 
 def test_cli_effects_and_run(tmp_path):
