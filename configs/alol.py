@@ -3,13 +3,9 @@
 Pick the variant: `--config.alol.algorithm=a_lol_seq` (nll, wbc, r_gold, r_lol, a_lol,
 a_lol_ref_free, a_lol_seq, a_lol_kl). The reference policy is the initial policy (frozen).
 """
-import importlib.util
-import os
+from fairjax.config_files import sibling
 
-_spec = importlib.util.spec_from_file_location(
-    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling("common", __file__)
 
 
 def get_config():

@@ -3,13 +3,9 @@
 `python -m fairjax.train --config=configs/bc.py`; the run dir then initialises ILQL with
 `--config.init.policy=runs/bc`.
 """
-import importlib.util
-import os
+from fairjax.config_files import sibling
 
-_spec = importlib.util.spec_from_file_location(
-    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling("common", __file__)
 
 
 def get_config():

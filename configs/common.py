@@ -9,12 +9,10 @@ and `fairjax.train.build.validate_config` checks ranges and choices. Optional fi
 Defaults are sized for the one-command demo (a tiny random GPT-2 on the synthetic demo corpus,
 a few minutes on 2 CPU cores); the FMs-at-work paper values are given in comments.
 """
-import importlib.util
-import os
-
 from ml_collections import ConfigDict
 from ml_collections.config_dict import placeholder
 
+from fairjax import config_files  # loads a sibling config by path (a leaf module)
 from fairjax.stages import SHARED  # fields a stage takes from the main run (a leaf module)
 
 
@@ -210,13 +208,9 @@ def finish(c: ConfigDict) -> ConfigDict:
 
 
 def sibling(name: str):
-    """The module `configs/<name>.py` beside this file (configs are loaded by path, not as a
-    package, so they import each other this way)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"fairjax_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module `configs/<name>.py` beside this file (`fairjax.config_files.sibling`: configs
+    are loaded by path, not as a package)."""
+    return config_files.sibling(name, __file__)
 
 
 def stage(config: ConfigDict) -> ConfigDict:

@@ -3,13 +3,9 @@
 Pairs: two responses to the same prompt, the higher-reward one is "chosen". The reference
 policy is the initial policy (frozen).
 """
-import importlib.util
-import os
+from fairjax.config_files import sibling
 
-_spec = importlib.util.spec_from_file_location(
-    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling("common", __file__)
 
 
 def get_config():

@@ -8,13 +8,9 @@ host with `reward.scorer`, and updates (docs/online_rl.md). `--config.grpo.loss_
 --config.grpo.loss_type=dapo` DAPO's clip-higher and token mean; `--config.algorithm=rloo` with
 configs/rloo-style keys is RLOO (see configs/ppo.py for PPO).
 """
-import importlib.util
-import os
+from fairjax.config_files import sibling
 
-_spec = importlib.util.spec_from_file_location(
-    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling("common", __file__)
 
 
 def online_block(c, algo: str):

@@ -4,13 +4,9 @@ Params: qv trunk + V/Q1/Q2 heads (trained), policy trunk (from `init.policy`, a 
 the base model), target trunk + target Q heads (Polyak, frozen). The one-command demo:
 `python -m fairjax.train --config=configs/ilql.py`.
 """
-import importlib.util
-import os
+from fairjax.config_files import sibling
 
-_spec = importlib.util.spec_from_file_location(
-    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling("common", __file__)
 
 
 def get_config():

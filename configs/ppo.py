@@ -6,13 +6,9 @@ the scalar reward on `</a>`, GAE(gamma, lam) with a value head (on the policy tr
 separate trunk), then `epochs` passes of `minibatches` clipped policy + clipped value updates
 (docs/online_rl.md). `--config.algorithm=rloo` is not this file: see configs/grpo.py's keys.
 """
-import importlib.util
-import os
+from fairjax.config_files import sibling
 
-_spec = importlib.util.spec_from_file_location(
-    "fairjax_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling("common", __file__)
 
 
 def get_config():

@@ -8,13 +8,9 @@ the originals plus the rewrites, starting from the previous round's policy. Run 
 RUN_DIR/round_<r>/data/{augmented,scored,pairs}.jsonl + stats.json (the round's data and reward
 statistics), RUN_DIR/round_<r>/train/ (the round's training run), RUN_DIR/rest_summary.json.
 """
-import importlib.util
-import os
+from fairjax.config_files import sibling
 
-_here = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("fairjax_configs_phf", os.path.join(_here, "phf.py"))
-_phf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_phf)
+_phf = sibling("phf", __file__)
 ConfigDict = _phf.common.ConfigDict
 
 

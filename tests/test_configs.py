@@ -1,4 +1,5 @@
 """configs/*.py: every config loads, validates, rejects bad keys/types/values, relaunches."""
+import os
 import subprocess
 import sys
 
@@ -97,3 +98,27 @@ def test_cli_fails_on_unknown_key_before_any_work(tmp_path):
                            f"--run_dir={run}", "--config.optim.lr=fast"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and not run.exists()
+
+
+CONFIG_IMPORTS = {"fairjax", "fairjax.stages", "fairjax.config_files"}  # leaves, no runtime
+
+
+def test_configs_import_no_fairjax_runtime_module():
+    """Every configs/*.py loads (as ml_collections loads it, by path) with nothing of fairjax
+    imported but the two leaves they may read, and no config carries importlib lines of its own."""
+    script = (
+        "import sys\nfrom ml_collections import config_flags\nfrom absl import flags\n"
+        "config_flags.DEFINE_config_file('config')\n"
+        "for name in sys.argv[1:]:\n"
+        "    flags.FLAGS(['x', f'--config=configs/{name}.py'])\n"
+        "    assert flags.FLAGS.config.to_dict()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'fairjax'))\n")
+    names = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "common")
+    proc = subprocess.run([sys.executable, "-c", script, *names], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = set(eval(proc.stdout.strip().splitlines()[-1]))  # noqa: S307 - our own print
+    assert loaded <= CONFIG_IMPORTS, loaded - CONFIG_IMPORTS
+    assert {"fairjax.config_files", "fairjax.stages"} <= loaded  # the check sees their imports
+    for path in (REPO / "configs").glob("*.py"):
+        assert "importlib" not in path.read_text(), f"{path}: load siblings with config_files.sibling"

@@ -19,7 +19,8 @@ PKG = Path(__file__).resolve().parents[1] / "fairjax"
 # "pkg.*" matches the modules inside pkg but not pkg itself (fairjax.cli, the package, holds the
 # helpers every program shares; fairjax.cli.<name> are the programs).
 LAYERS: list[tuple[str, ...]] = [
-    ("fairjax", "fairjax.errors", "fairjax.faults", "fairjax.stages"),  # leaves
+    ("fairjax", "fairjax.errors", "fairjax.faults", "fairjax.stages",  # leaves
+     "fairjax.config_files"),
     ("fairjax.models",),                                                # Flax modules + registry
     ("fairjax.io",),                                                    # formats, Orbax, load()
     ("fairjax.data", "fairjax.losses", "fairjax.rewards", "fairjax.rewriters",
