@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from absl import flags
@@ -18,24 +17,9 @@ from fairjax.errors import CheckpointMismatchError
 from fairjax.io.hf import read_hf_state_dict
 from fairjax.io.torch_pickle import load_torch_pickle, save_torch_pickle
 from fairjax.runs import load
+from model_helpers import assert_trees_equal, reference_logits
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def reference_logits(model, params, ref):
-    """Logits for the reference inputs with positions arange(T), as the fixtures were made."""
-    ids, mask = ref["input_ids"], ref["attention_mask"]
-    pos = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
-    out = jax.jit(model.apply)({"params": params}, ids, mask, pos)
-    return np.asarray(out.logits)
-
-
-def assert_trees_equal(a, b):
-    fa, fb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
-    assert [p for p, _ in fa] == [p for p, _ in fb]
-    for (path, x), (_, y) in zip(fa, fb):
-        assert np.asarray(x).dtype == np.asarray(y).dtype, path
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +174,7 @@ def test_cli_main_reports_errors(gpt2, tmp_path, capsys):
             convert_cli.main(["convert"])
         from fairjax import cli
 
-        assert cli.is_user_error(err.value)  # -> one `error:` line, exit 2 (tests/test_cli_errors.py)
+        assert cli.is_user_error(err.value)  # -> one `error:` line, exit 2 (tests/cli/test_errors.py)
         flags.FLAGS(argv + [f"--base={root / 'hf'}", "--to=hf"])
         convert_cli.main(["convert"])
         assert (tmp_path / "o" / "model.safetensors").is_file()

@@ -25,7 +25,7 @@ def eval_config(checkpoint, out, **overrides):
     c.checkpoint, c.output_dir = str(checkpoint), str(out)
     c.limit, c.batch_size, c.chunk_batches, c.n_boot = 6, 4, 1, 50
     c.generation.max_new_tokens = 8
-    c.scorer.embedder = "tfidf"  # fast; tests/test_sentence_encoders.py covers the encoders
+    c.scorer.embedder = "tfidf"  # fast; tests/rewards/test_embedders.py covers the encoders
     c.variants = "bc:0,ilql:4"
     set_dotted(c, overrides)
     c.lock()

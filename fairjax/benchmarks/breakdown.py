@@ -22,7 +22,7 @@ its shapes; the first rule that matches wins (`classify`). An instruction withou
 (layout copies, fusions rooted at a convert) takes the category of its fused ops, else of its
 producer; a fusion that contains a dot is that dot's category (`Breakdown._cls`). The totals are checked against XLA's own
 `cost_analysis()` (flops, bytes accessed) and `memory_analysis()` (temporaries) by
-tests/test_bench_breakdown.py, within the tolerances stated there.
+tests/benchmarks/test_breakdown.py, within the tolerances stated there.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from fairjax.errors import CheckpointMismatchError
 from fairjax.io.hf import load_hf_dir, read_hf_state_dict, write_safetensors
 from fairjax.models import build_model, get_config_class
 from fairjax.runs import load
-from test_convert import assert_trees_equal, reference_logits
+from model_helpers import assert_trees_equal, reference_logits
 
 
 def _tolerance(root):
