@@ -126,6 +126,17 @@ def run(main: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]
     app.run(wrapped, argv=argv, flags_parser=_parse_flags if not debug else _absl_parse)
 
 
+def program(define_flags: Callable[[], None], main: Callable[[list[str]], Optional[int]],
+            doc: Optional[str] = None) -> Callable[..., None]:
+    """The `start(argv=None)` of a program module: define its flags, then `run(main)` with `doc`
+    as the `--help` text."""
+    def start(argv: Optional[Sequence[str]] = None) -> None:
+        define_flags()
+        run(main, argv, doc=doc)
+
+    return start
+
+
 def _absl_parse(args: list[str]) -> list[str]:
     from absl import app
 

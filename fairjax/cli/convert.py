@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from fairjax import cli
+from fairjax import convert as library
 from fairjax.convert import TARGETS, convert, describe_export
 
 FLAGS = flags.FLAGS
@@ -40,12 +42,7 @@ def main(argv) -> None:
     print(f"exported: {describe_export(FLAGS.source, FLAGS.to)}")
 
 
-def start(argv=None) -> None:
-    from fairjax import cli
-    from fairjax import convert as library
-
-    define_flags()
-    cli.run(main, argv, doc=library.__doc__)  # the user-facing text: fairjax/convert.py's
+start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/convert.py's text
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from fairjax import cli
+from fairjax import evaluate as library
 from fairjax.evaluate import evaluate, format_summary
 
 FLAGS = flags.FLAGS
@@ -31,12 +33,7 @@ def main(argv: list[str]) -> None:
     print(f"report: {summary['report']['markdown']}")
 
 
-def start(argv=None) -> None:
-    from fairjax import cli
-    from fairjax import evaluate as library
-
-    define_flags()
-    cli.run(main, argv, doc=library.__doc__)  # the user-facing text: fairjax/evaluate.py's
+start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/evaluate.py's text
 
 
 if __name__ == "__main__":

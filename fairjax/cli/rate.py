@@ -16,6 +16,7 @@ import json
 
 from absl import app, flags
 
+from fairjax import cli
 from fairjax.audit import ScorerOptions, build_scorer, effects_from_file, run_rate
 from fairjax.eval import rate as R
 
@@ -89,11 +90,7 @@ def main(argv: list[str]) -> None:
     print("wrote " + ", ".join(out[k] for k in ("scored", "effects_json", "plot")))
 
 
-def start(argv=None) -> None:
-    from fairjax import cli
-
-    define_flags()
-    cli.run(main, argv, doc=__doc__)
+start = cli.program(define_flags, main, doc=__doc__)
 
 
 if __name__ == "__main__":

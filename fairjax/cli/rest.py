@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from fairjax import cli
+from fairjax import rest as library
 from fairjax.rest import run
 
 FLAGS = flags.FLAGS
@@ -30,12 +32,7 @@ def main(argv: list[str]) -> None:
               f"{r['steps']} steps -> {r['train_run']}")
 
 
-def start(argv=None) -> None:
-    from fairjax import cli
-    from fairjax import rest as library
-
-    define_flags()
-    cli.run(main, argv, doc=library.__doc__)  # the user-facing text: fairjax/rest.py's
+start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/rest.py's text
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from fairjax import cli
+from fairjax import rewrite as library
 from fairjax.rewrite import SHIPPED, format_table, run
 
 FLAGS = flags.FLAGS
@@ -34,12 +36,7 @@ def main(argv: list[str]) -> None:
     print(f"{len(recs)} rewrites appended to {FLAGS.output} (model {FLAGS.model})")
 
 
-def start(argv=None) -> None:
-    from fairjax import cli
-    from fairjax import rewrite as library
-
-    define_flags()
-    cli.run(main, argv, doc=library.__doc__)  # the user-facing text: fairjax/rewrite.py's
+start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/rewrite.py's text
 
 
 if __name__ == "__main__":

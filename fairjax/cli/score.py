@@ -8,6 +8,8 @@ import os
 import numpy as np
 from absl import app, flags
 
+from fairjax import cli
+from fairjax import score as library
 from fairjax.data.jobs import DataError, read_records
 from fairjax.eval import fairness
 from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
@@ -129,12 +131,7 @@ def main(argv: list[str]) -> None:
             json.dump(summary, f, indent=1)
 
 
-def start(argv=None) -> None:
-    from fairjax import cli
-    from fairjax import score as library
-
-    define_flags()
-    cli.run(main, argv, doc=library.__doc__)  # the user-facing text: fairjax/score.py's
+start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/score.py's text
 
 
 if __name__ == "__main__":

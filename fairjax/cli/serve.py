@@ -55,9 +55,7 @@ def main(argv) -> None:
     uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="warning")
 
 
-def start(argv=None) -> None:
-    define_flags()
-    cli.run(main, argv, doc=__doc__)
+start = cli.program(define_flags, main, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from fairjax import cli
+
 
 def define_flags() -> None:
     """Define this CLI's absl flags (only when run as a program, so that importing several
@@ -54,13 +56,8 @@ def main(argv: list[str]) -> None:
             print(f"fairness report: {out['eval']['report']['markdown']}", flush=True)
 
 
-def start(argv=None) -> None:
-    """Define the flags and run `main`: user mistakes give one `error:` line (exit 2); quiet
-    logs unless --verbose."""
-    from fairjax import cli
-
-    define_flags()
-    cli.run(main, argv, doc=__doc__)
+# user mistakes: one `error:` line (exit 2); quiet logs unless --verbose
+start = cli.program(define_flags, main, doc=__doc__)
 
 
 if __name__ == "__main__":
