@@ -103,7 +103,7 @@ def test_cli_fails_on_unknown_key_before_any_work(tmp_path):
 CONFIG_IMPORTS = {"fairjax", "fairjax.stages", "fairjax.config_files"}  # leaves, no runtime
 
 
-def test_configs_import_no_fairjax_runtime_module():
+def test_configs_load_with_no_fairjax_runtime_module():
     """Every configs/*.py loads (as ml_collections loads it, by path) with nothing of fairjax
     imported but the two leaves they may read, and no config carries importlib lines of its own."""
     script = (
