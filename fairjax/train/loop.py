@@ -88,8 +88,9 @@ class Setup:
     (for `train.epochs`); eval_generate_fn(params, frozen, step) -> metrics dict: optional hook
     (generation + reward) run at each evaluation on process 0's view; producer: an
     `agents.base.Producer` that turns each train_data batch into the step's batch with the
-    current state (online RL; None: train on the train_data batches); data_stats: one dict per data source (`fairjax.data.sources.SourceStats.to_dict`: path,
-    kept, skipped, line), printed at the start and written to RUN_DIR/summary.json;
+    current state (online RL; None: train on the train_data batches); data_stats: one dict per
+    data source (`fairjax.data.sources.SourceStats.to_dict`: path, kept, skipped, line),
+    printed at the start and written to RUN_DIR/summary.json;
     count_tokens(host batch) -> tokens it trains on (the objective's `count_tokens`: tokens/s).
     """
 
@@ -199,7 +200,9 @@ def make_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformatio
                 body, (params, state["opt_state"]), (batch, jnp.arange(updates)))
         loss, grad_norm = metrics.pop("loss"), metrics.pop("grad_norm")
         new_frozen = algorithm.update_frozen(new_params, frozen, state["step"] + 1)
-        finite = jnp.all(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if updates > 1:
+            finite = jnp.all(finite)
         new = {"params": new_params, "opt_state": opt_state, "frozen": new_frozen}
         if check_finite:
             old = {"params": params, "opt_state": state["opt_state"], "frozen": frozen}
