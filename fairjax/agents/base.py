@@ -43,6 +43,39 @@ class Algorithm(NamedTuple):
     merged: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]] = identity_state
 
 
+def mean_metrics(metrics: dict, info: Any, update_seconds: float) -> dict:
+    """`Producer.summarize` default: each metric averaged over the step's updates."""
+    import numpy as np
+
+    del info, update_seconds
+    return {k: float(np.mean(np.asarray(v, np.float64))) for k, v in metrics.items()}
+
+
+class Producer(NamedTuple):
+    """A source of training batches that reads the train state (online RL: rollouts of the
+    current policy, scored and turned into advantages). The loop calls, every step,
+
+        batch, info = produce(state, data_batch)    # state: {params, frozen, opt_state, step, rng}
+
+    on the data iterator's batch (e.g. prompts) BEFORE the step, and trains on `batch` (a dict
+    of numpy arrays, process-local rows, as a data iterator's) with its ordinary compiled step.
+    The producer may only derive randomness from `state` (e.g. `fold_in(state["rng"],
+    state["step"])`) and its data from `data_batch`, so the checkpointed state and iterator
+    position reproduce it exactly on resume.
+
+    updates: optimizer updates per produced batch: the batch's rows are `updates` consecutive
+        update batches (e.g. epochs x minibatches of one rollout), applied in one compiled step
+        (`loop.make_train_step(updates=)`); the step's metrics then have a leading [updates] axis.
+    summarize(metrics, info, update_seconds) -> the step's logged metrics (floats; "finite"
+        kept; "tokens", when present, is what tokens/s counts), from the step's device metrics
+        (host numpy), the `info` of `produce` and the seconds of the compiled step.
+    """
+
+    produce: Callable[[dict, dict], tuple[dict, Any]]
+    updates: int = 1
+    summarize: Callable[[dict, Any, float], dict] = mean_metrics
+
+
 def identity_update(params: PyTree, frozen: PyTree, step: jax.Array) -> PyTree:
     """`update_frozen` for objectives whose frozen state never changes."""
     del params, step

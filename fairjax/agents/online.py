@@ -1,6 +1,8 @@
-"""Online RL with a host-side reward: GRPO, RLOO and PPO rollouts and updates (no trainer internals).
+"""Online RL with a host-side reward: GRPO, RLOO and PPO as a batch producer + ordinary losses.
 
-One `OnlineRL.step` on P prompts, G samples each (N = P·G rows, prompt-major: row p·G + g):
+Online RL is the generic loop's step on batches that are made from the current policy. A
+`Rollout` (the objective's `agents.base.Producer`) on P prompts, G samples each (N = P·G rows,
+prompt-major: row p·G + g) makes the step's batch:
 
     rollout  (device)  `fairjax.generate` (jit, KV cache, rows sharded over the mesh) → completion
                        tokens [N, T]; one jitted forward gives per-token log-probs under the
@@ -11,7 +13,14 @@ One `OnlineRL.step` on P prompts, G samples each (N = P·G rows, prompt-major: r
                        naming the prompt id and the sample
     advantages         GRPO: group-normalised;  RLOO: leave-one-out (k1 KL in the reward);
                        PPO: per-token KL-in-reward + score on `</a>`, GAE, whitened
-    update   (device)  `epochs` passes of `minibatches` jitted optax steps over the rollout batch
+    batch    (host)    numpy arrays seq, attn, mask, advantages, pad_id [+ old_logps, ref_logps,
+                       PPO old_values, returns]; with `epochs` × `minibatches` > 1 the rows of
+                       each epoch's minibatches in update order (`Rollout.updates` blocks)
+
+and `online_algorithm`'s `loss(params, frozen, batch, rng)` (GRPO / RLOO / PPO: an ordinary
+`Algorithm`) is trained on it by the loop's compiled step, one optimizer update per block
+(`train.loop.make_train_step(updates=)`). `OnlineRL.step` is the same rollout + compiled step
+without the run machinery (tests, benchmarks).
 
 Completion layout (FMs-at-work): prompts are `<s>{prompt}</s>` (`data.layout.prompt_tokens`),
 left-padded to `max_prompt_tokens`; the completion ends with `</a>`; a completion cut by
@@ -39,6 +48,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fairjax.agents.base import Algorithm, identity_update
 from fairjax.errors import ConfigError
 from fairjax.generate import GenerationConfig, Policy, generate, left_pad, with_stop_ids
 from fairjax.losses.common import gather_tokens, masked_mean
@@ -246,7 +256,7 @@ def _rollout_stats(parts, cfg, pad_id, params, frozen, seq, attn, plen):
 
 def loss_fn(parts: PolicyParts, cfg: OnlineConfig, pad_id: int, params: PyTree, frozen: PyTree,
             mb: dict, plen: int) -> tuple[jax.Array, dict]:
-    """The objective of `cfg.algo` on a minibatch of rollout rows (keys of `OnlineRL._batch`)."""
+    """The objective of `cfg.algo` on a minibatch of rollout rows (keys of a `Rollout` batch)."""
     seq, attn, mask = mb["seq"], mb["attn"], mb["mask"]
     lp, ent, hid = completion_forward(parts.model, parts.policy_lm(params, frozen), seq, attn,
                                       plen, cfg.temperature, pad_id)
@@ -282,7 +292,7 @@ def score_completions(scorer: Union[Callable, Any], texts: Sequence[str],
     if getattr(scorer, "needs_reference", False):
         if references is None:
             raise RewardScoringError(f"reward scorer {name} needs the original posting of each "
-                                     "prompt: pass references= to OnlineRL.step")
+                                     "prompt: pass references= to the rollout")
         refs = [references[i // group_size] for i in range(len(texts))]
         fn = lambda idx: base([texts[i] for i in idx], [refs[i] for i in idx])  # noqa: E731
     else:
@@ -313,48 +323,65 @@ def score_completions(scorer: Union[Callable, Any], texts: Sequence[str],
     return r
 
 
-# ----------------------------------------------------------------------------- the step
-class OnlineRL:
-    """Rollout → score → advantages → update (module doc). `tokenizer` needs `decode`,
-    `eoa_id`, `pad_id`; `optimizer` is an optax transformation of `params`."""
+# ----------------------------------------------------------------------------- the objective
+def online_algorithm(parts: PolicyParts, cfg: OnlineConfig,
+                     init: Optional[Callable[[jax.Array], tuple[PyTree, PyTree]]] = None
+                     ) -> Algorithm:
+    """The objective of `cfg.algo` as an ordinary `Algorithm`: `loss(params, frozen, batch, rng)`
+    on a rollout batch of `Rollout` (keys: seq, attn, mask, advantages, pad_id, and as the
+    algorithm needs old_logps, ref_logps, old_values, returns); `init` as the caller builds it."""
+    parts = dataclasses.replace(parts, reference=cfg.reference == "initial")
+    plen = cfg.max_prompt_tokens
+
+    def loss(params, frozen, batch, rng):
+        del rng  # deterministic forward (no dropout in the rollout's distribution either)
+        return loss_fn(parts, cfg, batch["pad_id"][0], params, frozen, batch, plen)
+
+    def no_init(rng):
+        raise ValueError("online_algorithm: built without init (OnlineRL.init_state builds the "
+                         "state)")
+
+    return Algorithm(name=cfg.algo, init=init or no_init, loss=loss,
+                     update_frozen=identity_update,
+                     policy=lambda p, f: (parts.model, parts.policy_lm(p, f)))
+
+
+# ----------------------------------------------------------------------------- the producer
+# logged as the mean over the step's updates (the other loss metrics: the first or last update)
+_MEAN_KEYS = ("clip_ratio/low", "clip_ratio/high", "clip_ratio/region", "ratio_mean",
+              "value_loss", "policy_loss")
+
+
+class Rollout:
+    """Rollout → score → advantages: the batch producer of online RL (module doc). Calling it
+    on a train state and P prompts returns the step's batch, a dict of numpy arrays of
+    `updates` × (N / minibatches) rows (the epochs' minibatches, in update order) that
+    `online_algorithm`'s loss trains on, and host info for `summarize`. `tokenizer` needs
+    `decode`, `eoa_id`, `pad_id`."""
 
     def __init__(self, parts: PolicyParts, cfg: OnlineConfig, tokenizer, scorer,
-                 optimizer: optax.GradientTransformation, mesh: Optional[Mesh] = None):
+                 mesh: Optional[Mesh] = None):
         from fairjax.parallel import data_parallel_size
 
         dp = 1 if mesh is None else data_parallel_size(mesh)
         self.cfg = cfg.validate(dp)
         parts = dataclasses.replace(parts, reference=cfg.reference == "initial")
-        self.parts, self.tok, self.scorer, self.opt, self.mesh = parts, tokenizer, scorer, optimizer, mesh
+        self.parts, self.tok, self.scorer, self.mesh = parts, tokenizer, scorer, mesh
         self.pad_id, self.eoa_id = int(tokenizer.pad_id), int(tokenizer.eoa_id)
         plen = cfg.max_prompt_tokens
-        stats = lambda p, f, s, a: _rollout_stats(parts, cfg, self.pad_id, p, f, s, a, plen)
+        stats = lambda p, f, s, a: _rollout_stats(parts, cfg, self.pad_id, p, f, s, a, plen)  # noqa: E731
         self._stats = jax.jit(stats)
-        self._update = jax.jit(self._update_fn)
         self._ppo_targets = jax.jit(self._ppo_targets_fn)
 
-    # --- state
-    def init_state(self, policy: PyTree, rng: jax.Array, base: Optional[PyTree] = None) -> dict:
-        k_init, k_roll = jax.random.split(rng)
-        params, frozen = init_params(self.parts, self.cfg, policy, k_init, base)
-        state = {"params": params, "frozen": frozen, "opt_state": self.opt.init(params),
-                 "step": jnp.zeros((), jnp.int32), "rng": k_roll}
-        if self.mesh is not None:
-            state = jax.device_put(state, NamedSharding(self.mesh, P()))
-        return state
+    @property
+    def updates(self) -> int:
+        """Optimizer updates per rollout batch: epochs × minibatches."""
+        return self.cfg.epochs * self.cfg.minibatches
 
     def _rows(self, x):
         if self.mesh is None:
             return jnp.asarray(x)
         return jax.device_put(jnp.asarray(x), NamedSharding(self.mesh, P(("data", "fsdp"))))
-
-    def _update_fn(self, params, frozen, opt_state, mb):
-        fn = lambda p: loss_fn(self.parts, self.cfg, self.pad_id, p, frozen, mb,
-                               self.cfg.max_prompt_tokens)
-        (_, metrics), grads = jax.value_and_grad(fn, has_aux=True)(params)
-        updates, opt_state = self.opt.update(grads, opt_state, params)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        return optax.apply_updates(params, updates), opt_state, metrics
 
     def _ppo_targets_fn(self, scores, old_lp, ref_lp, values, mask):
         p = self.cfg.ppo
@@ -369,20 +396,19 @@ class OnlineRL:
 
         return [prompt_tokens(self.tok, p, max_len=self.cfg.max_prompt_tokens) for p in prompts]
 
-    # --- one RL step
-    def step(self, state: dict, prompts: Sequence[np.ndarray],  # P rows of prompt token ids
-             prompt_ids: Optional[Sequence[Any]] = None,
-             references: Optional[Sequence[str]] = None) -> tuple[dict, dict, dict]:
-        """One rollout + update; `references`: the original text of each prompt (for scorers
-        that need one). Returns (new state, metrics of floats, rollout record with
-        texts/rewards/advantages per row for logging)."""
+    def __call__(self, state: dict, prompts: Sequence[np.ndarray],  # P rows of prompt token ids
+                 prompt_ids: Optional[Sequence[Any]] = None,
+                 references: Optional[Sequence[str]] = None) -> tuple[dict, dict]:
+        """(batch, info) of one rollout with `state`'s policy; `references`: the original text
+        of each prompt (for scorers that need one). The sampling key is fold_in(state["rng"],
+        state["step"]) (split into decoding and minibatch-order keys), so a restored state
+        samples again what it sampled before."""
         cfg, G = self.cfg, self.cfg.group_size
         if len(prompts) != cfg.prompts_per_step:
             raise ValueError(f"step got {len(prompts)} prompts; online.batch_size / group_size = "
                              f"{cfg.prompts_per_step}")
         prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
         t0 = time.perf_counter()
-        # rollout key of step s = fold_in(rng, s) (rng fixed, as the generic loop's step keys)
         k_gen, k_perm = jax.random.split(jax.random.fold_in(state["rng"], state["step"]))
         p_ids, p_mask = left_pad([np.asarray(p)[-cfg.max_prompt_tokens:] for p in prompts],
                                  cfg.max_prompt_tokens, self.pad_id)
@@ -391,26 +417,28 @@ class OnlineRL:
         pol = Policy.lm(self.parts.model, self.parts.policy_lm(params, frozen))
         out = generate(pol, p_ids, p_mask, k_gen, with_stop_ids(cfg.generation(), self.tok),
                        eoa_id=self.eoa_id, pad_id=self.pad_id, mesh=self.mesh)
+        tokens, finished = np.asarray(out.tokens), np.asarray(out.finished)
         lengths = np.asarray(out.lengths)
         mask = (np.arange(cfg.max_new_tokens)[None] < lengths[:, None]).astype(np.float32)
-        seq = self._rows(np.concatenate([p_ids, np.asarray(out.tokens)], 1))
-        attn = self._rows(np.concatenate([p_mask.astype(np.float32), mask], 1))
+        seq = np.concatenate([p_ids, tokens], 1).astype(np.int32)
+        attn = np.concatenate([p_mask.astype(np.float32), mask], 1)
         mask_d = self._rows(mask)
-        old_lp, ref_lp, old_v = self._stats(params, frozen, seq, attn)
+        old_lp, ref_lp, old_v = self._stats(params, frozen, self._rows(seq), self._rows(attn))
         jax.block_until_ready((old_lp, ref_lp))
         t1 = time.perf_counter()
 
-        tokens, finished = np.asarray(out.tokens), np.asarray(out.finished)
         texts = [self.tok.decode([int(t) for t in tokens[i, :lengths[i] - int(finished[i])]])
                  for i in range(len(lengths))]
         rewards = score_completions(self.scorer, texts, prompt_ids, G, references)
         t2 = time.perf_counter()
 
-        batch = {"seq": seq, "attn": attn, "mask": mask_d}
+        n = cfg.rows
+        batch = {"seq": seq, "attn": attn, "mask": mask,
+                 "pad_id": np.full((n,), self.pad_id, np.int32)}
         if old_lp is not None:
-            batch["old_logps"] = old_lp
+            batch["old_logps"] = np.asarray(old_lp)
         if ref_lp is not None:
-            batch["ref_logps"] = ref_lp
+            batch["ref_logps"] = np.asarray(ref_lp)
         r = jnp.asarray(rewards, jnp.float32)
         if cfg.algo == "grpo":
             adv = group_advantages(r, G, cfg.grpo.scale_rewards)
@@ -419,58 +447,110 @@ class OnlineRL:
                 r = kl_penalized_rewards(r, old_lp, ref_lp, mask_d, cfg.rloo.beta)
             adv = rloo_advantages(r, G, cfg.rloo.normalize_advantages)
         else:
-            adv, batch["returns"] = self._ppo_targets(r, old_lp, ref_lp, old_v, mask_d)
-            batch["old_values"] = old_v
-        batch["advantages"] = self._rows(adv)
-
-        n, mbs = cfg.rows, cfg.rows // cfg.minibatches
-        state_in, step_metrics = state, []
-        for e in range(cfg.epochs):
-            order = (np.arange(n) if cfg.minibatches == 1 else
-                     np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, e), n)))
-            for k in range(cfg.minibatches):
-                idx = order[k * mbs:(k + 1) * mbs]
-                mb = batch if cfg.minibatches == 1 else {
-                    key: self._rows(jnp.asarray(v)[idx]) for key, v in batch.items()}
-                params, opt_state, m = self._update(params, frozen, state["opt_state"], mb)
-                state = {**state, "opt_state": opt_state}
-                step_metrics.append(m)
-        jax.block_until_ready(params)
+            adv, returns = self._ppo_targets(r, old_lp, ref_lp, old_v, mask_d)
+            batch["returns"], batch["old_values"] = np.asarray(returns), np.asarray(old_v)
+        adv = np.asarray(adv)
+        batch["advantages"] = adv
+        if self.updates > 1:  # epoch e's minibatches: a permutation of the rows (M > 1), in order
+            orders = [np.arange(n) if cfg.minibatches == 1 else
+                      np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, e), n))
+                      for e in range(cfg.epochs)]
+            idx = np.concatenate(orders)
+            batch = {k: v[idx] for k, v in batch.items()}
         t3 = time.perf_counter()
 
-        first, last = jax.device_get(step_metrics[0]), jax.device_get(step_metrics[-1])
         n_tok = float(mask.sum())  # generated (completion) tokens, through `</a>`
         seq_tok = float(p_mask.sum()) + n_tok  # prompt + completion tokens of the N rows
-        metrics = {
-            "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
-            "completion_length": float(lengths.mean()), "finished": float(finished.mean()),
-            "entropy": float(first["entropy"]),  # of the sampling policy (first update)
-            "time/rollout": t1 - t0, "time/scoring": t2 - t1, "time/update": t3 - t2,
-            # throughput (docs/online_rl.md "Logged metrics"): generated tokens per rollout
-            # second; trained completion tokens (each epoch passes over every row once) per
-            # update second; the rows' prompt + completion tokens per step second, which is what
-            # the generic loop's tokens_per_s counts for the offline objectives (`tokens`)
-            "rollout_tokens_per_s": n_tok / max(t1 - t0, 1e-9),
-            "update_tokens_per_s": n_tok * cfg.epochs / max(t3 - t2, 1e-9),
-            "tokens_per_s": seq_tok / max(t3 - t0, 1e-9), "tokens": seq_tok,
-            "loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]),
-            "updates": float(len(step_metrics)),
-        }
-        allm = jax.device_get(step_metrics)
-        for key in ("clip_ratio/low", "clip_ratio/high", "clip_ratio/region", "ratio_mean",
-                    "value_loss", "policy_loss"):
-            if key in first:  # averaged over the epochs × minibatches updates
-                metrics[key] = float(np.mean([m[key] for m in allm]))
-        metrics["ratio_mean/first"] = float(first["ratio_mean"])  # on-policy: 1
-        if "kl" in first:  # KL of the sampling policy to the reference (first update, on-policy)
-            metrics["kl"] = float(first["kl"])
-        finite = all(np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
-                     for m in allm)
-        metrics["finite"] = float(finite)
-        # a non-finite update is not applied: the caller gets the input state back (finite = 0)
-        new_state = ({**state, "params": params, "step": state["step"] + 1} if finite
-                     else state_in)
-        record = {"texts": texts, "rewards": rewards, "advantages": np.asarray(adv),
-                  "finished": finished, "lengths": lengths,
-                  "prompt_ids": [prompt_ids[i // G] for i in range(n)]}
-        return new_state, metrics, record
+        metrics = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
+                   "completion_length": float(lengths.mean()), "finished": float(finished.mean()),
+                   "time/rollout": t1 - t0, "time/scoring": t3 - t1,  # scoring + advantages
+                   "rollout_tokens_per_s": n_tok / max(t1 - t0, 1e-9), "tokens": seq_tok}
+        record = {"texts": texts, "rewards": rewards, "advantages": adv, "finished": finished,
+                  "lengths": lengths, "prompt_ids": [prompt_ids[i // G] for i in range(n)]}
+        return batch, {"metrics": metrics, "record": record, "completion_tokens": n_tok}
+
+    def summarize(self, metrics: dict, info: dict, update_seconds: float) -> dict:
+        """The logged metrics of a step (docs/online_rl.md "Logged metrics"): the rollout's, and
+        of the step's updates (`metrics`, host numpy, [updates] or scalars) the sampling policy's
+        entropy / KL / ratio (first update), loss and grad_norm (last), `_MEAN_KEYS` (mean).
+        Throughput: generated tokens per rollout second; trained completion tokens (each epoch
+        passes over every row once) per update second; the rows' prompt + completion tokens
+        (`tokens`, what the generic loop's tokens_per_s counts for offline objectives) per
+        rollout + scoring + update second."""
+        per = {k: np.asarray(v, np.float64).reshape(-1) for k, v in metrics.items()}
+        out = dict(info["metrics"])
+        total = out["time/rollout"] + out["time/scoring"] + update_seconds
+        out.update({
+            "time/update": update_seconds,
+            "update_tokens_per_s": info["completion_tokens"] * self.cfg.epochs
+            / max(update_seconds, 1e-9),
+            "tokens_per_s": out["tokens"] / max(total, 1e-9),
+            "entropy": float(per["entropy"][0]),  # of the sampling policy (first update)
+            "loss": float(per["loss"][-1]), "grad_norm": float(per["grad_norm"][-1]),
+            "updates": float(self.updates),
+            "ratio_mean/first": float(per["ratio_mean"][0]),  # on-policy: 1
+            "finite": float(np.all(per["finite"] > 0)),
+        })
+        out.update({k: float(np.mean(per[k])) for k in _MEAN_KEYS if k in per})
+        if "kl" in per:  # KL of the sampling policy to the reference (first update, on-policy)
+            out["kl"] = float(per["kl"][0])
+        return out
+
+
+# ----------------------------------------------------------------------------- the step
+class OnlineRL:
+    """One online RL step without the run machinery (tests, benchmarks): `Rollout` makes the
+    batch, the generic loop's compiled step (`train.loop.make_train_step`, `updates` =
+    epochs × minibatches) trains `online_algorithm`'s loss on it: what `python -m
+    fairjax.train` does each step. `optimizer` is an optax transformation of `params`."""
+
+    def __init__(self, parts: PolicyParts, cfg: OnlineConfig, tokenizer, scorer,
+                 optimizer: optax.GradientTransformation, mesh: Optional[Mesh] = None):
+        from fairjax.train.loop import make_train_step
+
+        self.rollout = Rollout(parts, cfg, tokenizer, scorer, mesh)
+        self.cfg, self.parts, self.opt, self.mesh = self.rollout.cfg, self.rollout.parts, optimizer, mesh
+        self.tok, self.scorer = tokenizer, scorer
+        self.algorithm = online_algorithm(self.parts, self.cfg)
+        self._stats = self.rollout._stats
+        # no donation: a non-finite step hands back the state it was given
+        self._update = jax.jit(make_train_step(self.algorithm, optimizer, check_finite=True,
+                                               updates=self.rollout.updates))
+
+    def init_state(self, policy: PyTree, rng: jax.Array, base: Optional[PyTree] = None) -> dict:
+        k_init, k_roll = jax.random.split(rng)
+        params, frozen = init_params(self.parts, self.cfg, policy, k_init, base)
+        state = {"params": params, "frozen": frozen, "opt_state": self.opt.init(params),
+                 "step": jnp.zeros((), jnp.int32), "rng": k_roll}
+        if self.mesh is not None:
+            state = jax.device_put(state, NamedSharding(self.mesh, P()))
+        return state
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        return self.rollout.encode_prompts(prompts)
+
+    def device_batch(self, batch: dict) -> dict:
+        """The rollout batch in the compiled step's layout ([1, N] or [updates, 1, N / M])."""
+        from fairjax.parallel import shard_batch
+        from fairjax.train.loop import stack_micro
+
+        updates = self.rollout.updates
+        stacked = stack_micro(batch, 1, updates)
+        if self.mesh is None:
+            return {k: jnp.asarray(v) for k, v in stacked.items()}
+        return shard_batch(stacked, self.mesh, leading_unsharded=1 if updates == 1 else 2)
+
+    def step(self, state: dict, prompts: Sequence[np.ndarray],  # P rows of prompt token ids
+             prompt_ids: Optional[Sequence[Any]] = None,
+             references: Optional[Sequence[str]] = None) -> tuple[dict, dict, dict]:
+        """One rollout + update; `references`: the original text of each prompt (for scorers
+        that need one). Returns (new state, metrics of floats, rollout record with
+        texts/rewards/advantages per row for logging); a non-finite update is not applied (the
+        state passed in comes back, metrics["finite"] = 0)."""
+        batch, info = self.rollout(state, prompts, prompt_ids, references)
+        t = time.perf_counter()
+        new_state, m = self._update(state, self.device_batch(batch))
+        m = jax.device_get(m)
+        jax.block_until_ready(new_state["params"])
+        metrics = self.rollout.summarize(m, info, time.perf_counter() - t)
+        return (new_state if metrics["finite"] else state), metrics, info["record"]

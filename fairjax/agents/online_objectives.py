@@ -9,9 +9,12 @@ composite), computed on the host each step; preservation terms compare with the 
 
 The train data are the job prompts (`<s>{prompt}</s>`, left-trimmed to max_prompt_tokens); each
 prompt row is repeated group_size times so a step's batch has optim.batch_size rows like every
-other objective. The generic loop (`fairjax.train.loop`) runs `OnlineRL.step` in place of its
-compiled step (`Setup.host_step`) and keeps its checkpoints (params, opt_state, frozen, step,
-rng, data position: a resumed run samples exactly what an uninterrupted one would) and metrics.
+other objective. The objective's `make_producer` gives the generic loop (`fairjax.train.loop`)
+a `Producer` (`online.Rollout`): each step it turns the prompt batch into a rollout batch of the
+current policy (scored, with advantages), which the loop's ordinary compiled step trains on with
+the objective's loss (`online.online_algorithm`; epochs × minibatches = the step's updates). The
+loop's checkpoints (params, opt_state, frozen, step, rng, data position) make a resumed run
+sample exactly what an uninterrupted one would: the rollout key is fold_in(rng, step).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fairjax.agents import online as O
-from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.base import Algorithm, Producer
 from fairjax.agents.registry import Decoding, Objective, register
 from fairjax.errors import ConfigError
 from fairjax.losses.grpo import GRPOHParams
@@ -62,6 +65,7 @@ def online_config(cfg: Any, algo: str) -> O.OnlineConfig:
 
 
 def _algorithm(cfg, module, policy, parts: O.PolicyParts, base=None, init_policy=None) -> Algorithm:
+    """The online loss on rollout batches (`online.online_algorithm`) with its init."""
     oc = online_config(cfg, cfg.algorithm)
     parts = dataclasses.replace(parts, reference=oc.reference == "initial")
 
@@ -71,13 +75,7 @@ def _algorithm(cfg, module, policy, parts: O.PolicyParts, base=None, init_policy
         pol = policy if init_policy is None else init_policy(rng)
         return O.init_params(parts, oc, pol, jax.random.fold_in(rng, 1), base=base)
 
-    def no_offline_loss(params, frozen, batch, rng):
-        raise ConfigError(f"config.algorithm={cfg.algorithm!r} trains online (OnlineRL.step); "
-                          "it has no offline loss on episode batches")
-
-    return Algorithm(name=cfg.algorithm, init=init, loss=no_offline_loss,
-                     update_frozen=identity_update,
-                     policy=lambda p, f: (module, parts.policy_lm(p, f)))
+    return O.online_algorithm(parts, oc, init)
 
 
 def build(cfg, module, mcfg, base_params, policy_params):
@@ -138,49 +136,43 @@ def build_data(cfg, tok, train_path: str, eval_path: Optional[str], trunc):
     return it, None, it.batches_per_epoch()
 
 
-def make_step(cfg, setup, run_dir):
-    """`loop.Setup.host_step` of an online objective: (optimizer, plan) -> step(state, global
-    batch) -> (state, metrics), one `OnlineRL.step` on the batch's prompts."""
-    def host_step(optimizer, plan):
-        import jax
+def make_producer(cfg, setup, run_dir) -> Producer:
+    """`loop.Setup.producer` of an online objective: each step, the prompt batch (P·G rows) and
+    the current state -> the rollout batch the loop's compiled step trains on (`online.Rollout`)."""
+    from fairjax.agents.registry import lora_config
+    from fairjax.models import build_model
+    from fairjax.parallel import make_mesh
+    from fairjax.rewards.registry import build_reward_scorer
 
-        from fairjax.agents.registry import lora_config
-        from fairjax.models import build_model
-        from fairjax.rewards.registry import build_reward_scorer
+    oc = online_config(cfg, cfg.algorithm)
+    room = setup.model_config.max_positions
+    if oc.max_prompt_tokens + oc.max_new_tokens > room:
+        raise ConfigError(f"config.{cfg.algorithm}.max_prompt_tokens={oc.max_prompt_tokens} + "
+                          f"max_new_tokens={oc.max_new_tokens} exceed the model's {room} "
+                          "positions; lower one of them")
+    lora = cfg.get("lora") is not None and cfg.lora.enabled
+    parts = O.PolicyParts(build_model(setup.model_config),
+                          lora_scale=lora_config(cfg).scale if lora else None)
+    demo_pool = os.path.join(str(run_dir), "data", "candidates.jsonl")
+    scorer = build_reward_scorer(cfg.reward, default_pool=demo_pool
+                                 if os.path.isfile(demo_pool) else None)
+    # the loop's mesh (the same devices and axes from the same config block)
+    rollout = O.Rollout(parts, oc, setup.tokenizer, scorer, mesh=make_mesh(cfg.mesh))
+    rows, G, width = setup.train_data.rows, oc.group_size, oc.max_prompt_tokens
 
-        oc = online_config(cfg, cfg.algorithm)
-        room = setup.model_config.max_positions
-        if oc.max_prompt_tokens + oc.max_new_tokens > room:
-            raise ConfigError(f"config.{cfg.algorithm}.max_prompt_tokens={oc.max_prompt_tokens} + "
-                              f"max_new_tokens={oc.max_new_tokens} exceed the model's {room} "
-                              "positions; lower one of them")
-        lora = cfg.get("lora") is not None and cfg.lora.enabled
-        parts = O.PolicyParts(build_model(setup.model_config),
-                              lora_scale=lora_config(cfg).scale if lora else None)
-        demo_pool = os.path.join(str(run_dir), "data", "candidates.jsonl")
-        scorer = build_reward_scorer(cfg.reward, default_pool=demo_pool
-                                     if os.path.isfile(demo_pool) else None)
-        rl = O.OnlineRL(parts, oc, setup.tokenizer, scorer, optimizer, mesh=plan.mesh)
-        rows, G, width = setup.train_data.rows, oc.group_size, oc.max_prompt_tokens
+    def produce(state, batch):
+        idx = np.asarray(batch["index"]).reshape(-1)[::G]  # every G-th row is a new prompt
+        ids = np.asarray(batch["prompt_ids"]).reshape(-1, width)[::G]
+        mask = np.asarray(batch["prompt_mask"]).reshape(-1, width)[::G]
+        prompts = [r[m > 0] for r, m in zip(ids, mask)]
+        return rollout(state, prompts, [rows.ids[i] for i in idx], [rows.texts[i] for i in idx])
 
-        def step(state, gbatch):
-            b = jax.device_get(gbatch)  # [1, P·G, ...]: every G-th row is a new prompt
-            idx = np.asarray(b["index"]).reshape(-1)[::G]
-            ids = np.asarray(b["prompt_ids"]).reshape(-1, width)[::G]
-            mask = np.asarray(b["prompt_mask"]).reshape(-1, width)[::G]
-            prompts = [r[m > 0] for r, m in zip(ids, mask)]
-            state, metrics, _ = rl.step(state, prompts, [rows.ids[i] for i in idx],
-                                        [rows.texts[i] for i in idx])
-            return state, metrics
-
-        return step
-
-    return host_step
+    return Producer(produce=produce, updates=rollout.updates, summarize=rollout.summarize)
 
 
 for _name in HPARAMS:
     register(Objective(name=_name, agent_config=lambda cfg, n=_name: online_config(cfg, n),
                        build=build, build_lora=build_lora, build_data=build_data,
-                       make_step=make_step,
+                       make_producer=make_producer,
                        no_pack_reason="it samples its own rollouts (online RL)",
                        decoding=Decoding(settings=lambda cfg: cfg[cfg.algorithm])))

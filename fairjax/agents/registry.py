@@ -63,8 +63,10 @@ class Objective:
     build_data(cfg, tokenizer, train_path, eval_path, truncation[, reference=]) -> (train
         iterator, eval factory or None, steps per epoch) (None: plain job-posting episodes,
         `fairjax.data.episodes.episode_data`).
-    make_step(cfg, setup, run_dir) -> `loop.Setup.host_step` (None: the loop's compiled step on
-        `Algorithm.loss`; online objectives roll out, score on the host and update here).
+    make_producer(cfg, setup, run_dir) -> `agents.base.Producer` (`loop.Setup.producer`): the
+        step's batch is made from the current state and the train_data batch (online RL:
+        rollouts of the current policy, scored on the host, with advantages), then trained on
+        by the loop's ordinary compiled step on `Algorithm.loss` (None: train on train_data).
     build_lora(cfg, module, model_config, base_params, lora_config) -> its own LoRA form
         (None: `agents.lora.loraize` of `build`).
 
@@ -76,14 +78,14 @@ class Objective:
         initial policy, e.g. to fit a value baseline on it).
     count_tokens(batch) -> the tokens a host batch trains on (tokens/s).
     decoding: `Decoding` (evaluation and eval-time generation).
-    online (property): rolls out its own data (`make_step`).
+    online (property): makes its batches from the current policy (`make_producer`).
     """
 
     name: str
     agent_config: Callable[[Any], Any]
     build: Callable[..., Any]
     build_data: Optional[Callable[..., tuple]] = None
-    make_step: Optional[Callable[..., Any]] = None
+    make_producer: Optional[Callable[..., Any]] = None
     build_lora: Optional[Callable[..., Any]] = None
     packable: bool = False
     no_pack_reason: str = ""
@@ -95,7 +97,7 @@ class Objective:
 
     @property
     def online(self) -> bool:
-        return self.make_step is not None
+        return self.make_producer is not None
 
     def validate(self, cfg: Any) -> None:
         self.agent_config(cfg)

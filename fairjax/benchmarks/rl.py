@@ -116,15 +116,14 @@ def fairjax_step(mcfg, algo: str, prompts, hf_tok, new: int, batch: int, group: 
 
 
 def _update_flops(rl, state, cfg, batch: int, new: int) -> float:
-    """FLOPs of one compiled update (XLA's cost analysis of `OnlineRL._update` on a rollout-shaped
-    batch): forward + backward of the trunk over prompt + completion, the LM head on the
-    completion positions only, AdamW."""
-    import jax.numpy as jnp
-
+    """FLOPs of one compiled update (XLA's cost analysis of `OnlineRL._update`, the loop's
+    compiled step, on a rollout-shaped batch): forward + backward of the trunk over prompt +
+    completion, the LM head on the completion positions only, AdamW."""
     width = cfg.max_prompt_tokens + new
-    mb = {"seq": jnp.zeros((batch, width), jnp.int32), "attn": jnp.ones((batch, width)),
-          "mask": jnp.ones((batch, new)), "advantages": jnp.ones((batch,))}
-    cost = rl._update.lower(state["params"], state["frozen"], state["opt_state"], mb).cost_analysis()
+    mb = {"seq": np.zeros((batch, width), np.int32), "attn": np.ones((batch, width), np.float32),
+          "mask": np.ones((batch, new), np.float32), "advantages": np.ones((batch,), np.float32),
+          "pad_id": np.zeros((batch,), np.int32)}
+    cost = rl._update.lower(state, rl.device_batch(mb)).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float((cost or {}).get("flops", 0.0))
 

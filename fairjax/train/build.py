@@ -70,8 +70,9 @@ def validate_config(cfg: Any) -> None:
         raise ConfigError(f"config.mesh.impl='shard_map' runs data and fsdp parallelism; "
                           f"config.mesh.tensor={cfg.mesh.tensor} needs mesh.impl='gspmd'")
     if cfg.mesh.get("impl") == "shard_map" and spec.online:
-        raise ConfigError(f"config.mesh.impl='shard_map' applies to the compiled offline step; "
-                          f"{cfg.algorithm!r} runs its own step (use mesh.impl='gspmd')")
+        raise ConfigError(f"config.mesh.impl='shard_map' is not wired for {cfg.algorithm!r}: its "
+                          "losses reduce over the rows without the shard_map batch collectives "
+                          "(use mesh.impl='gspmd')")
     for name in ("optim.lr", "optim.batch_size", "optim.grad_accum", "train.log_every",
                  "train.keep", "train.eval_batches", "data.max_len"):
         _positive(cfg, name)
@@ -298,9 +299,9 @@ def build_setup(cfg: Any, run_dir: Path) -> Setup:
                   data_stats=sources.read_counts(cfg, *source_paths(run_dir, train_path, eval_path),
                                                  getattr(train_it, "layout_stats", None)),
                   count_tokens=registry.get(cfg.algorithm).count_tokens)
-    make_step = registry.get(cfg.algorithm).make_step
-    if make_step is not None:
-        setup.host_step = make_step(cfg, setup, run_dir)
+    make_producer = registry.get(cfg.algorithm).make_producer
+    if make_producer is not None:  # batches made from the current state (online RL rollouts)
+        setup.producer = make_producer(cfg, setup, run_dir)
     return setup
 
 

@@ -5,7 +5,7 @@ factory of one, called after the run dir and mesh exist) holds: an `Algorithm`, 
 and partition rules. It knows no model, data format or reward; `fairjax.train.build` turns a
 config into a Setup and `fairjax.train.build.train` chains both (the CLI: `python -m fairjax.train`).
 
-One optimizer step = one call of the jit-compiled `train_step` (buffer donation of the state):
+One step = one call of the jit-compiled `train_step` (buffer donation of the state):
   1. the step's batch `[grad_accum, B, ...]` (B = global micro-batch, sharded over
      ('data','fsdp')) is scanned; each micro-batch's loss/grad is computed with
      `Algorithm.loss(params, frozen, batch, fold_in(step_key, i))`; grads and metrics are averaged;
@@ -16,6 +16,14 @@ One optimizer step = one call of the jit-compiled `train_step` (buffer donation 
      a non-finite state and the last good checkpoint stays intact.
 The host checks finiteness one step late (after dispatching the next step), so device work is
 never stalled by the check.
+
+Batches come from `Setup.train_data`, or, when the objective has a `Producer`
+(`agents.base.Producer`: online RL), from `producer.produce(state, data batch)`: a batch made
+with the current state (rollouts of the current policy, scored on the host), trained on by the
+same compiled step. A producer's batch may hold `producer.updates` consecutive update batches
+(`[updates, grad_accum, B, ...]`: epochs x minibatches of one rollout); the step then applies
+them as that many optimizer updates in one compiled call (1-4 above, finiteness over all of
+them). Because the next batch reads the new params, such a step is waited for and timed.
 
 Randomness: the key of step s is `fold_in(rng, s)` with `rng` from the config seed and saved in
 the checkpoint; the data order is a function of (seed, epoch) and the iterator position is saved.
@@ -45,7 +53,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from fairjax import faults, parallel
-from fairjax.agents.base import Algorithm, count_attended
+from fairjax.agents.base import Algorithm, Producer, count_attended
 from fairjax.errors import ConfigError
 from fairjax.io import run_dir as rd
 from fairjax.optim import make_optimizer, make_schedule
@@ -78,13 +86,11 @@ class Setup:
     (regex, PartitionSpec) ending with a catch-all; model_config / tokenizer / initial_lm_params:
     written to RUN_DIR/model (skipped when None); steps_per_epoch: optimizer steps per epoch
     (for `train.epochs`); eval_generate_fn(params, frozen, step) -> metrics dict: optional hook
-    (generation + reward) run at each evaluation on process 0's view; host_step(optimizer, plan)
-    -> step(state, global batch) -> (state, metrics): replaces the compiled step (online RL:
-    rollout, host-side reward, several jitted updates; `fairjax.agents.online_objectives`) with
-    the same state, checkpoints and metrics contract (metrics["finite"] = 0 stops the run;
-    metrics["tokens"], when present, is the step's token count behind the logged tokens_per_s);
-    data_stats: one dict per data source (`fairjax.data.sources.SourceStats.to_dict`: path,
-    kept, skipped, line), printed at the start and written to RUN_DIR/summary.json;
+    (generation + reward) run at each evaluation on process 0's view; producer: an
+    `agents.base.Producer` that turns each train_data batch into the step's batch with the
+    current state (online RL; None: train on the train_data batches); data_stats: one dict per
+    data source (`fairjax.data.sources.SourceStats.to_dict`: path, kept, skipped, line),
+    printed at the start and written to RUN_DIR/summary.json;
     count_tokens(host batch) -> tokens it trains on (the objective's `count_tokens`: tokens/s).
     """
 
@@ -97,7 +103,7 @@ class Setup:
     initial_lm_params: Any = None
     steps_per_epoch: Optional[int] = None
     eval_generate_fn: Optional[Callable[[PyTree, PyTree, int], dict]] = None
-    host_step: Optional[Callable[[optax.GradientTransformation, Any], Callable]] = None
+    producer: Optional[Producer] = None
     data_stats: Sequence[dict] = ()
     count_tokens: Callable[[dict], int] = count_attended
 
@@ -118,16 +124,17 @@ class RunResult:
 
 
 # =========================================================================== the step
-def stack_micro(batch: dict, accum: int) -> dict:
+def stack_micro(batch: dict, accum: int, updates: int = 1) -> dict:
     """Gradient accumulation layout: [accum * b, ...] process-local rows -> [accum, b, ...]
-    (micro-batch i = rows i*b .. (i+1)*b - 1)."""
-    out = {}
+    (micro-batch i = rows i*b .. (i+1)*b - 1); with `updates` > 1, [updates * accum * b, ...] ->
+    [updates, accum, b, ...] (update u = the u-th consecutive block of rows)."""
+    out, lead = {}, (accum,) if updates == 1 else (updates, accum)
     for k, v in batch.items():
         v = np.asarray(v)
-        if v.shape[0] % accum:
+        if v.shape[0] % (accum * updates):
             raise ConfigError(f"batch key {k!r} has {v.shape[0]} rows, not divisible by "
-                              f"optim.grad_accum={accum}")
-        out[k] = v.reshape((accum, v.shape[0] // accum) + v.shape[1:])
+                              f"optim.grad_accum={accum} x {updates} updates")
+        out[k] = v.reshape(lead + (v.shape[0] // (accum * updates),) + v.shape[1:])
     return out
 
 
@@ -155,22 +162,47 @@ GradsFn = Callable[[PyTree, PyTree, dict, jax.Array], tuple[PyTree, jax.Array, d
 
 def make_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformation,
                     check_finite: bool = True, grads_fn: Optional[GradsFn] = None,
-                    ) -> Callable[[dict, dict], tuple[dict, dict]]:
+                    updates: int = 1) -> Callable[[dict, dict], tuple[dict, dict]]:
     """Pure step `(state, batch[accum, B, ...]) -> (state, metrics)`; see module docstring.
     `grads_fn(params, frozen, batch, key) -> (grads, loss, metrics)`: default `accumulate_grads`
-    on the global batch (GSPMD); `shard_map_grads` for explicit collectives."""
+    on the global batch (GSPMD); `shard_map_grads` for explicit collectives. `updates` > 1: the
+    batch is `[updates, accum, B, ...]`, scanned as that many optimizer updates (update u with
+    key fold_in(step key, u)); metrics, loss and grad_norm get a leading [updates] axis, the
+    step is finite when every update is, and `update_frozen` runs once after the last."""
     if grads_fn is None:
         grads_fn = functools.partial(accumulate_grads, algorithm)
+
+    def one_update(params, opt_state, frozen, batch, key):
+        grads, loss, metrics = grads_fn(params, frozen, batch, key)
+        grad_norm = optax.global_norm(grads)
+        deltas, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, deltas), opt_state,
+                dict(metrics, loss=loss, grad_norm=grad_norm))
 
     def step_fn(state: dict, batch: dict) -> tuple[dict, dict]:
         params, frozen = state["params"], state["frozen"]
         key = jax.random.fold_in(state["rng"], state["step"])
-        grads, loss, metrics = grads_fn(params, frozen, batch, key)
-        grad_norm = optax.global_norm(grads)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        if updates == 1:
+            new_params, opt_state, metrics = one_update(params, state["opt_state"], frozen,
+                                                        batch, key)
+        else:
+            lead = jax.tree.leaves(batch)[0].shape[0]
+            if lead != updates:
+                raise ValueError(f"make_train_step(updates={updates}): batch has {lead} "
+                                 "update blocks on its leading axis")
+
+            def body(carry, xs):
+                mb, u = xs
+                p, o, m = one_update(*carry, frozen, mb, jax.random.fold_in(key, u))
+                return (p, o), m
+
+            (new_params, opt_state), metrics = jax.lax.scan(
+                body, (params, state["opt_state"]), (batch, jnp.arange(updates)))
+        loss, grad_norm = metrics.pop("loss"), metrics.pop("grad_norm")
         new_frozen = algorithm.update_frozen(new_params, frozen, state["step"] + 1)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if updates > 1:
+            finite = jnp.all(finite)
         new = {"params": new_params, "opt_state": opt_state, "frozen": new_frozen}
         if check_finite:
             old = {"params": params, "opt_state": state["opt_state"], "frozen": frozen}
@@ -299,15 +331,18 @@ def shard_map_grads(algorithm: Algorithm, plan: "StatePlan") -> GradsFn:
 
 
 def compile_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformation,
-                       plan: "StatePlan", check_finite: bool = True, impl: str = "gspmd"):
+                       plan: "StatePlan", check_finite: bool = True, impl: str = "gspmd",
+                       updates: int = 1):
     """`make_train_step` under jit: state in/out in the plan's shardings (donated), batch
-    `[accum, B, ...]` sharded over ('data', 'fsdp') on B. `impl` (config `mesh.impl`): "gspmd"
-    (XLA partitions the global-batch step from the shardings) or "shard_map" (`shard_map_grads`)."""
+    `[accum, B, ...]` (`[updates, accum, B, ...]`) sharded over ('data', 'fsdp') on B. `impl`
+    (config `mesh.impl`): "gspmd" (XLA partitions the global-batch step from the shardings) or
+    "shard_map" (`shard_map_grads`)."""
     if impl not in IMPLS:
         raise ConfigError(f"config.mesh.impl={impl!r}; expected one of {list(IMPLS)}")
     grads_fn = shard_map_grads(algorithm, plan) if impl == "shard_map" else None
-    return jax.jit(make_train_step(algorithm, optimizer, check_finite, grads_fn),
-                   in_shardings=(plan.shardings, parallel.batch_sharding(plan.mesh, 1)),
+    lead = 1 if updates == 1 else 2
+    return jax.jit(make_train_step(algorithm, optimizer, check_finite, grads_fn, updates),
+                   in_shardings=(plan.shardings, parallel.batch_sharding(plan.mesh, lead)),
                    out_shardings=(plan.shardings, None), donate_argnums=(0,))
 
 
@@ -405,13 +440,14 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
     if not isinstance(setup, Setup):
         setup = setup()
     n_steps = total_steps(cfg, setup.steps_per_epoch)
-    optimizer = make_optimizer(cfg.optim, n_steps)
-    schedule = make_schedule(cfg.optim, n_steps)
+    producer = setup.producer
+    updates = 1 if producer is None else int(producer.updates)  # optimizer updates per step
+    optimizer = make_optimizer(cfg.optim, n_steps * updates)
+    schedule = make_schedule(cfg.optim, n_steps * updates)
     plan = StatePlan(setup.algorithm, optimizer, mesh, setup.rules, cfg.seed)
     state_sh = plan.shardings
-    step_fn = (setup.host_step(optimizer, plan) if setup.host_step is not None else
-               compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite,
-                                  impl=cfg.mesh.get("impl", "gspmd")))
+    step_fn = compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite,
+                                 impl=cfg.mesh.get("impl", "gspmd"), updates=updates)
     eval_step = jax.jit(make_eval_step(setup.algorithm),
                         in_shardings=(state_sh["params"], state_sh["frozen"],
                                       parallel.batch_sharding(mesh, 0), parallel.replicated(mesh)))
@@ -465,11 +501,17 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
             except StopIteration:
                 log.warning("training data exhausted at step %d", step)
                 break
+            if producer is not None:  # e.g. rollouts of the current policy (reads the state)
+                batch, info = producer.produce(state, batch)
             tokens = setup.count_tokens(batch) * jax.process_count()
-            gbatch = parallel.shard_batch(stack_micro(batch, accum), mesh, leading_unsharded=1)
+            t_step = time.perf_counter()
+            gbatch = parallel.shard_batch(stack_micro(batch, accum, updates), mesh,
+                                          leading_unsharded=1 if updates == 1 else 2)
             state, dev_metrics = step_fn(state, gbatch)
-            if setup.host_step is not None and "tokens" in dev_metrics:
-                tokens = int(dev_metrics["tokens"])  # online: the rollout rows, known after the step
+            if producer is not None:  # the next batch reads these params: wait (and time) here
+                host = jax.device_get(dev_metrics)
+                dev_metrics = producer.summarize(host, info, time.perf_counter() - t_step)
+                tokens = int(dev_metrics.get("tokens", tokens))
             step += 1
             if pending is not None:
                 window.append(check(pending))
@@ -488,7 +530,8 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
             if do_log and window:
                 dt = max(time.perf_counter() - t_window, 1e-9)
                 last_metrics = {k: float(np.mean([w[k] for w in window])) for k in window[-1]}
-                last_metrics.update(lr=float(schedule(step - 1)), tokens_per_s=tokens_window / dt)
+                last_metrics.update(lr=float(schedule(step * updates - 1)),
+                                    tokens_per_s=tokens_window / dt)
                 logger.write(step, "train", last_metrics,
                              echo=(bar.write if bar is not None else None))
                 if bar is not None:

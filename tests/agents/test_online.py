@@ -1,7 +1,8 @@
 """agents/online.py: the reward rises to a known optimum on a toy task (reward = count of one
 token), KL = 0 / ratio = 1 on the first on-policy update (LoRA reference = adapters off), scorer
 failures name the prompt and the sample, config validation names the key, 8 fake devices == 1,
-PPO's separate value trunk is a second network that only the value loss trains."""
+PPO's separate value trunk is a second network that only the value loss trains, a rollout is an
+ordinary batch for the objective's loss."""
 import dataclasses
 import os
 import subprocess
@@ -262,3 +263,25 @@ def test_ppo_separate_value_trunk_is_its_own_trained_network():
     shared_cfg = dataclasses.replace(cfg, value_trunk="policy")
     np.testing.assert_array_equal(values_of(parts, shared_cfg, moved, frozen, mb["seq"],
                                             mb["attn"], plen, hid), v0)
+
+
+@pytest.mark.slow  # a PPO rollout (decoding + stats compile): ~30 s on the contended CPU
+def test_rollout_is_an_ordinary_batch_for_the_objectives_loss():
+    """A PPO rollout with 2 epochs x 2 minibatches is a batch of numpy arrays holding the four
+    update blocks (each epoch a permutation of the 8 rollout rows); the objective's ordinary
+    `loss(params, frozen, batch, rng)` on its first block is the on-policy loss (ratio 1)."""
+    rl = _rl("ppo", epochs=2, minibatches=2, ppo=PPOHParams(beta=0.0))
+    assert rl.rollout.updates == 4
+    st = rl.init_state(gpt2.init_params(MCFG, jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    batch, info = rl.rollout(st, PROMPTS, ["a", "b"])
+    assert {"seq", "attn", "mask", "advantages", "pad_id", "old_logps", "ref_logps",
+            "old_values", "returns"} <= set(batch)
+    assert all(isinstance(v, np.ndarray) and len(v) == 16 for v in batch.values())
+    rows = lambda a: sorted(map(tuple, a.reshape(len(a), -1).tolist()))  # noqa: E731
+    assert rows(batch["seq"][:8]) == rows(batch["seq"][8:])  # epoch 2: the same rows again
+    assert not np.array_equal(batch["seq"][:8], batch["seq"][8:])  # ... in another order
+    assert np.all(batch["pad_id"] == Tok.pad_id)
+    first = {k: jnp.asarray(v[:4]) for k, v in batch.items()}
+    loss, m = rl.algorithm.loss(st["params"], st["frozen"], first, jax.random.PRNGKey(0))
+    assert np.isfinite(float(loss)) and abs(float(m["ratio_mean"]) - 1.0) < 1e-5
+    assert len(info["record"]["texts"]) == 8

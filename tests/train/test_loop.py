@@ -131,3 +131,77 @@ def test_tree_equality_fails_on_a_truncated_or_renamed_tree():
                   {"w": np.ones(3), "b": np.ones(2)}):
         with pytest.raises(AssertionError):
             assert_trees_equal(a, other)
+
+
+def _shifting_producer(seen: list, updates: int):
+    """A toy batch producer (what online RL's rollouts are to the loop): the targets of the
+    step's batch depend on the params the step starts from, and the batch holds `updates`
+    update blocks (the data rows, then the same rows reversed)."""
+    from fairjax.agents.base import Producer
+
+    def produce(state, batch):
+        w = np.asarray(jax.device_get(state["params"]["dense"]["kernel"]))  # [dim, 1]
+        seen.append((int(jax.device_get(state["step"])), w.copy()))
+        y = batch["y"] - 0.5 * (batch["x"] @ w)[:, 0]  # a target made with the current params
+        blocks = [{"x": batch["x"], "y": y}, {"x": batch["x"][::-1], "y": y[::-1]}][:updates]
+        return {k: np.concatenate([b[k] for b in blocks]) for k in ("x", "y")}, {"w": w}
+
+    def summarize(metrics, info, seconds):
+        assert np.shape(metrics["loss"]) == ((updates,) if updates > 1 else ())
+        return {"loss": float(np.mean(metrics["loss"])), "finite": float(metrics["finite"]),
+                "time/update": seconds}
+
+    return Producer(produce=produce, updates=updates, summarize=summarize)
+
+
+def test_producer_batches_are_made_from_the_current_state(tmp_path):
+    """Setup.producer: each step's batch is produced from the state that step starts from, its
+    `updates` blocks are that many optimizer updates of the ordinary compiled step (equal to
+    applying them one compiled step at a time, the schedule counting updates), and a resumed
+    run produces and trains exactly as the uninterrupted one."""
+    from fairjax import parallel
+    from fairjax.optim import make_optimizer
+
+    from trainer_fixtures import ArrayBatches, toy_algorithm, toy_data
+
+    cfg = small_config("bc", **{"train.steps": 4, "train.eval_every": 0, "train.save_every": 1,
+                                "train.keep": 10, "train.log_every": 1, "optim.lr": 0.05})
+    seen: list = []
+
+    def setup():
+        s = toy_setup(cfg, noise=0.0)
+        s.eval_data = None
+        s.producer = _shifting_producer(seen, 2)
+        return s
+
+    full = train(cfg, tmp_path / "full", setup=setup())
+    assert [s for s, _ in seen] == [0, 1, 2, 3]
+    assert not np.allclose(seen[1][1], seen[0][1])  # the second step saw the updated params
+    rows = [json.loads(line) for line in (tmp_path / "full" / rd.METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["time/update"] > 0 for r in rows)
+
+    # the same, one update per compiled step, by hand
+    alg = toy_algorithm(noise=0.0)
+    mesh = parallel.make_mesh(cfg.mesh)
+    opt = make_optimizer(cfg.optim, 4 * 2)  # the schedule runs over the 8 optimizer updates
+    plan = loop.StatePlan(alg, opt, mesh, ((".*", jax.sharding.PartitionSpec()),), cfg.seed)
+    state, data = plan.init(), ArrayBatches(toy_data(), cfg.optim.batch_size, seed=cfg.seed)
+    one = jax.jit(loop.make_train_step(alg, opt))
+    produce = _shifting_producer([], 2).produce
+    for _ in range(4):
+        batch, _ = produce(state, next(data))
+        for u in range(2):
+            block = {k: v[u * 8:(u + 1) * 8] for k, v in batch.items()}
+            state, _ = one(state, parallel.shard_batch(loop.stack_micro(block, 1), mesh))
+    assert_trees_equal(_params(full), jax.tree.map(np.asarray, jax.device_get(state["params"])),
+                       rtol=1e-6, atol=1e-7)
+
+    # a run that died after step 2, resumed: the producer sees the restored state and data
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    for p in (tmp_path / "cut" / "checkpoints").iterdir():
+        if p.name.isdigit() and int(p.name) > 2:
+            shutil.rmtree(p)
+    seen.clear()
+    resumed = train(cfg, tmp_path / "cut", setup=setup())
+    assert [s for s, _ in seen] == [2, 3]
+    assert_trees_equal(_params(full), _params(resumed))
