@@ -794,19 +794,18 @@ def text_nll(module, params, tok, texts: Sequence[str], max_len: int, batch_size
     """Mean per-token NLL of each text alone, −1/(T−1) Σ_{t≥2} log p(x_t | x_<t), over its first
     `max_len` tokens under the LM (no start token: the layout's `<s>` is new to a pretrained
     vocabulary, so the first token is context only); NaN for a text of fewer than 2 tokens.
-    Batches group texts of similar length (less padding)."""
+    Batches group texts of similar length, padded to a multiple of 64 tokens."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-
-    from fairjax.data.layout import bucket_for
 
     key = ("text", id(module))
     if key not in _NLL_FNS:
         def nll(params, ids, mask):
             logits = module.apply({"params": params}, ids, mask).logits[:, :-1]  # [B, W-1, V]
-            logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-            tok_lp = jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]  # [B, W-1]
+            logits = logits.astype(jnp.float32)  # log p = logit - logsumexp: no [B, W, V] log_softmax
+            tok_lp = (jnp.take_along_axis(logits, ids[:, 1:, None], -1)[..., 0]
+                      - jax.nn.logsumexp(logits, -1))  # [B, W-1]
             w = mask[:, 1:].astype(jnp.float32)
             return -(tok_lp * w).sum(-1) / jnp.maximum(w.sum(-1), 1)  # [B]
         _NLL_FNS[key] = jax.jit(nll)
@@ -816,7 +815,7 @@ def text_nll(module, params, tok, texts: Sequence[str], max_len: int, batch_size
     order = [i for i in np.argsort([len(x) for x in encoded], kind="stable") if len(encoded[i]) > 1]
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = bucket_for(max(len(encoded[i]) for i in idx), (64, 128, 256, 512, 1024, 2048, 4096))
+        width = -(-max(len(encoded[i]) for i in idx) // 64) * 64  # multiples of 64: little padding
         ids = np.full((batch_size, width), tok.pad_id, np.int32)
         mask = np.zeros((batch_size, width), np.int32)
         for j, i in enumerate(idx):

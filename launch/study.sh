@@ -75,7 +75,7 @@ $PY -m fairjax.train --config=configs/bc.py "${COMMON[@]}" --config.train.steps=
 $PY -m fairjax.rest --config=configs/rest.py "${COMMON[@]}" "${REWARD[@]}" \
     --config.rest.initial="$OUT/bc" --config.rest.rounds=1 --config.rest.k=$K \
     --config.rest.limit=$GROW --config.rest.tau=$TAU --config.train.steps=$RL \
-    --config.init.policy="$OUT/bc" --config.pipeline.evaluate=False --config.run_dir="$OUT/rest"
+    --config.init.policy="$OUT/bc" --config.run_dir="$OUT/rest"
 AUG="$OUT/rest/round_0/data"
 
 # 3-5. Offline objectives on the rewrite-augmented data, each from the BC policy.
