@@ -9,7 +9,8 @@ from ml_collections import ConfigDict
 def get_config():
     c = ConfigDict()
     # What to evaluate: a fairjax run dir (BC, ILQL, A-LoL, ...), a fairjax model dir, a Hugging
-    # Face dir / cached id, or an FMs-at-work .pkl (then `base` gives config + tokenizer).
+    # Face dir / cached id, or an FMs-at-work .pkl (then `base` gives config + tokenizer); "" with
+    # `baselines` set evaluates the baselines alone (no NLL columns; give data.eval).
     c.checkpoint = "runs/ilql"
     c.base = ""
     c.step = "best"  # run-dir checkpoint: best (lowest eval loss) | latest | a step number
@@ -54,6 +55,10 @@ def get_config():
     # preset (e.g. "smollm2-135m-instruct": the pretrained base, loaded with fairjax.runs.load)
     # scores every system's rewrites and the originals with that one model.
     c.fluency_model = ""
+    # Per-system NLL columns (`nll`, `nll_original`: the rewrite and the original as a response to
+    # the prompt under the checkpoint's LM). One forward pass of prompt + text per system and
+    # posting; False skips them (FL then needs fluency_model).
+    c.nll_columns = True
 
     c.data = ConfigDict()
     c.data.eval = ""  # eval postings JSONL/CSV ("" = the checkpoint run's eval split)

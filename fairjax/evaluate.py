@@ -10,6 +10,7 @@ FMs-at-work `eval_policy` + `distill_policy_eval` + `impact_ratio_calc` in one r
    `lexicon_swap`, `inclusion_statement` (text rules), `prompted` (an instruct model zero-shot,
    `prompted.*`), `best_of_n` (`best_of_n.n` samples of a policy, the best faithful one under
    its training reward, `best_of_n.*`); a baseline's `nll` columns are under the checkpoint's LM;
+   `checkpoint = ""` evaluates the text/prompted baselines alone (FL then from `fluency_model`);
 2. read the eval postings (`data.eval`; "" = the checkpoint run's eval split), build each prompt
    with the job template, and rewrite **every prompt once, in order** (upstream drew prompts with
    replacement);
@@ -18,7 +19,8 @@ FMs-at-work `eval_policy` + `distill_policy_eval` + `impact_ratio_calc` in one r
    verdict; PII; length) and each system's own per-token NLL of the original and of its rewrite;
    and what each rewrite keeps of its original (`eval.preservation`: cosine under the scorer's
    embedder, chrF, skills kept, header fields kept, length ratio); with `fluency_model` set, the
-   per-token NLL of original and rewrites under that one model (`fl_nll`);
+   per-token NLL of the original and of each rewrite on its own (no prompt) under that one
+   model (`fl_nll`); `nll_columns = False` skips the per-system NLLs;
 4. write OUTPUT_DIR/eval_logs.jsonl (one row per prompt, all fields), summary.json (top level:
    `trained_reward` of the checkpoint, `reported_reward`, a `sanity` row with the reward of
    word-shuffled and generic text against the originals; per system: headline means with bootstrap
@@ -115,7 +117,14 @@ def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
 
     systems: list[System] = []
     eval_path = None
-    for i, (name, path) in enumerate([("", cfg.checkpoint)] + parse_named_paths(cfg.extra_checkpoints)):
+    checkpoints = [("", cfg.checkpoint)] + parse_named_paths(cfg.extra_checkpoints)
+    if not cfg.checkpoint:
+        if cfg.extra_checkpoints or not parse_baselines(cfg.get("baselines", "")):
+            raise ValueError("config.checkpoint is empty: give a run dir, model dir, HF dir or "
+                             ".pkl, or config.baselines alone (no extra_checkpoints)")
+        systems = load_baselines(cfg, None)  # baselines only: no policy, no NLL columns
+        return systems, None
+    for i, (name, path) in enumerate(checkpoints):
         if not path:
             raise ValueError("config.checkpoint is empty: give a run dir, model dir, HF dir or .pkl")
         primary = i == 0
@@ -185,13 +194,17 @@ def training_scorer(path: str, fallback):
     return fallback, f"the reported reward ({fallback.name}): {path} names no training reward"
 
 
-def load_baselines(cfg: Any, primary: System) -> list[System]:
+def load_baselines(cfg: Any, primary: Optional[System]) -> list[System]:
     """`config.baselines` as systems (see the module docstring); the scorer-dependent parts of
-    best_of_n are attached by `evaluate` (`attach_scorer`)."""
+    best_of_n are attached by `evaluate` (`attach_scorer`). Without a `primary` checkpoint the
+    baselines have no policy (no NLL columns); best_of_n then has no policy to sample."""
     from fairjax import systems as B
 
     out = []
     for name in parse_baselines(cfg.get("baselines", "")):
+        if primary is None and name == "best_of_n":
+            raise ValueError("config.baselines has best_of_n but config.checkpoint is empty: "
+                             "best_of_n samples the checkpoint (or best_of_n.policy beside it)")
         if name in ("lexicon_swap", "inclusion_statement"):
             rw = B.text_baseline(name)
         elif name == "prompted":
@@ -206,8 +219,11 @@ def load_baselines(cfg: Any, primary: System) -> list[System]:
                                     batch_size=p.batch_size, seed=cfg.seed)
         else:
             rw = _BestOfNPending(cfg.best_of_n, primary)
-        out.append(System(name, primary.policy, primary.tokenizer, primary.generation,
-                          primary.nll_params, primary.source, rewriter=rw))
+        if primary is None:
+            out.append(System(name, None, None, _generation(cfg), None, "", rewriter=rw))
+        else:
+            out.append(System(name, primary.policy, primary.tokenizer, primary.generation,
+                              primary.nll_params, primary.source, rewriter=rw))
     return out
 
 
@@ -441,6 +457,10 @@ def evaluate(cfg: Any) -> dict:
     from fairjax.eval.report import summarize_systems, write_report
     from fairjax.generate import generate_texts
 
+    if not cfg.fluency_model and (not cfg.checkpoint or not cfg.nll_columns):
+        raise ValueError("config.fluency_model is empty and there are no NLL columns (no "
+                         "checkpoint, or nll_columns=False): FL needs a model, e.g. "
+                         "--config.fluency_model=smollm2-135m-instruct")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     systems, run_eval = load_systems(cfg)
@@ -472,7 +492,7 @@ def evaluate(cfg: Any) -> dict:
                           "max_new_tokens_reason": "config"})
             baselines[s.name]["generation"] = {**dataclasses.asdict(s.rewriter.generation), **size}
     rng = jax.random.PRNGKey(cfg.seed)
-    fluency = load_fluency_model(cfg.fluency_model)
+    fluency = load_fluency_model(cfg.fluency_model, cfg.batch_size)
     chunk = cfg.batch_size * max(1, cfg.chunk_batches)
     t0, n_new = time.perf_counter(), 0
     for start in range(len(done), len(examples), chunk):
@@ -495,16 +515,21 @@ def evaluate(cfg: Any) -> dict:
             kept = preservation.preservation_rows(originals, texts, orig_vecs,
                                                   scorer.embedder.embed(texts),
                                                   [e.metadata for e in batch])
-            limit = gen_info[s.name]["prompt_limit"]
-            cut = [len(prompt_tokens(s.tokenizer, p)) > limit for p in prompts]
-            max_len = s.policy.model.config.max_positions
-            nll = response_nll(s.policy.model, s.nll_params, s.tokenizer, prompts, texts, max_len,
-                               cfg.batch_size)
-            if id(s.nll_params) not in nll_originals:
-                nll_originals[id(s.nll_params)] = response_nll(
-                    s.policy.model, s.nll_params, s.tokenizer, prompts, originals, max_len,
-                    cfg.batch_size)
-            nll_o = nll_originals[id(s.nll_params)]
+            if s.policy is not None:
+                limit = gen_info[s.name]["prompt_limit"]
+                cut = [len(prompt_tokens(s.tokenizer, p)) > limit for p in prompts]
+            else:
+                cut = [False] * len(prompts)
+            nll = nll_o = [None] * len(texts)
+            if cfg.nll_columns and s.nll_params is not None:
+                max_len = s.policy.model.config.max_positions
+                nll = response_nll(s.policy.model, s.nll_params, s.tokenizer, prompts, texts,
+                                   max_len, cfg.batch_size)
+                if id(s.nll_params) not in nll_originals:
+                    nll_originals[id(s.nll_params)] = response_nll(
+                        s.policy.model, s.nll_params, s.tokenizer, prompts, originals, max_len,
+                        cfg.batch_size)
+                nll_o = nll_originals[id(s.nll_params)]
             for j, (row, g, sc, a, b) in enumerate(zip(rows, gens, score_texts(texts, scorer), nll,
                                                         nll_o)):
                 std = ("finished", "log_prob", "kl", "adv_sum", "num_new_tokens")
@@ -515,12 +540,12 @@ def evaluate(cfg: Any) -> dict:
                                **{k: float(v[j]) for k, v in kept.items()},
                                "prompt_truncated": bool(g.get("prompt_truncated", cut[j])), **extra}
             if fluency is not None:
-                for row, v in zip(rows, fluency(prompts, texts)):
+                for row, v in zip(rows, fluency(texts)):
                     row[s.name]["fl_nll"] = v
         for row, sc in zip(rows, score_texts(originals, scorer)):
             row["original"].update(sc)
         if fluency is not None:
-            for row, v in zip(rows, fluency(prompts, originals)):
+            for row, v in zip(rows, fluency(originals)):
                 row["original"]["fl_nll"] = v
         _append(log, rows)
         faults.inject("eval", start + len(rows))
@@ -579,6 +604,8 @@ def _size_generation(cfg: Any, systems: list[System], examples: Sequence[Any]) -
     lengths: dict[int, list[int]] = {}
     info = {}
     for s in systems:
+        if s.policy is None:  # a text baseline evaluated without a checkpoint
+            continue
         key = id(s.tokenizer)
         if key not in lengths:
             lengths[key] = [len(s.tokenizer.encode_text(e.response)) for e in examples]
@@ -727,16 +754,60 @@ def joint_tables(rows: Sequence[dict], names: Sequence[str], scorer, constrained
     return out
 
 
-def load_fluency_model(name: str):
-    """None for "" (each system's own NLLs), else fn(prompts, texts) -> per-token NLLs [N] of the
-    texts as rewrites of the prompts under that one model (`fairjax.runs.load`: path or preset)."""
+def load_fluency_model(name: str, batch_size: int = 16):
+    """None for "" (each system's own NLLs), else fn(texts) -> the mean per-token NLL [N] of each
+    text on its own (no prompt: fluency, not closeness to the original) under that one model
+    (`fairjax.runs.load`: path or preset), memoised by text (a baseline that leaves a posting
+    unchanged costs nothing)."""
     if not name:
         return None
     from fairjax.runs import load
 
     module, params, tok = load(name)
     max_len = module.config.max_positions
-    return lambda prompts, texts: response_nll(module, params, tok, prompts, texts, max_len)
+    memo: dict[str, float] = {}
+
+    def fluency(texts: Sequence[str]) -> list[float]:
+        todo = sorted({t for t in texts if t not in memo})
+        for t, v in zip(todo, text_nll(module, params, tok, todo, max_len, batch_size)):
+            memo[t] = v
+        return [memo[t] for t in texts]
+    return fluency
+
+
+def text_nll(module, params, tok, texts: Sequence[str], max_len: int, batch_size: int = 16
+             ) -> list[float]:
+    """Mean per-token NLL of each text alone, −1/(T−1) Σ_{t≥2} log p(x_t | x_<t), over its first
+    `max_len` tokens under the LM (no start token: the layout's `<s>` is new to a pretrained
+    vocabulary, so the first token is context only); NaN for a text of fewer than 2 tokens.
+    Batches group texts of similar length, padded to a multiple of 64 tokens."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    key = ("text", id(module))
+    if key not in _NLL_FNS:
+        def nll(params, ids, mask):
+            logits = module.apply({"params": params}, ids, mask).logits[:, :-1]  # [B, W-1, V]
+            logits = logits.astype(jnp.float32)  # log p = logit - logsumexp: no [B, W, V] log_softmax
+            tok_lp = (jnp.take_along_axis(logits, ids[:, 1:, None], -1)[..., 0]
+                      - jax.nn.logsumexp(logits, -1))  # [B, W-1]
+            w = mask[:, 1:].astype(jnp.float32)
+            return -(tok_lp * w).sum(-1) / jnp.maximum(w.sum(-1), 1)  # [B]
+        _NLL_FNS[key] = jax.jit(nll)
+    fn = _NLL_FNS[key]
+    encoded = [tok.encode_text(t)[:max_len] for t in texts]
+    out = np.full(len(texts), np.nan)
+    order = [i for i in np.argsort([len(x) for x in encoded], kind="stable") if len(encoded[i]) > 1]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = -(-max(len(encoded[i]) for i in idx) // 64) * 64  # multiples of 64: little padding
+        ids = np.full((batch_size, width), tok.pad_id, np.int32)
+        mask = np.zeros((batch_size, width), np.int32)
+        for j, i in enumerate(idx):
+            ids[j, :len(encoded[i])], mask[j, :len(encoded[i])] = encoded[i], 1
+        out[idx] = np.asarray(fn(params, ids, mask))[:len(idx)]
+    return [float(v) for v in out]
 
 
 def headline(numbers: dict, meta: dict) -> dict:

@@ -1,72 +1,104 @@
 #!/usr/bin/env bash
-# The real-data study of docs/study.md: Hacker News "Who is hiring?" postings, candidate pool of
-# Bias-in-Bios + tech-speaker bios, a GPT-2-shaped model trained from scratch with BC, then ILQL
-# and A-LoL from that BC policy, evaluated on the eval split against the original postings.
+# The study of docs/study.md on a pretrained base: Hacker News "Who is hiring?" postings, the
+# candidate pool of Bias-in-Bios + tech-speaker bios, SmolLM2-135M-Instruct (LoRA) fine-tuned
+# with BC, then grown rewrites scored with the faithful-rewrite reward (reward.scorer=constrained)
+# for ReST, ILQL (shared-base LoRA), A-LoL and DPO; GRPO on the smooth constrained reward; all
+# evaluated on the eval split beside the original and the baselines (lexicon swap, inclusion
+# statement, the prompted instruct model, best-of-n), with FL under the pretrained base.
 #
-#   bash launch/study.sh cpu     # 2-core CPU budget (mini model, 1024-token context; ~90 min on one free core)
-#   bash launch/study.sh gpu     # one GPU (GPT-2 small shapes, bf16 + cuDNN attention)
-#   bash launch/study.sh smoke   # seconds: checks the commands end to end
+#   bash launch/study.sh smoke      # minutes: a toy model, every command end to end
+#   bash launch/study.sh baselines  # original + lexicon_swap + inclusion_statement on all eval postings
+#   bash launch/study.sh cpu        # the budget of docs/study.md "CPU budget" (2 cores: days)
+#   bash launch/study.sh gpu        # one GPU: the whole study, all 772 eval postings
 #
 # DATA (default ../shared/data) holds hn_jobs/, bios/, tech_bios/; OUT (default runs/study-PROFILE)
-# receives everything. The data never enters the repository. Every stage resumes when re-run.
+# receives everything. The data never enters the repository. Every stage resumes when re-run
+# (training from its checkpoints, ReST rounds from their stats.json, evaluation from its log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE="${1:-cpu}"
 DATA="${DATA:-../shared/data}"
 OUT="${OUT:-runs/study-$PROFILE}"
+PY="${PYTHON:-python}"
 POOLS="$DATA/bios/bios.jsonl,$DATA/tech_bios/bios.jsonl"
-LIMIT=0
+BASE=smollm2-135m-instruct
+EMBED=all-minilm-l6-v2
+TAU=0.9765          # reward.constrained.tau under MiniLM (configs/common.py)
+LIMIT=0             # eval postings (0 = all 772)
 case "$PROFILE" in
   smoke) MODEL=(--config.model.demo_size=tiny --config.model.demo_vocab_size=1000
-                --config.data.max_len=128 "--config.data.buckets=(128,)" --config.optim.batch_size=8)
-         BC=4; RL=4; VALUE_N=64; ONLINE=2; ROLLOUT=(96 16); NEW=16; PROMPT=96; EVAL_BATCH=8; LIMIT=8 ;;
-  # Episodes: HN postings are ~300 tokens (p95 ~500) and the prompt quotes the original (~400,
-  # p95 ~590), so the context is 1024: ~90% of episodes train uncut, and a rewrite gets up to the
-  # p95 posting length (NEW=0: from the data, capped at half the context).
-  cpu)   MODEL=(--config.model.demo_size=mini --config.model.demo_vocab_size=4000
-                --config.data.max_len=1024 "--config.data.buckets=(512,768,1024)" --config.optim.batch_size=8)
-         BC=150; RL=40; VALUE_N=512; ONLINE=16; ROLLOUT=(640 384); NEW=0; PROMPT=0; EVAL_BATCH=64 ;;
-  gpu)   MODEL=(--config.model.demo_size=small --config.model.demo_vocab_size=8000
-                --config.model.dtype=bfloat16 --config.model.attention=cudnn
-                --config.data.max_len=1024 "--config.data.buckets=(512,768,1024)" --config.optim.batch_size=32)
-         BC=500; RL=200; VALUE_N=4096; ONLINE=100; ROLLOUT=(640 384); NEW=0; PROMPT=0; EVAL_BATCH=64 ;;
-  *) echo "usage: $0 smoke|cpu|gpu" >&2; exit 2 ;;
+                --config.data.max_len=256 "--config.data.buckets=(256,)")
+         BASE_ARGS=(--config.lora.enabled=True); FLUENCY=""; EMBED=tfidf; TAU=0.9588
+         BATCH=4; BC=4; GROW=8; K=2; RL=4; ONLINE=2; ROLLOUT=(192 32); NEW=32; LIMIT=8; EVAL_BATCH=8
+         BASELINES=lexicon_swap,inclusion_statement,best_of_n ;;
+  baselines|cpu)
+         MODEL=(--config.data.max_len=1024 "--config.data.buckets=(512,768,1024)")
+         BASE_ARGS=(--config.model.init=$BASE --config.lora.enabled=True)
+         FLUENCY=$BASE; BATCH=2; BC=200; GROW=256; K=2; RL=100; ONLINE=20; ROLLOUT=(640 448)
+         NEW=0; EVAL_BATCH=16; BASELINES=lexicon_swap,inclusion_statement,prompted,best_of_n ;;
+  gpu)   MODEL=(--config.data.max_len=1024 "--config.data.buckets=(512,768,1024)"
+                --config.model.dtype=bfloat16 --config.model.attention=cudnn)
+         BASE_ARGS=(--config.model.init=$BASE --config.lora.enabled=True)
+         FLUENCY=$BASE; BATCH=16; BC=600; GROW=5854; K=4; RL=400; ONLINE=200; ROLLOUT=(640 448)
+         NEW=0; EVAL_BATCH=64; BASELINES=lexicon_swap,inclusion_statement,prompted,best_of_n ;;
+  *) echo "usage: $0 smoke|baselines|cpu|gpu" >&2; exit 2 ;;
 esac
-mkdir -p "$OUT/data"
+mkdir -p "$OUT"
+EVAL=(--config.data.eval="$DATA/hn_jobs/eval.jsonl" --config.scorer.pools="$POOLS"
+      --config.scorer.embedder=$EMBED --config.scorer.constrained_tau=$TAU
+      --config.scorer.cache_dir="$OUT/cache" --config.generation.max_new_tokens=$NEW
+      --config.batch_size=$EVAL_BATCH --config.limit=$LIMIT --config.fluency_model="$FLUENCY")
 
-# 1. Rewards: every run trains on the diversity reward of the postings (candidate matching on the
-# pool), scored when its data is built and cached under $OUT/cache (reward.scorer=diversity);
-# ILQL standardises it, A-LoL min-max scales it (reward_spec.json in each run dir says so).
+if [ "$PROFILE" = baselines ]; then  # no training: the systems a hiring team tries first
+  $PY -m fairjax.evaluate --config=configs/eval.py --config.checkpoint= --config.variants= \
+      --config.baselines=lexicon_swap,inclusion_statement "${EVAL[@]}" \
+      --config.output_dir="$OUT/eval_baselines"
+  echo "study report: $OUT/eval_baselines/report/report.md"; exit 0
+fi
+
+# Every run trains on the faithful-rewrite reward (hard form offline, smooth online), scored when
+# its data is built and cached under $OUT/cache/rewards; reward_spec.json in each run dir says so.
+REWARD=(--config.reward.scorer=constrained --config.reward.pool="$POOLS"
+        --config.reward.embedder=$EMBED --config.reward.constrained.tau=$TAU
+        --config.reward.cache_dir="$OUT/cache/rewards")
 COMMON=(--config.data.train="$DATA/hn_jobs/train.jsonl" --config.data.eval="$DATA/hn_jobs/eval.jsonl"
-        --config.reward.scorer=diversity --config.reward.pool="$POOLS"
-        --config.reward.cache_dir="$OUT/cache/rewards"
         --config.train.progress=False --config.train.tensorboard=False --config.train.eval_every=100
-        "${MODEL[@]}")
+        --config.optim.batch_size=$BATCH "${MODEL[@]}" "${BASE_ARGS[@]}")
 
-# 2. BC from scratch (BPE tokenizer trained on the train postings), 3. ILQL and A-LoL from it.
-python -m fairjax.train --config=configs/bc.py "${COMMON[@]}" --config.train.steps=$BC \
-    --config.optim.lr=1e-3 --config.run_dir="$OUT/bc"
-python -m fairjax.train --config=configs/ilql.py "${COMMON[@]}" --config.train.steps=$RL \
-    --config.init.policy="$OUT/bc" --config.pipeline.evaluate=False --config.run_dir="$OUT/ilql"
-python -m fairjax.train --config=configs/alol.py "${COMMON[@]}" --config.train.steps=$RL \
-    --config.optim.lr=1e-4 --config.init.policy="$OUT/bc" --config.run_dir="$OUT/alol" \
-    --config.alol.value_max_examples=$VALUE_N  # V(x) is fitted on this many train postings
+# 1. BC: the base learns to copy a posting in the job layout (the instruct model zero-shot does not).
+$PY -m fairjax.train --config=configs/bc.py "${COMMON[@]}" --config.train.steps=$BC \
+    --config.optim.lr=1e-4 --config.run_dir="$OUT/bc"
 
-# 4. Online GRPO from the same BC policy, with the reward in the loop: diversity plus chrF to the
-# original (x10; chrF/100 in [0, 1]) so that deleting the posting does not pay (docs/study.md).
-python -m fairjax.train --config=configs/grpo.py "${COMMON[@]}" --config.train.steps=$ONLINE \
+# 2. Grow -> improve (ReST, one round): K rewrites of the first GROW train postings sampled from
+#    BC, scored with the constrained reward; PHF filtering trains on the better ones. The round's
+#    data (augmented/scored/pairs JSONL) is the rewrite-augmented data of steps 3-5.
+$PY -m fairjax.rest --config=configs/rest.py "${COMMON[@]}" "${REWARD[@]}" \
+    --config.rest.initial="$OUT/bc" --config.rest.rounds=1 --config.rest.k=$K \
+    --config.rest.limit=$GROW --config.rest.tau=$TAU --config.train.steps=$RL \
+    --config.init.policy="$OUT/bc" --config.run_dir="$OUT/rest"
+AUG="$OUT/rest/round_0/data"
+
+# 3-5. Offline objectives on the rewrite-augmented data, each from the BC policy.
+OFF=(--config.data.train="$AUG/augmented.jsonl" --config.init.policy="$OUT/bc"
+     --config.pipeline.evaluate=False --config.train.steps=$RL)
+$PY -m fairjax.train --config=configs/ilql.py "${COMMON[@]}" "${REWARD[@]}" "${OFF[@]}" \
+    --config.run_dir="$OUT/ilql"
+$PY -m fairjax.train --config=configs/alol.py "${COMMON[@]}" "${REWARD[@]}" "${OFF[@]}" \
+    --config.optim.lr=1e-4 --config.run_dir="$OUT/alol"
+$PY -m fairjax.train --config=configs/dpo.py "${COMMON[@]}" "${OFF[@]}" \
+    --config.dpo.pairs="$AUG/pairs.jsonl" --config.run_dir="$OUT/dpo"
+
+# 6. GRPO from BC on the smooth constrained reward (similarity and header penalties in the loop).
+$PY -m fairjax.train --config=configs/grpo.py "${COMMON[@]}" "${REWARD[@]}" \
+    --config.reward.constrained.form=smooth --config.train.steps=$ONLINE \
     --config.init.policy="$OUT/bc" --config.pipeline.evaluate=False --config.run_dir="$OUT/grpo" \
-    --config.optim.batch_size=16 --config.grpo.group_size=4 --config.optim.lr=1e-4 \
+    --config.grpo.group_size=4 --config.optim.lr=1e-5 \
     --config.grpo.max_prompt_tokens=${ROLLOUT[0]} --config.grpo.max_new_tokens=${ROLLOUT[1]} \
-    --config.reward.scorer=composite --config.reward.composite.terms=diversity,preservation \
-    --config.reward.composite.weights=1,10 --config.reward.preservation.metric=chrf \
-    --config.train.save_every=20 --config.train.log_every=5
+    --config.train.save_every=10 --config.train.log_every=5
 
-# 5. Evaluation: original vs BC vs ILQL (beta 1, 4, 8) vs A-LoL vs GRPO on every eval posting.
-python -m fairjax.evaluate --config=configs/eval.py --config.checkpoint="$OUT/ilql" \
-    --config.variants=bc:0,ilql_b1:1,ilql_b4:4,ilql_b8:8 --config.extra_checkpoints="alol=$OUT/alol,grpo=$OUT/grpo" \
-    --config.data.eval="$DATA/hn_jobs/eval.jsonl" --config.scorer.pools="$POOLS" \
-    --config.scorer.cache_dir="$OUT/cache" --config.generation.max_new_tokens=$NEW \
-    --config.max_prompt_tokens=$PROMPT --config.batch_size=$EVAL_BATCH --config.limit=$LIMIT \
-    --config.output_dir="$OUT/eval"
+# 7. Evaluation: every system on every eval posting, scored the same way; FL under the base.
+$PY -m fairjax.evaluate --config=configs/eval.py --config.checkpoint="$OUT/ilql" \
+    --config.variants=bc:0,ilql_b4:4 --config.baselines=$BASELINES \
+    --config.extra_checkpoints="rest=$OUT/rest/round_0/train,alol=$OUT/alol,dpo=$OUT/dpo,grpo=$OUT/grpo" \
+    "${EVAL[@]}" --config.output_dir="$OUT/eval"
 echo "study report: $OUT/eval/report/report.md"

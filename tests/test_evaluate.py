@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fairjax import evaluate as E
+from fairjax.runs import load
 from trainer_fixtures import load_config, set_dotted, small_config
 
 
@@ -117,11 +118,13 @@ def test_hf_dir_checkpoint_and_errors(fixtures_dir, ilql_run, tmp_path):
                          "fluency_model": str(fixtures_dir / "gpt2_tiny" / "hf")})
     s = E.evaluate(cfg)
     assert set(s["systems"]) == {"original", "gpt2"}
-    # the fluency model is the system's own model here: its NLLs are the system's NLL columns
+    # FL scores each text alone (no prompt), unlike the system's conditional NLL columns
     rows = [json.loads(l) for l in (tmp_path / "hf" / E.LOG_FILE).read_text().splitlines()]
+    module, params, tok = load(str(fixtures_dir / "gpt2_tiny" / "hf"))
     for r in rows:
-        assert r["gpt2"]["fl_nll"] == pytest.approx(r["gpt2"]["nll"], rel=1e-5)
-        assert r["original"]["fl_nll"] == pytest.approx(r["gpt2"]["nll_original"], rel=1e-5)
+        for name in ("gpt2", "original"):
+            want = E.text_nll(module, params, tok, [r[name]["text"]], module.config.max_positions, 1)[0]
+            assert r[name]["fl_nll"] == pytest.approx(want, rel=1e-5)
     assert "FL under" in s["joint_note"] and 0.0 <= s["systems"]["gpt2"]["joint"]["fl"]["mean"] <= 1.0
     with pytest.raises(ValueError, match="NAME:ADV_WEIGHT"):
         E.parse_variants("a:b")
@@ -245,3 +248,46 @@ def test_eval_skips_are_reported_and_real_data_needs_a_pool(ilql_run, tmp_path):
         assert s["systems"][name]["reward"]["mean"] == pytest.approx(want)
     diff = sum(r["bc"]["reward"] - r["original"]["reward"] for r in rows) / len(rows)
     assert s["systems"]["bc"]["vs_original"]["reward"]["mean_diff"] == pytest.approx(diff)
+
+
+def test_text_nll_is_the_unpadded_per_token_nll_in_input_order(fixtures_dir):
+    """Batched, length-sorted and padded = one text at a time by hand; order kept; a text of
+    fewer than two tokens has no NLL."""
+    import jax
+
+    module, params, tok = load(str(fixtures_dir / "gpt2_tiny" / "hf"))
+    texts = ["Senior engineer, Berlin. We build data tools and value clear writing.", "x",
+             "Backend developer (remote). Python and Postgres.", "",
+             "Ninja rockstar wanted. " * 60]  # longer than the context: cut to it
+    n_pos = module.config.max_positions
+    assert len(tok.encode_text(texts[-1])) > n_pos
+    got = E.text_nll(module, params, tok, texts, n_pos, batch_size=2)
+    for text, g in zip(texts, got):
+        ids = np.asarray(tok.encode_text(text)[:n_pos], np.int32)
+        if len(ids) < 2:
+            assert np.isnan(g)
+            continue
+        logits = module.apply({"params": params}, ids[None], np.ones((1, len(ids)), np.int32)).logits[0]
+        logp = np.asarray(jax.nn.log_softmax(logits[:-1], -1))
+        want = -logp[np.arange(len(ids) - 1), ids[1:]].mean()
+        assert g == pytest.approx(float(want), rel=1e-5)
+    memo = E.load_fluency_model(str(fixtures_dir / "gpt2_tiny" / "hf"), batch_size=2)
+    np.testing.assert_allclose(memo(texts[::-1]), got[::-1], rtol=1e-5)
+
+
+def test_baselines_alone_need_no_checkpoint(fixtures_dir, ilql_run, tmp_path):
+    data = str(ilql_run / "data" / "jobs_eval.jsonl")
+    hf = str(fixtures_dir / "gpt2_tiny" / "hf")
+    s = E.evaluate(eval_config("", tmp_path / "b", limit=4, variants="", fluency_model=hf,
+                               baselines="lexicon_swap,inclusion_statement", **{"data.eval": data}))
+    assert set(s["systems"]) == {"original", "lexicon_swap", "inclusion_statement"}
+    rows = [json.loads(l) for l in (tmp_path / "b" / E.LOG_FILE).read_text().splitlines()]
+    assert len(rows) == 4 and all("fl_nll" in r["inclusion_statement"] and
+                                  r["inclusion_statement"]["nll"] is None for r in rows)
+    j = s["systems"]["inclusion_statement"]["joint"]
+    assert 0.0 <= j["j"]["mean"] <= 1.0 and j["fl"]["n"] == 4
+    with pytest.raises(ValueError, match="fluency_model"):
+        E.evaluate(eval_config("", tmp_path / "c", variants="", **{"data.eval": data}))
+    with pytest.raises(ValueError, match="best_of_n"):
+        E.evaluate(eval_config("", tmp_path / "d", variants="", fluency_model=hf,
+                               baselines="best_of_n", **{"data.eval": data}))

@@ -91,7 +91,7 @@ def loss_fn(model: nn.Module, cfg: ALoLConfig, params: PyTree, frozen: dict, bat
         if "ref" not in frozen:
             raise KeyError(f"A-LoL ({hp.algorithm}): frozen has no 'ref' params; put "
                            "'ref_logprobs' [B, T-1] and 'advantage'/'value' [B] in the batch instead")
-        r_logp, ref_hidden = lm_forward(model, jax.lax.stop_gradient(frozen["ref"]), tokens, attn)
+        r_logp, ref_hidden = lm_forward(model, frozen["ref"], tokens, attn)  # frozen: never differentiated
         ref_logp = r_logp if ref_logp is None else ref_logp
     values = batch.get("value")
     if need_values:

@@ -67,7 +67,7 @@ def loss_fn(model: nn.Module, cfg: DPOConfig, params: PyTree, frozen: dict, batc
         ref = jnp.concatenate([jnp.asarray(batch["chosen_ref_logps"], jnp.float32),
                                jnp.asarray(batch["rejected_ref_logps"], jnp.float32)])
     elif "ref" in frozen:
-        ref = sequence_logps(model, jax.lax.stop_gradient(frozen["ref"]), tokens, attn, resp)
+        ref = sequence_logps(model, frozen["ref"], tokens, attn, resp)  # frozen: no gradient
     else:
         raise KeyError("DPO: frozen has no 'ref' params and the batch no 'chosen_ref_logps'/"
                        "'rejected_ref_logps' [B] (or set reference_free=True)")

@@ -147,3 +147,20 @@ def test_lora_dropout_reaches_the_objective_loss():
     assert not np.allclose(jax.tree.leaves(g0)[0], jax.tree.leaves(gp)[0])
     np.testing.assert_allclose(float(ve), float(vp), rtol=1e-6)
     assert_trees_equal(ge, gp, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["alol", "dpo"])
+def test_reference_objectives_start_from_a_lora_bc_run(tmp_path, algorithm):
+    """A-LoL and DPO keep the initial policy as their frozen reference; when that policy is a LoRA
+    BC run, the reference is an adapter set over the shared base (its scale and dropout rate
+    static), and both train with LoRA from it."""
+    from fairjax.train.build import train
+
+    lora = {"lora.enabled": True, "lora.rank": 4, "train.eval_every": 0}
+    train(small_config("bc", **{"train.steps": 2, **lora}), tmp_path / "bc")
+    res = train(small_config(algorithm, **{"train.steps": 2, "init.policy": str(tmp_path / "bc"),
+                                           **lora}), tmp_path / algorithm)
+    assert res.step == 2
+    logs = [json.loads(l) for l in (tmp_path / algorithm / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in logs if r["split"] == "train")
