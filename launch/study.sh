@@ -47,7 +47,8 @@ mkdir -p "$OUT"
 EVAL=(--config.data.eval="$DATA/hn_jobs/eval.jsonl" --config.scorer.pools="$POOLS"
       --config.scorer.embedder=$EMBED --config.scorer.constrained_tau=$TAU
       --config.scorer.cache_dir="$OUT/cache" --config.generation.max_new_tokens=$NEW
-      --config.batch_size=$EVAL_BATCH --config.limit=$LIMIT --config.fluency_model="$FLUENCY")
+      --config.batch_size=$EVAL_BATCH --config.limit=$LIMIT --config.fluency_model="$FLUENCY"
+      --config.nll_columns=$([ -n "$FLUENCY" ] && echo False || echo True))  # FL under the base
 
 if [ "$PROFILE" = baselines ]; then  # no training: the systems a hiring team tries first
   $PY -m fairjax.evaluate --config=configs/eval.py --config.checkpoint= --config.variants= \
