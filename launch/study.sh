@@ -81,11 +81,11 @@ AUG="$OUT/rest/round_0/data"
 
 # 3-5. Offline objectives on the rewrite-augmented data, each from the BC policy.
 OFF=(--config.data.train="$AUG/augmented.jsonl" --config.init.policy="$OUT/bc"
-     --config.pipeline.evaluate=False --config.train.steps=$RL)
+     --config.train.steps=$RL)
 $PY -m fairjax.train --config=configs/ilql.py "${COMMON[@]}" "${REWARD[@]}" "${OFF[@]}" \
-    --config.run_dir="$OUT/ilql"
+    --config.pipeline.evaluate=False --config.run_dir="$OUT/ilql"
 $PY -m fairjax.train --config=configs/alol.py "${COMMON[@]}" "${REWARD[@]}" "${OFF[@]}" \
-    --config.optim.lr=1e-4 --config.run_dir="$OUT/alol"
+    --config.pipeline.evaluate=False --config.optim.lr=1e-4 --config.run_dir="$OUT/alol"
 $PY -m fairjax.train --config=configs/dpo.py "${COMMON[@]}" "${OFF[@]}" \
     --config.dpo.pairs="$AUG/pairs.jsonl" --config.run_dir="$OUT/dpo"
 
