@@ -86,7 +86,7 @@ $PY -m fairjax.train --config=configs/ilql.py "${COMMON[@]}" "${REWARD[@]}" "${O
     --config.pipeline.evaluate=False --config.run_dir="$OUT/ilql"
 $PY -m fairjax.train --config=configs/alol.py "${COMMON[@]}" "${REWARD[@]}" "${OFF[@]}" \
     --config.pipeline.evaluate=False --config.optim.lr=1e-4 --config.run_dir="$OUT/alol"
-$PY -m fairjax.train --config=configs/dpo.py "${COMMON[@]}" "${OFF[@]}" \
+$PY -m fairjax.train --config=configs/dpo.py "${COMMON[@]}" "${REWARD[@]}" "${OFF[@]}" \
     --config.dpo.pairs="$AUG/pairs.jsonl" --config.run_dir="$OUT/dpo"
 
 # 6. GRPO from BC on the smooth constrained reward (similarity and header penalties in the loop).
