@@ -86,8 +86,14 @@ $PY -m fairjax.train --config=configs/ilql.py "${COMMON[@]}" "${REWARD[@]}" "${O
     --config.pipeline.evaluate=False --config.run_dir="$OUT/ilql"
 $PY -m fairjax.train --config=configs/alol.py "${COMMON[@]}" "${REWARD[@]}" "${OFF[@]}" \
     --config.pipeline.evaluate=False --config.optim.lr=1e-4 --config.run_dir="$OUT/alol"
-$PY -m fairjax.train --config=configs/dpo.py "${COMMON[@]}" "${REWARD[@]}" "${OFF[@]}" \
-    --config.dpo.pairs="$AUG/pairs.jsonl" --config.run_dir="$OUT/dpo"
+EXTRA="rest=$OUT/rest/round_0/train,alol=$OUT/alol"
+if [ -s "$AUG/pairs.jsonl" ]; then  # pairs need two distinct faithful responses of a posting
+  $PY -m fairjax.train --config=configs/dpo.py "${COMMON[@]}" "${REWARD[@]}" "${OFF[@]}" \
+      --config.dpo.pairs="$AUG/pairs.jsonl" --config.run_dir="$OUT/dpo"
+  EXTRA="$EXTRA,dpo=$OUT/dpo"
+else
+  echo "study: $AUG/pairs.jsonl has no pairs (no posting with two faithful responses): DPO skipped" >&2
+fi
 
 # 6. GRPO from BC on the smooth constrained reward (similarity and header penalties in the loop).
 $PY -m fairjax.train --config=configs/grpo.py "${COMMON[@]}" "${REWARD[@]}" \
@@ -100,6 +106,6 @@ $PY -m fairjax.train --config=configs/grpo.py "${COMMON[@]}" "${REWARD[@]}" \
 # 7. Evaluation: every system on every eval posting, scored the same way; FL under the base.
 $PY -m fairjax.evaluate --config=configs/eval.py --config.checkpoint="$OUT/ilql" \
     --config.variants=bc:0,ilql_b4:4 --config.baselines=$BASELINES \
-    --config.extra_checkpoints="rest=$OUT/rest/round_0/train,alol=$OUT/alol,dpo=$OUT/dpo,grpo=$OUT/grpo" \
+    --config.extra_checkpoints="$EXTRA,grpo=$OUT/grpo" \
     "${EVAL[@]}" --config.output_dir="$OUT/eval"
 echo "study report: $OUT/eval/report/report.md"
