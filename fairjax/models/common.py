@@ -230,8 +230,8 @@ def _cache_attention(q: jax.Array,  # [B, T, H, Dh]
     """`attention` against a head-major KV cache, as (B·H_kv) batched matmuls whose batch axis
     leads every operand: the cache is read in place (a free reshape, no transpose) and each
     (row, KV head) is one [G·T, Dh] × [Dh, S] and one [G·T, S] × [S, Dh] product, where the
-    5-D einsum had XLA:CPU contract the value cache over its non-minor S axis (~2x slower per
-    decoding step on SmolLM2's shapes). The G query heads of a KV head share its keys (GQA
+    5-D einsum had XLA:CPU contract the value cache over its non-minor S axis (attention took
+    ~1.4x as long per decoding step on SmolLM2's shapes). The G query heads of a KV head share its keys (GQA
     without repeating K/V). Same maths and float32 softmax as the einsum path."""
     b, t, h, dh = q.shape
     hkv, s = k.shape[1], k.shape[2]
