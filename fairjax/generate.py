@@ -279,10 +279,63 @@ def next_token_logits(policy: Policy, prompt_ids: jax.Array,  # [R, P] left-padd
     return step_logits(*_heads_at(policy, hidden, logits), pad_id, cfg)
 
 
+SAMPLE_BLOCK = 256  # vocabulary block of `sample_categorical`'s two-level search
+
+
+def first_argmax(x: jax.Array) -> jax.Array:  # [R, V] -> [R] int32
+    """`jnp.argmax(x, -1)` (the first maximal index) as a max and a min-index reduction: two
+    plain reductions that XLA's CPU backend vectorises, where argmax's variadic (value, index)
+    reduction over a 49k vocabulary took several ms per decoding step."""
+    v = x.shape[-1]
+    hit = x == jnp.max(x, axis=-1, keepdims=True)
+    return jnp.minimum(jnp.min(jnp.where(hit, jnp.arange(v, dtype=jnp.int32), v), axis=-1),
+                       v - 1).astype(jnp.int32)
+
+
+def sample_categorical(key: jax.Array, logits: jax.Array,  # [R, V] float32, -inf = excluded
+                       block: int = SAMPLE_BLOCK) -> jax.Array:
+    """One draw per row from softmax(logits) by inverting its CDF with ONE uniform per row (what
+    torch.multinomial does), instead of `jax.random.categorical`'s Gumbel-max, which draws R x V
+    threefry variates and runs an argmax over them every step (~45 ms of a decoding step at
+    16 x 49k on a CPU core, more than the LM head).
+
+    Two-level search: the row's unnormalised probabilities p = exp(logits - max) are cut into
+    blocks of `block`; a block is chosen by the cumulative block masses, then the token within
+    it by the block's own cumulative sum. Floating-point rounding can make a partial sum land on
+    a token of zero mass (an excluded one); such a draw (probability ~1e-7) is replaced by the
+    row's mode, so an excluded (-inf) token is never returned. Returns [R] int32."""
+    r, v = logits.shape
+    nb = -(-v // block)
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # [R, V], 0 where excluded
+    pb = jnp.pad(p, ((0, 0), (0, nb * block - v))).reshape(r, nb, block)  # [R, nb, block]
+    cum_blocks = jnp.cumsum(pb.sum(-1), axis=-1)  # [R, nb]
+    u = jax.random.uniform(key, (r, 1), jnp.float32) * cum_blocks[:, -1:]  # [R, 1] in [0, mass)
+    b = jnp.minimum(jnp.sum(cum_blocks <= u, axis=-1), nb - 1)  # [R] chosen block
+    before = jnp.where(b > 0, _take(cum_blocks, jnp.maximum(b - 1, 0)), 0.0)  # mass before it
+    within = jnp.take_along_axis(pb, b[:, None, None], axis=1)[:, 0]  # [R, block]
+    j = jnp.sum(jnp.cumsum(within, axis=-1) <= (u[:, 0] - before)[:, None], axis=-1)
+    tok = jnp.minimum(b * block + jnp.minimum(j, block - 1), v - 1).astype(jnp.int32)
+    return jnp.where(_take(p, tok) > 0, tok, first_argmax(logits))
+
+
 def _select_token(full: jax.Array, cfg: GenerationConfig, rng: jax.Array) -> jax.Array:
     if cfg.mode != "sample":  # greedy, and beam search with one beam
-        return jnp.argmax(full, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, full, axis=-1).astype(jnp.int32)
+        return first_argmax(full)
+    return sample_categorical(rng, full)
+
+
+def _logsumexp(x: jax.Array) -> jax.Array:  # [R, V] -> [R]
+    m = jnp.max(x, axis=-1)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    return m + jnp.log(jnp.sum(jnp.exp(x - m[:, None]), axis=-1))
+
+
+def _full_is_base(policy: Policy, cfg: GenerationConfig) -> bool:
+    """Whether `step_logits`' sampling logits equal its base logits bit for bit (plain LM,
+    temperature 1, no top-k/top-p): then log π_full = log π_base and the KL term is 0 without
+    a second pass over the vocabulary."""
+    return (not policy.is_ilql and cfg.include_logits and cfg.temperature == 1.0
+            and cfg.top_k == 0 and cfg.top_p >= 1.0)
 
 
 def _take(x: jax.Array, tok: jax.Array) -> jax.Array:  # x [R, V], tok [R] -> [R]
@@ -317,6 +370,7 @@ def _decode(policy: Policy, trunks: tuple, heads: dict, prompt_ids: jax.Array,
         prompt_ids = jnp.repeat(prompt_ids, beams, axis=0)
         prompt_mask = jnp.repeat(prompt_mask, beams, axis=0)
     r = prompt_ids.shape[0]
+    same = beams == 1 and _full_is_base(policy, cfg)
     mcfg = policy.model.config
     caches = tuple(init_cache(mcfg, r, plen + n_new) for _ in trunks)
     mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.ones((r, n_new), jnp.int32)], 1)
@@ -336,16 +390,18 @@ def _decode(policy: Policy, trunks: tuple, heads: dict, prompt_ids: jax.Array,
     def body(s):
         full, base, adv = step_logits(*_heads_at(policy, s["hidden"], s["logits"]), pad_id, cfg,
                                       heads.get("adv_weight"))
-        logp_full = jax.nn.log_softmax(full, axis=-1)
-        logp_base = jax.nn.log_softmax(base, axis=-1)
         rng, key = jax.random.split(s["rng"])
         done = s["finished"]
         if beams == 1:
+            # log π(tok) = logit(tok) − logsumexp: no [R, V] log-softmax is materialised.
             tok = jnp.where(done, pad_id, _select_token(full, cfg, key))
             parent = jnp.arange(r)
-            lp = jnp.where(done, 0.0, _take(logp_full, tok))
+            lp = jnp.where(done, 0.0, _take(full, tok) - _logsumexp(full))
+            lp_base = lp if same else _take(base, tok) - _logsumexp(base)
             score = s["score"] + lp
         else:
+            logp_full = jax.nn.log_softmax(full, axis=-1)
+            logp_base = jax.nn.log_softmax(base, axis=-1)
             # Finished beams continue only with pad at no cost; top-`beams` over beams x vocab.
             v_size = full.shape[-1]
             cont = jnp.where(done[:, None], jnp.where(jnp.arange(v_size) == pad_id, 0.0, NEG_INF),
@@ -359,7 +415,7 @@ def _decode(policy: Policy, trunks: tuple, heads: dict, prompt_ids: jax.Array,
             score = score.reshape(r)
             done = done[parent]
             lp = jnp.where(done, 0.0, logp_full[parent, tok])
-            logp_base, adv = logp_base[parent], adv[parent]
+            lp_base, adv = logp_base[parent, tok], adv[parent]
             s = {**s, "caches": tuple(c.take_rows(parent) for c in s["caches"]),  # any layout
                  **{k: s[k][parent] for k in ("tokens", "lengths", "log_prob", "kl", "adv_sum")}}
         live = ~done
@@ -368,7 +424,7 @@ def _decode(policy: Policy, trunks: tuple, heads: dict, prompt_ids: jax.Array,
             t=s["t"] + 1, tokens=tokens, rng=rng, score=score,
             finished=done | _is_stop(tok, eoa_id, cfg.stop_ids), lengths=s["lengths"] + live,
             log_prob=s["log_prob"] + lp,
-            kl=s["kl"] + jnp.where(live, lp - _take(logp_base, tok), 0.0),
+            kl=s["kl"] + (0.0 if same else jnp.where(live, lp - lp_base, 0.0)),
             adv_sum=s["adv_sum"] + jnp.where(live, _take(adv, tok), 0.0))
         logits, hidden, caches = _run_trunks(policy, trunks, tok[:, None], mask, s["caches"])
         return {**new, "logits": logits, "hidden": hidden, "caches": caches}
