@@ -14,12 +14,6 @@ def is_main_guard(node: ast.AST) -> bool:
             and any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides))
 
 
-def entry_point_nodes(tree: ast.Module) -> set[int]:
-    """ids of the nodes inside a module-level `if __name__ == "__main__":` block: a module's
-    program entry point, which hands over to `fairjax.cli.<name>` (not a library dependency)."""
-    return {id(n) for top in tree.body if is_main_guard(top) for n in ast.walk(top)}
-
-
 def entry_point_imports(tree: ast.Module) -> list[str]:
     """Modules the `__main__` block imports (`from a import b` -> a)."""
     out = []

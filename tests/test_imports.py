@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ast_helpers import entry_point_imports, entry_point_nodes
+from ast_helpers import entry_point_imports
 
 PKG = Path(__file__).resolve().parents[1] / "fairjax"
 
@@ -20,7 +20,7 @@ PKG = Path(__file__).resolve().parents[1] / "fairjax"
 # helpers every program shares; fairjax.cli.<name> are the programs).
 LAYERS: list[tuple[str, ...]] = [
     ("fairjax", "fairjax.errors", "fairjax.faults", "fairjax.stages",  # leaves
-     "fairjax.config_files"),
+     "fairjax.config_files", "fairjax.typed_config"),
     ("fairjax.models",),                                                # Flax modules + registry
     ("fairjax.io",),                                                    # formats, Orbax, load()
     ("fairjax.data", "fairjax.losses", "fairjax.rewards", "fairjax.rewriters",
@@ -33,11 +33,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("fairjax.pipeline", "fairjax.evaluate", "fairjax.score", "fairjax.systems", "fairjax.rest",
      "fairjax.convert", "fairjax.rewrite", "fairjax.audit"),            # stages and workflows
     ("fairjax.cli.*", "fairjax.benchmarks", "fairjax.serve",           # programs (flags), benchmarks,
-     "fairjax.train.__main__", "fairjax.bench", "fairjax.rate"),        # server; entry-point shims
+     "fairjax.bench", "fairjax.rate", "*.__main__"),                   # server; entry-point shims
 ]
 
 
 def layer_of(module: str) -> int:
+    if module.endswith(".__main__"):  # `python -m fairjax.X`: X/__main__.py hands over to fairjax.cli.X
+        return len(LAYERS) - 1
     best, best_len = None, -1
     for i, prefixes in enumerate(LAYERS):
         for p in prefixes:
@@ -67,10 +69,7 @@ def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[i
     out = []
     package = module if is_package else module.rpartition(".")[0]
     tree = ast.parse(source)
-    entry = entry_point_nodes(tree)
     for node in ast.walk(tree):
-        if id(node) in entry:
-            continue
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -114,17 +113,26 @@ def test_no_module_imports_a_higher_layer():
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
 
-def test_main_blocks_only_hand_over_to_the_cli_package():
-    """`python -m fairjax.X` still works for a library module X, but its `__main__` block only
-    imports the program `fairjax.cli.<name>` (the one import the layer walk skips)."""
+def test_library_modules_have_no_main_block():
+    """`python -m fairjax.X` for a library package X runs `X/__main__.py`, which hands over to the
+    program `fairjax.cli.X`; a library module has no `__main__` block of its own (one would import
+    fairjax.cli.X, which imports the library back: an import circle)."""
     bad = {}
     for path, name in all_modules():
         if layer_of(name) == layer_of("fairjax.cli.x"):
             continue
-        mods = entry_point_imports(ast.parse(path.read_text()))
-        if [m for m in mods if not m.startswith("fairjax.cli.")]:
+        if mods := entry_point_imports(ast.parse(path.read_text())):
             bad[name] = mods
     assert not bad, bad
+
+
+def test_main_modules_only_hand_over_to_the_cli_package():
+    mains = [(p, n) for p, n in all_modules() if n.endswith(".__main__")]
+    assert {"fairjax.train.__main__", "fairjax.evaluate.__main__"} <= {n for _, n in mains}
+    for path, name in mains:
+        mods = [m for _, m in imported_modules(path.read_text(), name, False)]
+        program = "fairjax.cli." + name.split(".")[1]
+        assert mods == [program], (name, mods)
 
 
 def test_eval_imports_no_jax():
@@ -174,5 +182,5 @@ def test_checker_layers_the_cli_package_and_its_programs_apart():
     assert layer_of("fairjax.cli") < layer_of("fairjax.agents") < layer_of("fairjax.cli.train")
     src = ("from fairjax.train.build import train\n"
            "if __name__ == '__main__':\n    from fairjax.cli.x import start\n    start()\n")
-    assert upward_imports(src, "fairjax.pipeline") == []  # the entry point is not walked
-    assert upward_imports(src.replace("if __name__ == '__main__':", "if True:"), "fairjax.pipeline")
+    assert upward_imports(src, "fairjax.pipeline")  # a __main__ block is walked like the rest
+    assert upward_imports(src, "fairjax.pipeline.__main__") == []  # X/__main__.py: the top layer

@@ -1,4 +1,4 @@
-"""The `python -m fairjax.convert` program (flags below; the conversion: `fairjax/convert.py`).
+"""The `python -m fairjax.convert` program (flags below; the conversion: `fairjax/convert/`).
 
 --source  HF dir / cached HF id / fairjax model or run dir / FMs-at-work .pkl; --base config +
 tokenizer for a bare .pkl; --to fairjax | hf | upstream_bc | peft; --dtype; --overwrite;
@@ -42,7 +42,7 @@ def main(argv) -> None:
     print(f"exported: {describe_export(FLAGS.source, FLAGS.to)}")
 
 
-start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/convert.py's text
+start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/convert/'s text
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The `python -m fairjax.evaluate --config=configs/eval.py` program (the evaluation:
-`fairjax/evaluate.py`)."""
+`fairjax/evaluate/`)."""
 from __future__ import annotations
 
 from absl import app, flags
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     print(f"report: {summary['report']['markdown']}")
 
 
-start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/evaluate.py's text
+start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/evaluate/'s text
 
 
 if __name__ == "__main__":

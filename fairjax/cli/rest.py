@@ -1,4 +1,4 @@
-"""The `python -m fairjax.rest --config=configs/rest.py` program (the rounds: `fairjax/rest.py`)."""
+"""The `python -m fairjax.rest --config=configs/rest.py` program (the rounds: `fairjax/rest/`)."""
 from __future__ import annotations
 
 from absl import app, flags
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
               f"{r['steps']} steps -> {r['train_run']}")
 
 
-start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/rest.py's text
+start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/rest/'s text
 
 
 if __name__ == "__main__":

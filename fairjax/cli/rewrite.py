@@ -1,5 +1,5 @@
 """The `python -m fairjax.rewrite --input=FILE --output=OUT.jsonl [--model=...]` program (formats,
-resume and the rewriters: `fairjax/rewrite.py`)."""
+resume and the rewriters: `fairjax/rewrite/`)."""
 from __future__ import annotations
 
 from absl import app, flags
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     print(f"{len(recs)} rewrites appended to {FLAGS.output} (model {FLAGS.model})")
 
 
-start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/rewrite.py's text
+start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/rewrite/'s text
 
 
 if __name__ == "__main__":

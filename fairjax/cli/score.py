@@ -1,5 +1,5 @@
 """The `python -m fairjax.score` program: flags, the embedder and scorer they describe, and the
---calibrate_tau / --annotate modes (scoring and the report: `fairjax/score.py`)."""
+--calibrate_tau / --annotate modes (scoring and the report: `fairjax/score/`)."""
 from __future__ import annotations
 
 import json
@@ -131,7 +131,7 @@ def main(argv: list[str]) -> None:
             json.dump(summary, f, indent=1)
 
 
-start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/score.py's text
+start = cli.program(define_flags, main, doc=library.__doc__)  # --help: fairjax/score/'s text
 
 
 if __name__ == "__main__":

@@ -100,9 +100,3 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
                    "reward": cfg.reward.scorer, "pool": pool}
         (root / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-if __name__ == "__main__":  # `python -m fairjax.rest`: the program is fairjax/cli/rest.py
-    from fairjax.cli.rest import start
-
-    start()

@@ -863,9 +863,3 @@ def format_summary(summary: dict) -> str:
                if "joint" in s else " " * 18)
             + (f"  {reward_name(by_system[name])}" if name in by_system else ""))
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # `python -m fairjax.evaluate`: the program is fairjax/cli/evaluate.py
-    from fairjax.cli.evaluate import start
-
-    start()

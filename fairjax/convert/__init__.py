@@ -125,9 +125,3 @@ def describe_export(source: str, to: str) -> str:
     else:
         what = f"the {algo} policy LM" + (" (LoRA adapters merged into the base)" if lora else "")
     return f"{what} of run {source}, {when}"
-
-
-if __name__ == "__main__":  # `python -m fairjax.convert`: the program is fairjax/cli/convert.py
-    from fairjax.cli.convert import start
-
-    start()

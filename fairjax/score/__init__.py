@@ -106,9 +106,3 @@ def print_report(rows: list[dict], summary: dict, show: int, out=sys.stdout) -> 
               f"95% CI [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  n={s['n']}", file=out)
     print("  gender-coded verdicts: " + ", ".join(f"{k}: {v}" for k, v in summary["verdicts"].items()),
           file=out)
-
-
-if __name__ == "__main__":  # `python -m fairjax.score`: the program is fairjax/cli/score.py
-    from fairjax.cli.score import start
-
-    start()

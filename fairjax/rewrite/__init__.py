@@ -241,9 +241,3 @@ def format_table(records: Sequence[dict]) -> str:
             line += f"  {a['reward'] - b['reward']:+.3f}"
         lines.append(line)
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # `python -m fairjax.rewrite`: the program is fairjax/cli/rewrite.py
-    from fairjax.cli.rewrite import start
-
-    start()
