@@ -87,8 +87,8 @@ def fairjax_generate(algo: str, mcfg, batch: int, new: int, steps: int, adv_weig
 
 
 def hf_generate(mcfg, batch: int, new: int, steps: int, lora: bool = False):
-    """Hugging Face `generate` (KV cache, sampling) on the fairjax config's HF model; peft LoRA
-    on q/v projections (unmerged) when `lora`."""
+    """Hugging Face `generate` (KV cache, sampling) on the fairjax config's HF model, its weights
+    in the config's dtype; peft LoRA on q/v projections (unmerged) when `lora`."""
     try:
         import torch
         import transformers
@@ -100,6 +100,8 @@ def hf_generate(mcfg, batch: int, new: int, steps: int, lora: bool = False):
     with PeakRSS() as rss:
         model = transformers.AutoModelForCausalLM.from_config(
             transformers.AutoConfig.for_model(**mcfg.to_hf())).eval()
+        if mcfg.dtype != "float32":  # the same storage and compute dtype as the fairjax side
+            model = model.to(getattr(torch, mcfg.dtype))
         if lora:
             from peft import LoraConfig, get_peft_model
 
@@ -140,6 +142,10 @@ def torch_generate(algo: str, mcfg, batch: int, new: int, steps: int, adv_weight
     mlp = lambda out: torch.nn.Sequential(torch.nn.Linear(d, 2 * d), torch.nn.ReLU(),
                                           torch.nn.Linear(2 * d, out)).eval()
     v_head, q1, q2 = mlp(1), mlp(v), mlp(v)
+    if mcfg.dtype != "float32":  # the same storage and compute dtype as the fairjax side
+        dt = getattr(torch, mcfg.dtype)
+        trunks = [m.to(dt) for m in trunks]
+        v_head, q1, q2 = v_head.to(dt), q1.to(dt), q2.to(dt)
     ids = torch.randint(0, v - 1, (batch, PROMPT_LEN))
 
     @torch.no_grad()
