@@ -110,6 +110,33 @@ def test_cache_decoding_equals_uncached_and_padding_invariant(family):
     np.testing.assert_allclose(alone.log_prob[0], out.log_prob[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_compiled_decoder_copies_no_cache_buffer(family):
+    """Each decoding step writes the new keys/values into the loop-carried cache in place: the
+    optimised HLO holds no copy of a cache-shaped buffer (reading the cache through a reshape
+    once made XLA:CPU copy every layer's cache four times per step)."""
+    from fairjax.generate import _compiled
+    from fairjax.models.common import init_cache
+
+    mod = {"gpt2": gpt2, "llama": llama}[family]
+    cls = gpt2.GPT2LMHeadModel if family == "gpt2" else llama.LlamaForCausalLM
+    mcfg = mod.PRESETS["tiny"]
+    params = mod.init_params(mcfg, jax.random.PRNGKey(3))
+    pad, rows, plen = mcfg.vocab_size - 1, 3, 5
+    cfg = GenerationConfig(max_new_tokens=6)
+    policy = Policy.lm(cls(mcfg), params)
+    static = __import__("dataclasses").replace(policy, trunks=(), heads=None)
+    ids = jnp.zeros((rows, plen), jnp.int32)
+    hlo = _compiled(static, cfg, -1, pad, None).lower(
+        policy.trunks, dict(policy.heads), ids, jnp.ones_like(ids), jax.random.PRNGKey(0)
+    ).compile().as_text()
+    shape = init_cache(mcfg, rows, plen + cfg.max_new_tokens).k[0].shape
+    cache = f"[{','.join(map(str, shape))}]"
+    assert f"{cache}" in hlo  # the cache is in the program
+    copies = [line for line in hlo.splitlines() if " copy(" in line and cache in line.split("=")[1]]
+    assert not copies, f"{len(copies)} cache copies, e.g. {copies[0].strip()[:160]}"
+
+
 @pytest.fixture(scope="module")
 def tiny_lm():
     mcfg = gpt2.PRESETS["tiny"]
