@@ -1,8 +1,10 @@
-"""The optax optimizer of a run, built from the config's `optim` block.
+"""The optax optimizer of a run, built from the config's `optim` block (`OptimConfig`).
 
-`make_optimizer(optim_cfg, total_steps)` = global-norm clipping -> AdamW (decoupled weight decay,
+`make_optimizer(optim, total_steps)` = global-norm clipping -> AdamW (decoupled weight decay,
 optionally not applied to LayerNorm/RMSNorm scales and biases) with a warmup + (cosine | linear |
-constant) learning-rate schedule.
+constant) learning-rate schedule. `optim` is an `OptimConfig`, converted once from the run
+config's block by the caller (`typed_block(cfg.optim, OptimConfig, "optim")`): its allowed values
+and ranges are checked there, so a raw ConfigDict is refused here.
 
 Gradient accumulation is NOT done here with `optax.MultiSteps`: the trainer's compiled step
 scans over `grad_accum` micro-batches (`fairjax.train.loop.make_train_step`) and applies ONE optimizer
@@ -15,6 +17,7 @@ optimizer steps, never micro-steps. The schedule therefore receives optimizer-st
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -22,28 +25,61 @@ import jax.numpy as jnp
 import optax
 
 from fairjax.errors import ConfigError
+from fairjax.typed_config import check_choice, check_positive, require
 
 SCHEDULES = ("cosine", "linear", "constant")
 PARAM_DTYPES = ("float32", "bfloat16")
 
 
-def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to `cfg.lr` over `cfg.warmup_steps`, then decay to
-    `cfg.lr * cfg.end_lr_ratio` at `total_steps` (cosine | linear) or stay flat (constant)."""
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"optim.schedule={cfg.schedule!r}; expected one of {list(SCHEDULES)}")
-    warmup = int(min(cfg.warmup_steps, max(total_steps - 1, 0)))
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The `optim` block (configs/common.py documents each field). `batch_size` (GLOBAL rows per
+    micro-batch) and `grad_accum` (micro-batches per optimizer step) size the step's batch;
+    `param_dtype` is the train-state dtype of the trained params (bfloat16: float32 master
+    weights in the optimizer state, `with_master_weights`)."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    decay_norms_and_biases: bool = False
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    warmup_steps: int = 10
+    schedule: str = "cosine"
+    end_lr_ratio: float = 0.1
+    clip: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        check_choice("optim.schedule", self.schedule, SCHEDULES)
+        object.__setattr__(self, "param_dtype", self.param_dtype or "float32")  # None: float32
+        check_choice("optim.param_dtype", self.param_dtype, PARAM_DTYPES)
+        for name in ("lr", "batch_size", "grad_accum"):
+            check_positive(f"optim.{name}", getattr(self, name))
+        for name in ("weight_decay", "warmup_steps", "end_lr_ratio"):
+            check_positive(f"optim.{name}", getattr(self, name), allow_zero=True)
+        if not (0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0):
+            raise ConfigError(f"config.optim.b1/b2={self.b1}/{self.b2}; expected in [0, 1)")
+
+
+def make_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `optim.lr` over `optim.warmup_steps`, then decay to
+    `optim.lr * optim.end_lr_ratio` at `total_steps` (cosine | linear) or stay flat (constant)."""
+    require(optim, OptimConfig, "make_schedule", "optim")
+    warmup = int(min(optim.warmup_steps, max(total_steps - 1, 0)))
     decay_steps = max(int(total_steps) - warmup, 1)
-    end = cfg.lr * cfg.end_lr_ratio
-    if cfg.schedule == "cosine":
-        after = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.end_lr_ratio)
-    elif cfg.schedule == "linear":
-        after = optax.linear_schedule(cfg.lr, end, decay_steps)
+    end = optim.lr * optim.end_lr_ratio
+    if optim.schedule == "cosine":
+        after = optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.end_lr_ratio)
+    elif optim.schedule == "linear":
+        after = optax.linear_schedule(optim.lr, end, decay_steps)
     else:
-        after = optax.constant_schedule(cfg.lr)
+        after = optax.constant_schedule(optim.lr)
     if warmup == 0:
         return after
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), after], [warmup])
 
 
 def decay_mask(params: Any) -> Any:
@@ -59,21 +95,20 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(leaf, params)
 
 
-def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
-    """clip_by_global_norm(cfg.clip) (skipped when clip <= 0) -> AdamW(schedule, b1, b2, eps,
-    weight_decay; mask = `decay_mask` unless `cfg.decay_norms_and_biases`)."""
-    param_dtype = getattr(cfg, "param_dtype", None) or "float32"
-    if param_dtype not in PARAM_DTYPES:
-        raise ConfigError(f"optim.param_dtype={param_dtype!r}; expected one of {list(PARAM_DTYPES)}")
-    schedule = make_schedule(cfg, total_steps)
-    mask = None if cfg.decay_norms_and_biases else decay_mask
+def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """clip_by_global_norm(optim.clip) (skipped when clip <= 0) -> AdamW(schedule, b1, b2, eps,
+    weight_decay; mask = `decay_mask` unless `optim.decay_norms_and_biases`); bfloat16
+    `param_dtype`: wrapped in `with_master_weights`."""
+    require(optim, OptimConfig, "make_optimizer", "optim")
+    schedule = make_schedule(optim, total_steps)
+    mask = None if optim.decay_norms_and_biases else decay_mask
     parts = []
-    if cfg.clip > 0:
-        parts.append(optax.clip_by_global_norm(cfg.clip))
-    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=mask))
+    if optim.clip > 0:
+        parts.append(optax.clip_by_global_norm(optim.clip))
+    parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                             weight_decay=optim.weight_decay, mask=mask))
     opt = optax.chain(*parts)
-    return with_master_weights(opt) if param_dtype != "float32" else opt
+    return with_master_weights(opt) if optim.param_dtype != "float32" else opt
 
 
 class MasterState(NamedTuple):

@@ -14,9 +14,14 @@ shardings) or as `jax.shard_map` with explicit collectives (`mesh.impl = "shard_
 `loop.shard_map_grads`; the losses' batch reductions become global through
 `losses.common.sharded_batch`, so both equal 1 device). docs/parallelism.md has the details;
 `tests/test_parallel.py` checks both on 8 fake CPU devices (data=8 and data=4 x fsdp=2).
+
+The `mesh` and `distributed` config blocks arrive typed (`MeshConfig`, `DistributedConfig`, converted
+once by the caller with `typed_block`); `make_mesh` / `mesh_shape` / `initialize_distributed` refuse
+a raw ConfigDict.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -28,8 +33,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fairjax.errors import ConfigError
+from fairjax.typed_config import check_choice, check_positive, require
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# how the train step runs on the mesh (`mesh.impl`; fairjax.train.loop.compile_train_step)
+MESH_IMPLS = ("gspmd", "shard_map")
 BATCH_AXES = ("data", "fsdp")
 # Leaves with at least this many elements that the rules leave replicated get sharded over
 # 'fsdp' anyway (only when the 'fsdp' axis has size > 1).
@@ -46,13 +54,38 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- mesh
-def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
-    """Resolve (data, fsdp, tensor) sizes; at most one may be -1 (= all remaining devices)."""
-    sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
-    if sizes.count(-1) > 1:
-        raise ConfigError(f"mesh={dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
-    if any(s == 0 or s < -1 for s in sizes):
-        raise ConfigError(f"mesh={dict(zip(MESH_AXES, sizes))}: sizes must be >= 1 or -1")
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The `mesh` block: axis sizes (data, fsdp, tensor; at most one -1 = all devices left) and
+    `impl` (gspmd | shard_map; shard_map runs data and fsdp parallelism only: tensor 1)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    impl: str = "gspmd"
+
+    def __post_init__(self):
+        sizes = self.sizes()
+        if sizes.count(-1) > 1:
+            raise ConfigError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: at most one axis may "
+                              "be -1")
+        if any(s == 0 or s < -1 for s in sizes):
+            raise ConfigError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: sizes must be >= 1 "
+                              "or -1")
+        check_choice("mesh.impl", self.impl, MESH_IMPLS)
+        if self.impl == "shard_map" and self.tensor not in (1, -1):
+            raise ConfigError(f"config.mesh.impl='shard_map' runs data and fsdp parallelism; "
+                              f"config.mesh.tensor={self.tensor} needs mesh.impl='gspmd'")
+
+    def sizes(self) -> list[int]:
+        """[data, fsdp, tensor] as given (-1 unresolved)."""
+        return [int(self.data), int(self.fsdp), int(self.tensor)]
+
+
+def mesh_shape(mesh_cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+    """Resolve (data, fsdp, tensor) sizes for `num_devices`: the -1 axis (at most one) takes
+    the devices the others leave."""
+    sizes = require(mesh_cfg, MeshConfig, "mesh_shape", "mesh").sizes()
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
@@ -65,8 +98,8 @@ def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)  # type: ignore[return-value]
 
 
-def make_mesh(mesh_cfg: Any, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-    """`Mesh` over ('data', 'fsdp', 'tensor') from a config block with fields data/fsdp/tensor.
+def make_mesh(mesh_cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """`Mesh` over ('data', 'fsdp', 'tensor') of the sizes of `mesh_cfg` (`mesh_shape`).
 
     Devices are ordered process-major, so each process owns a contiguous slice of the batch
     dimension (what `shard_batch` feeds with process-local rows).
@@ -163,7 +196,33 @@ ENV_NUM_PROCESSES = "FAIRJAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "FAIRJAX_PROCESS_ID"
 
 
-def initialize_distributed(dist_cfg: Any) -> bool:
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """The `distributed` block (configs/common.py): the coordinator, process count and id ("" /
+    0 / -1: from the FAIRJAX_* env vars), `auto` (JAX's cluster detection), the runtime's
+    timeouts and `step_timeout_s` (multi-process: exit when no step completes for this long;
+    0 = never)."""
+
+    coordinator: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+    auto: bool = False
+    initialization_timeout_s: int = 300
+    heartbeat_timeout_s: int = 60
+    shutdown_timeout_s: int = 60
+    step_timeout_s: int = 600
+
+    def __post_init__(self):
+        check_positive("distributed.num_processes", self.num_processes, allow_zero=True)
+        if self.process_id < -1:
+            raise ConfigError(f"config.distributed.process_id={self.process_id}; expected >= 0 "
+                              "or -1 (from the environment)")
+        for name in ("initialization_timeout_s", "heartbeat_timeout_s", "shutdown_timeout_s"):
+            check_positive(f"distributed.{name}", getattr(self, name))
+        check_positive("distributed.step_timeout_s", self.step_timeout_s, allow_zero=True)
+
+
+def initialize_distributed(dist_cfg: DistributedConfig) -> bool:
     """Call `jax.distributed.initialize` when the run is multi-process; returns True if it did.
 
     Sources, first wins: the config (`distributed.coordinator`, `.num_processes`,
@@ -173,6 +232,7 @@ def initialize_distributed(dist_cfg: Any) -> bool:
     On CPU, collectives go through gloo. A dead peer makes the others fail after
     `heartbeat_timeout_s` instead of hanging. Must run before any other JAX call.
     """
+    require(dist_cfg, DistributedConfig, "initialize_distributed", "distributed")
     coordinator = dist_cfg.coordinator or os.environ.get(ENV_COORDINATOR, "")
     num = int(dist_cfg.num_processes or os.environ.get(ENV_NUM_PROCESSES, 0) or 0)
     pid = int(dist_cfg.process_id if dist_cfg.process_id >= 0

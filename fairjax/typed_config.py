@@ -63,3 +63,18 @@ def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     """ConfigError `config.<key>=value; expected one of [...]` unless value is in choices."""
     if value not in choices:
         raise ConfigError(f"config.{key}={value!r}; expected one of {list(choices)}")
+
+
+def check_positive(key: str, value: Any, allow_zero: bool = False) -> None:
+    """ConfigError `config.<key>=value; expected > 0` (`>= 0` with allow_zero) otherwise."""
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"config.{key}={value!r}; expected {'>= 0' if allow_zero else '> 0'}")
+
+
+def require(value: Any, cls: type[T], who: str, key: str) -> T:
+    """`value` when it is a `cls`; else TypeError: `who` takes the typed block, converted once
+    by the caller with `typed_block(cfg.<key>, cls, "<key>")`, never a raw ConfigDict."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{who} takes the typed {cls.__name__} (typed_block(cfg.{key}, {cls.__name__}, "
+                        f"{key!r})), got {type(value).__name__}")
+    return value

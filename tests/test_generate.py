@@ -237,15 +237,14 @@ SHARDED = r"""
 import jax, numpy as np
 from fairjax.generate import GenerationConfig, Policy, generate
 from fairjax.models import gpt2
-from fairjax.parallel import make_mesh
-from ml_collections import ConfigDict
+from fairjax.parallel import MeshConfig, make_mesh
 assert jax.device_count() == 8
 mcfg = gpt2.PRESETS["tiny"]
 pol = Policy.lm(gpt2.GPT2LMHeadModel(mcfg), gpt2.init_params(mcfg, jax.random.PRNGKey(0)))
 ids = np.random.default_rng(0).integers(0, 1000, (8, 5)).astype(np.int32)
 cfg = GenerationConfig(max_new_tokens=4, temperature=1.5)
 one = generate(pol, ids, np.ones_like(ids), jax.random.PRNGKey(1), cfg, eoa_id=-1, pad_id=1005)
-mesh = make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+mesh = make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1))
 many = generate(pol, ids, np.ones_like(ids), jax.random.PRNGKey(1), cfg, eoa_id=-1, pad_id=1005,
                 mesh=mesh)
 assert len(many.tokens.sharding.device_set) == 8

@@ -12,6 +12,7 @@ from ml_collections import ConfigDict
 
 from fairjax import parallel
 from fairjax.errors import ConfigError
+from fairjax.typed_config import typed_block
 
 HERE = Path(__file__).resolve().parent
 
@@ -22,14 +23,47 @@ class _FakeMesh:  # only .shape is used by fit_spec
 
 
 def test_mesh_shape_resolves_minus_one_and_rejects_bad_sizes():
-    cfg = ConfigDict({"data": -1, "fsdp": 2, "tensor": 1})
+    cfg = parallel.MeshConfig(data=-1, fsdp=2, tensor=1)
     assert parallel.mesh_shape(cfg, 8) == (4, 2, 1)
     with pytest.raises(ConfigError, match="not divisible"):
         parallel.mesh_shape(cfg, 7)
     with pytest.raises(ConfigError, match="at most one"):
-        parallel.mesh_shape(ConfigDict({"data": -1, "fsdp": -1, "tensor": 1}), 8)
+        parallel.MeshConfig(data=-1, fsdp=-1, tensor=1)
+    with pytest.raises(ConfigError, match="sizes must be"):
+        parallel.MeshConfig(data=0)
     with pytest.raises(ConfigError, match="needs 4 devices"):
-        parallel.mesh_shape(ConfigDict({"data": 2, "fsdp": 2, "tensor": 1}), 8)
+        parallel.mesh_shape(parallel.MeshConfig(data=2, fsdp=2, tensor=1), 8)
+
+
+def test_mesh_and_distributed_blocks_are_typed_once(monkeypatch):
+    """config.mesh / config.distributed -> MeshConfig / DistributedConfig (typed_block): an unknown
+    field names config.<block>.<field>, a bad value config.<block>; the mesh functions and
+    initialize_distributed refuse the raw ConfigDict (the caller converts once)."""
+    block = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "impl": "gspmd"})
+    mesh = typed_block(block, parallel.MeshConfig, "mesh")
+    assert mesh == parallel.MeshConfig() and typed_block(mesh, parallel.MeshConfig, "mesh") is mesh
+    with pytest.raises(ConfigError, match=r"config\.mesh\.fdsp: unknown field"):
+        typed_block(ConfigDict({"data": -1, "fdsp": 2}), parallel.MeshConfig, "mesh")
+    with pytest.raises(ConfigError, match=r"config\.mesh\.impl='pmap'.*shard_map"):
+        typed_block(ConfigDict({"impl": "pmap"}), parallel.MeshConfig, "mesh")
+    with pytest.raises(ConfigError, match=r"config\.mesh\.tensor=2 needs mesh\.impl='gspmd'"):
+        parallel.MeshConfig(tensor=2, impl="shard_map")
+    with pytest.raises(TypeError, match="MeshConfig"):
+        parallel.make_mesh(block)
+    with pytest.raises(TypeError, match="MeshConfig"):
+        parallel.mesh_shape(block, 8)
+    dist = ConfigDict({"coordinator": "", "num_processes": 0, "process_id": -1, "auto": False})
+    assert typed_block(dist, parallel.DistributedConfig, "distributed").process_id == -1
+    with pytest.raises(ConfigError, match=r"config\.distributed\.heartbeat_timeout_s=0"):
+        typed_block(ConfigDict({"heartbeat_timeout_s": 0}), parallel.DistributedConfig,
+                    "distributed")
+    with pytest.raises(ConfigError, match=r"config\.distributed\.coordinater"):
+        typed_block(ConfigDict({"coordinater": "h:1"}), parallel.DistributedConfig, "distributed")
+    with pytest.raises(TypeError, match="DistributedConfig"):
+        parallel.initialize_distributed(dist)
+    for var in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+        monkeypatch.delenv(var, raising=False)
+    assert parallel.initialize_distributed(parallel.DistributedConfig()) is False  # one process
 
 
 def test_fit_spec_replicates_indivisible_dims_and_falls_back_to_fsdp():
@@ -100,15 +134,14 @@ from jax.sharding import PartitionSpec as P
 import trainer_fixtures as tf
 from fairjax import parallel
 from fairjax.losses.common import masked_mean, sharded_batch
-from fairjax.train.loop import StatePlan
+from fairjax.train.loop import LoopConfig, StatePlan
 from fairjax.optim import make_optimizer
-from ml_collections import ConfigDict
 assert jax.device_count() == 8, jax.devices()
 out = {{}}
 # the losses' batch reductions: a masked mean with unequal counts per shard is the global one
 x = np.arange(32, dtype=np.float32).reshape(8, 4)
 m = (np.arange(32).reshape(8, 4) % (np.arange(8)[:, None] + 1) == 0).astype(np.float32)
-mesh = parallel.make_mesh(ConfigDict({{"data": 8, "fsdp": 1, "tensor": 1}}))
+mesh = parallel.make_mesh(parallel.MeshConfig(data=8, fsdp=1, tensor=1))
 def per_device(x, m, global_):
     if global_:
         with sharded_batch(("data", "fsdp")):
@@ -131,8 +164,9 @@ for algo in ("bc", "ilql", "alol"):
     # data=4 x fsdp=2 exercises every collective; pure data=8 once (BC) to keep the test short
     for shape in (((8, 1, 1), (4, 2, 1)) if algo == "bc" else ((4, 2, 1),)):
         l, p = tf.run_steps(cfg, alg, rules, batches, shape, n_steps=2, impl="shard_map")
-        mesh = parallel.make_mesh(ConfigDict(dict(zip(("data", "fsdp", "tensor"), shape))))
-        plan = StatePlan(alg, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
+        mesh = parallel.make_mesh(parallel.MeshConfig(*shape))
+        plan = StatePlan(alg, make_optimizer(LoopConfig.from_config(cfg).optim, 10), mesh, rules,
+                         cfg.seed)
         fsdp = sum("fsdp" in str(s.spec) for s in jax.tree.leaves(plan.shardings["params"]))
         out[f"{{algo}}-{{shape}}"] = {{"loss": float(np.max(np.abs(l - ref_l) / np.abs(ref_l))),
                                       "params": tf.max_rel_err(p, ref_p), "fsdp_leaves": fsdp,

@@ -162,15 +162,12 @@ def gpt2_parts(fixtures_dir, algorithm: str, data_dir, **overrides):
 def run_steps(cfg, alg, rules, batches, mesh_shape, n_steps=3, devices=None, impl="gspmd"):
     """n optimizer steps on a mesh (data, fsdp, tensor) with `mesh.impl` = impl; returns
     (losses, params as numpy)."""
-    from ml_collections import ConfigDict
-
     from fairjax import parallel
     from fairjax.optim import make_optimizer
-    from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
+    from fairjax.train.loop import LoopConfig, StatePlan, compile_train_step, stack_micro
 
-    mesh = parallel.make_mesh(ConfigDict(dict(zip(("data", "fsdp", "tensor"), mesh_shape))),
-                              devices)
-    opt = make_optimizer(cfg.optim, 10)
+    mesh = parallel.make_mesh(parallel.MeshConfig(*mesh_shape), devices)
+    opt = make_optimizer(LoopConfig.from_config(cfg).optim, 10)
     plan = StatePlan(alg, opt, mesh, rules, cfg.seed)
     step = compile_train_step(alg, opt, plan, impl=impl)
     state = plan.init()

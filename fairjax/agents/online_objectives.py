@@ -141,8 +141,9 @@ def make_producer(cfg, setup, run_dir) -> Producer:
     the current state -> the rollout batch the loop's compiled step trains on (`online.Rollout`)."""
     from fairjax.agents.registry import lora_config
     from fairjax.models import build_model
-    from fairjax.parallel import make_mesh
+    from fairjax.parallel import MeshConfig, make_mesh
     from fairjax.rewards.registry import build_reward_scorer
+    from fairjax.typed_config import typed_block
 
     oc = online_config(cfg, cfg.algorithm)
     room = setup.model_config.max_positions
@@ -157,7 +158,8 @@ def make_producer(cfg, setup, run_dir) -> Producer:
     scorer = build_reward_scorer(cfg.reward, default_pool=demo_pool
                                  if os.path.isfile(demo_pool) else None)
     # the loop's mesh (the same devices and axes from the same config block)
-    rollout = O.Rollout(parts, oc, setup.tokenizer, scorer, mesh=make_mesh(cfg.mesh))
+    mesh = make_mesh(typed_block(cfg.mesh, MeshConfig, "mesh"))
+    rollout = O.Rollout(parts, oc, setup.tokenizer, scorer, mesh=mesh)
     rows, G, width = setup.train_data.rows, oc.group_size, oc.max_prompt_tokens
 
     def produce(state, batch):

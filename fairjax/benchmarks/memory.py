@@ -31,8 +31,9 @@ def compile_step(family: str, size: str, algo: str, batch: int, seq: int, dtype:
     from fairjax.benchmarks.forward import FAMILIES, make_config
     from fairjax.benchmarks.train import synthetic_batch
     from fairjax.models import build_model
-    from fairjax.optim import make_optimizer
+    from fairjax.optim import OptimConfig, make_optimizer
     from fairjax.train.loop import make_train_step
+    from fairjax.typed_config import typed_block
 
     mcfg = make_config(family, size, dtype).replace(remat=remat)
     mod = FAMILIES[family][0]
@@ -47,7 +48,7 @@ def compile_step(family: str, size: str, algo: str, batch: int, seq: int, dtype:
     params, frozen = jax.eval_shape(init, rng)
     # The loss closes over the model and config only; its init is never called here.
     algorithm = build_algorithm(cfg, module, mcfg, params)
-    optimizer = make_optimizer(cfg.optim, 1000)
+    optimizer = make_optimizer(typed_block(cfg.optim, OptimConfig, "optim"), 1000)
     state = {"params": params, "opt_state": jax.eval_shape(optimizer.init, params),
              "frozen": frozen, "step": jax.ShapeDtypeStruct((), jnp.int32),
              "rng": jax.ShapeDtypeStruct(rng.shape, rng.dtype)}

@@ -29,7 +29,6 @@ import time
 
 import jax
 import numpy as np
-from ml_collections import ConfigDict
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5": 459e12}
 
@@ -114,8 +113,9 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     from fairjax.benchmarks.forward import FAMILIES, make_config
     from fairjax.benchmarks import algorithm_cfg as _algorithm_cfg
     from fairjax.models.lora import cast_base
-    from fairjax.optim import make_optimizer
+    from fairjax.optim import OptimConfig, make_optimizer
     from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
+    from fairjax.typed_config import typed_block
 
     suffix = {None: "", "none": "_lora", "nf4": "_qlora", "int8": "_qlora8"}[lora]
     cfg = _algorithm_cfg(algo + suffix, remat)
@@ -129,8 +129,8 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     rss = PeakRSS().__enter__()
     params = jax.jit(init)(jax.random.PRNGKey(0))
     alg = build_algorithm(cfg, model_cls(mcfg), mcfg, params)
-    mesh = parallel.make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-    opt = make_optimizer(cfg.optim, 1000)
+    mesh = parallel.make_mesh(parallel.MeshConfig(data=-1, fsdp=1, tensor=1, impl=impl))
+    opt = make_optimizer(typed_block(cfg.optim, OptimConfig, "optim"), 1000)
     plan = StatePlan(alg, opt, mesh, mcfg.partition_rules(), 0)
     step = compile_train_step(alg, opt, plan, impl=impl)
     state = {"s": plan.init()}

@@ -40,8 +40,8 @@ def main(argv: list[str]) -> None:
     from fairjax import parallel
     from fairjax.train.build import validate_config
 
-    validate_config(cfg)  # before the run dir exists: a bad config leaves nothing behind
-    parallel.initialize_distributed(cfg.distributed)
+    loop = validate_config(cfg)  # before the run dir exists: a bad config leaves nothing behind
+    parallel.initialize_distributed(loop.distributed)  # the typed `distributed` block
     from fairjax import pipeline
 
     out = pipeline.run(cfg, FLAGS.run_dir)

@@ -1,8 +1,10 @@
 """Config -> model, objective, data and eval-generation (a `loop.Setup`), and `train(cfg)`.
 
 `train(cfg, run_dir=None, setup=None) -> RunResult` is the library entry point (the CLI
-`python -m fairjax.train` and `fairjax.pipeline` call it): `validate_config`, then the generic
-loop (`fairjax.train.loop.run`) on `build_setup(cfg, run_dir)` (or the given `setup`).
+`python -m fairjax.train` and `fairjax.pipeline` call it): `validate_config` (which converts the
+loop's blocks once into a typed `loop.LoopConfig`), the resolved config written into the run dir,
+then the generic loop (`fairjax.train.loop.run`) on that LoopConfig and `build_setup(cfg, run_dir)`
+(or the given `setup`).
 Objectives are looked up in `fairjax.agents.registry` (validation, algorithm, data) and read
 through their declared capabilities (packable, needs_reference, online, decoding), so this module
 names no objective.
@@ -24,9 +26,9 @@ from fairjax.data import sources
 from fairjax.errors import ConfigError
 from fairjax.models.common import ATTENTION_IMPLS, REMAT_POLICIES
 from fairjax.models.lora import validate as validate_lora
-from fairjax.optim import PARAM_DTYPES, SCHEDULES, cast_params
+from fairjax.optim import cast_params
 from fairjax.io import run_dir as rd
-from fairjax.train.loop import IMPLS, RunResult, Setup, run
+from fairjax.train.loop import LoopConfig, RunResult, Setup, run
 
 PyTree = Any
 
@@ -52,42 +54,30 @@ def _check_scan_layers(cfg: Any) -> None:
                           "scanned blocks yet; set model.scan_layers=False for LoRA runs")
 
 
-def validate_config(cfg: Any) -> None:
+def validate_config(cfg: Any) -> LoopConfig:
     """Ranges and choices that ConfigDict's type checks cannot express. Raises ConfigError
-    naming the key. Runs before any work (no files written, no devices touched)."""
+    naming the key. Runs before any work (no files written, no devices touched). Returns the
+    loop's blocks typed (`LoopConfig.from_config`: the train / optim / mesh / distributed
+    dataclasses check their own values)."""
     spec = registry.get(cfg.algorithm)  # ConfigError naming config.algorithm if unknown
     choice("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
     choice("model.remat", cfg.model.remat, tuple(REMAT_POLICIES))
     choice("model.attention", cfg.model.get("attention", "xla"), ATTENTION_IMPLS)
     _check_scan_layers(cfg)
     choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
-    choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
-    choice("mesh.impl", cfg.mesh.get("impl", "gspmd"), IMPLS)
-    choice("optim.param_dtype", cfg.optim.get("param_dtype", "float32"), PARAM_DTYPES)
+    loop = LoopConfig.from_config(cfg)  # train, optim, mesh, distributed: their own checks
     if cfg.get("lora") is not None:
         validate_lora(cfg.lora, "config.lora")  # rank, dropout, quant, base_dtype
-    if cfg.mesh.get("impl") == "shard_map" and cfg.mesh.tensor not in (1, -1):
-        raise ConfigError(f"config.mesh.impl='shard_map' runs data and fsdp parallelism; "
-                          f"config.mesh.tensor={cfg.mesh.tensor} needs mesh.impl='gspmd'")
-    if cfg.mesh.get("impl") == "shard_map" and spec.online:
+    if loop.mesh.impl == "shard_map" and spec.online:
         raise ConfigError(f"config.mesh.impl='shard_map' is not wired for {cfg.algorithm!r}: its "
                           "losses reduce over the rows without the shard_map batch collectives "
                           "(use mesh.impl='gspmd')")
-    for name in ("optim.lr", "optim.batch_size", "optim.grad_accum", "train.log_every",
-                 "train.keep", "train.eval_batches", "data.max_len"):
-        _positive(cfg, name)
-    for name in ("optim.weight_decay", "optim.warmup_steps", "train.steps", "train.epochs",
-                 "train.eval_every", "train.save_every", "optim.end_lr_ratio"):
-        _positive(cfg, name, allow_zero=True)
+    _positive(cfg, "data.max_len")
     from fairjax.rewards.normalize import MODES
     from fairjax.rewards.registry import SCORERS
 
     choice("reward.scorer", cfg.reward.scorer, ("",) + SCORERS)
     choice("reward.normalize", cfg.reward.normalize, MODES)
-    if cfg.train.steps == 0 and cfg.train.epochs == 0:
-        raise ConfigError("config.train.steps and config.train.epochs are both 0; set one")
-    if not (0.0 <= cfg.optim.b1 < 1.0 and 0.0 <= cfg.optim.b2 < 1.0):
-        raise ConfigError(f"config.optim.b1/b2={cfg.optim.b1}/{cfg.optim.b2}; expected in [0, 1)")
     buckets = tuple(cfg.data.buckets or ())
     if any(int(b) <= 0 for b in buckets) or list(buckets) != sorted(buckets):
         raise ConfigError(f"config.data.buckets={buckets}; expected increasing positive lengths")
@@ -96,6 +86,7 @@ def validate_config(cfg: Any) -> None:
     check_data_config(cfg)
     check_pack_config(cfg)
     spec.validate(cfg)
+    return loop
 
 
 def check_pack_config(cfg: Any) -> None:
@@ -252,9 +243,11 @@ def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str],
                         need_reward=spec.trains_on_reward)
 
 
-def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Optional[str]):
+def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Optional[str],
+                     progress: bool = True):
     """(train path, eval path) carrying the reward the run trains on (`rewards.training`):
-    scored / normalised on process 0, stored in the run dir, read by every process."""
+    scored / normalised on process 0 (a progress bar when `progress`), stored in the run dir,
+    read by every process."""
     from fairjax.rewards.training import prepare_rewards, record_online_reward, rewarded_paths
 
     spec = registry.get(cfg.algorithm)
@@ -264,7 +257,7 @@ def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Option
             if online:
                 record_online_reward(cfg, run_dir, train_path)
             else:
-                prepare_rewards(cfg, run_dir, train_path, eval_path, progress=cfg.train.progress,
+                prepare_rewards(cfg, run_dir, train_path, eval_path, progress=progress,
                                 trains_on_reward=spec.trains_on_reward)
         except ValueError as e:
             raise ConfigError(str(e)) from e
@@ -275,15 +268,18 @@ def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Option
     return rewarded_paths(run_dir, train_path, eval_path)
 
 
-def build_setup(cfg: Any, run_dir: Path) -> Setup:
-    """Model, tokenizer, data and objective from the config (see configs/common.py)."""
+def build_setup(cfg: Any, run_dir: Path, loop: Optional[LoopConfig] = None) -> Setup:
+    """Model, tokenizer, data and objective from the config (see configs/common.py); `loop`:
+    the run's typed loop blocks (`validate_config`'s; converted here when not given)."""
     from fairjax.rewards.training import source_paths
 
-    train_path, eval_path = training_rewards(cfg, run_dir, *data_paths(cfg, run_dir))
+    loop = loop if loop is not None else LoopConfig.from_config(cfg)
+    train_path, eval_path = training_rewards(cfg, run_dir, *data_paths(cfg, run_dir),
+                                             progress=loop.train.progress)
     mcfg, module, params, tok = build_model(cfg, run_dir, train_path)
     policy = _init_policy_params(cfg, mcfg)
     algorithm = with_param_dtype(build_algorithm(cfg, module, mcfg, params, policy),
-                                 cfg.optim.get("param_dtype", "float32"))
+                                 loop.optim.param_dtype)
     # objectives that read the initial policy while building data (A-LoL's V(x)) get it here
     reference = {"module": module, "params": policy if policy is not None else params,
                  "run_dir": run_dir}
@@ -372,7 +368,12 @@ def train(cfg: Any, run_dir: Optional[str | os.PathLike] = None,
           setup: Optional[Setup] = None) -> RunResult:
     """Train `cfg` into `run_dir` (default cfg.run_dir); resume from its latest checkpoint when
     `cfg.train.resume`. `setup` overrides what is otherwise built from the config
-    (`build_setup`): tests and pipelines pass their own algorithm/data."""
-    validate_config(cfg)
+    (`build_setup`): tests and pipelines pass their own algorithm/data. The loop gets the
+    typed blocks (`validate_config`'s LoopConfig), never `cfg`; the resolved `cfg` is written
+    into the run dir here (config.json / config.py / config_history, `io.run_dir.save_config`)."""
+    loop = validate_config(cfg)
     target = Path(run_dir or cfg.run_dir).absolute()
-    return run(cfg, target, setup if setup is not None else (lambda: build_setup(cfg, target)))
+    if parallel.is_main_process():
+        rd.save_config(cfg, target)
+    return run(loop, target,
+               setup if setup is not None else (lambda: build_setup(cfg, target, loop)))

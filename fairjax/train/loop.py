@@ -1,9 +1,13 @@
 """The generic compiled training loop: step, evaluation, metrics, checkpoints, watchdog, fault hook.
 
-`run(cfg, run_dir, setup) -> RunResult` trains what `setup` (a `Setup`, or a zero-argument
+`run(loop, run_dir, setup) -> RunResult` trains what `setup` (a `Setup`, or a zero-argument
 factory of one, called after the run dir and mesh exist) holds: an `Algorithm`, batch iterators
-and partition rules. It knows no model, data format or reward; `fairjax.train.build` turns a
-config into a Setup and `fairjax.train.build.train` chains both (the CLI: `python -m fairjax.train`).
+and partition rules, with the loop settings `loop` (a `LoopConfig`: the typed train / optim /
+mesh / distributed blocks, the seed and the run's name, converted once from the run config by
+`LoopConfig.from_config`). It knows no model, data format or reward, and never sees the whole
+run config; `fairjax.train.build` turns a config into a LoopConfig and a Setup, writes the
+resolved config into the run dir, and `fairjax.train.build.train` chains them (the CLI:
+`python -m fairjax.train`).
 
 One step = one call of the jit-compiled `train_step` (buffer donation of the state):
   1. the step's batch `[grad_accum, B, ...]` (B = global micro-batch, sharded over
@@ -56,7 +60,9 @@ from fairjax import faults, parallel
 from fairjax.agents.base import Algorithm, Producer, count_attended
 from fairjax.errors import ConfigError
 from fairjax.io import run_dir as rd
-from fairjax.optim import make_optimizer, make_schedule
+from fairjax.optim import OptimConfig, make_optimizer, make_schedule
+from fairjax.parallel import MESH_IMPLS, DistributedConfig, MeshConfig
+from fairjax.typed_config import check_choice, check_positive, typed_block
 
 log = logging.getLogger("fairjax.train")
 PyTree = Any
@@ -72,6 +78,63 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(
             f"non-finite loss at optimizer step {step} ({shown}); training stopped. The update of "
             f"this step was not applied and no checkpoint after the last good one was written.")
+
+
+# =========================================================================== config
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The `train` block (configs/common.py): length (`steps`, or `epochs` when steps == 0),
+    the intervals of metric lines / evaluations / checkpoints (0 = only at the end), eval
+    batches per evaluation, checkpoints kept, resume, and the loop's switches."""
+
+    steps: int = 150
+    epochs: int = 0
+    log_every: int = 10
+    eval_every: int = 50
+    eval_batches: int = 4
+    save_every: int = 50
+    keep: int = 2
+    resume: bool = True
+    async_checkpoint: bool = True
+    progress: bool = True
+    tensorboard: bool = True
+    check_finite: bool = True
+
+    def __post_init__(self):
+        for name in ("log_every", "keep", "eval_batches"):
+            check_positive(f"train.{name}", getattr(self, name))
+        for name in ("steps", "epochs", "eval_every", "save_every"):
+            check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        if self.steps == 0 and self.epochs == 0:
+            raise ConfigError("config.train.steps and config.train.epochs are both 0; set one")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Everything the loop reads of a run config, typed: the train / optim / mesh /
+    distributed blocks, `seed` (the state's root key), `name` (config.algorithm: the progress
+    bar's label and the fault-injection stage, `faults.inject`; never interpreted) and
+    `run_dir` (the default run directory)."""
+
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    seed: int = 0
+    name: str = ""
+    run_dir: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "LoopConfig":
+        """The one conversion of a run config's loop blocks (ConfigError naming
+        `config.<block>.<field>` for an unknown field, `config.<block>...` for a bad value)."""
+        return cls(train=typed_block(cfg.get("train"), TrainConfig, "train"),
+                   optim=typed_block(cfg.get("optim"), OptimConfig, "optim"),
+                   mesh=typed_block(cfg.get("mesh"), MeshConfig, "mesh"),
+                   distributed=typed_block(cfg.get("distributed"), DistributedConfig,
+                                           "distributed"),
+                   seed=int(cfg.get("seed", 0)), name=str(cfg.get("algorithm", "")),
+                   run_dir=str(cfg.get("run_dir", "") or ""))
 
 
 # =========================================================================== setup
@@ -269,9 +332,6 @@ class StatePlan:
                 "rng": jax.device_put(self.rng, repl)}
 
 
-IMPLS = ("gspmd", "shard_map")
-
-
 def _fsdp_dim(spec: P) -> Optional[int]:
     """The dimension `spec` shards over 'fsdp' alone (None: not sharded over 'fsdp')."""
     for i, entry in enumerate(spec):
@@ -337,8 +397,7 @@ def compile_train_step(algorithm: Algorithm, optimizer: optax.GradientTransforma
     `[accum, B, ...]` (`[updates, accum, B, ...]`) sharded over ('data', 'fsdp') on B. `impl`
     (config `mesh.impl`): "gspmd" (XLA partitions the global-batch step from the shardings) or
     "shard_map" (`shard_map_grads`)."""
-    if impl not in IMPLS:
-        raise ConfigError(f"config.mesh.impl={impl!r}; expected one of {list(IMPLS)}")
+    check_choice("mesh.impl", impl, MESH_IMPLS)
     grads_fn = shard_map_grads(algorithm, plan) if impl == "shard_map" else None
     lead = 1 if updates == 1 else 2
     return jax.jit(make_train_step(algorithm, optimizer, check_finite, grads_fn, updates),
@@ -396,12 +455,13 @@ def _print(text: str) -> None:
 
 
 # =========================================================================== the loop
-def total_steps(cfg: Any, steps_per_epoch: Optional[int]) -> int:
-    if cfg.train.steps > 0:
-        return int(cfg.train.steps)
+def total_steps(train: TrainConfig, steps_per_epoch: Optional[int]) -> int:
+    """Optimizer steps of the run: `train.steps`, or `train.epochs` x `steps_per_epoch`."""
+    if train.steps > 0:
+        return int(train.steps)
     if not steps_per_epoch:
         raise ConfigError("config.train.steps=0 needs a dataset with a known size (epochs)")
-    return int(cfg.train.epochs) * int(steps_per_epoch)
+    return int(train.epochs) * int(steps_per_epoch)
 
 
 def _eval(eval_step, state: dict, eval_data, n_batches: int, mesh: Mesh) -> dict:
@@ -419,41 +479,47 @@ def _eval(eval_step, state: dict, eval_data, n_batches: int, mesh: Mesh) -> dict
     return {k: v / count for k, v in sums.items()} if count else {}
 
 
-def run(cfg: Any, run_dir: Optional[str | os.PathLike],
+def run(loop: LoopConfig, run_dir: Optional[str | os.PathLike],
         setup: Union[Setup, Callable[[], Setup]]) -> RunResult:
     """Train `setup` (or `setup()`, called once the run dir and mesh exist) with the loop settings
-    of `cfg` (train, optim, mesh, seed, distributed) into `run_dir` (default cfg.run_dir); resume
-    from its latest checkpoint when `cfg.train.resume`. The config is validated by the caller
-    (`fairjax.train.build.validate_config`)."""
+    `loop` (train, optim, mesh, distributed, seed) into `run_dir` (default loop.run_dir); resume
+    from its latest checkpoint when `loop.train.resume`. The caller converts the run config once
+    (`LoopConfig.from_config`, which checks the blocks' values; `fairjax.train.build.train` also
+    writes the resolved config into the run dir)."""
     import orbax.checkpoint as ocp  # noqa: F401  (fail early if absent)
 
-    run_dir = Path(run_dir or cfg.run_dir).absolute()
+    if not isinstance(loop, LoopConfig):
+        raise TypeError(f"loop.run takes the typed LoopConfig (LoopConfig.from_config(cfg)), got "
+                        f"{type(loop).__name__}")
+    train, optim = loop.train, loop.optim
+    if not (run_dir or loop.run_dir):
+        raise ConfigError("loop.run: no run_dir given and config.run_dir is empty")
+    run_dir = Path(run_dir or loop.run_dir).absolute()
     main = parallel.is_main_process()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        rd.save_config(cfg, run_dir)
-    mesh = parallel.make_mesh(cfg.mesh)
+    mesh = parallel.make_mesh(loop.mesh)
     dp = parallel.data_parallel_size(mesh)
-    if cfg.optim.batch_size % dp:
-        raise ConfigError(f"config.optim.batch_size={cfg.optim.batch_size} is not divisible by the "
+    if optim.batch_size % dp:
+        raise ConfigError(f"config.optim.batch_size={optim.batch_size} is not divisible by the "
                           f"{dp} batch shards of mesh {dict(mesh.shape)} (data x fsdp)")
     if not isinstance(setup, Setup):
         setup = setup()
-    n_steps = total_steps(cfg, setup.steps_per_epoch)
+    n_steps = total_steps(train, setup.steps_per_epoch)
     producer = setup.producer
     updates = 1 if producer is None else int(producer.updates)  # optimizer updates per step
-    optimizer = make_optimizer(cfg.optim, n_steps * updates)
-    schedule = make_schedule(cfg.optim, n_steps * updates)
-    plan = StatePlan(setup.algorithm, optimizer, mesh, setup.rules, cfg.seed)
+    optimizer = make_optimizer(optim, n_steps * updates)
+    schedule = make_schedule(optim, n_steps * updates)
+    plan = StatePlan(setup.algorithm, optimizer, mesh, setup.rules, loop.seed)
     state_sh = plan.shardings
-    step_fn = compile_train_step(setup.algorithm, optimizer, plan, cfg.train.check_finite,
-                                 impl=cfg.mesh.get("impl", "gspmd"), updates=updates)
+    step_fn = compile_train_step(setup.algorithm, optimizer, plan, train.check_finite,
+                                 impl=loop.mesh.impl, updates=updates)
     eval_step = jax.jit(make_eval_step(setup.algorithm),
                         in_shardings=(state_sh["params"], state_sh["frozen"],
                                       parallel.batch_sharding(mesh, 0), parallel.replicated(mesh)))
-    manager = rd.checkpoint_manager(run_dir, keep=cfg.train.keep,
-                                    async_save=cfg.train.async_checkpoint)
-    latest = manager.latest_step() if cfg.train.resume else None
+    manager = rd.checkpoint_manager(run_dir, keep=train.keep,
+                                    async_save=train.async_checkpoint)
+    latest = manager.latest_step() if train.resume else None
     if latest is not None:
         state, data_state = restore_state(manager, latest, plan)
         if data_state and hasattr(setup.train_data, "restore"):
@@ -474,22 +540,22 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
             _print(f"dropped {dropped} metric rows logged after step {start} by the interrupted run")
         for stats in setup.data_stats:
             _print(stats["line"])
-    logger = MetricsLogger(run_dir, cfg.train.tensorboard, enabled=main)
-    accum = int(cfg.optim.grad_accum)
-    bar = _progress(cfg, main, start, n_steps)
+    logger = MetricsLogger(run_dir, train.tensorboard, enabled=main)
+    accum = int(optim.grad_accum)
+    bar = _progress(train, loop.name, main, start, n_steps)
     window: list[dict] = []
     last_metrics: dict = {}
     eval_metrics: dict = {}
     pending: Optional[tuple[int, Any]] = None
     tokens_window, t_window = 0, time.perf_counter()
 
-    watchdog = _Watchdog(cfg.distributed.step_timeout_s if jax.process_count() > 1 else 0)
+    watchdog = _Watchdog(loop.distributed.step_timeout_s if jax.process_count() > 1 else 0)
 
     def check(pending_item) -> dict:
         s, dev_metrics = pending_item
         m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
         watchdog.beat(s)
-        if cfg.train.check_finite and not m.get("finite", 1.0):
+        if train.check_finite and not m.get("finite", 1.0):
             raise NonFiniteLossError(s, m)
         return m
 
@@ -518,10 +584,10 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
             pending = (step, dev_metrics)
             tokens_window += tokens
             is_last = step == n_steps
-            do_log = step % cfg.train.log_every == 0 or is_last
+            do_log = step % train.log_every == 0 or is_last
             do_eval = setup.eval_data is not None and (
-                (cfg.train.eval_every and step % cfg.train.eval_every == 0) or is_last)
-            do_save = (cfg.train.save_every and step % cfg.train.save_every == 0) or do_eval or is_last
+                (train.eval_every and step % train.eval_every == 0) or is_last)
+            do_save = (train.save_every and step % train.save_every == 0) or do_eval or is_last
             if do_log or do_eval or do_save:
                 window.append(check(pending))
                 pending = None
@@ -540,7 +606,8 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
                 window, tokens_window, t_window = [], 0, time.perf_counter()
             ckpt_metrics = None
             if do_eval:
-                eval_metrics = _eval(eval_step, state, setup.eval_data, cfg.train.eval_batches, mesh)
+                eval_metrics = _eval(eval_step, state, setup.eval_data, train.eval_batches,
+                                     mesh)
                 if setup.eval_generate_fn is not None:
                     eval_metrics.update(setup.eval_generate_fn(state["params"], state["frozen"], step))
                 if eval_metrics:
@@ -552,7 +619,7 @@ def run(cfg: Any, run_dir: Optional[str | os.PathLike],
                 data_state = setup.train_data.state() if hasattr(setup.train_data, "state") else {}
                 manager.save(step, args=rd.state_items(state, data_state), metrics=ckpt_metrics,
                              force=True)
-            faults.inject(cfg.algorithm, step, jax.process_index())
+            faults.inject(loop.name, step, jax.process_index())
         if pending is not None:
             check(pending)
     finally:
@@ -605,15 +672,16 @@ class _Watchdog:
                 os._exit(70)
 
 
-def _progress(cfg: Any, main: bool, start: int, n_steps: int):
-    if not (main and cfg.train.progress):
+def _progress(train: TrainConfig, name: str, main: bool, start: int, n_steps: int):
+    """tqdm bar labelled `name` on process 0 when `train.progress` (None otherwise)."""
+    if not (main and train.progress):
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         return None
     return tqdm(total=n_steps, initial=start, unit="step", dynamic_ncols=True,
-                desc=f"{cfg.algorithm}")
+                desc=name)
 
 
 def _save_model_dir(run_dir: Path, setup: Setup) -> None:

@@ -159,16 +159,15 @@ def test_config_validation_names_the_key():
 
 SHARDED = TOY + r'''
 import optax
-from ml_collections import ConfigDict
 from fairjax.agents.online import OnlineConfig, OnlineRL, PolicyParts
-from fairjax.parallel import make_mesh
+from fairjax.parallel import MeshConfig, make_mesh
 assert jax.device_count() == 8
 model = gpt2.GPT2LMHeadModel(MCFG)
 params = gpt2.init_params(MCFG, jax.random.PRNGKey(0))
 cfg = OnlineConfig(algo="ALGO", batch_size=8, group_size=4, max_prompt_tokens=4, max_new_tokens=6,
                    epochs=EPOCHS)
 out = []
-for mesh in (None, make_mesh(ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))):
+for mesh in (None, make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1))):
     rl = OnlineRL(PolicyParts(model), cfg, Tok(), count3, optax.sgd(0.5), mesh=mesh)  # adam
     # would turn float-noise gradients of ~0 into ±lr steps
     st, m, rec = rl.step(rl.init_state(params, jax.random.PRNGKey(1)), PROMPTS, ["a", "b"])

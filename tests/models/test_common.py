@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from ml_collections import ConfigDict
 
 from fairjax import optim
 from fairjax.errors import ConfigError
@@ -73,10 +72,9 @@ def test_bad_remat_name_names_key_and_values():
 
 
 def _optim_cfg(**kw):
-    c = ConfigDict(dict(lr=1e-2, end_lr_ratio=0.1, warmup_steps=2, schedule="cosine", clip=1.0,
-                        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, decay_norms_and_biases=False))
-    c.update(kw)
-    return c
+    return optim.OptimConfig(**dict(dict(
+        lr=1e-2, end_lr_ratio=0.1, warmup_steps=2, schedule="cosine", clip=1.0, b1=0.9, b2=0.95,
+        eps=1e-8, weight_decay=0.1, decay_norms_and_biases=False), **kw))
 
 
 def test_bf16_params_with_float32_master_weights_follow_the_float32_path():

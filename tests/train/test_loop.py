@@ -86,8 +86,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
     plan_cfg = toy_setup(cfg)
     from fairjax import parallel
     from fairjax.optim import make_optimizer
-    plan = loop.StatePlan(plan_cfg.algorithm, make_optimizer(cfg.optim, 12),
-                          parallel.make_mesh(cfg.mesh), plan_cfg.rules, cfg.seed)
+    typed = loop.LoopConfig.from_config(cfg)
+    plan = loop.StatePlan(plan_cfg.algorithm, make_optimizer(typed.optim, 12),
+                          parallel.make_mesh(typed.mesh), plan_cfg.rules, cfg.seed)
     state, data_state = loop.restore_state(manager, 3, plan)
     manager.close()
     assert int(state["step"]) == 3 and data_state["index"] > 0
@@ -182,8 +183,9 @@ def test_producer_batches_are_made_from_the_current_state(tmp_path):
 
     # the same, one update per compiled step, by hand
     alg = toy_algorithm(noise=0.0)
-    mesh = parallel.make_mesh(cfg.mesh)
-    opt = make_optimizer(cfg.optim, 4 * 2)  # the schedule runs over the 8 optimizer updates
+    typed = loop.LoopConfig.from_config(cfg)
+    mesh = parallel.make_mesh(typed.mesh)
+    opt = make_optimizer(typed.optim, 4 * 2)  # the schedule runs over the 8 optimizer updates
     plan = loop.StatePlan(alg, opt, mesh, ((".*", jax.sharding.PartitionSpec()),), cfg.seed)
     state, data = plan.init(), ArrayBatches(toy_data(), cfg.optim.batch_size, seed=cfg.seed)
     one = jax.jit(loop.make_train_step(alg, opt))
@@ -205,3 +207,58 @@ def test_producer_batches_are_made_from_the_current_state(tmp_path):
     resumed = train(cfg, tmp_path / "cut", setup=setup())
     assert [s for s, _ in seen] == [2, 3]
     assert_trees_equal(_params(full), _params(resumed))
+
+
+def test_loop_blocks_are_converted_once_into_typed_configs():
+    """`LoopConfig.from_config` is the one conversion of the loop's blocks (train, optim, mesh,
+    distributed + seed / algorithm / run_dir); validate_config returns it. An unknown field
+    names config.<block>.<field>, a bad value config.<block>; the loop refuses the raw config."""
+    from fairjax.optim import OptimConfig
+    from fairjax.parallel import DistributedConfig, MeshConfig
+    from fairjax.train.build import validate_config
+
+    cfg = small_config("bc", **{"train.steps": 5, "optim.lr": 0.02, "mesh.fsdp": 1, "seed": 3})
+    typed = validate_config(cfg)
+    assert typed == loop.LoopConfig.from_config(cfg)
+    assert isinstance(typed.train, loop.TrainConfig) and isinstance(typed.optim, OptimConfig)
+    assert isinstance(typed.mesh, MeshConfig) and isinstance(typed.distributed, DistributedConfig)
+    assert (typed.train.steps, typed.optim.lr, typed.seed, typed.name, typed.run_dir) == \
+        (5, 0.02, 3, "bc", cfg.run_dir)
+    assert loop.total_steps(typed.train, None) == 5
+    assert loop.total_steps(loop.TrainConfig(steps=0, epochs=2), 7) == 14
+    cfg.train.unlock()
+    cfg.train.eval_evry = 3
+    with pytest.raises(ConfigError, match=r"config\.train\.eval_evry: unknown field"):
+        loop.LoopConfig.from_config(cfg)
+    cfg = small_config("bc", **{"train.steps": 0, "train.epochs": 0})
+    with pytest.raises(ConfigError, match=r"config\.train\.steps and config\.train\.epochs"):
+        validate_config(cfg)
+    with pytest.raises(ConfigError, match=r"config\.train\.log_every=0; expected > 0"):
+        loop.TrainConfig(log_every=0)
+    with pytest.raises(TypeError, match="LoopConfig"):
+        loop.run(small_config("bc"), "unused", setup=lambda: None)
+
+
+def test_loop_runs_on_the_typed_config_alone(tmp_path):
+    """`loop.run` needs no run config: a LoopConfig built by hand trains the toy setup; writing
+    the resolved config into the run dir is `build.train`'s job."""
+    from fairjax.optim import OptimConfig
+
+    cfg = small_config("bc")
+    typed = loop.LoopConfig(
+        train=loop.TrainConfig(steps=4, log_every=2, eval_every=2, save_every=2, eval_batches=1,
+                               progress=False, tensorboard=False, async_checkpoint=False),
+        optim=OptimConfig(lr=1e-2, warmup_steps=1, batch_size=cfg.optim.batch_size),
+        seed=cfg.seed, name="toy")
+    res = loop.run(typed, tmp_path, toy_setup(cfg))
+    assert res.step == 4 and res.best_step in (2, 4)
+    assert not (tmp_path / "config.json").exists()
+    steps = [json.loads(line)["step"] for line in (tmp_path / rd.METRICS_FILE).read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == [2, 4]
+    # the same settings through build.train (which also records the config) train identically
+    cfg = small_config("bc", **{"train.steps": 4, "train.eval_every": 2, "train.save_every": 2,
+                                "train.eval_batches": 1, "optim.warmup_steps": 1})
+    again = train(cfg, tmp_path / "built", setup=toy_setup(cfg))
+    assert (tmp_path / "built" / "config.json").is_file()
+    assert_trees_equal(_params(res), _params(again))
