@@ -142,7 +142,7 @@ def make_producer(cfg, setup, run_dir) -> Producer:
     from fairjax.agents.registry import lora_config
     from fairjax.models import build_model
     from fairjax.parallel import make_mesh
-    from fairjax.rewards.registry import build_reward_scorer
+    from fairjax.rewards.registry import build_reward_scorer, reward_config
 
     oc = online_config(cfg, cfg.algorithm)
     room = setup.model_config.max_positions
@@ -154,7 +154,7 @@ def make_producer(cfg, setup, run_dir) -> Producer:
     parts = O.PolicyParts(build_model(setup.model_config),
                           lora_scale=lora_config(cfg).scale if lora else None)
     demo_pool = os.path.join(str(run_dir), "data", "candidates.jsonl")
-    scorer = build_reward_scorer(cfg.reward, default_pool=demo_pool
+    scorer = build_reward_scorer(reward_config(cfg.reward), default_pool=demo_pool
                                  if os.path.isfile(demo_pool) else None)
     # the loop's mesh (the same devices and axes from the same config block)
     rollout = O.Rollout(parts, oc, setup.tokenizer, scorer, mesh=make_mesh(cfg.mesh))
