@@ -69,7 +69,8 @@ def base_config(algorithm: str) -> ConfigDict:
 
     # The reward the objective trains on (docs/data-and-rewards.md). It is computed when the data
     # is built (progress bar, cached by data-file and scorer-settings hash) and named in every
-    # summary; BC trains on no reward and ignores this block.
+    # summary; BC trains on no reward and ignores this block. Read once as a typed
+    # `rewards.registry.RewardConfig` (its sub-blocks check their values beside their code).
     c.reward = ConfigDict()
     c.reward.field = "reward"  # precomputed reward field in the data records (reward.scorer="")
     # diversity | gender_coded | pii | preservation | composite | constrained | "" (= the data's `field`; the

@@ -80,7 +80,7 @@ def get_config():
     c.generation.exp_adv = True  # beta * A (True) or the step-function log-weights
     c.generation.adv_clip = 0.0  # upper clip of the perturbation (0 = off)
 
-    c.scorer = ConfigDict()
+    c.scorer = ConfigDict()  # read once as a typed `fairjax.evaluate.ScorerConfig`
     # Candidate pools, comma-separated JSONL ("" = the candidates.jsonl beside the eval data,
     # which only the demo corpus has; other data without pools is refused). Real data:
     # "../shared/data/bios/bios.jsonl,../shared/data/tech_bios/bios.jsonl"

@@ -89,9 +89,9 @@ def eval_config(cfg: Any, run_dir: Path):
     ev.generation.top_p = getattr(gen, "top_p", 1.0) if gen is not None else 1.0  # ILQL's block has none
     ev.scorer.pools = p.eval_pools
     # judged with the embedder the run trained on (reward.embedder)
-    from fairjax.rewards.registry import embedder_name
+    from fairjax.rewards.registry import reward_config
 
-    ev.scorer.embedder = embedder_name(cfg.reward) if cfg.get("reward") is not None else "tfidf"
+    ev.scorer.embedder = reward_config(cfg.get("reward")).embedder
     ev.n_boot = p.eval_n_boot
     ev.lock()
     return ev
@@ -132,12 +132,15 @@ def _run(cfg: Any, run_dir: Path) -> dict:
     p = cfg.pipeline
     if p.bc_warm_start and not cfg.init.policy:
         from fairjax.agents import registry
+        from fairjax.rewards.registry import reward_config
         from fairjax.rewards.training import require_data_rewards
 
         spec = registry.get(cfg.algorithm)
         if not spec.online:  # online objectives score rollouts
             # refused before BC trains for a run that cannot follow
-            require_data_rewards(cfg, trains_on_reward=spec.trains_on_reward)
+            require_data_rewards(reward_config(cfg.reward), cfg.data.train, cfg.algorithm,
+                                 text_field=cfg.data.text_field, on_error=cfg.data.on_error,
+                                 trains_on_reward=spec.trains_on_reward)
         bc_dir = run_dir / "bc"
         _say(f"[pipeline 1/3] BC warm start -> {bc_dir}")
         out["bc"] = train(bc_config(cfg, bc_dir), bc_dir)

@@ -291,3 +291,20 @@ def test_baselines_alone_need_no_checkpoint(fixtures_dir, ilql_run, tmp_path):
     with pytest.raises(ValueError, match="best_of_n"):
         E.evaluate(eval_config("", tmp_path / "d", variants="", fluency_model=hf,
                                baselines="best_of_n", **{"data.eval": data}))
+
+
+def test_the_scorer_block_is_typed_once_and_checked():
+    """config.scorer as an evaluate.ScorerConfig: values checked by the reward modules, keys named."""
+    from fairjax.errors import ConfigError
+
+    s = E.scorer_config(load_config("eval").scorer)
+    assert s.pools == () and s.embedder == "all-minilm-l6-v2" and s.constrained_tau == 0.9765
+    assert s.diversity().scorer_config().k == s.k
+    assert E.scorer_config({"pools": "a.jsonl, b.jsonl"}).pools == ("a.jsonl", "b.jsonl")
+    assert E.scorer_config({}).embedder == "tfidf"  # a block without the key
+    with pytest.raises(ConfigError, match=r"^config.scorer.top_k: unknown field"):
+        E.scorer_config({"top_k": 3})
+    with pytest.raises(ConfigError, match=r"config.scorer: distance='l1'; expected one of"):
+        E.scorer_config({"distance": "l1"})
+    with pytest.raises(ConfigError, match=r"config.scorer: constrained_tau: tau=2"):
+        E.scorer_config({"constrained_tau": 2})

@@ -151,16 +151,17 @@ def pair_scorer(cfg: Any, train_path: str, run_dir=None):
     reward_spec.json); the default pool sits beside the source data of `train_path`."""
     import os
 
-    from fairjax.rewards.registry import build_reward_scorer
+    from fairjax.rewards.registry import build_reward_scorer, reward_config
     from fairjax.rewards.training import default_pool, reward_cache_dir, source_paths
 
-    if not cfg.reward.scorer:
+    reward = reward_config(cfg.reward)
+    if not reward.scorer:
         raise ConfigError("dpo pairs derived from postings are ranked by config.reward.scorer, "
                           "which is empty: set a scorer (e.g. diversity) or give config.dpo.pairs")
     src = source_paths(run_dir, train_path, None)[0] if run_dir is not None else train_path
     try:
-        return build_reward_scorer(cfg.reward, default_pool(src),
-                                   cache_dir=os.path.join(reward_cache_dir(cfg.reward), "pools"))
+        return build_reward_scorer(reward, default_pool(src),
+                                   cache_dir=os.path.join(reward_cache_dir(reward), "pools"))
     except ValueError as e:
         raise ConfigError(f"dpo pairs from postings: {e}") from e
 

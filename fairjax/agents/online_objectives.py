@@ -142,7 +142,7 @@ def make_producer(cfg, setup, run_dir) -> Producer:
     from fairjax.agents.registry import lora_config
     from fairjax.models import build_model
     from fairjax.parallel import MeshConfig, make_mesh
-    from fairjax.rewards.registry import build_reward_scorer
+    from fairjax.rewards.registry import build_reward_scorer, reward_config
     from fairjax.typed_config import typed_block
 
     oc = online_config(cfg, cfg.algorithm)
@@ -155,7 +155,7 @@ def make_producer(cfg, setup, run_dir) -> Producer:
     parts = O.PolicyParts(build_model(setup.model_config),
                           lora_scale=lora_config(cfg).scale if lora else None)
     demo_pool = os.path.join(str(run_dir), "data", "candidates.jsonl")
-    scorer = build_reward_scorer(cfg.reward, default_pool=demo_pool
+    scorer = build_reward_scorer(reward_config(cfg.reward), default_pool=demo_pool
                                  if os.path.isfile(demo_pool) else None)
     # the loop's mesh (the same devices and axes from the same config block)
     mesh = make_mesh(typed_block(cfg.mesh, MeshConfig, "mesh"))

@@ -1,6 +1,6 @@
 """Rewrite-augmented training data: the same job written several ways, each with its reward.
 
-`augment(train_path, out_dir, rewriter, k, reward_cfg, ...)` reads the train postings and writes,
+`augment(train_path, out_dir, rewriter, k, reward, ...)` reads the train postings and writes,
 into `out_dir`:
 
 * `augmented.jsonl`: per posting, the posting itself (`kind: "original"`) and `k` rewrites from
@@ -13,8 +13,8 @@ into `out_dir`:
   the same prompt. Empty rewrites cannot be a record and are dropped (counted in the stats).
   The file holds no `reward`: train on it with `reward.scorer` (and `reward.pool`) set as here and
   the reward build (`rewards.training.prepare_rewards`) finds every reward in its cache.
-* `scored.jsonl`: the same rows with `reward` = the training reward (`reward_cfg`, the run
-  config's `reward` block; a scorer that needs the original gets the row's `original`), computed
+* `scored.jsonl`: the same rows with `reward` = the training reward (`reward`, the run config's
+  `reward` block as a `rewards.registry.RewardConfig`; a scorer that needs the original gets the row's `original`), computed
   by the cached reward build (`rewards.precompute.build_rewards`, `reward.cache_dir`).
 * `pairs.jsonl`: DPO pairs `{prompt, chosen, rejected, margin}` per posting, the best and the
   worst FAITHFUL response by reward (`eval.preservation.Faithfulness`: cosine ≥ τ under the
@@ -28,9 +28,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fairjax.rewards.registry import RewardConfig
 
 AUGMENTED, SCORED, PAIRS, STATS = "augmented.jsonl", "scored.jsonl", "pairs.jsonl", "stats.json"
 HEADER_KEYS = ("company", "location", "title", "technologies")
@@ -97,7 +100,7 @@ def dpo_pairs(rows: Sequence[dict], rewards: np.ndarray, faithful: np.ndarray,
 
 
 def augment(train_path: str | os.PathLike, out_dir: str | os.PathLike, rewriter: Any, k: int,
-            reward_cfg: Any, *, default_pool: Optional[str] = None, tau: float = 0.8,
+            reward: RewardConfig, *, default_pool: Optional[str] = None, tau: float = 0.8,
             require_header: bool = True, min_margin: float = 0.0, limit: int = 0,
             text_field: str = "text", progress: bool = False) -> dict:
     """Write the augmented data of `train_path` into `out_dir` (module docstring); returns the
@@ -110,7 +113,7 @@ def augment(train_path: str | os.PathLike, out_dir: str | os.PathLike, rewriter:
 
     if k < 1:
         raise ValueError(f"augment: k={k}; expected >= 1 rewrites per posting")
-    if not reward_cfg.scorer:
+    if not reward.scorer:
         raise ValueError("augment: reward.scorer is empty; name the training reward to score "
                          "the rewrites with (e.g. constrained or diversity)")
     out = Path(out_dir)
@@ -124,11 +127,11 @@ def augment(train_path: str | os.PathLike, out_dir: str | os.PathLike, rewriter:
     path = out / AUGMENTED
     _write_jsonl(path, rows)
 
-    cache_dir = reward_cache_dir(reward_cfg)
-    spec = reward_spec(reward_cfg, default_pool)
+    cache_dir = reward_cache_dir(reward)
+    spec = reward_spec(reward, default_pool)
     # strict=False: a rewrite that matches no labelled candidate gets the scorer's floor instead
     # of stopping the build (sampled text may be anything)
-    scorer = build_reward_scorer(reward_cfg, default_pool, cache_dir=os.path.join(cache_dir, "pools"),
+    scorer = build_reward_scorer(reward, default_pool, cache_dir=os.path.join(cache_dir, "pools"),
                                  strict=False)
     recs = read_records(path, text_field="text")
     rewards, cache = build_rewards(path, recs, scorer, spec, cache_dir, progress=progress)

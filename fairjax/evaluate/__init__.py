@@ -175,20 +175,21 @@ def parse_baselines(spec: str) -> list[str]:
 
 def training_scorer(path: str, fallback):
     """(scorer, description) of the reward the checkpoint at `path` trained on (a run dir with
-    `reward.scorer` set); else `fallback` (the reported diversity reward)."""
+    `reward.scorer` set; its saved reward block is typed here, fields it lacks take the
+    defaults); else `fallback` (the reported diversity reward)."""
     if _is_run_dir(path):
         from fairjax.io.run_dir import load_config
-        from fairjax.rewards.registry import build_reward_scorer
+        from fairjax.rewards.registry import build_reward_scorer, reward_config
 
         from fairjax.agents import registry
 
         rc = load_config(path)
-        if (registry.get(rc.algorithm).trains_on_reward and rc.get("reward") is not None
-                and rc.reward.scorer):
+        reward = reward_config(rc.get("reward"))
+        if registry.get(rc.algorithm).trains_on_reward and reward.scorer:
             pool = Path(path) / "data" / "candidates.jsonl"
             if rc.data.train:
                 pool = Path(rc.data.train).parent / "candidates.jsonl"
-            scorer = build_reward_scorer(rc.reward, str(pool) if pool.is_file() else None,
+            scorer = build_reward_scorer(reward, str(pool) if pool.is_file() else None,
                                          strict=False)
             return scorer, f"the training reward of {path} ({scorer.name})"
     return fallback, f"the reported reward ({fallback.name}): {path} names no training reward"
@@ -337,16 +338,64 @@ def _shuffle_words(text: str, seed: int) -> str:
 
 
 # ----------------------------------------------------------------------------- scoring
-def build_scorer(cfg: Any, eval_path: str):
-    """DiversityScorer over `scorer.pools` (comma-separated JSONL; "" = the candidates.jsonl
+@dataclasses.dataclass(frozen=True)
+class ScorerConfig:
+    """`config.scorer` (configs/eval.py), typed once by `scorer_config(cfg.scorer)`: the reported
+    diversity reward's pools, matching settings and hashing dimension (checked as
+    `rewards.diversity.DiversityRewardConfig`), its embedder ("" = tfidf) and the constrained
+    reward's tau (checked as `rewards.constrained.ConstrainedConfig`). Absent fields: these
+    defaults (tfidf and its tau, what configs before those keys used)."""
+
+    pools: tuple[str, ...] = ()  # candidate pool JSONL(s); a comma-separated string is split
+    k: int = 50
+    select_k: int = 10
+    distance: str = "signed_tv"
+    gender_target: str = "uniform"
+    region_target: str = "pool"
+    embedder: str = "tfidf"
+    n_features: int = 4096
+    cache_dir: str = ""  # pool-embedding cache ("" = none)
+    constrained_tau: float = 0.9588
+
+    def __post_init__(self):
+        from fairjax.rewards.constrained import ConstrainedConfig
+        from fairjax.rewards.embedders import config_embedder
+        from fairjax.rewards.registry import split_list
+
+        object.__setattr__(self, "pools", split_list(self.pools))
+        object.__setattr__(self, "embedder", config_embedder(self.embedder))
+        object.__setattr__(self, "cache_dir", str(self.cache_dir or ""))
+        self.diversity()  # ValueError naming the bad setting
+        try:
+            ConstrainedConfig(form="hard", tau=self.constrained_tau)
+        except ValueError as e:
+            raise ValueError(f"constrained_tau: {e}") from None
+
+    def diversity(self):
+        """The matching settings as a `rewards.diversity.DiversityRewardConfig`."""
+        from fairjax.rewards.diversity import DiversityRewardConfig
+
+        return DiversityRewardConfig(k=self.k, select_k=self.select_k, distance=self.distance,
+                                     gender_target=self.gender_target,
+                                     region_target=self.region_target, n_features=self.n_features)
+
+
+def scorer_config(block: Any) -> ScorerConfig:
+    """`cfg.scorer` as a ScorerConfig (ConfigError naming config.scorer.<field>)."""
+    from fairjax.typed_config import typed_block
+
+    return typed_block(block, ScorerConfig, "scorer")
+
+
+def build_scorer(s: ScorerConfig, eval_path: str):
+    """DiversityScorer over `s.pools` (`config.scorer.pools`; none = the candidates.jsonl
     beside the eval data, which only the demo corpus has: real postings without a pool are
     refused rather than scored against synthetic candidates)."""
-    from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
+    from fairjax.rewards.diversity import DiversityScorer
     from fairjax.rewards.embedders import make_embedder
     from fairjax.rewards.pool import CandidatePool, load_pool
-    from fairjax.rewards.registry import embedder_name
 
-    paths = [p.strip() for p in cfg.scorer.pools.split(",") if p.strip()]
+    paths = list(s.pools)
     if not paths:
         beside = Path(eval_path).parent / "candidates.jsonl"
         if not beside.is_file():
@@ -355,11 +404,8 @@ def build_scorer(cfg: Any, eval_path: str):
                              "JSONL(s) to score the postings against")
         paths = [str(beside)]
     pool = CandidatePool.concat([load_pool(p) for p in paths])
-    s = cfg.scorer
-    dcfg = DiversityConfig(k=s.k, select_k=s.select_k, distance=s.distance,
-                           gender_target=s.gender_target, region_target=s.region_target)
-    return DiversityScorer(pool, make_embedder(embedder_name(s), s.n_features), dcfg,
-                           cache_dir=s.cache_dir or None)
+    return DiversityScorer(pool, make_embedder(s.embedder, s.n_features),
+                           s.diversity().scorer_config(), cache_dir=s.cache_dir or None)
 
 
 def score_texts(texts: Sequence[str], scorer) -> list[dict]:
@@ -461,6 +507,7 @@ def evaluate(cfg: Any) -> dict:
         raise ValueError("config.fluency_model is empty and there are no NLL columns (no "
                          "checkpoint, or nll_columns=False): FL needs a model, e.g. "
                          "--config.fluency_model=smollm2-135m-instruct")
+    sc_cfg = scorer_config(cfg.scorer)  # checked before any model loads
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     systems, run_eval = load_systems(cfg)
@@ -482,7 +529,7 @@ def evaluate(cfg: Any) -> dict:
         if row.get("index") != i or row.get("id") != examples[i].id:
             raise ValueError(f"{log}:{i + 1}: row for {row.get('id')!r} does not match prompt "
                              f"{i} ({examples[i].id!r}) of {eval_path}: use a new output_dir")
-    scorer = build_scorer(cfg, eval_path)
+    scorer = build_scorer(sc_cfg, eval_path)
     gen_info = _size_generation(cfg, systems, examples)
     baselines = attach_scorer(cfg, systems, scorer)
     for s in systems:
@@ -557,8 +604,8 @@ def evaluate(cfg: Any) -> dict:
     by_system = {n: [{k: v for k, v in r[n].items() if k != "text"} for r in rows] for n in names}
     reported = {"scorer": "diversity", "pool": scorer.pool.describe(),
                 "embedder": scorer.embedder.id,
-                "settings": {k: cfg.scorer[k] for k in ("k", "select_k", "distance",
-                                                         "gender_target", "region_target")}}
+                "settings": {k: getattr(sc_cfg, k) for k in ("k", "select_k", "distance",
+                                                              "gender_target", "region_target")}}
     trained = {s.name: ({"scorer": "baseline", "note": f"{s.name}: not trained"} if s.rewriter
                         is not None else trained_reward_of(s.source, s.generation.adv_weight))
                for s in systems}
@@ -576,7 +623,7 @@ def evaluate(cfg: Any) -> dict:
     extras = corpus_tables(by_system, scorer, n_boot=cfg.n_boot, seed=cfg.seed)
     for name, entry in extras.items():
         summary["systems"][name].update(entry)
-    constrained = constrained_scorer(scorer, cfg.scorer.constrained_tau)
+    constrained = constrained_scorer(scorer, sc_cfg.constrained_tau)
     for name, entry in joint_tables(rows, names, scorer, constrained, cfg.n_boot, cfg.seed).items():
         summary["systems"][name].update(entry)
     summary["joint_note"] = JOINT_NOTE + (f" FL under {cfg.fluency_model}." if cfg.fluency_model

@@ -14,6 +14,7 @@ stats.json exists is not grown again, and its training run resumes from its chec
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -69,6 +70,7 @@ def round_config(cfg: Any, data_path: str, eval_path: Optional[str], pool: str,
 def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     """All rounds (module docstring); returns the summary written to RUN_DIR/rest_summary.json."""
     from fairjax.data.augment import STATS, augment
+    from fairjax.rewards.registry import reward_config
     from fairjax.train.build import train
 
     if cfg.rest.rounds < 1:
@@ -76,6 +78,7 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     root = Path(run_dir or cfg.run_dir).absolute()
     root.mkdir(parents=True, exist_ok=True)
     train_path, eval_path, pool = _data(cfg, root)
+    reward = dataclasses.replace(reward_config(cfg.reward), pool=pool)  # the rounds' pool
     prev, rounds = None, []
     for r in range(cfg.rest.rounds):
         rd = root / f"round_{r}"
@@ -83,9 +86,6 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
         if stats_path.is_file():
             stats = json.loads(stats_path.read_text())
         else:
-            reward = cfg.reward.copy_and_resolve_references()
-            reward.unlock()
-            reward.pool = pool
             stats = augment(train_path, rd / "data", _sampler(cfg, prev), cfg.rest.k, reward,
                             default_pool=pool, tau=cfg.rest.tau,
                             require_header=cfg.rest.require_header,
@@ -97,6 +97,6 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
                        "train_run": str(rd / "train"), "steps": int(result.step)})
         prev = rd / "train"
         summary = {"rounds": rounds, "algorithm": cfg.algorithm, "k": cfg.rest.k,
-                   "reward": cfg.reward.scorer, "pool": pool}
+                   "reward": reward.scorer, "pool": pool}
         (root / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     return summary

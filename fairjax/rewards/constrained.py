@@ -42,6 +42,8 @@ FORMS = ("hard", "smooth")
 
 @dataclasses.dataclass(frozen=True)
 class ConstrainedConfig:
+    """`reward.constrained` (configs/common.py): the form and constants of the constrained reward."""
+
     form: str = "hard"             # hard | smooth (module docstring)
     tau: float = 0.9588            # similarity threshold (calibrated: configs/common.py)
     diversity_weight: float = 1.0  # w_div
@@ -52,16 +54,15 @@ class ConstrainedConfig:
 
     def __post_init__(self):
         if self.form not in FORMS:
-            raise ValueError(f"config.reward.constrained.form={self.form!r}; expected one of "
-                             f"{list(FORMS)}")
+            raise ValueError(f"form={self.form!r}; expected one of {list(FORMS)}")
         for k in ("diversity_weight", "gender_coded_weight", "penalty", "header_penalty"):
             if getattr(self, k) < 0:
-                raise ValueError(f"config.reward.constrained.{k}={getattr(self, k)}: expected >= 0")
+                raise ValueError(f"{k}={getattr(self, k)}: expected >= 0")
         if self.margin <= 0:
-            raise ValueError(f"config.reward.constrained.margin={self.margin}: expected > 0 (the "
+            raise ValueError(f"margin={self.margin}: expected > 0 (the "
                              "floor must lie strictly below every faithful reward)")
         if not -1.0 <= self.tau <= 1.0:
-            raise ValueError(f"config.reward.constrained.tau={self.tau}: a cosine, expected in [-1, 1]")
+            raise ValueError(f"tau={self.tau}: a cosine, expected in [-1, 1]")
 
 
 @dataclasses.dataclass

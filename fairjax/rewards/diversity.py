@@ -69,6 +69,29 @@ class DiversityConfig:
                 raise ValueError(f"attribute {a!r}; expected a subset of {list(TARGETS)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class DiversityRewardConfig:
+    """`reward.diversity` (configs/common.py): the matching settings of the diversity reward
+    (`scorer_config()`, checked by DiversityConfig) and the hashing TF-IDF dimension `n_features`
+    (the embedder's, used when reward.embedder=tfidf)."""
+
+    k: int = 50
+    select_k: int = 10
+    distance: str = "signed_tv"
+    gender_target: str = "uniform"
+    region_target: str = "pool"
+    n_features: int = 4096
+
+    def __post_init__(self):
+        self.scorer_config()  # ValueError naming the bad setting
+        if int(self.n_features) <= 0:
+            raise ValueError(f"n_features={self.n_features}: expected > 0")
+
+    def scorer_config(self) -> DiversityConfig:
+        return DiversityConfig(k=self.k, select_k=self.select_k, distance=self.distance,
+                               gender_target=self.gender_target, region_target=self.region_target)
+
+
 @dataclasses.dataclass
 class DiversityResult:
     """Per-text outputs for N texts. shares/targets/distance/rates are keyed by attribute."""

@@ -526,6 +526,12 @@ def embedder_choices() -> list[str]:
             "a sentence-transformers directory"]
 
 
+def config_embedder(name: Optional[str]) -> str:
+    """An embedder name as a config block gives it (`reward.embedder`, `scorer.embedder`):
+    stripped; empty or absent means tfidf, what configs written before the key were scored with."""
+    return str(name or "").strip() or "tfidf"
+
+
 def make_embedder(name: str, n_features: int = 4096) -> Embedder:
     """The embedder named by a config (`reward.embedder`, `scorer.embedder`, `--embedder`):
     `tfidf` (alias `hashing`): HashingTfidfEmbedder(n_features); `bert-cls:DIR`: BertClsEmbedder

@@ -106,13 +106,27 @@ def coded_spans(text: str) -> list[tuple[int, int, str, str]]:
     return out
 
 
+MODES = ("ratio", "difference")  # the scores of GenderCodedScorer (`reward.gender_coded.mode`)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenderCodedConfig:
+    """`reward.gender_coded`: which GenderCodedScorer score the reward takes −|score| of."""
+
+    mode: str = "ratio"  # ratio | difference
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}; expected one of {list(MODES)}")
+
+
 class GenderCodedScorer:
     """Scorer: per text, `ratio` = (masc - fem)/(masc + fem) (default) or `difference` = masc - fem.
 
     Positive = masculine-leaning wording. Use `-score` (or `abs`) as a penalty in a reward.
     """
 
-    MODES = ("ratio", "difference")
+    MODES = MODES
 
     def __init__(self, mode: str = "ratio"):
         if mode not in self.MODES:

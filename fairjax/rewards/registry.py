@@ -20,10 +20,15 @@ Every reward built here is "higher = better":
                   (`form=smooth`); needs the original as reference (a record's `original` field).
 
 The diversity matching and the preservation cosine share one embedder, `reward.embedder`
-(`embedder_name`; `embedders.make_embedder` builds it: tfidf, a sentence-transformers preset or
-directory, bert-cls:DIR).
+(`embedders.make_embedder` builds it: tfidf, a sentence-transformers preset or directory,
+bert-cls:DIR).
 
-`reward_spec(cfg_reward)` is the JSON-ready description of the reward (the settings that change the
+The config's `reward` block is typed once, `reward_config(cfg.reward) -> RewardConfig` (its
+sub-blocks: `diversity.DiversityRewardConfig`, `lexicon.GenderCodedConfig`, `PreservationConfig`,
+`CompositeConfig`, `constrained.ConstrainedConfig`, each checking its values against the module
+that implements it); everything here and in `training.py` takes that RewardConfig.
+
+`reward_spec(reward)` is the JSON-ready description of the reward (the settings that change the
 scores, plus the sha256 of each pool file): its hash keys the reward cache (precompute.py) and it
 is what summaries report as `trained_reward`.
 """
@@ -37,7 +42,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from fairjax.errors import ConfigError
 from fairjax.rewards.base import Scorer
+from fairjax.rewards.constrained import ConstrainedConfig
+from fairjax.rewards.diversity import DiversityRewardConfig
+from fairjax.rewards.embedders import config_embedder
+from fairjax.rewards.lexicon import GenderCodedConfig
+from fairjax.rewards.normalize import MODES as NORMALIZE_MODES
+from fairjax.typed_config import check_choice, typed_block
 
 RUN_SPEC_FILE = "reward_spec.json"  # in a run dir: the trained reward's spec (+ normalize, cache)
 RUN_NORMALIZER_FILE = "reward_normalizer.json"  # in a run dir: normalize.fit_normalizer stats
@@ -45,51 +57,111 @@ DEMO_STANDIN = ("demo stand-in lexical reward −10·|#agentic − #communal phr
                 "(fairjax/data/demo/generator.py), not the diversity reward")
 SCORERS = ("diversity", "gender_coded", "pii", "preservation", "composite", "constrained")
 TERMS = SCORERS[:4]
-CONSTRAINED_FIELDS = ("form", "tau", "diversity_weight", "gender_coded_weight", "margin", "penalty",
-                      "header_penalty")
+PRESERVATION_METRICS = ("cosine", "chrf")
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    """cfg.key for a ConfigDict/dict/namespace (dotted keys), default when absent."""
-    cur = cfg
-    for part in key.split("."):
-        if cur is None:
-            return default
-        cur = cur.get(part, None) if isinstance(cur, dict) or hasattr(cur, "get") else getattr(cur, part, None)
-    return default if cur is None else cur
-
-
-def _split(s: Any) -> list[str]:
+def split_list(s: Any) -> tuple[str, ...]:
+    """"a, b" or a sequence -> ("a", "b") (empty items dropped)."""
     if isinstance(s, (list, tuple)):
-        return [str(x).strip() for x in s if str(x).strip()]
-    return [x.strip() for x in str(s or "").split(",") if x.strip()]
+        return tuple(str(x).strip() for x in s if str(x).strip())
+    return tuple(x.strip() for x in str(s or "").split(",") if x.strip())
 
 
-def composite_terms(cfg: Any) -> list[tuple[str, float]]:
-    """[(term, weight)] from reward.composite.terms / weights (validated, naming the bad key)."""
-    terms = _split(_get(cfg, "composite.terms", ""))
-    raw_w = _split(_get(cfg, "composite.weights", ""))
-    if not terms:
-        raise ValueError("config.reward.composite.terms is empty: give e.g. 'diversity,preservation'")
-    bad = [t for t in terms if t not in TERMS]
-    if bad:
-        raise ValueError(f"config.reward.composite.terms: {bad} not in {list(TERMS)}")
-    if len(set(terms)) != len(terms):
-        raise ValueError(f"config.reward.composite.terms repeats a term: {terms}")
-    if not raw_w:
-        raw_w = ["1"] * len(terms)
-    if len(raw_w) != len(terms):
-        raise ValueError(f"config.reward.composite.weights has {len(raw_w)} values for "
-                         f"{len(terms)} terms {terms}: give one weight per term")
-    try:
-        weights = [float(w) for w in raw_w]
-    except ValueError:
-        raise ValueError(f"config.reward.composite.weights={raw_w}: not numbers") from None
-    return list(zip(terms, weights))
+@dataclasses.dataclass(frozen=True)
+class PreservationConfig:
+    """`reward.preservation`: the metric of PreservationScorer."""
+
+    metric: str = "cosine"  # cosine (the reward's embedder) | chrf (/ 100)
+
+    def __post_init__(self):
+        if self.metric not in PRESERVATION_METRICS:
+            raise ValueError(f"metric={self.metric!r}; expected one of {list(PRESERVATION_METRICS)}")
 
 
-def pool_paths(cfg: Any, default_pool: Optional[str] = None) -> list[str]:
-    paths = _split(_get(cfg, "pool", "")) or ([default_pool] if default_pool else [])
+@dataclasses.dataclass(frozen=True)
+class CompositeConfig:
+    """`reward.composite`: terms [n] (each one of TERMS) and their weights [n]; a config gives
+    both as comma-separated strings ("diversity,preservation", "1,20"); no weights: all 1."""
+
+    terms: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        terms, raw = split_list(self.terms), split_list(self.weights)
+        bad = [t for t in terms if t not in TERMS]
+        if bad:
+            raise ValueError(f"terms={','.join(terms)!r}: {bad} not in {list(TERMS)}")
+        if len(set(terms)) != len(terms):
+            raise ValueError(f"terms={','.join(terms)!r} repeats a term")
+        raw = raw or ("1",) * len(terms)
+        if len(raw) != len(terms):
+            raise ValueError(f"weights has {len(raw)} values for {len(terms)} terms "
+                             f"{list(terms)}: give one weight per term")
+        try:
+            weights = tuple(float(w) for w in raw)
+        except ValueError:
+            raise ValueError(f"weights={list(raw)}: not numbers") from None
+        object.__setattr__(self, "terms", terms)
+        object.__setattr__(self, "weights", weights)
+
+    def items(self) -> list[tuple[str, float]]:
+        """[(term, weight)]."""
+        return list(zip(self.terms, self.weights))
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """The `reward` block of a run config, typed once by `reward_config(cfg.reward)`
+    (configs/common.py documents every field). A field that a saved config lacks takes the
+    default here: `scorer` "" (the data's own field), `embedder` tfidf and `constrained.tau` its
+    tfidf calibration (what runs written before those keys were scored with)."""
+
+    field: str = "reward"
+    scorer: str = ""  # one of SCORERS, "" = the records' own `field`
+    pool: tuple[str, ...] = ()  # candidate pool JSONL(s); a comma-separated string is split
+    normalize: str = "none"  # normalize.MODES
+    cache_dir: str = ""  # "" = ~/.cache/fairjax/rewards (training.reward_cache_dir)
+    embedder: str = "tfidf"  # embedders.make_embedder name ("" = tfidf)
+    diversity: DiversityRewardConfig = dataclasses.field(default_factory=DiversityRewardConfig)
+    gender_coded: GenderCodedConfig = dataclasses.field(default_factory=GenderCodedConfig)
+    preservation: PreservationConfig = dataclasses.field(default_factory=PreservationConfig)
+    composite: CompositeConfig = dataclasses.field(default_factory=CompositeConfig)
+    constrained: ConstrainedConfig = dataclasses.field(default_factory=ConstrainedConfig)
+
+    def __post_init__(self):
+        object.__setattr__(self, "scorer", str(self.scorer or ""))
+        object.__setattr__(self, "pool", split_list(self.pool))
+        object.__setattr__(self, "normalize", str(self.normalize or "none"))
+        object.__setattr__(self, "cache_dir", str(self.cache_dir or ""))
+        object.__setattr__(self, "embedder", config_embedder(self.embedder))
+        check_choice("reward.scorer", self.scorer, ("",) + SCORERS)
+        check_choice("reward.normalize", self.normalize, NORMALIZE_MODES)
+        if self.scorer == "composite" and not self.composite.terms:
+            raise ConfigError("config.reward.composite.terms is empty: give e.g. "
+                              "'diversity,preservation'")
+
+    def uses(self, term: str) -> bool:
+        """The reward is `term` or a composite with that term."""
+        return self.scorer == term or (self.scorer == "composite" and term in self.composite.terms)
+
+
+_SUB_BLOCKS = {"diversity": DiversityRewardConfig, "gender_coded": GenderCodedConfig,
+               "preservation": PreservationConfig, "composite": CompositeConfig,
+               "constrained": ConstrainedConfig}
+
+
+def reward_config(block: Any) -> RewardConfig:
+    """`cfg.reward` (ConfigDict, mapping, None or a RewardConfig) as a RewardConfig: an unknown
+    field raises ConfigError naming config.reward.<field> (config.reward.<sub>.<field> in a
+    sub-block), a bad value names its block; absent fields take the defaults."""
+    convert = {k: (lambda b, k=k, c=c: typed_block(b, c, f"reward.{k}"))
+               for k, c in _SUB_BLOCKS.items()}
+    return typed_block(block, RewardConfig, "reward", convert=convert)
+
+
+def pool_paths(reward: RewardConfig, default_pool: Optional[str] = None) -> list[str]:
+    """The candidate pool files of `reward.pool` (else `default_pool`), each checked to exist."""
+    paths = list(reward.pool) or ([default_pool] if default_pool else [])
     if not paths:
         raise ValueError("config.reward.pool is empty and there is no default candidate pool: give "
                          "the candidate pool JSONL(s) for the diversity reward")
@@ -105,16 +177,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _uses(cfg: Any, term: str) -> bool:
-    name = _get(cfg, "scorer", "")
-    return name == term or (name == "composite" and term in dict(composite_terms(cfg)))
-
-
-def embedder_name(cfg: Any) -> str:
-    """`reward.embedder` ("tfidf" when the key is absent: configs written before it existed)."""
-    return str(_get(cfg, "embedder", "tfidf")).strip() or "tfidf"
 
 
 def embedder_spec(name: str) -> dict[str, Any]:
@@ -140,38 +202,28 @@ def embedder_spec(name: str) -> dict[str, Any]:
             "path": os.path.abspath(os.path.expanduser(path)), "sha256": h.hexdigest()}
 
 
-def reward_spec(cfg: Any, default_pool: Optional[str] = None) -> dict[str, Any]:
+def reward_spec(reward: RewardConfig, default_pool: Optional[str] = None) -> dict[str, Any]:
     """What defines the scores of `reward.scorer` (JSON-ready; see module docstring)."""
-    name = _get(cfg, "scorer", "")
-    if name not in SCORERS:
-        raise ValueError(f"config.reward.scorer={name!r}; expected one of {list(SCORERS)}")
+    name = reward.scorer
+    if not name:
+        raise ValueError(f"config.reward.scorer=''; expected one of {list(SCORERS)}")
     spec: dict[str, Any] = {"scorer": name, "higher_is_better": True}
     if name == "composite":
-        spec["terms"] = [{"term": t, "weight": w} for t, w in composite_terms(cfg)]
-    if _uses(cfg, "diversity") or _uses(cfg, "preservation") or name == "constrained":
-        d = {k: _get(cfg, f"diversity.{k}") for k in ("k", "select_k", "distance", "gender_target",
-                                                     "region_target", "n_features")}
-        spec["diversity"] = {k: v for k, v in d.items() if v is not None}
-        spec["embedder"] = embedder_spec(embedder_name(cfg))
+        spec["terms"] = [{"term": t, "weight": w} for t, w in reward.composite.items()]
+    if reward.uses("diversity") or reward.uses("preservation") or name == "constrained":
+        spec["diversity"] = dataclasses.asdict(reward.diversity)
+        spec["embedder"] = embedder_spec(reward.embedder)
         if spec["embedder"]["name"] != "tfidf":
             spec["diversity"].pop("n_features", None)  # the hashing dimension plays no part
-        paths = pool_paths(cfg, default_pool)
+        paths = pool_paths(reward, default_pool)
         spec["pools"] = [{"path": os.path.abspath(p), "sha256": file_sha256(p)} for p in paths]
-    if _uses(cfg, "gender_coded"):
-        spec["gender_coded"] = {"mode": _get(cfg, "gender_coded.mode", "ratio")}
-    if _uses(cfg, "preservation"):
-        spec["preservation"] = {"metric": _get(cfg, "preservation.metric", "cosine")}
+    if reward.uses("gender_coded"):
+        spec["gender_coded"] = {"mode": reward.gender_coded.mode}
+    if reward.uses("preservation"):
+        spec["preservation"] = {"metric": reward.preservation.metric}
     if name == "constrained":
-        spec["constrained"] = dataclasses.asdict(constrained_config(cfg))
+        spec["constrained"] = dataclasses.asdict(reward.constrained)
     return spec
-
-
-def constrained_config(cfg: Any):
-    """`reward.constrained` as a validated `ConstrainedConfig` (fields absent from cfg: defaults)."""
-    from fairjax.rewards.constrained import ConstrainedConfig
-
-    kw = {k: _get(cfg, f"constrained.{k}") for k in CONSTRAINED_FIELDS}
-    return ConstrainedConfig(**{k: v for k, v in kw.items() if v is not None})
 
 
 def spec_hash(spec: Any) -> str:
@@ -202,12 +254,10 @@ class PreservationScorer:
     """Content kept from the original: cosine of embedder vectors (or chrF / 100). [N] in [−1, 1]."""
 
     needs_reference = True
-    METRICS = ("cosine", "chrf")
+    METRICS = PRESERVATION_METRICS
 
     def __init__(self, embedder: Any, metric: str = "cosine"):
-        if metric not in self.METRICS:
-            raise ValueError(f"config.reward.preservation.metric={metric!r}; expected one of "
-                             f"{list(self.METRICS)}")
+        PreservationConfig(metric)  # ValueError for another metric
         self.embedder, self.metric = embedder, metric
         self.name = f"preservation_{metric}" + (f"({embedder.id})" if metric == "cosine" else "")
 
@@ -239,26 +289,23 @@ class CompositeScorer:
         return total
 
 
-def build_reward_scorer(cfg: Any, default_pool: Optional[str] = None,
+def build_reward_scorer(reward: RewardConfig, default_pool: Optional[str] = None,
                         cache_dir: Optional[str] = None, strict: bool = True) -> Any:
-    """The scorer named by `cfg.reward` (the reward section). `strict`: the diversity reward fails on a
-    text with no labelled candidate match instead of scoring it −100."""
-    reward_spec(cfg, default_pool)  # validates the names, weights and pool paths
-    name = _get(cfg, "scorer", "")
+    """The scorer named by `reward.scorer`. `strict`: the diversity reward fails on a text with no
+    labelled candidate match instead of scoring it −100."""
+    reward_spec(reward, default_pool)  # validates the scorer and the pool paths
     built: dict[str, Any] = {}
 
     def diversity():
         if "diversity" not in built:
-            from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
+            from fairjax.rewards.diversity import DiversityScorer
             from fairjax.rewards.embedders import make_embedder
             from fairjax.rewards.pool import CandidatePool, load_pool
 
-            d = {k: _get(cfg, f"diversity.{k}") for k in ("k", "select_k", "distance",
-                                                         "gender_target", "region_target")}
-            dcfg = DiversityConfig(**{k: v for k, v in d.items() if v is not None})
-            pool = CandidatePool.concat([load_pool(p) for p in pool_paths(cfg, default_pool)])
-            emb = make_embedder(embedder_name(cfg), int(_get(cfg, "diversity.n_features", 4096)))
-            built["diversity"] = DiversityScorer(pool, emb, dcfg, cache_dir=cache_dir, strict=strict)
+            pool = CandidatePool.concat([load_pool(p) for p in pool_paths(reward, default_pool)])
+            emb = make_embedder(reward.embedder, int(reward.diversity.n_features))
+            built["diversity"] = DiversityScorer(pool, emb, reward.diversity.scorer_config(),
+                                                 cache_dir=cache_dir, strict=strict)
         return built["diversity"]
 
     def term(t: str):
@@ -266,36 +313,37 @@ def build_reward_scorer(cfg: Any, default_pool: Optional[str] = None,
             return diversity()
         if t == "gender_coded":
             from fairjax.rewards.lexicon import GenderCodedScorer
-            return NegatedScorer(GenderCodedScorer(_get(cfg, "gender_coded.mode", "ratio")), True)
+            return NegatedScorer(GenderCodedScorer(reward.gender_coded.mode), True)
         if t == "pii":
             from fairjax.rewards.pii import PiiScorer
             return NegatedScorer(PiiScorer(), False)
-        return PreservationScorer(diversity().embedder, _get(cfg, "preservation.metric", "cosine"))
+        return PreservationScorer(diversity().embedder, reward.preservation.metric)
 
-    if name == "composite":
-        return CompositeScorer([(t, w, term(t)) for t, w in composite_terms(cfg)])
-    if name == "constrained":
+    if reward.scorer == "composite":
+        return CompositeScorer([(t, w, term(t)) for t, w in reward.composite.items()])
+    if reward.scorer == "constrained":
         from fairjax.rewards.constrained import ConstrainedScorer
 
-        return ConstrainedScorer(diversity(), constrained_config(cfg), strict=strict)
-    return term(name)
+        return ConstrainedScorer(diversity(), reward.constrained, strict=strict)
+    return term(reward.scorer)
 
 
 def trained_reward(run_cfg: Any, run_dir: Optional[str | os.PathLike] = None,
                    trains_on_reward: bool = True) -> dict[str, Any]:
-    """What a run trained on (for summaries): its RUN_SPEC_FILE when written, else the config
-    (`trains_on_reward`: the objective's capability, `agents.registry.Objective`)."""
+    """What a run trained on (for summaries): its RUN_SPEC_FILE when written, else its config
+    (`run_cfg`, the run's saved config: its reward block is typed here; `trains_on_reward`: the
+    objective's capability, `agents.registry.Objective`)."""
     if run_dir is not None and os.path.isfile(os.path.join(run_dir, RUN_SPEC_FILE)):
         with open(os.path.join(run_dir, RUN_SPEC_FILE), encoding="utf-8") as f:
             return json.load(f)
     if not trains_on_reward:
-        return {"scorer": "none", "note": f"{_get(run_cfg, 'algorithm', '')} imitates the "
+        return {"scorer": "none", "note": f"{run_cfg.get('algorithm', '')} imitates the "
                                           "postings; it trains on no reward"}
-    name = _get(run_cfg, "reward.scorer", "")
-    if name:
-        return {"scorer": name, "normalize": _get(run_cfg, "reward.normalize", "none")}
-    if not _get(run_cfg, "data.train", ""):
+    reward = reward_config(run_cfg.get("reward"))
+    if reward.scorer:
+        return {"scorer": reward.scorer, "normalize": reward.normalize}
+    train = (run_cfg.get("data") or {}).get("train", "")
+    if not train:
         return {"scorer": "demo_standin", "note": DEMO_STANDIN}
-    return {"scorer": "data_field", "field": _get(run_cfg, "reward.field", "reward"),
-            "data": _get(run_cfg, "data.train", ""),
+    return {"scorer": "data_field", "field": reward.field, "data": train,
             "note": "rewards precomputed into the data; their scorer is whatever wrote the field"}

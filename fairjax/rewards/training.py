@@ -1,6 +1,7 @@
 """The reward a run trains on: score (or read), normalise and store it when the data is built.
 
-`prepare_rewards(cfg, run_dir, train_path, eval_path)` runs before the training data is laid out:
+`prepare_rewards(reward, run_dir, train_path, eval_path, algorithm=...)` (`reward`: the run
+config's reward block as a `registry.RewardConfig`) runs before the training data is laid out:
 
 1. rewards: `reward.scorer` set -> every train/eval record is scored by that scorer
    (`registry.build_reward_scorer`) through the cached build (`precompute.build_rewards`, progress
@@ -21,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from fairjax.rewards import normalize as norm
 from fairjax.rewards.registry import (DEMO_STANDIN, RUN_NORMALIZER_FILE, RUN_SPEC_FILE,
-                                      build_reward_scorer, composite_terms, reward_spec)
+                                      RewardConfig, build_reward_scorer, reward_spec)
 
 REWARDED_DIR = "rewarded"
 
@@ -42,9 +43,10 @@ def _raw_objects(path: str, records: list[dict]) -> list[dict]:
     return [json.loads(lines[int(r["source"].rsplit(":", 1)[1]) - 1]) for r in records]
 
 
-def _field_spec(cfg: Any, train_path: str) -> dict:
-    """The trained reward when it is the data's own `reward` field."""
-    if not cfg.data.train:
+def _field_spec(train_path: str, demo_data: bool) -> dict:
+    """The trained reward when it is the data's own `reward` field (`demo_data`: the generated
+    demo corpus, whose field is a stand-in)."""
+    if demo_data:
         return {"scorer": "demo_standin", "note": DEMO_STANDIN}
     return {"scorer": "data_field", "field": "reward", "data": os.path.abspath(train_path),
             "note": "rewards precomputed into the data; their scorer is whatever wrote the field"}
@@ -60,60 +62,59 @@ def _field_rewards(records: list[dict]) -> np.ndarray:
     return np.array([r["reward"] for r in records], np.float64)
 
 
-def require_data_rewards(cfg: Any, trains_on_reward: bool = True) -> None:
+def require_data_rewards(reward: RewardConfig, train_path: str, algorithm: str, *,
+                         text_field: str = "text", on_error: str = "raise",
+                         trains_on_reward: bool = True) -> None:
     """DataError now when the run would train on its data's own `reward` field and a record of
-    `data.train` lacks one (ConfigError for a reward term offline data cannot give,
-    `refuse_reference_terms`): a pipeline calls it before its BC stage spends any time.
-    `trains_on_reward`: the objective's capability (`agents.registry.Objective`)."""
-    path = cfg.data.train
-    if trains_on_reward and reference_term(cfg.reward):
+    `train_path` (the config's `data.train`; "" = the demo corpus) lacks one (ConfigError for a
+    reward term offline data cannot give, `refuse_reference_terms`): a pipeline calls it before
+    its BC stage spends any time. `trains_on_reward`: the objective's capability
+    (`agents.registry.Objective`)."""
+    if trains_on_reward and reference_term(reward):
         from fairjax.errors import ConfigError
 
         try:
-            refuse_reference_terms(cfg.reward, cfg.algorithm, _records_or_none(cfg))
+            refuse_reference_terms(reward, algorithm, _records_or_none(train_path, text_field))
         except ValueError as e:
             raise ConfigError(str(e)) from e
-    if (not trains_on_reward or cfg.reward.scorer or not path
-            or os.path.isdir(path)):
+    if not trains_on_reward or reward.scorer or not train_path or os.path.isdir(train_path):
         return
     from fairjax.data.jobs import DataError, read_records
 
     try:
-        _field_rewards(read_records(path, text_field=cfg.data.text_field,
-                                    on_error=cfg.data.on_error))
+        _field_rewards(read_records(train_path, text_field=text_field, on_error=on_error))
     except DataError:
         raise
     except ValueError as e:
         raise DataError(str(e)) from e
 
 
-def _records_or_none(cfg: Any) -> Optional[list]:
-    """The train records when `data.train` is a JSONL/CSV file (None for the demo or TFDS)."""
-    path = cfg.data.train
+def _records_or_none(path: str, text_field: str) -> Optional[list]:
+    """The train records when `path` is a JSONL/CSV file (None for the demo or TFDS)."""
     if not path or os.path.isdir(path):
         return None
     from fairjax.data.jobs import read_records
 
-    return read_records(path, text_field=cfg.data.text_field, on_error="skip")
+    return read_records(path, text_field=text_field, on_error="skip")
 
 
-def reference_term(reward_cfg: Any) -> Optional[str]:
+def reference_term(reward: RewardConfig) -> Optional[str]:
     """The config key of a reward term that needs a reference text (preservation), or None."""
-    if reward_cfg.scorer == "composite" and "preservation" in dict(composite_terms(reward_cfg)):
-        return f"config.reward.composite.terms={reward_cfg.composite.terms!r}"
-    if reward_cfg.scorer == "preservation":
+    if reward.scorer == "composite" and "preservation" in reward.composite.terms:
+        return f"config.reward.composite.terms={','.join(reward.composite.terms)!r}"
+    if reward.scorer == "preservation":
         return "config.reward.scorer='preservation'"
     return None
 
 
-def refuse_reference_terms(reward_cfg: Any, algorithm: str,
+def refuse_reference_terms(reward: RewardConfig, algorithm: str,
                            records: Optional[Sequence[dict]] = None) -> None:
     """ValueError when an offline objective would train on a term that needs a reference text
     (preservation) and no train record carries one (an `original` field, as rewrite-augmented
     data has): the records are their own originals, so it scores every posting 1."""
     from fairjax.rewards.precompute import has_reference
 
-    where = reference_term(reward_cfg)
+    where = reference_term(reward)
     if where is None or (records is not None and any(has_reference(r) for r in records)):
         return
     raise ValueError(f"{where}: the preservation reward compares a text with its original, and "
@@ -133,9 +134,9 @@ def refuse_constant(train_rewards: np.ndarray, spec: dict, train_path: str) -> N
                          "another config.reward.scorer or data with varied rewards")
 
 
-def reward_cache_dir(reward_cfg: Any) -> str:
+def reward_cache_dir(reward: RewardConfig) -> str:
     """`reward.cache_dir`, default ~/.cache/fairjax/rewards (pool embeddings under pools/)."""
-    return (reward_cfg.get("cache_dir", "")
+    return (reward.cache_dir
             or os.path.join(os.path.expanduser("~"), ".cache", "fairjax", "rewards"))
 
 
@@ -148,25 +149,28 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_path: Optional[str],
-                    progress: bool = True, trains_on_reward: bool = True
-                    ) -> tuple[str, Optional[str]]:
-    """(train path, eval path) to train on; see the module docstring. `cfg`: the run config;
+def prepare_rewards(reward: RewardConfig, run_dir: str | os.PathLike, train_path: str,
+                    eval_path: Optional[str], *, algorithm: str, demo_data: bool = False,
+                    text_field: str = "text", on_error: str = "raise", progress: bool = True,
+                    trains_on_reward: bool = True) -> tuple[str, Optional[str]]:
+    """(train path, eval path) to train on; see the module docstring. `reward`: the run's reward
+    block; `algorithm`: its objective (named in messages); `demo_data`: the paths are the
+    generated demo corpus; `text_field` / `on_error`: how the records are read (`data.*`);
     `trains_on_reward`: the objective's capability (False: nothing is scored or read)."""
     from fairjax.data.jobs import read_records
 
     run_dir = Path(run_dir)
-    r = cfg.reward
-    mode = r.get("normalize", "none") or "none"
+    r = reward
+    mode = r.normalize
     spec_path = run_dir / RUN_SPEC_FILE
     if not trains_on_reward:
-        _write_json(spec_path, {"scorer": "none", "note": f"{cfg.algorithm} trains on no reward"})
+        _write_json(spec_path, {"scorer": "none", "note": f"{algorithm} trains on no reward"})
         return train_path, eval_path
     if not r.scorer and mode == "none":
-        _write_json(spec_path, {**_field_spec(cfg, train_path), "normalize": "none"})
+        _write_json(spec_path, {**_field_spec(train_path, demo_data), "normalize": "none"})
         return train_path, eval_path
     splits = {"train": train_path, **({"eval": eval_path} if eval_path else {})}
-    records = {s: read_records(p, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
+    records = {s: read_records(p, text_field=text_field, on_error=on_error)
                for s, p in splits.items()}
     if r.scorer:
         from fairjax.rewards.precompute import build_rewards, require_references
@@ -175,7 +179,7 @@ def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_
             require_references(records["train"], train_path, r.scorer)
 
         spec = reward_spec(r, default_pool(train_path))
-        refuse_reference_terms(r, cfg.algorithm, records["train"])
+        refuse_reference_terms(r, algorithm, records["train"])
         cache_dir = reward_cache_dir(r)
         scorer = build_reward_scorer(r, default_pool(train_path),
                                      cache_dir=os.path.join(cache_dir, "pools"))
@@ -185,7 +189,7 @@ def prepare_rewards(cfg: Any, run_dir: str | os.PathLike, train_path: str, eval_
         spec = {**spec, "cache": {s: str(c) for s, c in caches.items()}}
     else:
         raw = {s: _field_rewards(recs) for s, recs in records.items()}
-        spec = _field_spec(cfg, train_path)
+        spec = _field_spec(train_path, demo_data)
     refuse_constant(raw["train"], spec, train_path)
     norm_path = run_dir / RUN_NORMALIZER_FILE
     if norm_path.is_file():  # a resumed run applies the statistics it trained with
@@ -257,9 +261,9 @@ def default_pool(train_path: str) -> Optional[str]:
     return path if os.path.isfile(path) else None
 
 
-def record_online_reward(cfg: Any, run_dir: str | os.PathLike, train_path: str) -> None:
+def record_online_reward(reward: RewardConfig, run_dir: str | os.PathLike, train_path: str) -> None:
     """RUN_DIR/reward_spec.json of an online objective, which scores its own rollouts with
     `reward.scorer` during training (no data build, no normalisation statistics)."""
-    spec = reward_spec(cfg.reward, default_pool(train_path))
+    spec = reward_spec(reward, default_pool(train_path))
     _write_json(Path(run_dir) / RUN_SPEC_FILE,
                 {**spec, "note": "scored on the policy's own rollouts during training"})

@@ -73,11 +73,9 @@ def validate_config(cfg: Any) -> LoopConfig:
                           "losses reduce over the rows without the shard_map batch collectives "
                           "(use mesh.impl='gspmd')")
     _positive(cfg, "data.max_len")
-    from fairjax.rewards.normalize import MODES
-    from fairjax.rewards.registry import SCORERS
+    from fairjax.rewards.registry import reward_config
 
-    choice("reward.scorer", cfg.reward.scorer, ("",) + SCORERS)
-    choice("reward.normalize", cfg.reward.normalize, MODES)
+    reward_config(cfg.reward)  # ConfigError naming config.reward.<field> (rewards/registry.py)
     buckets = tuple(cfg.data.buckets or ())
     if any(int(b) <= 0 for b in buckets) or list(buckets) != sorted(buckets):
         raise ConfigError(f"config.data.buckets={buckets}; expected increasing positive lengths")
@@ -248,16 +246,20 @@ def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Option
     """(train path, eval path) carrying the reward the run trains on (`rewards.training`):
     scored / normalised on process 0 (a progress bar when `progress`), stored in the run dir,
     read by every process."""
+    from fairjax.rewards.registry import reward_config
     from fairjax.rewards.training import prepare_rewards, record_online_reward, rewarded_paths
 
     spec = registry.get(cfg.algorithm)
     online = spec.online  # scores its rollouts itself
+    reward = reward_config(cfg.reward)
     if parallel.is_main_process():
         try:
             if online:
-                record_online_reward(cfg, run_dir, train_path)
+                record_online_reward(reward, run_dir, train_path)
             else:
-                prepare_rewards(cfg, run_dir, train_path, eval_path, progress=progress,
+                prepare_rewards(reward, run_dir, train_path, eval_path, algorithm=cfg.algorithm,
+                                demo_data=not cfg.data.train, text_field=cfg.data.text_field,
+                                on_error=cfg.data.on_error, progress=progress,
                                 trains_on_reward=spec.trains_on_reward)
         except ValueError as e:
             raise ConfigError(str(e)) from e
@@ -324,21 +326,23 @@ def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module,
     the fraction that ended with `</a>`. Single-process runs only (skipped otherwise)."""
     from fairjax.generate import GenerationConfig, Policy, generate_texts
     from fairjax.rewards.diversity import DiversityScorer
-    from fairjax.rewards.pool import load_pool
+    from fairjax.rewards.pool import CandidatePool, load_pool
 
     skip_cfg = cfg.copy_and_resolve_references()  # unreadable eval lines are skipped here
     skip_cfg.data.on_error = "skip"
     ds, _ = sources.read_jobs(eval_path, skip_cfg, "eval", need_reward=False)
     prompts = [e.prompt for e in ds][: cfg.eval.num_prompts]
-    pool_path = cfg.reward.pool or str(run_dir / "data" / "candidates.jsonl")
-    if not os.path.isfile(pool_path):
-        raise ConfigError(f"config.eval.generate needs a candidate pool: config.reward.pool="
-                          f"{cfg.reward.pool!r} (no demo candidates at {pool_path})")
     from fairjax.rewards.embedders import make_embedder
-    from fairjax.rewards.registry import embedder_name
+    from fairjax.rewards.registry import reward_config
 
-    scorer = DiversityScorer(load_pool(pool_path), make_embedder(
-        embedder_name(cfg.reward), cfg.reward.diversity.get("n_features", 4096)))
+    reward = reward_config(cfg.reward)
+    pool_paths = list(reward.pool) or [str(run_dir / "data" / "candidates.jsonl")]
+    missing = [p for p in pool_paths if not os.path.isfile(p)]
+    if missing:
+        raise ConfigError(f"config.eval.generate needs a candidate pool: config.reward.pool="
+                          f"{','.join(reward.pool)!r} (no candidates at {missing[0]})")
+    scorer = DiversityScorer(CandidatePool.concat([load_pool(p) for p in pool_paths]),
+                             make_embedder(reward.embedder, reward.diversity.n_features))
     decoding = registry.get(cfg.algorithm).decoding
     agent_cfg = registry.get(cfg.algorithm).agent_config(cfg) if decoding.value_guided else None
     # (objectives without value guidance decode the eval prompts plainly: temperature 1, top_k 0)

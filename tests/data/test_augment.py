@@ -32,10 +32,13 @@ def demo(tmp_path_factory):
 
 
 def _reward_cfg(pool, cache):
+    """The ilql config's reward block, typed, scoring diversity over `pool`."""
+    from fairjax.rewards.registry import reward_config
+
     c = load_config("ilql").reward
     c.unlock()
     c.scorer, c.pool, c.cache_dir = "diversity", pool, str(cache)
-    return c
+    return reward_config(c)
 
 
 def _read(p):

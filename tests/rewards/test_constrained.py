@@ -13,7 +13,7 @@ from fairjax.rewards.base import ScorerFailure
 from fairjax.rewards.constrained import (ConstrainedConfig, ConstrainedScorer, calibrate_tau,
                                          lexicon_swaps)
 from fairjax.rewards.diversity import NO_MATCH_REWARD
-from fairjax.rewards.registry import build_reward_scorer, reward_spec
+from fairjax.rewards.registry import build_reward_scorer, reward_config, reward_spec
 
 
 # ----------------------------------------------------------------------------- no features
@@ -68,7 +68,7 @@ def _sanity(posts):
 def test_sanity_texts_score_below_the_originals(real, form):
     cfg, posts = real
     cfg = {**cfg, "constrained": {**cfg["constrained"], "form": form}}
-    sc = build_reward_scorer(cfg, strict=False)
+    sc = build_reward_scorer(reward_config(cfg), strict=False)
     assert isinstance(sc, ConstrainedScorer) and sc.needs_reference
     base = sc.score_texts(posts, posts)  # an original is its own faithful rewrite
     assert np.all(sc.evaluate(posts, posts).faithful)
@@ -88,7 +88,7 @@ def test_floor_is_below_every_faithful_reward(real):
     cfg, posts = real
     cfg = {**cfg, "constrained": {"form": "hard", "tau": 0.9588, "gender_coded_weight": 10.0,
                                   "diversity_weight": 2.0, "margin": 0.5}}
-    sc = build_reward_scorer(cfg, strict=False)
+    sc = build_reward_scorer(reward_config(cfg), strict=False)
     assert sc.bound == 100 * 2.0 * len(sc.diversity.attrs) + 10.0
     assert sc.floor == -sc.bound - 0.5
     # the worst faithful text: all masculine-coded wording, kept as its own original
@@ -101,7 +101,7 @@ def test_floor_is_below_every_faithful_reward(real):
 def test_header_fields_must_be_kept(real):
     cfg, posts = real
     cfg = {**cfg, "constrained": {"tau": 0.9}}
-    sc = build_reward_scorer(cfg, strict=False)
+    sc = build_reward_scorer(reward_config(cfg), strict=False)
     from fairjax.eval.preservation import header_fields
 
     p = next(p for p in posts if (header_fields(p)["company"] or "").isalpha()
@@ -118,14 +118,14 @@ def test_header_fields_must_be_kept(real):
 
 def test_reward_spec_and_config_checks(real):
     cfg, _ = real
-    spec = reward_spec(cfg)
+    spec = reward_spec(reward_config(cfg))
     assert spec["scorer"] == "constrained" and spec["constrained"]["tau"] == 0.9588
     assert "pools" in spec
-    with pytest.raises(ValueError, match="constrained.form"):
-        build_reward_scorer({**cfg, "constrained": {"form": "soft"}})
-    with pytest.raises(ValueError, match="constrained.margin"):
-        reward_spec({**cfg, "constrained": {"margin": 0.0}})
-    sc = build_reward_scorer(cfg)
+    with pytest.raises(ConfigError, match=r"config.reward.constrained: form='soft'"):
+        reward_config({**cfg, "constrained": {"form": "soft"}})
+    with pytest.raises(ConfigError, match=r"config.reward.constrained: margin=0.0"):
+        reward_config({**cfg, "constrained": {"margin": 0.0}})
+    sc = build_reward_scorer(reward_config(cfg))
     with pytest.raises(ValueError, match="reference"):
         sc.score_texts(["x"])
 

@@ -319,7 +319,7 @@ def test_reward_embedder_choice_reaches_scorers_and_spec(tmp_path_factory, hf_di
     from ml_collections import ConfigDict
 
     from fairjax.rewards.embedders import HashingTfidfEmbedder, SentenceEncoder
-    from fairjax.rewards.registry import build_reward_scorer, reward_spec, spec_hash
+    from fairjax.rewards.registry import build_reward_scorer, reward_config, reward_spec, spec_hash
     from trainer_fixtures import load_config
 
     pool = tmp_path / "pool.jsonl"
@@ -328,10 +328,11 @@ def test_reward_embedder_choice_reaches_scorers_and_spec(tmp_path_factory, hf_di
     d = _st_dir(tmp_path_factory, hf_dirs["bert"], _legacy("mean"))
 
     def cfg(**kw):
-        return ConfigDict({"scorer": "composite", "pool": str(pool),
-                           "diversity": {"k": 2, "select_k": 1, "n_features": 256},
-                           "preservation": {"metric": "cosine"},
-                           "composite": {"terms": "diversity,preservation", "weights": "1,1"}, **kw})
+        return reward_config(ConfigDict({
+            "scorer": "composite", "pool": str(pool),
+            "diversity": {"k": 2, "select_k": 1, "n_features": 256},
+            "preservation": {"metric": "cosine"},
+            "composite": {"terms": "diversity,preservation", "weights": "1,1"}, **kw}))
 
     enc = build_reward_scorer(cfg(embedder=str(d)))
     div, pres = enc.terms[0][2], enc.terms[1][2]

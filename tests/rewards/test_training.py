@@ -12,7 +12,7 @@ from fairjax.rewards.base import ScorerFailure
 from fairjax.rewards.lexicon import GenderCodedScorer
 from fairjax.rewards.pii import PiiScorer
 from fairjax.rewards.precompute import RewardBuildError, build_rewards
-from fairjax.rewards.registry import build_reward_scorer, reward_spec, spec_hash
+from fairjax.rewards.registry import build_reward_scorer, reward_config, reward_spec, spec_hash
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -72,20 +72,25 @@ def _cfg(tmp_path, scorer, **kw):
     return c
 
 
+def _rc(tmp_path, scorer, **kw):
+    """The typed reward block of `_cfg`."""
+    return reward_config(_cfg(tmp_path, scorer, **kw))
+
+
 TEXTS = ["python engineer: aggressive, competitive, dominant", "nurse, kind and supportive; a@b.io"]
 
 
 def test_composite_is_the_weighted_sum_of_its_terms(tmp_path):
-    comp = build_reward_scorer(_cfg(tmp_path, "composite"))
-    div = build_reward_scorer(_cfg(tmp_path, "diversity"))
-    gc = build_reward_scorer(_cfg(tmp_path, "gender_coded"))
-    pii = build_reward_scorer(_cfg(tmp_path, "pii"))
+    comp = build_reward_scorer(_rc(tmp_path, "composite"))
+    div = build_reward_scorer(_rc(tmp_path, "diversity"))
+    gc = build_reward_scorer(_rc(tmp_path, "gender_coded"))
+    pii = build_reward_scorer(_rc(tmp_path, "pii"))
     np.testing.assert_allclose(gc.score_texts(TEXTS), -np.abs(GenderCodedScorer().score_texts(TEXTS)))
     np.testing.assert_allclose(pii.score_texts(TEXTS), -PiiScorer().score_texts(TEXTS))
     assert gc.score_texts(TEXTS)[0] == -1.0 and pii.score_texts(TEXTS)[1] < 0
     want = div.score_texts(TEXTS) + 2 * gc.score_texts(TEXTS) + 3 * pii.score_texts(TEXTS)
     np.testing.assert_allclose(comp.score_texts(TEXTS), want)
-    pres = build_reward_scorer(_cfg(tmp_path, "composite", composite={"terms": "diversity,preservation",
+    pres = build_reward_scorer(_rc(tmp_path, "composite", composite={"terms": "diversity,preservation",
                                                                       "weights": "1,20"}))
     same = pres.score_texts(TEXTS, TEXTS)
     other = pres.score_texts(TEXTS, TEXTS[::-1])
@@ -95,7 +100,8 @@ def test_composite_is_the_weighted_sum_of_its_terms(tmp_path):
 
 @pytest.mark.parametrize("kw, match", [
     ({"scorer": "bleu"}, r"reward.scorer='bleu'"),
-    ({"composite": {"terms": "diversity,toxicity", "weights": "1,1"}}, r"terms: \['toxicity'\]"),
+    ({"composite": {"terms": "diversity,toxicity", "weights": "1,1"}},
+     r"config.reward.composite: terms='diversity,toxicity': \['toxicity'\] not in"),
     ({"composite": {"terms": "diversity,pii", "weights": "1"}}, "1 values for 2 terms"),
     ({"composite": {"terms": "pii,pii", "weights": "1,1"}}, "repeats"),
     ({"pool": "/nonexistent.jsonl"}, "nonexistent.jsonl: no such file"),
@@ -104,16 +110,17 @@ def test_bad_reward_configs_name_the_key(tmp_path, kw, match):
     cfg = _cfg(tmp_path, "composite")
     cfg.update(kw)
     with pytest.raises(ValueError, match=match):
-        build_reward_scorer(cfg)
+        build_reward_scorer(reward_config(cfg))
 
 
 def test_spec_hash_changes_with_the_scores(tmp_path):
-    base = reward_spec(_cfg(tmp_path, "composite"))
-    assert spec_hash(base) == spec_hash(reward_spec(_cfg(tmp_path, "composite")))
-    other_w = _cfg(tmp_path, "composite", composite={"terms": "diversity,gender_coded,pii",
+    base = reward_spec(_rc(tmp_path, "composite"))
+    assert spec_hash(base) == spec_hash(reward_spec(_rc(tmp_path, "composite")))
+    other_w = _rc(tmp_path, "composite", composite={"terms": "diversity,gender_coded,pii",
                                                      "weights": "1,2,4"})
     other_k = _cfg(tmp_path, "composite")
     other_k.diversity.k = 3
+    other_k = reward_config(other_k)
     assert len({spec_hash(base), spec_hash(reward_spec(other_w)), spec_hash(reward_spec(other_k))}) == 3
 
 
@@ -175,7 +182,7 @@ def test_scorer_failure_names_the_record_and_keeps_the_cache(tmp_path, kw, match
 
 
 def test_empty_candidate_match_stops_the_build(tmp_path):
-    cfg = _cfg(tmp_path, "diversity")
+    cfg = _rc(tmp_path, "diversity")
     path, recs = _data(tmp_path, ["python backend engineer postgres", "zzz qqq www"])
     with pytest.raises(RewardBuildError, match=r"train.jsonl:2: record id 'r1'.*empty candidate match"):
         build_rewards(path, recs, build_reward_scorer(cfg), reward_spec(cfg), tmp_path / "c",
@@ -194,9 +201,18 @@ def _run_cfg(tmp_path, algorithm="ilql", scorer="diversity", normalize="standard
                        "data": {"train": "x", "text_field": "text", "on_error": "raise"}})
 
 
+def _prepare(cfg, run_dir, train, ev, **kw):
+    """prepare_rewards as train/build.training_rewards calls it: the typed reward block, the
+    objective's name and the data settings."""
+    from fairjax.rewards.training import prepare_rewards
+
+    return prepare_rewards(reward_config(cfg.reward), run_dir, train, ev, algorithm=cfg.algorithm,
+                           demo_data=not cfg.data.train, text_field=cfg.data.text_field,
+                           on_error=cfg.data.on_error, **kw)
+
+
 def test_prepare_rewards_scores_normalises_and_stores_in_the_run_dir(tmp_path):
     from fairjax.rewards.registry import RUN_NORMALIZER_FILE, RUN_SPEC_FILE, trained_reward
-    from fairjax.rewards.training import prepare_rewards
 
     texts = ["python backend engineer postgres", "nurse at the city hospital", "python data spark"]
     train, _ = _data(tmp_path, texts)
@@ -204,9 +220,9 @@ def test_prepare_rewards_scores_normalises_and_stores_in_the_run_dir(tmp_path):
     ev.write_text(json.dumps({"id": "e0", "text": "accountant cpa", "company": "Acme"}) + "\n")
     cfg = _run_cfg(tmp_path)
     run = tmp_path / "run"
-    tr, ev_out = prepare_rewards(cfg, run, str(train), str(ev), progress=False)
+    tr, ev_out = _prepare(cfg, run, str(train), str(ev), progress=False)
     rows = [json.loads(x) for x in open(tr)]
-    raw = build_reward_scorer(cfg.reward).score_texts(texts)
+    raw = build_reward_scorer(reward_config(cfg.reward)).score_texts(texts)
     np.testing.assert_allclose([r["reward_raw"] for r in rows], raw)
     np.testing.assert_allclose([r["reward"] for r in rows], (raw - raw.mean()) / raw.std())
     ev_row = json.loads(open(ev_out).read())
@@ -218,32 +234,30 @@ def test_prepare_rewards_scores_normalises_and_stores_in_the_run_dir(tmp_path):
     assert json.loads((run / RUN_SPEC_FILE).read_text()) == spec
     # resuming with another normalisation is refused; with the same one, the stored stats are reused
     with pytest.raises(ValueError, match="trained with reward.normalize='standardize'"):
-        prepare_rewards(_run_cfg(tmp_path, normalize="rank"), run, str(train), str(ev), progress=False)
+        _prepare(_run_cfg(tmp_path, normalize="rank"), run, str(train), str(ev), progress=False)
     (run / RUN_NORMALIZER_FILE).write_text(json.dumps({**stats, "mean": 0.0, "std": 1.0}))
-    tr2, _ = prepare_rewards(cfg, run, str(train), None, progress=False)
+    tr2, _ = _prepare(cfg, run, str(train), None, progress=False)
     np.testing.assert_allclose([json.loads(x)["reward"] for x in open(tr2)], raw)
 
 
 def test_prepare_rewards_bc_and_field_rewards(tmp_path):
-    from fairjax.rewards.training import prepare_rewards
 
     train, _ = _data(tmp_path, ["a b", "c d"])  # no reward field
     run = tmp_path / "run"
-    assert prepare_rewards(_run_cfg(tmp_path, "bc"), run, str(train), None,
+    assert _prepare(_run_cfg(tmp_path, "bc"), run, str(train), None,
                            trains_on_reward=False) == (str(train), None)
     assert json.loads((run / "reward_spec.json").read_text())["scorer"] == "none"
     with pytest.raises(ValueError, match=r"train.jsonl:1: record id 'r0' has no 'reward'"):
-        prepare_rewards(_run_cfg(tmp_path, scorer="", normalize="minmax"), run, str(train), None)
+        _prepare(_run_cfg(tmp_path, scorer="", normalize="minmax"), run, str(train), None)
 
 
 def test_demo_standin_reward_is_named(tmp_path):
     from fairjax.rewards.registry import trained_reward
-    from fairjax.rewards.training import prepare_rewards
 
     train, _ = _data(tmp_path, ["a b"])
     cfg = _run_cfg(tmp_path, scorer="", normalize="none")
     cfg.data.train = ""  # the demo corpus: its 'reward' field is the generator's stand-in
-    prepare_rewards(cfg, tmp_path / "run", str(train), None)
+    _prepare(cfg, tmp_path / "run", str(train), None)
     spec = trained_reward(None, tmp_path / "run")
     assert spec["scorer"] == "demo_standin" and "stand-in lexical reward" in spec["note"]
 
@@ -254,27 +268,25 @@ def test_demo_standin_reward_is_named(tmp_path):
      r"composite.terms='diversity,preservation'")])
 def test_offline_objectives_refuse_terms_that_need_a_reference(tmp_path, scorer, composite, match):
     """Scored against itself, every offline posting would get preservation 1."""
-    from fairjax.rewards.training import prepare_rewards
 
     train, _ = _data(tmp_path, ["python backend engineer", "nurse at the hospital", "python data"])
     cfg = _run_cfg(tmp_path, scorer=scorer)
     if composite:
         cfg.reward.composite.update(composite)
     with pytest.raises(ValueError, match=match + ".*ilql trains offline"):
-        prepare_rewards(cfg, tmp_path / "run", str(train), None, progress=False)
+        _prepare(cfg, tmp_path / "run", str(train), None, progress=False)
     assert not (tmp_path / "run" / "data").exists()
 
 
 def test_a_constant_training_reward_stops_the_build_naming_it(tmp_path):
-    from fairjax.rewards.training import prepare_rewards
 
     train, _ = _data(tmp_path, ["python backend engineer", "nurse at the hospital", "data work"])
     cfg = _run_cfg(tmp_path, scorer="gender_coded")  # no gender-coded word: every reward 0
     with pytest.raises(ValueError, match=r"reward 'gender_coded' is the constant 0 on all 3"):
-        prepare_rewards(cfg, tmp_path / "run", str(train), None, progress=False)
+        _prepare(cfg, tmp_path / "run", str(train), None, progress=False)
     p = tmp_path / "field.jsonl"
     p.write_text("".join(json.dumps({"id": f"r{i}", "text": "t", "reward": 2.5}) + "\n"
                          for i in range(4)))
     with pytest.raises(ValueError, match=r"reward 'data_field' is the constant 2.5"):
-        prepare_rewards(_run_cfg(tmp_path, scorer=""), tmp_path / "run2", str(p), None,
+        _prepare(_run_cfg(tmp_path, scorer=""), tmp_path / "run2", str(p), None,
                         progress=False)
