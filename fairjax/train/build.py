@@ -69,10 +69,6 @@ def validate_config(cfg: Any) -> None:
     if cfg.mesh.get("impl") == "shard_map" and cfg.mesh.tensor not in (1, -1):
         raise ConfigError(f"config.mesh.impl='shard_map' runs data and fsdp parallelism; "
                           f"config.mesh.tensor={cfg.mesh.tensor} needs mesh.impl='gspmd'")
-    if cfg.mesh.get("impl") == "shard_map" and spec.online:
-        raise ConfigError(f"config.mesh.impl='shard_map' is not wired for {cfg.algorithm!r}: its "
-                          "losses reduce over the rows without the shard_map batch collectives "
-                          "(use mesh.impl='gspmd')")
     for name in ("optim.lr", "optim.batch_size", "optim.grad_accum", "train.log_every",
                  "train.keep", "train.eval_batches", "data.max_len"):
         _positive(cfg, name)
