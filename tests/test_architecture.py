@@ -1,7 +1,7 @@
 """The architecture's rules, checked: no import circle among fairjax modules (AST, top-level and
 in-function imports), no objective named in the generic layers, a new objective is one module +
-one config, every offline objective trains with LoRA through the one transformation
-(`agents.lora.loraize`), and tokens/s counts what an objective declares (DPO: both rows)."""
+one config, every objective (offline and online) trains with LoRA through the one
+transformation (`agents.lora.loraize`), and tokens/s counts what an objective declares (DPO: both rows)."""
 from __future__ import annotations
 
 import ast
@@ -300,6 +300,69 @@ def test_phf_and_dpo_train_with_lora_equal_to_the_merged_form(algo):
         np.testing.assert_allclose(
             np.asarray(jax.tree.leaves(mf["ref"])[0]),
             np.asarray(jax.tree.leaves(base)[0]), rtol=0, atol=0)
+
+
+class _ToyTok:
+    bos_id, eos_id, eoa_id, pad_id = 12, 13, 14, 15
+
+    def decode(self, ids):
+        return " ".join(str(i) for i in ids)
+
+
+@pytest.mark.slow  # a rollout + two compiled steps per objective (~1 min on the contended CPU)
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "ppo"])
+def test_online_objectives_train_with_lora_through_loraize(algo):
+    """`lora.enabled` for GRPO / RLOO / PPO goes through the same `loraize`: params are adapter
+    sets (+ PPO's value head; PPO's separate value trunk is an adapter set too), the base and the
+    reference (a copy of the fresh adapters) stay frozen, a short run moves only the adapters
+    (and head), the rollout reads the merged view, and the loss equals the objective's own loss
+    on the merged params."""
+    import optax
+
+    from fairjax.agents import online as O
+    from fairjax.agents import registry
+    from fairjax.agents.online_objectives import online_config
+    from fairjax.models import gpt2
+
+    mcfg = gpt2.GPT2Config(vocab_size=16, hidden_size=32, num_layers=1, num_heads=2,
+                           max_positions=32)
+    module, base = gpt2.GPT2LMHeadModel(mcfg), gpt2.init_params(mcfg, jax.random.PRNGKey(0))
+    over = {"lora.enabled": True, "lora.rank": 2, "lora.base_dtype": "float32",
+            "optim.batch_size": 8, f"{algo}.group_size": 4, f"{algo}.max_prompt_tokens": 4,
+            f"{algo}.max_new_tokens": 6}
+    if algo == "ppo":
+        over.update({"ppo.value_trunk": "separate", "ppo.epochs": 1, "ppo.minibatches": 2})
+    cfg = small_config(algo, **over)
+    alg = registry.build_algorithm(cfg, module, mcfg, base)
+    assert alg.name == f"{algo}_lora"
+    score = lambda texts: np.array([t.split().count("3") for t in texts], float)  # noqa: E731
+    rl = O.OnlineRL(O.PolicyParts(module), online_config(cfg, algo), _ToyTok(), score,
+                    optax.adam(3e-2), algorithm=alg)
+    st0 = jax.device_get(rl.init_state(None, jax.random.PRNGKey(1)))
+    trunks = {"policy", "value_lm"} if algo == "ppo" else {"policy"}
+    assert set(st0["params"]) == trunks | ({"value_head"} if algo == "ppo" else set())
+    assert all(set(ad) == {"a", "b"} for t in trunks for ad in st0["params"][t].values())
+    assert set(st0["frozen"]) == {"base", "ref"}
+    st = st0
+    prompts = [np.array([12, 1, 13]), np.array([12, 2, 5, 13])]
+    for _ in range(2):
+        st, m, _ = rl.step(st, prompts, ["a", "b"])
+        assert m["finite"] == 1.0 and np.isfinite(m["loss"])
+    st = jax.device_get(st)
+    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: bool(np.all(x == y)), a, b))  # noqa: E731
+    assert same(st["frozen"], st0["frozen"])  # base and reference frozen
+    assert same(st["frozen"]["base"], base)
+    for t in trunks:  # B moved off zero: the adapters trained
+        assert any(np.any(ad["b"] != 0) for ad in st["params"][t].values()), t
+    # the loss is the objective's own on the merged trees (factored == merged)
+    batch, _ = rl.rollout(st, prompts, ["a", "b"])
+    rows = len(batch["seq"]) // rl.rollout.updates
+    first = {k: jnp.asarray(v[:rows]) for k, v in batch.items()}
+    loss, _ = alg.loss(st["params"], st["frozen"], first, None)
+    full = registry.get(algo).build(cfg, module, mcfg, base, base)
+    mp, mf = alg.merged(st["params"], st["frozen"])
+    ref_loss, _ = full.loss(mp, mf, first, None)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- one definition

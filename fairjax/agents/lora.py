@@ -18,7 +18,9 @@ qwix = QLoRA). The transformed algorithm:
 * policy / merged: merged params W + scale·A·B (generation, export).
 
 The trainable-params filter is the (params, frozen) split itself: the base never enters `params`.
-An objective that needs its own LoRA form (the online ones) registers `Objective.build_lora`.
+Every objective goes through this one transformation, the online ones too: their rollout
+producer reads the policy, the reference and the value trunk through `merged` (the state in the
+objective's full layout), their loss is the unchanged one on the effective trees.
 """
 from __future__ import annotations
 

@@ -28,11 +28,16 @@ left-padded to `max_prompt_tokens`; the completion ends with `</a>`; a completio
 tokens through `</a>`. Log-probs use the sampling temperature (logits / T, `<|pad|>` excluded, as
 the decoder); top-k / top-p are not part of the trained distribution (as trl).
 
-Parameters: `params = {"policy": θ, ["value_head", "value_lm"]}` where θ is the full LM tree or
-(LoRA) the adapters over `frozen["base"]`; the reference is the initial policy: a frozen copy
-`frozen["ref"]` (full) or the base with adapters off (LoRA, no second copy); none when
-`reference="none"`. The state (params, frozen, opt_state, step, rng) is a pytree: checkpointing it
-with the data position resumes exactly.
+Parameters: `params = {"policy": θ, ["value_head", "value_lm"]}`, `frozen = {["ref"]}`: the
+reference is a frozen copy of the initial policy (none when `reference="none"`). With LoRA the
+objective goes through the one transformation `agents.lora.loraize` like every other: θ, the value
+trunk and the reference copy are adapter sets over one frozen `frozen["base"]` (the reference: a
+copy of the fresh adapters, B = 0, i.e. the base with adapters off), the loss is unchanged on the
+factored effective trees. The rollout reads the state through the Algorithm's `merged(params,
+frozen)` view (`Rollout(view=)`: the full layout, adapters merged; identity without LoRA): the
+policy that samples, its old log-probs, the reference's log-probs and the old values are those of
+the merged trees, i.e. of the policy that sampled. The state (params, frozen, opt_state, step,
+rng) is a pytree: checkpointing it with the data position resumes exactly.
 """
 from __future__ import annotations
 
@@ -48,14 +53,13 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fairjax.agents.base import Algorithm, identity_update
+from fairjax.agents.base import Algorithm, identity_state, identity_update
 from fairjax.errors import ConfigError
 from fairjax.generate import GenerationConfig, Policy, generate, left_pad, with_stop_ids
 from fairjax.losses.common import gather_tokens, masked_mean
 from fairjax.losses.grpo import GRPOHParams, group_advantages, grpo_loss_hp, k3_kl
 from fairjax.losses.ppo import PPOHParams, gae, ppo_loss, token_rewards, whiten
 from fairjax.losses.rloo import RLOOHParams, kl_penalized_rewards, rloo_advantages, rloo_loss_hp
-from fairjax.models import lora as L
 from fairjax.models.heads import MLPHead
 
 PyTree = Any
@@ -155,43 +159,30 @@ class OnlineConfig:
 # ----------------------------------------------------------------------------- parameters
 @dataclasses.dataclass(frozen=True)
 class PolicyParts:
-    """How the trained tree maps to LMs: `lora_scale` None = full fine-tuning, else LoRA α/r."""
+    """How the state's full-layout trees map to LMs (`model` runs `params["policy"]`; under
+    `agents.lora.loraize` it is `models.lora.Factored` and the trees are effective ones)."""
 
     model: nn.Module
-    lora_scale: Optional[float] = None
     reference: bool = True  # False: no reference LM (OnlineConfig.reference="none")
 
     def policy_lm(self, params: PyTree, frozen: PyTree) -> PyTree:
-        if self.lora_scale is None:
-            return params["policy"]
-        return L.apply(frozen["base"], params["policy"], self.lora_scale)
+        return params["policy"]
 
     def ref_lm(self, params: PyTree, frozen: PyTree) -> Optional[PyTree]:
-        if not self.reference:
-            return None
-        return frozen["base"] if self.lora_scale is not None else frozen["ref"]
+        return frozen["ref"] if self.reference else None
 
 
-def init_params(parts: PolicyParts, cfg: OnlineConfig, policy: PyTree, rng: jax.Array,
-                base: Optional[PyTree] = None) -> tuple[PyTree, PyTree]:
-    """(params, frozen) from the initial policy tree (full) or adapters + `base` (LoRA)."""
+def init_params(parts: PolicyParts, cfg: OnlineConfig, policy: PyTree, rng: jax.Array
+                ) -> tuple[PyTree, PyTree]:
+    """(params, frozen) from the initial policy tree (under `loraize`: its adapter set): the
+    reference and PPO's separate value trunk start as copies of it."""
     params: dict = {"policy": policy}
     frozen: dict = {}
-    if parts.lora_scale is not None:
-        if base is None:
-            raise ConfigError("online LoRA: init_params needs the frozen `base` params")
-        frozen["base"] = base
-        lm = L.apply(base, policy, parts.lora_scale)
-    else:
-        lm = policy
-        if cfg.reference == "initial":
-            frozen["ref"] = jax.tree.map(jnp.copy, policy)
+    if cfg.reference == "initial":
+        frozen["ref"] = jax.tree.map(jnp.copy, policy)
     if cfg.algo == "ppo":
         if cfg.value_trunk == "separate":
-            if parts.lora_scale is not None:
-                raise ConfigError("online.value_trunk='separate' is not yet supported with LoRA "
-                                  "(use value_trunk='policy')")
-            params["value_lm"] = jax.tree.map(jnp.copy, lm)
+            params["value_lm"] = jax.tree.map(jnp.copy, policy)
         d = parts.model.config.hidden_size
         head = MLPHead(1, cfg.value_hidden_mult)
         params["value_head"] = head.init(rng, jnp.zeros((1, d)))["params"]
@@ -357,10 +348,13 @@ class Rollout:
     on a train state and P prompts returns the step's batch, a dict of numpy arrays of
     `updates` × (N / minibatches) rows (the epochs' minibatches, in update order) that
     `online_algorithm`'s loss trains on, and host info for `summarize`. `tokenizer` needs
-    `decode`, `eoa_id`, `pad_id`."""
+    `decode`, `eoa_id`, `pad_id`. `view(params, frozen) -> (params, frozen)`: the state in the
+    full layout `parts` reads, the trained Algorithm's `merged` (LoRA: adapters merged into the
+    base, `agents.lora.loraize`; None: the state as it is); `parts.model` is the plain LM."""
 
     def __init__(self, parts: PolicyParts, cfg: OnlineConfig, tokenizer, scorer,
-                 mesh: Optional[Mesh] = None):
+                 mesh: Optional[Mesh] = None,
+                 view: Optional[Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]] = None):
         from fairjax.parallel import data_parallel_size
 
         dp = 1 if mesh is None else data_parallel_size(mesh)
@@ -369,7 +363,18 @@ class Rollout:
         self.parts, self.tok, self.scorer, self.mesh = parts, tokenizer, scorer, mesh
         self.pad_id, self.eoa_id = int(tokenizer.pad_id), int(tokenizer.eoa_id)
         plen = cfg.max_prompt_tokens
-        stats = lambda p, f, s, a: _rollout_stats(parts, cfg, self.pad_id, p, f, s, a, plen)  # noqa: E731
+        view = identity_state if view is None else view
+        # the merges happen inside the jitted functions: only the sampling policy's merged tree
+        # outlives a call (generation); the reference's / value trunk's are temporaries. The
+        # decoder takes replicated params: an fsdp-sharded policy is gathered for it.
+        rep = None if mesh is None else NamedSharding(mesh, P())
+        if view is identity_state:
+            self._policy_lm = (parts.policy_lm if rep is None else
+                               lambda p, f: jax.device_put(parts.policy_lm(p, f), rep))
+        else:
+            self._policy_lm = jax.jit(lambda p, f: parts.policy_lm(*view(p, f)),
+                                      out_shardings=rep)
+        stats = lambda p, f, s, a: _rollout_stats(parts, cfg, self.pad_id, *view(p, f), s, a, plen)  # noqa: E731
         self._stats = jax.jit(stats)
         self._ppo_targets = jax.jit(self._ppo_targets_fn)
 
@@ -414,7 +419,7 @@ class Rollout:
                                  cfg.max_prompt_tokens, self.pad_id)
         p_ids, p_mask = np.repeat(p_ids, G, 0), np.repeat(p_mask, G, 0)  # row p·G + g
         params, frozen = state["params"], state["frozen"]
-        pol = Policy.lm(self.parts.model, self.parts.policy_lm(params, frozen))
+        pol = Policy.lm(self.parts.model, self._policy_lm(params, frozen))
         out = generate(pol, p_ids, p_mask, k_gen, with_stop_ids(cfg.generation(), self.tok),
                        eoa_id=self.eoa_id, pad_id=self.pad_id, mesh=self.mesh)
         tokens, finished = np.asarray(out.tokens), np.asarray(out.finished)
@@ -501,25 +506,34 @@ class Rollout:
 class OnlineRL:
     """One online RL step without the run machinery (tests, benchmarks): `Rollout` makes the
     batch, the generic loop's compiled step (`train.loop.make_train_step`, `updates` =
-    epochs × minibatches) trains `online_algorithm`'s loss on it: what `python -m
-    fairjax.train` does each step. `optimizer` is an optax transformation of `params`."""
+    epochs × minibatches) trains the objective's loss on it: what `python -m fairjax.train`
+    does each step. `optimizer` is an optax transformation of `params`. `algorithm`: the
+    objective to train, e.g. its LoRA form (`agents.lora.loraize` of `online_algorithm`; the
+    rollout reads its `merged` view, `init_state(None, rng)` its `init`); None:
+    `online_algorithm(parts, cfg)` on the policy tree given to `init_state`."""
 
     def __init__(self, parts: PolicyParts, cfg: OnlineConfig, tokenizer, scorer,
-                 optimizer: optax.GradientTransformation, mesh: Optional[Mesh] = None):
+                 optimizer: optax.GradientTransformation, mesh: Optional[Mesh] = None,
+                 algorithm: Optional[Algorithm] = None):
         from fairjax.train.loop import make_train_step
 
-        self.rollout = Rollout(parts, cfg, tokenizer, scorer, mesh)
+        view = None if algorithm is None else algorithm.merged
+        self.rollout = Rollout(parts, cfg, tokenizer, scorer, mesh, view=view)
         self.cfg, self.parts, self.opt, self.mesh = self.rollout.cfg, self.rollout.parts, optimizer, mesh
         self.tok, self.scorer = tokenizer, scorer
-        self.algorithm = online_algorithm(self.parts, self.cfg)
-        self._stats = self.rollout._stats
+        self.algorithm = algorithm or online_algorithm(self.parts, self.cfg)
         # no donation: a non-finite step hands back the state it was given
         self._update = jax.jit(make_train_step(self.algorithm, optimizer, check_finite=True,
                                                updates=self.rollout.updates))
 
-    def init_state(self, policy: PyTree, rng: jax.Array, base: Optional[PyTree] = None) -> dict:
+    def init_state(self, policy: Optional[PyTree], rng: jax.Array) -> dict:
+        """The train state from the initial policy tree (`init_params`), or with `policy=None`
+        from the objective's own `init` (e.g. LoRA adapters over the frozen base)."""
         k_init, k_roll = jax.random.split(rng)
-        params, frozen = init_params(self.parts, self.cfg, policy, k_init, base)
+        if policy is None:
+            params, frozen = self.algorithm.init(k_init)
+        else:
+            params, frozen = init_params(self.parts, self.cfg, policy, k_init)
         state = {"params": params, "frozen": frozen, "opt_state": self.opt.init(params),
                  "step": jnp.zeros((), jnp.int32), "rng": k_roll}
         if self.mesh is not None:

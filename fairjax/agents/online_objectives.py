@@ -64,30 +64,20 @@ def online_config(cfg: Any, algo: str) -> O.OnlineConfig:
                        hparams_prefix=f"config.{algo}")
 
 
-def _algorithm(cfg, module, policy, parts: O.PolicyParts, base=None, init_policy=None) -> Algorithm:
-    """The online loss on rollout batches (`online.online_algorithm`) with its init."""
+def build(cfg, module, mcfg, base_params, policy_params) -> Algorithm:
+    """The online loss on rollout batches (`online.online_algorithm`); its init starts from
+    `policy_params`, a params tree or `rng -> params` (`agents.lora.loraize` passes the adapter
+    init: with `lora.enabled` the online objectives get their LoRA form like every other)."""
+    import jax
+
     oc = online_config(cfg, cfg.algorithm)
-    parts = dataclasses.replace(parts, reference=oc.reference == "initial")
+    parts = O.PolicyParts(module)
 
     def init(rng):
-        import jax
-
-        pol = policy if init_policy is None else init_policy(rng)
-        return O.init_params(parts, oc, pol, jax.random.fold_in(rng, 1), base=base)
+        pol = policy_params(rng) if callable(policy_params) else policy_params
+        return O.init_params(parts, oc, pol, jax.random.fold_in(rng, 1))
 
     return O.online_algorithm(parts, oc, init)
-
-
-def build(cfg, module, mcfg, base_params, policy_params):
-    return _algorithm(cfg, module, policy_params, O.PolicyParts(module))
-
-
-def build_lora(cfg, module, mcfg, base, lora_cfg):
-    from fairjax.models import lora as L
-
-    kind = mcfg.kind
-    return _algorithm(cfg, module, None, O.PolicyParts(module, lora_scale=lora_cfg.scale),
-                      base=base, init_policy=lambda rng: L.init(base, lora_cfg, kind, rng))
 
 
 class PromptRows:
@@ -139,7 +129,6 @@ def build_data(cfg, tok, train_path: str, eval_path: Optional[str], trunc):
 def make_producer(cfg, setup, run_dir) -> Producer:
     """`loop.Setup.producer` of an online objective: each step, the prompt batch (P·G rows) and
     the current state -> the rollout batch the loop's compiled step trains on (`online.Rollout`)."""
-    from fairjax.agents.registry import lora_config
     from fairjax.models import build_model
     from fairjax.parallel import MeshConfig, make_mesh
     from fairjax.rewards.registry import build_reward_scorer, reward_config
@@ -151,15 +140,16 @@ def make_producer(cfg, setup, run_dir) -> Producer:
         raise ConfigError(f"config.{cfg.algorithm}.max_prompt_tokens={oc.max_prompt_tokens} + "
                           f"max_new_tokens={oc.max_new_tokens} exceed the model's {room} "
                           "positions; lower one of them")
-    lora = cfg.get("lora") is not None and cfg.lora.enabled
-    parts = O.PolicyParts(build_model(setup.model_config),
-                          lora_scale=lora_config(cfg).scale if lora else None)
+    parts = O.PolicyParts(build_model(setup.model_config))
     demo_pool = os.path.join(str(run_dir), "data", "candidates.jsonl")
     scorer = build_reward_scorer(reward_config(cfg.reward), default_pool=demo_pool
                                  if os.path.isfile(demo_pool) else None)
     # the loop's mesh (the same devices and axes from the same config block)
-    mesh = make_mesh(typed_block(cfg.mesh, MeshConfig, "mesh"))
-    rollout = O.Rollout(parts, oc, setup.tokenizer, scorer, mesh=mesh)
+    # the rollout reads the state in full layout: the objective's merged view (LoRA: adapters
+    # merged into the frozen base; identity otherwise)
+    rollout = O.Rollout(parts, oc, setup.tokenizer, scorer,
+                        mesh=make_mesh(typed_block(cfg.mesh, MeshConfig, "mesh")),
+                        view=setup.algorithm.merged)
     rows, G, width = setup.train_data.rows, oc.group_size, oc.max_prompt_tokens
 
     def produce(state, batch):
@@ -174,7 +164,7 @@ def make_producer(cfg, setup, run_dir) -> Producer:
 
 for _name in HPARAMS:
     register(Objective(name=_name, agent_config=lambda cfg, n=_name: online_config(cfg, n),
-                       build=build, build_lora=build_lora, build_data=build_data,
+                       build=build, build_data=build_data,
                        make_producer=make_producer,
                        no_pack_reason="it samples its own rollouts (online RL)",
                        decoding=Decoding(settings=lambda cfg: cfg[cfg.algorithm])))

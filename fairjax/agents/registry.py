@@ -58,8 +58,9 @@ class Objective:
     agent_config(cfg) -> the agent's config dataclass built from `cfg.<name>`; raises ConfigError
         naming the key (this is the objective's validation).
     build(cfg, module, model_config, base_params, policy) -> Algorithm. `base_params` / `policy`
-        are param trees, or `rng -> params` (the LoRA form passes adapter inits: every offline
-        objective trains with `lora.enabled` through `agents.lora.loraize`).
+        are param trees, or `rng -> params` (the LoRA form passes adapter inits: every
+        objective, offline and online, trains with `lora.enabled` through
+        `agents.lora.loraize`).
     build_data(cfg, tokenizer, train_path, eval_path, truncation[, reference=]) -> (train
         iterator, eval factory or None, steps per epoch) (None: plain job-posting episodes,
         `fairjax.data.episodes.episode_data`).
@@ -67,8 +68,8 @@ class Objective:
         step's batch is made from the current state and the train_data batch (online RL:
         rollouts of the current policy, scored on the host, with advantages), then trained on
         by the loop's ordinary compiled step on `Algorithm.loss` (None: train on train_data).
-    build_lora(cfg, module, model_config, base_params, lora_config) -> its own LoRA form
-        (None: `agents.lora.loraize` of `build`).
+        It reads the state through `setup.algorithm`'s declared pieces (e.g. `merged`: the
+        full layout, LoRA adapters merged), never through a layout of its own.
 
     Capabilities:
     packable: trains on packed rows (`data.pack`); no_pack_reason says why not otherwise;
@@ -86,7 +87,6 @@ class Objective:
     build: Callable[..., Any]
     build_data: Optional[Callable[..., tuple]] = None
     make_producer: Optional[Callable[..., Any]] = None
-    build_lora: Optional[Callable[..., Any]] = None
     packable: bool = False
     no_pack_reason: str = ""
     check_pack: Optional[Callable[[Any], None]] = None
@@ -201,8 +201,8 @@ def lora_config(cfg: Any):
 
 def build_algorithm(cfg: Any, module, model_config, base_params, policy_params=None):
     """The `Algorithm` of `cfg.algorithm` around `module` (policy = `policy_params` or the base);
-    with `lora.enabled`, its LoRA form (`agents.lora.loraize`, or the objective's `build_lora`)
-    on the (cast) policy as the one frozen base."""
+    with `lora.enabled`, its LoRA form (`agents.lora.loraize`) on the (cast) policy as the one
+    frozen base."""
     spec = get(cfg.algorithm)
     policy = base_params if policy_params is None else policy_params
     if cfg.get("lora") is None or not cfg.lora.enabled:
@@ -211,7 +211,5 @@ def build_algorithm(cfg: Any, module, model_config, base_params, policy_params=N
     from fairjax.models.lora import cast_base
 
     base = cast_base(policy, cfg.lora.base_dtype)
-    if spec.build_lora is not None:
-        return spec.build_lora(cfg, module, model_config, base, lora_config(cfg))
     return loraize(lambda m, lm: spec.build(cfg, m, model_config, lm, lm), module, base,
                    lora_config(cfg), model_config.kind)

@@ -15,7 +15,11 @@ N completions = prompts × G (the G samples of a prompt are contiguous rows), T 
         dr_grpo  Σ ℓ m / (N · max_completion_length)       (constant normaliser; default T)
 
 With one update per rollout batch old_logp = stop_gradient(logp): ρ = 1 but ∇ρ = ∇logp, so the
-loss gradient is the policy gradient.
+loss gradient is the policy gradient. Every mean / sum / count over the completions is a batch
+reduction of `losses.common` (`batch_mean`, `batch_sum`, `batch_count`, `masked_mean`): global
+over the batch under `mesh.impl = "shard_map"`, the plain reduction otherwise. The advantages are
+computed before the loss, on the whole rollout batch (`group_advantages`; a group's G rows need
+not sit on one device).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from fairjax.losses.common import masked_mean
+from fairjax.losses.common import batch_count, batch_mean, batch_sum, masked_mean
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 STD_EPS = 1e-4  # trl's constant in (r − μ)/(σ + 1e-4)
@@ -105,19 +109,21 @@ def reduce_tokens(per_token: jax.Array,  # [N, T]
                   mask: jax.Array,  # [N, T]
                   loss_type: str, *, max_completion_length: Optional[int] = None,
                   num_items: Optional[jax.Array] = None) -> jax.Array:
-    """The `loss_type` reduction of the module doc -> scalar."""
+    """The `loss_type` reduction of the module doc -> scalar (over the global batch under
+    shard_map: `num_items`, when given, is already the global count)."""
     m = mask.astype(jnp.float32)
     x = per_token.astype(jnp.float32) * m
     if loss_type == "grpo":
-        return jnp.mean(jnp.sum(x, -1) / jnp.maximum(jnp.sum(m, -1), 1.0))
+        return batch_mean(jnp.sum(x, -1) / jnp.maximum(jnp.sum(m, -1), 1.0))
     if loss_type == "bnpo":
-        return jnp.sum(x) / jnp.maximum(jnp.sum(m), 1.0)
+        return batch_sum(jnp.sum(x)) / jnp.maximum(batch_count(jnp.sum(m)), 1.0)
     if loss_type == "dapo":
-        n = jnp.sum(m) if num_items is None else jnp.asarray(num_items, jnp.float32)
-        return jnp.sum(x) / jnp.maximum(n, 1.0)
+        n = (batch_count(jnp.sum(m)) if num_items is None
+             else jnp.asarray(num_items, jnp.float32))
+        return batch_sum(jnp.sum(x)) / jnp.maximum(n, 1.0)
     if loss_type == "dr_grpo":
         t = per_token.shape[1] if max_completion_length is None else max_completion_length
-        return jnp.sum(x) / (per_token.shape[0] * t)
+        return batch_sum(jnp.sum(x)) / (batch_count(jnp.float32(per_token.shape[0])) * t)
     raise ValueError(f"loss_type: expected one of {LOSS_TYPES}, got {loss_type!r}")
 
 

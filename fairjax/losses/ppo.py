@@ -10,6 +10,10 @@ layout: the completion's last real token carries the scalar reward).
     policy:  ℓ^π_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t),   ρ_t = exp(logp_t − old_logp_t)
     value:   ℓ^V_t = ½ max((V_t − R_t)², (clip(V_t, V^old_t − ε_v, V^old_t + ε_v) − R_t)²)
     loss = masked_mean(ℓ^π) + vf_coef · masked_mean(ℓ^V)
+
+The loss's means are `losses.common.masked_mean` over the whole batch: global under
+`mesh.impl = "shard_map"` (the plain mean otherwise). GAE and the whitening run before the loss
+on the whole rollout batch.
 """
 from __future__ import annotations
 

@@ -8,7 +8,9 @@ N completions = prompts × G (G ≥ 2 contiguous rows per prompt), T completion 
     ratio per sequence:  log ρ_i = Σ_t m_it (logp_it − old_logp_it)
     loss = mean_i −min(ρ_i A_i, clip(ρ_i, 1 − ε_low, 1 + ε_high) A_i)
 
-The clipped surrogate is shared with GRPO (`losses.grpo.clipped_surrogate`).
+The clipped surrogate is shared with GRPO (`losses.grpo.clipped_surrogate`). The loss's means
+over the completions are `losses.common.batch_mean` (global under `mesh.impl = "shard_map"`);
+the baseline and the optional whitening are computed before the loss on the whole rollout batch.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from fairjax.losses.common import batch_mean
 from fairjax.losses.grpo import STD_EPS, clipped_surrogate, group_view
 
 
@@ -75,18 +78,18 @@ def rloo_loss(logps: jax.Array,  # [N, T] under the policy being trained
     log_ratio = jnp.sum((logps.astype(jnp.float32) - old) * m, -1)  # [N]
     adv = jax.lax.stop_gradient(advantages).astype(jnp.float32)
     per_seq, ratio, low, high = clipped_surrogate(log_ratio, adv, epsilon_low, epsilon_high)
-    loss = jnp.mean(per_seq)
+    loss = batch_mean(per_seq)
     sg = jax.lax.stop_gradient
     metrics = {
         "loss": loss, "policy_loss": sg(loss),
-        "clip_ratio/low": jnp.mean(low.astype(jnp.float32)),
-        "clip_ratio/high": jnp.mean(high.astype(jnp.float32)),
-        "clip_ratio/region": jnp.mean((low | high).astype(jnp.float32)),
-        "ratio_mean": sg(jnp.mean(ratio)),
+        "clip_ratio/low": batch_mean(low),
+        "clip_ratio/high": batch_mean(high),
+        "clip_ratio/region": batch_mean(low | high),
+        "ratio_mean": sg(batch_mean(ratio)),
     }
     if ref_logps is not None:
         kl = jnp.sum((sg(logps).astype(jnp.float32) - ref_logps.astype(jnp.float32)) * m, -1)
-        metrics["kl_seq"] = jnp.mean(kl)
+        metrics["kl_seq"] = batch_mean(kl)
     return loss, metrics
 
 

@@ -68,10 +68,6 @@ def validate_config(cfg: Any) -> LoopConfig:
     loop = LoopConfig.from_config(cfg)  # train, optim, mesh, distributed: their own checks
     if cfg.get("lora") is not None:
         validate_lora(cfg.lora, "config.lora")  # rank, dropout, quant, base_dtype
-    if loop.mesh.impl == "shard_map" and spec.online:
-        raise ConfigError(f"config.mesh.impl='shard_map' is not wired for {cfg.algorithm!r}: its "
-                          "losses reduce over the rows without the shard_map batch collectives "
-                          "(use mesh.impl='gspmd')")
     _positive(cfg, "data.max_len")
     from fairjax.rewards.registry import reward_config
 

@@ -4,6 +4,7 @@ failures name the prompt and the sample, config validation names the key, 8 fake
 PPO's separate value trunk is a second network that only the value loss trains, a rollout is an
 ordinary batch for the objective's loss."""
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -16,8 +17,8 @@ import optax
 import pytest
 
 from fairjax.agents.online import (OnlineConfig, OnlineRL, PolicyParts, RewardScoringError,
-                                   completion_forward, init_params, loss_fn, score_completions,
-                                   values_of)
+                                   completion_forward, init_params, loss_fn, online_algorithm,
+                                   score_completions, values_of)
 from fairjax.errors import ConfigError
 from fairjax.losses.grpo import GRPOHParams
 from fairjax.losses.ppo import PPOHParams
@@ -54,9 +55,9 @@ def _rl(algo="grpo", lr=3e-2, scorer=count3, parts=None, **kw):
     return OnlineRL(parts or PolicyParts(model), cfg, Tok(), scorer, optax.adam(lr))
 
 
-def _run(rl, steps, policy=None, base=None, snapshot_at=None):
+def _run(rl, steps, policy=None, snapshot_at=None):
     params = gpt2.init_params(MCFG, jax.random.PRNGKey(0)) if policy is None else policy
-    st = rl.init_state(params, jax.random.PRNGKey(1), base=base)
+    st = rl.init_state(params, jax.random.PRNGKey(1))
     hist, snap = [], None
     for k in range(steps):
         if k == snapshot_at:
@@ -108,18 +109,44 @@ def test_step_logs_rollout_update_and_overall_tokens_per_s():
     assert min(m["rollout_tokens_per_s"], m["update_tokens_per_s"], m["tokens_per_s"]) > 0
 
 
+def _lora_grpo(cfg, base, lcfg):
+    """GRPO in LoRA form through the one transformation (`agents.lora.loraize`)."""
+    from fairjax.agents.lora import loraize
+
+    def build(module, lm_init):
+        parts = PolicyParts(module)
+        return online_algorithm(parts, cfg, lambda rng: init_params(parts, cfg, lm_init(rng),
+                                                                    jax.random.fold_in(rng, 1)))
+
+    return loraize(build, gpt2.GPT2LMHeadModel(MCFG), base, lcfg, "gpt2")
+
+
 @pytest.mark.slow
 def test_lora_reference_is_the_base_with_adapters_off():
+    """GRPO through `loraize`: the reference is a copy of the fresh adapters (B = 0: the base
+    with adapters off, no second copy of the model); the rollout reads the merged view."""
     base = gpt2.init_params(MCFG, jax.random.PRNGKey(0))
     lcfg = L.LoraConfig(rank=2, alpha=4.0)
-    adapters = L.init(base, lcfg, "gpt2", jax.random.PRNGKey(2))
-    parts = PolicyParts(gpt2.GPT2LMHeadModel(MCFG), lora_scale=lcfg.scale)
-    rl = _rl(parts=parts, grpo=GRPOHParams(beta=0.04))
-    st, hist = _run(rl, 2, policy=adapters, base=base)
-    assert set(st["frozen"]) == {"base"}  # no second copy of the model
-    assert hist[0]["kl"] == 0.0 and abs(hist[0]["ratio_mean/first"] - 1.0) < 1e-6
-    assert hist[1]["kl"] > 0.0  # adapters moved away from the base
+    cfg = OnlineConfig(algo="grpo", batch_size=8, group_size=4, max_prompt_tokens=4,
+                       max_new_tokens=8, grpo=GRPOHParams(beta=0.04))
+    alg = _lora_grpo(cfg, base, lcfg)
+    rl = OnlineRL(PolicyParts(gpt2.GPT2LMHeadModel(MCFG)), cfg, Tok(), count3, optax.adam(3e-2),
+                  algorithm=alg)
+    st = rl.init_state(None, jax.random.PRNGKey(1))
+    assert set(st["frozen"]) == {"base", "ref"} and set(st["params"]) == {"policy"}
+    ref0 = jax.device_get(st["frozen"]["ref"])
+    size = lambda t: sum(np.size(x) for x in jax.tree.leaves(t))  # noqa: E731
+    assert size(ref0) < 0.2 * size(base)  # adapters only: no second copy of the model
+    assert all(not np.any(ad["b"]) for ad in ref0.values())  # B = 0: the base itself
+    hist = []
+    for _ in range(2):
+        st, m, _ = rl.step(st, PROMPTS, ["a", "b"])
+        hist.append(m)
+    assert hist[0]["kl"] < 1e-6 and abs(hist[0]["ratio_mean/first"] - 1.0) < 1e-6
+    assert hist[1]["kl"] > 1e-6  # adapters moved away from the base
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.all(a == b)), st["frozen"]["base"], base))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(st["frozen"]["ref"]), ref0)
+    assert any(np.any(np.asarray(ad["b"])) for ad in st["params"]["policy"].values())
 
 
 def test_scorer_failures_name_prompt_and_sample():
@@ -190,6 +217,87 @@ def test_eight_fake_devices_equal_one_device(algo, epochs):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+SHARD_MAP = TOY + r"""
+import dataclasses, json
+import optax
+from ml_collections import ConfigDict
+from fairjax.agents.online import (OnlineConfig, PolicyParts, Rollout, init_params,
+                                   online_algorithm)
+from fairjax.losses.grpo import GRPOHParams
+from fairjax.losses.ppo import PPOHParams
+from fairjax.parallel import make_mesh, shard_batch
+from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
+assert jax.device_count() == 4
+model = gpt2.GPT2LMHeadModel(MCFG)
+params = gpt2.init_params(MCFG, jax.random.PRNGKey(0))
+mesh = make_mesh(ConfigDict({"data": 2, "fsdp": 2, "tensor": 1}))
+CASES = {
+    # bnpo: a token mean whose per-device token counts differ; beta: the reference path
+    "grpo": dict(algo="grpo", grpo=GRPOHParams(loss_type="bnpo", beta=0.04)),
+    "grpo_seq": dict(algo="grpo"),  # sequence means, then the batch mean
+    "rloo": dict(algo="rloo"),
+    "ppo": dict(algo="ppo", epochs=2, minibatches=2),
+}
+out = {}
+for name, kw in CASES.items():
+    cfg = OnlineConfig(batch_size=8, group_size=4, max_prompt_tokens=4, max_new_tokens=6, **kw)
+    parts = PolicyParts(model)
+    alg = online_algorithm(parts, cfg, lambda rng: init_params(parts, cfg, params, rng))
+    opt = optax.sgd(0.5)
+    plan = StatePlan(alg, opt, mesh, MCFG.partition_rules(), 0)
+    rollout = Rollout(parts, cfg, Tok(), count3, mesh=mesh)
+    batch, _ = rollout(plan.init(), PROMPTS, ["a", "b"])
+    adv = np.asarray(batch["advantages"])
+    if cfg.algo == "grpo":  # group-relative, from the whole rollout batch on the host (a group's
+        # 4 rows sit on two devices): centred per group before the loss sees them
+        assert adv.shape == (8,) and np.allclose(adv.reshape(2, 4).sum(1), 0, atol=1e-5), adv
+        assert np.abs(adv).max() > 0.1, adv
+    u = rollout.updates
+    gb = shard_batch(stack_micro(batch, 1, u), mesh, leading_unsharded=1 if u == 1 else 2)
+    res = {}
+    for impl in ("gspmd", "shard_map"):
+        fresh = StatePlan(alg, opt, mesh, MCFG.partition_rules(), 0)  # the step donates it
+        step = compile_train_step(alg, opt, fresh, impl=impl, updates=u)
+        st, m = step(fresh.init(), gb)
+        res[impl] = (jax.device_get(st["params"]), jax.device_get(m))
+    (pg, mg), (ps, ms) = res["gspmd"], res["shard_map"]
+    fsdp = sum("fsdp" in str(s.spec) for s in jax.tree.leaves(plan.shardings["params"]))
+    moved = max(float(np.max(np.abs(a - b))) for a, b in
+                zip(jax.tree.leaves(pg), jax.tree.leaves(jax.device_get(init_params(parts, cfg, params, plan.init_rng)[0]))))
+    err = max(float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12))
+              for a, b in zip(jax.tree.leaves(pg), jax.tree.leaves(ps)))
+    metrics = {k: [np.asarray(mg[k], np.float64).ravel().tolist(),
+                   np.asarray(ms[k], np.float64).ravel().tolist()]
+               for k in mg if k in ms and k != "finite"}
+    out[name] = {"params": err, "moved": moved, "fsdp_leaves": fsdp, "metrics": metrics}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # four objectives x (rollout + two compiled steps) in a subprocess
+def test_shard_map_step_equals_gspmd_step():
+    """mesh.impl=shard_map on 4 fake devices (data 2 x fsdp 2): one GRPO (token and sequence
+    means), RLOO and PPO (2 epochs x 2 minibatches) step equals the GSPMD step: the losses'
+    batch reductions are global over the rows of all devices (a per-device mean would scale the
+    psum-ed gradient by the device count, a per-device token count would weight rows
+    differently), and GRPO's group advantages come from the whole rollout batch."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", SHARD_MAP], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1][6:])
+    assert set(res) == {"grpo", "grpo_seq", "rloo", "ppo"}
+    for name, r in res.items():
+        assert r["moved"] > 1e-3, f"{name}: the step did not train"
+        assert r["fsdp_leaves"] > 0, f"{name}: no param is sharded over fsdp"
+        assert r["params"] < 1e-4, (name, r["params"])
+        for key, (g, s) in r["metrics"].items():
+            np.testing.assert_allclose(s, g, rtol=1e-4, atol=1e-6, err_msg=f"{name}: {key}")
+        assert {"loss", "grad_norm", "ratio_mean", "clip_ratio/region"} <= set(r["metrics"])
+    assert "value_loss" in res["ppo"]["metrics"] and "kl" in res["grpo"]["metrics"]
 
 
 def test_reference_scorers_get_the_original_posting_of_each_row():

@@ -51,6 +51,9 @@ def test_config_validation_names_the_key():
     with pytest.raises(ConfigError, match=r"config.optim.grad_accum=2"):
         validate_config(_config(**{"optim.grad_accum": 2}))
     validate_config(_config("rloo"))
+    # the losses' reductions are the shard_map batch collectives: no refusal
+    validate_config(_config(**{"mesh.impl": "shard_map"}))
+    validate_config(_config("ppo", **{"mesh.impl": "shard_map"}))
 
 
 @pytest.mark.slow
@@ -99,3 +102,20 @@ def test_shipped_rloo_and_ppo_configs_train_two_steps(tmp_path, name):
     assert [r["step"] for r in train_rows] == [1, 2]
     assert all(np.isfinite(r["loss"]) and "reward/mean" in json.dumps(r) for r in train_rows)
     assert (tmp_path / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_grpo_with_lora_trains_through_the_loop(tmp_path):
+    """`lora.enabled` through `python -m fairjax.train`'s path: the state holds adapter sets over
+    the frozen base (+ the reference's copy of the fresh adapters), the producer samples from
+    the merged view, two steps train the adapters and leave the base as it was."""
+    res = train(_config(**{"train.steps": 2, "train.save_every": 0, "lora.enabled": True,
+                           "lora.rank": 2}), tmp_path)
+    assert res.step == 2
+    params, frozen = jax.device_get(res.state["params"]), jax.device_get(res.state["frozen"])
+    assert set(params) == {"policy"} and set(frozen) == {"base", "ref"}
+    assert all(set(ad) == {"a", "b"} for ad in params["policy"].values())
+    assert any(np.any(ad["b"] != 0) for ad in params["policy"].values())
+    assert all(not np.any(ad["b"]) for ad in frozen["ref"].values())
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward/mean" in json.dumps(r) for r in rows)
