@@ -222,17 +222,16 @@ def test_eight_fake_devices_equal_one_device(algo, epochs):
 SHARD_MAP = TOY + r"""
 import dataclasses, json
 import optax
-from ml_collections import ConfigDict
 from fairjax.agents.online import (OnlineConfig, PolicyParts, Rollout, init_params,
                                    online_algorithm)
 from fairjax.losses.grpo import GRPOHParams
 from fairjax.losses.ppo import PPOHParams
-from fairjax.parallel import make_mesh, shard_batch
+from fairjax.parallel import MeshConfig, make_mesh, shard_batch
 from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
 assert jax.device_count() == 4
 model = gpt2.GPT2LMHeadModel(MCFG)
 params = gpt2.init_params(MCFG, jax.random.PRNGKey(0))
-mesh = make_mesh(ConfigDict({"data": 2, "fsdp": 2, "tensor": 1}))
+mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=1))
 CASES = {
     # bnpo: a token mean whose per-device token counts differ; beta: the reference path
     "grpo": dict(algo="grpo", grpo=GRPOHParams(loss_type="bnpo", beta=0.04)),
