@@ -52,7 +52,8 @@ def base_config(algorithm: str) -> ConfigDict:
     c.data.train = ""  # train JSONL/CSV file; "" = synthetic demo corpus written to RUN_DIR/data
     c.data.eval = ""  # eval file; "" = the demo corpus's eval split (or none when train is set)
     # data.train/eval may also name a prepared TFDS dataset dir (fairjax.data.tfds_jobs); a custom
-    # task: data.task = "module:factory", factory(path, config) -> list of Observations
+    # task: data.task = "module:factory", factory(path, data) -> list of Observations (data: the
+    # typed block, fairjax/data/config.py DataConfig, which checks every data.* field)
     c.data.task = ""
     c.data.text_field = "text"  # record field holding the posting text
     # tokens per episode after truncation (the prompt, which quotes the original, is cut first):

@@ -149,13 +149,13 @@ def gpt2_parts(fixtures_dir, algorithm: str, data_dir, **overrides):
     from fairjax.agents.registry import build_algorithm
     from fairjax.data.demo import write_demo
     from fairjax.runs import load
-    from fairjax.train.build import build_data
+    from fairjax.train.build import build_data, data_inputs
 
     module, params, tok = load(str(Path(fixtures_dir) / "gpt2_tiny" / "hf"))
     cfg = small_config(algorithm, **{"data.max_len": 64, "data.buckets": (32, 64), **overrides})
     paths = write_demo(data_dir, n_postings=40, n_candidates=4, seed=0)
     alg = build_algorithm(cfg, module, module.config, params)
-    train_it, _, _ = build_data(cfg, tok, paths["train"], None)
+    train_it, _, _ = build_data(cfg, *data_inputs(cfg), tok, paths["train"], None)
     return cfg, alg, module.config.partition_rules(), train_it
 
 

@@ -39,6 +39,7 @@ from fairjax.agents.alol_value import (fit_reference_values, fit_value_head,  # 
 from fairjax.agents.base import (Algorithm, context_mask, identity_update, init_with_reference,
                                  lm_forward, target_mask)
 from fairjax.agents.registry import Objective, choice, config_block, register
+from fairjax.data.config import Batching, DataConfig
 from fairjax.errors import ConfigError
 from fairjax.losses.alol import ALGORITHMS, ALoLHParams, alol_loss, transform_rewards
 from fairjax.models.heads import (AttentionValueHead, ValueHeadConfig,  # noqa: F401
@@ -198,8 +199,9 @@ def alol_resample(cfg: Any, episodes: list, advantage: np.ndarray) -> list:
     return [episodes[int(i)] for i in sampler.sample(len(episodes))]
 
 
-def build_data(cfg: Any, tok, train_path: str, eval_path, trunc, reference: Optional[dict] = None):
-    """Episodes with rewards; A = transform(R) − V(x) (`train_advantages`, reported in
+def build_data(cfg: Any, data: DataConfig, batching: Batching, tok, train_path: str, eval_path,
+               trunc, reference: Optional[dict] = None):
+    """Episodes with rewards (`data`: the typed data block); A = transform(R) − V(x) (`train_advantages`, reported in
     RUN_DIR/alol_value.json); `alol.sampling` resampling ∝ A⁺."""
     import functools
     import json
@@ -222,7 +224,8 @@ def build_data(cfg: Any, tok, train_path: str, eval_path, trunc, reference: Opti
                             from_config(cfg).hparams.reward_transform, info["value_mean"])
         return alol_resample(cfg, eps, adv), fn
 
-    return episode_data(cfg, tok, train_path, eval_path, trunc, extras=True, prepare=prepare)
+    return episode_data(data, batching, tok, train_path, eval_path, trunc, extras=True,
+                        prepare=prepare)
 
 
 OBJECTIVE = register(Objective(

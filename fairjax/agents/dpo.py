@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from fairjax.agents.base import Algorithm, identity_update, init_with_reference, lm_forward
 from fairjax.agents.registry import Objective, choice, config_block, register
+from fairjax.data.config import Batching, DataConfig
 from fairjax.errors import ConfigError
 from fairjax.losses.dpo import DPOHParams, dpo_loss
 
@@ -103,9 +104,9 @@ def build(cfg: Any, module: nn.Module, model_config, base_params, policy) -> Alg
     return make_algorithm(module, from_config(cfg), policy)
 
 
-def build_data(cfg: Any, tok, train_path: str, eval_path, trunc,
-               reference: Optional[dict] = None):
-    """DPO batches: `dpo.pairs` JSONL ({prompt, chosen, rejected}), or reward-ranked
+def build_data(cfg: Any, data: DataConfig, batching: Batching, tok, train_path: str, eval_path,
+               trunc, reference: Optional[dict] = None):
+    """DPO batches (postings read with the typed `data` block; `batching`: rows per step, seed): `dpo.pairs` JSONL ({prompt, chosen, rejected}), or reward-ranked
     (posting, gender-coded counterfactual) pairs of the job data (`data.pairs.pairs_from_postings`),
     ranked by the configured reward (`reward.scorer` with its `reward.*` settings; candidate pools
     `reward.pool`, default: the candidates beside the source train file, not its rewarded copy)."""
@@ -121,21 +122,21 @@ def build_data(cfg: Any, tok, train_path: str, eval_path, trunc,
             return read_pairs(path)
         if scorer is None:
             scorer = pair_scorer(cfg, train_path, (reference or {}).get("run_dir"))
-        ds = JobsDataset.from_file(path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
+        ds = JobsDataset.from_file(path, text_field=data.text_field, on_error=data.on_error)
         return pairs_from_postings([e.prompt for e in ds], [e.response for e in ds], scorer,
                                    cfg.dpo.min_margin)
 
     explicit = bool(cfg.dpo.pairs)
     train = layout_pairs(tok, pairs(cfg.dpo.pairs or train_path, explicit), trunc)
-    if len(train) < cfg.optim.batch_size:
+    if len(train) < batching.batch_size:
         raise ConfigError(f"dpo: only {len(train)} preference pairs from "
-                          f"{cfg.dpo.pairs or train_path} (< batch_size {cfg.optim.batch_size})")
+                          f"{cfg.dpo.pairs or train_path} (< batch_size {batching.batch_size})")
     ev = None
     ev_src = cfg.dpo.eval_pairs or (None if explicit else eval_path)
     if ev_src:
         ev = layout_pairs(tok, pairs(ev_src, bool(cfg.dpo.eval_pairs)), trunc) or None
-    return iterators(cfg, train, ev, buckets=tuple(cfg.data.buckets),
-                     collate_fn=pair_collate(tok.pad_id, tuple(cfg.data.buckets)))
+    return iterators(data, batching, train, ev, buckets=data.buckets,
+                     collate_fn=pair_collate(tok.pad_id, data.buckets))
 
 
 def count_tokens(batch) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 from fairjax.agents import online as O
 from fairjax.agents.base import Algorithm, Producer
 from fairjax.agents.registry import Decoding, Objective, register
+from fairjax.data.config import Batching, DataConfig
 from fairjax.errors import ConfigError
 from fairjax.losses.grpo import GRPOHParams
 from fairjax.losses.ppo import PPOHParams
@@ -93,7 +94,8 @@ class PromptRows:
         return i
 
 
-def build_data(cfg, tok, train_path: str, eval_path: Optional[str], trunc):
+def build_data(cfg, data: DataConfig, batching: Batching, tok, train_path: str,
+               eval_path: Optional[str], trunc):
     """(prompt BatchIterator, None, steps per epoch): batches {"prompt_ids", "prompt_mask",
     "index"} of optim.batch_size rows (P prompts × G, left-padded to max_prompt_tokens)."""
     import jax
@@ -104,10 +106,10 @@ def build_data(cfg, tok, train_path: str, eval_path: Optional[str], trunc):
     from fairjax.generate import left_pad
 
     oc = online_config(cfg, cfg.algorithm)
-    if cfg.data.get("task"):
-        raise ConfigError(f"--config.data.task={cfg.data.task}: the online objectives sample "
+    if data.task:
+        raise ConfigError(f"--config.data.task={data.task}: the online objectives sample "
                           "rewrites of job-posting prompts; a custom task is not wired for them")
-    ds, _ = sources.read_jobs(train_path, cfg, "train", need_reward=False)  # file or TFDS dir
+    ds, _ = sources.read_jobs(train_path, data, "train", need_reward=False)  # file or TFDS dir
     width = oc.max_prompt_tokens
     prompts = [prompt_tokens(tok, e.prompt, max_len=width) for e in ds]
     rows = PromptRows(prompts, [e.id for e in ds], [e.response for e in ds])
@@ -118,7 +120,7 @@ def build_data(cfg, tok, train_path: str, eval_path: Optional[str], trunc):
         ids, mask = left_pad([prompts[i] for i in idx], width, tok.pad_id)
         return {"prompt_ids": ids, "prompt_mask": mask, "index": idx}
 
-    it = BatchIterator(rows, oc.prompts_per_step, seed=cfg.seed, shuffle=cfg.data.shuffle,
+    it = BatchIterator(rows, oc.prompts_per_step, seed=batching.seed, shuffle=data.shuffle,
                        collate_fn=collate, length_fn=lambda i: (len(prompts[i]), 1),
                        process_index=jax.process_index(), process_count=jax.process_count(),
                        buckets=None)

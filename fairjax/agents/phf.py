@@ -25,6 +25,7 @@ import numpy as np
 
 from fairjax.agents.base import Algorithm, identity_update, lm_forward, target_mask
 from fairjax.agents.registry import Objective, choice, config_block, register
+from fairjax.data.config import Batching, DataConfig
 from fairjax.errors import ConfigError
 from fairjax.losses.phf import OBJECTIVES, PHFHParams, phf_loss
 
@@ -142,8 +143,9 @@ def check_ul_threshold(cfg: Any, rewards, path: str) -> None:
             f"{'plain NLL' if n_bad == 0 else 'pure unlikelihood'}: put the threshold inside that range")
 
 
-def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
-    """Episodes with rewards; filtering keeps reward >= `phf.threshold`; unlikelihood / AWR / RWR
+def build_data(cfg: Any, data: DataConfig, batching: Batching, tok, train_path: str, eval_path,
+               trunc):
+    """Episodes with rewards (`data`: the typed data block); filtering keeps reward >= `phf.threshold`; unlikelihood / AWR / RWR
     batches carry per-token scores."""
     import functools
 
@@ -167,7 +169,7 @@ def build_data(cfg: Any, tok, train_path: str, eval_path, trunc):
         return train_eps, with_token_scores(functools.partial(collate, pad_id=tok.pad_id,
                                                               extras=True))
 
-    return episode_data(cfg, tok, train_path, eval_path, trunc, extras=True,
+    return episode_data(data, batching, tok, train_path, eval_path, trunc, extras=True,
                         select=select if objective == "filtering" else None,
                         prepare=prepare if objective in ("unlikelihood", "awr", "rwr") else None)
 

@@ -61,9 +61,12 @@ class Objective:
         are param trees, or `rng -> params` (the LoRA form passes adapter inits: every
         objective, offline and online, trains with `lora.enabled` through
         `agents.lora.loraize`).
-    build_data(cfg, tokenizer, train_path, eval_path, truncation[, reference=]) -> (train
-        iterator, eval factory or None, steps per epoch) (None: plain job-posting episodes,
-        `fairjax.data.episodes.episode_data`).
+    build_data(cfg, data, batching, tokenizer, train_path, eval_path, truncation[, reference=])
+        -> (train iterator, eval factory or None, steps per epoch) (None: plain job-posting
+        episodes, `fairjax.data.episodes.episode_data`). The data settings come typed:
+        `data` is the `fairjax.data.config.DataConfig` of `config.data`, `batching` the
+        `Batching` (optim.batch_size, optim.grad_accum, seed); `cfg` is read only for the
+        objective's own block (and the reward block).
     make_producer(cfg, setup, run_dir) -> `agents.base.Producer` (`loop.Setup.producer`): the
         step's batch is made from the current state and the train_data batch (online RL:
         rollouts of the current policy, scored on the host, with advantages), then trained on

@@ -398,6 +398,10 @@ def _iter_raw(path: str) -> Iterator[tuple[int, Any, Optional[str]]]:
                 yield n, None, f"invalid JSON ({e.msg} at column {e.colno})"
 
 
+# what `on_error` takes (`data.on_error`): raise DataError at the first bad record | skip it (counted)
+ON_ERROR = ("raise", "skip")
+
+
 def read_records(path: str | os.PathLike, *, text_field: str = "text", on_error: str = "raise",
                  clean: bool = True, stats: Optional[ReadStats] = None) -> list[dict[str, Any]]:
     """Read and validate a JSONL/CSV file of postings -> canonical records.
@@ -406,8 +410,8 @@ def read_records(path: str | os.PathLike, *, text_field: str = "text", on_error:
     technologies (list|None), extra (other fields), source ("file:line").
     on_error: "raise" -> DataError("file:line: reason"); "skip" -> skipped and counted in `stats`.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")

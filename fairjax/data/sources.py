@@ -4,9 +4,12 @@
 * a prepared TFDS array_record dataset directory (`fairjax.data.tfds_jobs.prepare_jobs`): the
   `data_dir` given to `prepare_jobs`, its `fairjax_jobs/<config>` directory, or the versioned
   directory holding `dataset_info.json`; `data.train` reads split "train", `data.eval` split "eval";
-* `data.task = "module:factory"`: a custom task. `factory(path, config)` returns a list dataset
-  (len + getitem) of `fairjax.data.task.Observation`s for the file/directory `path`; the trainer
-  lays them out (`EpisodeDataset`) and batches them like the job task.
+* `data.task = "module:factory"`: a custom task. `factory(path, data)` (`data`: the run's
+  `fairjax.data.config.DataConfig`) returns a list dataset (len + getitem) of
+  `fairjax.data.task.Observation`s for the file/directory `path`; the trainer lays them out
+  (`EpisodeDataset`) and batches them like the job task.
+
+Every function here takes the typed data block (`DataConfig`), never the whole run config.
 
 Records skipped with `data.on_error=skip` are counted in `SourceStats` (logged by the trainer and
 written to the run summary).
@@ -18,7 +21,9 @@ import importlib
 import os
 from typing import Any, Callable, Optional
 
+from fairjax.data.config import DataConfig
 from fairjax.data.jobs import DataError, JobExample, JobsDataset
+from fairjax.data.task import parse_task_spec
 from fairjax.errors import ConfigError
 
 SPLIT_OF_KEY = {"train": "train", "eval": "eval"}
@@ -87,7 +92,7 @@ def _tfds_examples(path: str, split: str) -> list[JobExample]:
     return out
 
 
-def read_jobs(path: str, cfg: Any, key: str = "train",
+def read_jobs(path: str, data: DataConfig, key: str = "train",
               need_reward: bool = True) -> tuple[JobsDataset, SourceStats]:
     """The postings of `data.<key>` = `path` (file or TFDS directory) and their read counts.
     An empty result, or a record without reward when `need_reward`, is a DataError naming the
@@ -101,8 +106,7 @@ def read_jobs(path: str, cfg: Any, key: str = "train",
         ds = JobsDataset(examples)
         stats = SourceStats(path, lines=len(examples), kept=len(examples))
     else:
-        ds = JobsDataset.from_file(path, text_field=cfg.data.text_field,
-                                   on_error=cfg.data.on_error)
+        ds = JobsDataset.from_file(path, text_field=data.text_field, on_error=data.on_error)
         r = ds.read_stats
         stats = SourceStats(path, lines=r.lines, kept=r.kept, skipped=r.skipped,
                             errors=list(r.errors))
@@ -110,7 +114,7 @@ def read_jobs(path: str, cfg: Any, key: str = "train",
         why = (f"all {stats.skipped} records were skipped (first: {stats.errors[0]})"
                if stats.skipped else "it holds no records")
         raise DataError(f"{path}: no training examples: {why}; check the file or "
-                        f"`--config.data.text_field` (now {cfg.data.text_field!r})")
+                        f"`--config.data.text_field` (now {data.text_field!r})")
     if need_reward:
         missing = [e for e in ds if e.reward is None]
         if missing:
@@ -122,12 +126,12 @@ def read_jobs(path: str, cfg: Any, key: str = "train",
     return ds, stats
 
 
-def task_factory(spec: str) -> Callable[[str, Any], Any]:
+def task_factory(spec: str) -> Callable[[str, DataConfig], Any]:
     """`"package.module:factory"` -> the factory (ConfigError naming `--config.data.task`)."""
-    mod_name, sep, attr = spec.partition(":")
-    if not sep or not mod_name or not attr:
-        raise ConfigError(f"--config.data.task={spec}: expected 'module:factory', e.g. "
-                          "'my_pkg.tasks:make_dataset'")
+    try:
+        mod_name, attr = parse_task_spec(spec)
+    except ValueError as e:
+        raise ConfigError(f"--config.data.task={e}") from None
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
@@ -139,35 +143,36 @@ def task_factory(spec: str) -> Callable[[str, Any], Any]:
     return fn
 
 
-def task_observations(spec: str, path: str, cfg: Any):
-    """The custom task's list dataset of observations for `path` (checked: non-empty, items are
-    Observations)."""
+def task_observations(path: str, data: DataConfig):
+    """The list dataset of observations of the custom task `data.task` for `path` (checked:
+    non-empty, items are Observations)."""
     from fairjax.data.task import ListDataset, Observation
 
-    data = task_factory(spec)(path, cfg)
-    if not isinstance(data, ListDataset):
+    spec = data.task
+    out = task_factory(spec)(path, data)
+    if not isinstance(out, ListDataset):
         raise ConfigError(f"--config.data.task={spec}: the factory returned a "
-                          f"{type(data).__name__}; return a list dataset (len + getitem) of "
+                          f"{type(out).__name__}; return a list dataset (len + getitem) of "
                           "Observations")
-    if len(data) == 0:
+    if len(out) == 0:
         raise DataError(f"{path}: the task {spec} found no examples in it")
-    if not isinstance(data[0], Observation):
-        raise ConfigError(f"--config.data.task={spec}: item 0 is a {type(data[0]).__name__}, "
+    if not isinstance(out[0], Observation):
+        raise ConfigError(f"--config.data.task={spec}: item 0 is a {type(out[0]).__name__}, "
                           "which has no to_sequence() -> (list[(text, reward|None)], terminal)")
-    return data
+    return out
 
 
-def texts(path: str, cfg: Any) -> list[str]:
+def texts(path: str, data: DataConfig) -> list[str]:
     """Every text of the train data (the demo tokenizer is trained on them): prompt + posting,
     or a custom task's utterances."""
-    if cfg.data.task:
-        data = task_observations(cfg.data.task, path, cfg)
-        return ["\n".join(text for text, _ in data[i].to_sequence()[0]) for i in range(len(data))]
-    ds, _ = read_jobs(path, cfg, "train", need_reward=False)
+    if data.task:
+        obs = task_observations(path, data)
+        return ["\n".join(text for text, _ in obs[i].to_sequence()[0]) for i in range(len(obs))]
+    ds, _ = read_jobs(path, data, "train", need_reward=False)
     return [e.prompt + "\n" + e.response for e in ds]
 
 
-def read_counts(cfg: Any, train_path: str, eval_path: Optional[str],
+def read_counts(data: DataConfig, train_path: str, eval_path: Optional[str],
                 layout: Optional[dict] = None) -> list[dict]:
     """`SourceStats.to_dict()` of the train (and eval) source: records kept / skipped; with
     `layout` ({split: data.layout.LayoutStats}), what truncation to `data.max_len` did."""
@@ -175,16 +180,16 @@ def read_counts(cfg: Any, train_path: str, eval_path: Optional[str],
     for key, path in (("train", train_path), ("eval", eval_path)):
         if not path:
             continue
-        if cfg.data.task:
-            n = len(task_observations(cfg.data.task, path, cfg))
+        if data.task:
+            n = len(task_observations(path, data))
             entry = SourceStats(path, lines=n, kept=n).to_dict()
         else:
-            entry = read_jobs(path, cfg, key, need_reward=False)[1].to_dict()
+            entry = read_jobs(path, data, key, need_reward=False)[1].to_dict()
         stats = (layout or {}).get(key)
         if stats is not None:
             entry["layout"] = {**stats.as_dict(), **stats.shares()}
             entry["layout"]["dropped_ids"] = entry["layout"]["dropped_ids"][:20]
-            entry["line"] += (f"; max_len {cfg.data.max_len}: prompt cut in "
+            entry["line"] += (f"; max_len {data.max_len}: prompt cut in "
                               f"{entry['layout']['prompt_truncated_share']:.0%} of "
                               f"{stats.total} episodes, response cut in "
                               f"{entry['layout']['response_truncated_share']:.0%}")

@@ -26,6 +26,15 @@ from fairjax.data.layout import (Episode, LayoutStats, TokenizerLike, Truncation
 Sequence_ = list[tuple[str, Optional[float]]]
 
 
+def parse_task_spec(spec: str) -> tuple[str, str]:
+    """`"package.module:factory"` (`data.task`: the factory of a custom task's list dataset) ->
+    (module, attribute); ValueError naming the expected form otherwise. Nothing is imported."""
+    mod_name, sep, attr = str(spec).partition(":")
+    if not sep or not mod_name or not attr:
+        raise ValueError(f"{spec!r}: expected 'module:factory', e.g. 'my_pkg.tasks:make_dataset'")
+    return mod_name, attr
+
+
 @runtime_checkable
 class Observation(Protocol):
     def to_sequence(self) -> tuple[Sequence_, bool]: ...

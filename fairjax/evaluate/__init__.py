@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from fairjax import faults
+from fairjax.data.config import DataConfig
 
 LOG_FILE = "eval_logs.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -187,8 +188,9 @@ def training_scorer(path: str, fallback):
         reward = reward_config(rc.get("reward"))
         if registry.get(rc.algorithm).trains_on_reward and reward.scorer:
             pool = Path(path) / "data" / "candidates.jsonl"
-            if rc.data.train:
-                pool = Path(rc.data.train).parent / "candidates.jsonl"
+            train = DataConfig.from_block(rc.data).train
+            if train:
+                pool = Path(train).parent / "candidates.jsonl"
             scorer = build_reward_scorer(reward, str(pool) if pool.is_file() else None,
                                          strict=False)
             return scorer, f"the training reward of {path} ({scorer.name})"
@@ -279,9 +281,12 @@ def _is_run_dir(path: str) -> bool:
 
 
 def _run_eval_path(run_cfg: Any, run_dir: str) -> Optional[str]:
-    if run_cfg.data.eval:
-        return run_cfg.data.eval
-    if run_cfg.data.train:
+    """The eval split of the run at `run_dir` (config `run_cfg`): data.eval, none when data.train
+    is set without it, else the demo corpus's eval split in RUN_DIR/data."""
+    data = DataConfig.from_block(run_cfg.data)
+    if data.eval:
+        return data.eval
+    if data.train:
         return None
     demo = Path(run_dir) / "data" / "jobs_eval.jsonl"
     return str(demo) if demo.is_file() else None
@@ -510,12 +515,13 @@ def evaluate(cfg: Any) -> dict:
     sc_cfg = scorer_config(cfg.scorer)  # checked before any model loads
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    data = DataConfig.from_block(cfg.data)  # configs/eval.py: eval, text_field, on_error
     systems, run_eval = load_systems(cfg)
-    eval_path = cfg.data.eval or run_eval
+    eval_path = data.eval or run_eval
     if not eval_path:
         raise ValueError("config.data.eval is empty and the checkpoint is not a run dir with an "
                          "eval split: give the eval JSONL/CSV")
-    ds = JobsDataset.from_file(eval_path, text_field=cfg.data.text_field, on_error=cfg.data.on_error)
+    ds = JobsDataset.from_file(eval_path, text_field=data.text_field, on_error=data.on_error)
     r = ds.read_stats  # data.on_error=skip: what was dropped is counted and reported
     read = SourceStats(eval_path, lines=r.lines, kept=r.kept, skipped=r.skipped,
                        errors=list(r.errors)).to_dict()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -272,7 +272,24 @@ class Tokenizer:
 
 
 # -- model <-> tokenizer consistency ------------------------------------------------------
-def assert_vocab_matches(tokenizer: Tokenizer, config: Any, allow_padding: bool = False) -> None:
+class VocabConfig(Protocol):
+    """What this module reads of a model config (`fairjax.models.gpt2.GPT2Config`,
+    `fairjax.models.llama.LlamaConfig`, ...): its family `kind` ("gpt2" | "llama") and
+    `vocab_size`; `tie_word_embeddings` is read when present (default: tied for gpt2).
+    `resize_embeddings` also needs a dataclass (it returns `dataclasses.replace(config, ...)`)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+
+C = TypeVar("C", bound=VocabConfig)
+
+
+def assert_vocab_matches(tokenizer: Tokenizer, config: VocabConfig,
+                         allow_padding: bool = False) -> None:
     """Raise `VocabMismatchError` unless `config.vocab_size == len(tokenizer)`.
 
     allow_padding: accept a model vocabulary larger than the tokenizer (rows padded for speed).
@@ -294,7 +311,7 @@ _EMBEDDINGS = {"gpt2": ("wte", "embedding"), "llama": ("embed_tokens", "embeddin
 _HEAD = (("lm_head", "kernel"), 1)
 
 
-def _vocab_arrays(config) -> list:
+def _vocab_arrays(config: VocabConfig) -> list:
     kind = getattr(config, "kind", None)
     if kind not in _EMBEDDINGS:
         raise ValueError(f"resize_embeddings: unsupported model kind {kind!r}")
@@ -302,8 +319,8 @@ def _vocab_arrays(config) -> list:
     return [(_EMBEDDINGS[kind], 0)] + ([] if tied else [_HEAD])
 
 
-def resize_embeddings(params: dict, config: Any, new_vocab: int, rng=None,
-                      method: str = "mean") -> tuple[dict, Any]:
+def resize_embeddings(params: dict, config: C, new_vocab: int, rng=None,
+                      method: str = "mean") -> tuple[dict, C]:
     """Grow the vocabulary-sized params to `new_vocab` rows; returns (params, new_config).
 
     New rows (ids `config.vocab_size .. new_vocab-1`, e.g. the six layout tokens) are

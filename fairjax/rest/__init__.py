@@ -20,19 +20,21 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from fairjax.data.config import DataConfig
+
 SUMMARY = "rest_summary.json"
 
 
-def _data(cfg: Any, run_dir: Path) -> tuple[str, Optional[str], str]:
+def _data(cfg: Any, data: DataConfig, run_dir: Path) -> tuple[str, Optional[str], str]:
     """(train postings, eval postings or None, candidate pool) — the demo corpus in
-    RUN_DIR/data when `data.train` is empty."""
-    train, ev = cfg.data.train, cfg.data.eval or None
+    RUN_DIR/data when `data.train` is empty (`data`: the typed `config.data`)."""
+    train, ev = data.train, data.eval or None
     if not train:
         from fairjax.data.demo import write_demo
 
         d = run_dir / "data"
         if not (d / "jobs_train.jsonl").is_file():
-            write_demo(d, n_postings=cfg.data.demo_postings, seed=cfg.seed)
+            write_demo(d, n_postings=data.demo_postings, seed=cfg.seed)
         train, ev = str(d / "jobs_train.jsonl"), str(d / "jobs_eval.jsonl")
     pool = cfg.reward.pool or os.path.join(os.path.dirname(os.path.abspath(train)), "candidates.jsonl")
     if not os.path.isfile(pool.split(",")[0]):
@@ -77,7 +79,8 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
         raise ValueError(f"config.rest.rounds={cfg.rest.rounds}; expected >= 1")
     root = Path(run_dir or cfg.run_dir).absolute()
     root.mkdir(parents=True, exist_ok=True)
-    train_path, eval_path, pool = _data(cfg, root)
+    data = DataConfig.from_block(cfg.data)
+    train_path, eval_path, pool = _data(cfg, data, root)
     reward = dataclasses.replace(reward_config(cfg.reward), pool=pool)  # the rounds' pool
     prev, rounds = None, []
     for r in range(cfg.rest.rounds):
@@ -90,7 +93,7 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
                             default_pool=pool, tau=cfg.rest.tau,
                             require_header=cfg.rest.require_header,
                             min_margin=cfg.rest.min_margin, limit=cfg.rest.limit,
-                            text_field=cfg.data.text_field)
+                            text_field=data.text_field)
         result = train(round_config(cfg, stats["files"]["augmented.jsonl"], eval_path, pool, prev),
                        rd / "train")
         rounds.append({"round": r, "sampler": stats["policy"], "data": stats,

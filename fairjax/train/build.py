@@ -7,7 +7,8 @@ then the generic loop (`fairjax.train.loop.run`) on that LoopConfig and `build_s
 (or the given `setup`).
 Objectives are looked up in `fairjax.agents.registry` (validation, algorithm, data) and read
 through their declared capabilities (packable, needs_reference, online, decoding), so this module
-names no objective.
+names no objective. The data block is converted once into its typed record (`data_inputs`:
+`fairjax.data.config.DataConfig` and the `Batching` it needs from optim/seed) and passed down.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from fairjax.agents import registry
 from fairjax.agents.base import Algorithm
 from fairjax.agents.registry import build_algorithm, choice
 from fairjax.data import sources
+from fairjax.data.config import Batching, DataConfig
 from fairjax.errors import ConfigError
 from fairjax.models.common import ATTENTION_IMPLS, REMAT_POLICIES
 from fairjax.models.lora import validate as validate_lora
@@ -64,30 +66,32 @@ def validate_config(cfg: Any) -> LoopConfig:
     choice("model.remat", cfg.model.remat, tuple(REMAT_POLICIES))
     choice("model.attention", cfg.model.get("attention", "xla"), ATTENTION_IMPLS)
     _check_scan_layers(cfg)
-    choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
+    data = DataConfig.from_block(cfg.data)  # fields, choices, ranges (ConfigError naming the key)
     loop = LoopConfig.from_config(cfg)  # train, optim, mesh, distributed: their own checks
     if cfg.get("lora") is not None:
         validate_lora(cfg.lora, "config.lora")  # rank, dropout, quant, base_dtype
-    _positive(cfg, "data.max_len")
     from fairjax.rewards.registry import reward_config
 
     reward_config(cfg.reward)  # ConfigError naming config.reward.<field> (rewards/registry.py)
-    buckets = tuple(cfg.data.buckets or ())
-    if any(int(b) <= 0 for b in buckets) or list(buckets) != sorted(buckets):
-        raise ConfigError(f"config.data.buckets={buckets}; expected increasing positive lengths")
     if str(cfg.init.step) not in ("best", "latest") and not str(cfg.init.step).isdigit():
         raise ConfigError(f"config.init.step={cfg.init.step!r}; expected best | latest | a step")
-    check_data_config(cfg)
-    check_pack_config(cfg)
+    check_data_config(data)
+    check_pack_config(cfg, data)
     spec.validate(cfg)
     return loop
 
 
-def check_pack_config(cfg: Any) -> None:
-    """`data.pack` is a bool and the objective can train on packed rows (ConfigError otherwise)."""
-    pack = cfg.data.get("pack", False)
-    choice("data.pack", pack, (False, True))
-    if not pack:
+def data_inputs(cfg: Any) -> tuple[DataConfig, Batching]:
+    """The typed data block and what the data code reads from other blocks (optim.batch_size,
+    optim.grad_accum, seed): the one conversion of the run config for the data code."""
+    return DataConfig.from_block(cfg.data), Batching(
+        batch_size=cfg.optim.batch_size, grad_accum=cfg.optim.grad_accum, seed=cfg.seed)
+
+
+def check_pack_config(cfg: Any, data: DataConfig) -> None:
+    """The objective `cfg.algorithm` can train on packed rows when `data.pack` (ConfigError
+    otherwise; DataConfig checked that it is a bool)."""
+    if not data.pack:
         return
     spec = registry.get(cfg.algorithm)
     if not spec.packable:
@@ -101,14 +105,15 @@ def check_pack_config(cfg: Any) -> None:
 
 
 # =========================================================================== build from config
-def _demo_paths(cfg: Any, run_dir: Path) -> dict:
-    """The synthetic demo corpus in RUN_DIR/data (written by process 0, deterministic)."""
+def _demo_paths(data: DataConfig, seed: int, run_dir: Path) -> dict:
+    """The synthetic demo corpus of `data.demo_postings` postings in RUN_DIR/data (written by
+    process 0, deterministic in `seed`)."""
     from fairjax.data.demo import write_demo
 
     d = run_dir / "data"
     paths = {k: str(d / f"jobs_{k}.jsonl") for k in ("train", "eval")}
     if parallel.is_main_process() and not all(os.path.isfile(p) for p in paths.values()):
-        write_demo(d, n_postings=cfg.data.demo_postings, seed=cfg.seed)
+        write_demo(d, n_postings=data.demo_postings, seed=seed)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -116,29 +121,31 @@ def _demo_paths(cfg: Any, run_dir: Path) -> dict:
     return paths
 
 
-def check_data_config(cfg: Any) -> None:
+def check_data_config(data: DataConfig) -> None:
     """data.train / data.eval exist (a file or a TFDS directory) and data.task imports; a
     ConfigError naming the flag otherwise (before any file is written)."""
     for key in ("train", "eval"):
-        p = getattr(cfg.data, key)
+        p = getattr(data, key)
         if p and not os.path.exists(p):
             raise ConfigError(f"--config.data.{key}={p}: no such file or directory")
-        if p and os.path.isdir(p) and not cfg.data.task and not sources.is_tfds_dir(p):
+        if p and os.path.isdir(p) and not data.task and not sources.is_tfds_dir(p):
             raise ConfigError(f"--config.data.{key}={p}: a directory, but not a prepared TFDS "
                               "dataset (fairjax.data.tfds_jobs.prepare_jobs); give a JSONL/CSV file")
-    if cfg.data.task:
-        if not cfg.data.train:
-            raise ConfigError(f"--config.data.task={cfg.data.task} needs --config.data.train (the "
+    if data.task:
+        if not data.train:
+            raise ConfigError(f"--config.data.task={data.task} needs --config.data.train (the "
                               "path given to the task's factory)")
-        sources.task_factory(cfg.data.task)
+        sources.task_factory(data.task)
 
 
-def data_paths(cfg: Any, run_dir: Path) -> tuple[str, Optional[str]]:
-    if cfg.data.train:
-        check_data_config(cfg)
-        return cfg.data.train, (cfg.data.eval or None)
-    demo = _demo_paths(cfg, run_dir)
-    return demo["train"], (cfg.data.eval or demo["eval"])
+def data_paths(data: DataConfig, seed: int, run_dir: Path) -> tuple[str, Optional[str]]:
+    """(train path, eval path or None): data.train / data.eval, or the demo corpus (written in
+    RUN_DIR/data with `seed`) when data.train is empty."""
+    if data.train:
+        check_data_config(data)
+        return data.train, (data.eval or None)
+    demo = _demo_paths(data, seed, run_dir)
+    return demo["train"], (data.eval or demo["eval"])
 
 
 def demo_tokenizer(texts: Sequence[str], vocab_size: int = 1000):
@@ -161,8 +168,10 @@ def demo_tokenizer(texts: Sequence[str], vocab_size: int = 1000):
     return Tokenizer(hf, source="demo-tiny BPE")
 
 
-def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None):
-    """(model_config, module, initial LM params, tokenizer) from `cfg.model` (and `cfg.init`).
+def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None,
+                data: Optional[DataConfig] = None):
+    """(model_config, module, initial LM params, tokenizer) from `cfg.model` (and `cfg.init`);
+    `data` (default: `cfg.data` converted): the demo tokenizer's texts and `data.max_len`.
 
     A run dir that already has model/ (a relaunch) reloads it, so the tokenizer and initial
     weights are exactly the first launch's, unless `init.policy` is set: model/ then holds that
@@ -173,6 +182,7 @@ def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None):
     from fairjax.models.layout import to_layout
     from fairjax.runs import load
 
+    data = data if data is not None else DataConfig.from_block(cfg.data)
     own = run_dir / rd.MODEL_DIR
     scan = bool(cfg.model.get("scan_layers", False))
     source = None
@@ -189,11 +199,11 @@ def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None):
     elif cfg.model.init == "demo-tiny":
         from fairjax.models.gpt2 import PRESETS, init_params
 
-        tok = demo_tokenizer(sources.texts(train_path, cfg), cfg.model.demo_vocab_size)
+        tok = demo_tokenizer(sources.texts(train_path, data), cfg.model.demo_vocab_size)
         mcfg = PRESETS[cfg.model.demo_size].replace(
             vocab_size=len(tok), dtype=cfg.model.dtype, remat=cfg.model.remat,
             attention_impl=cfg.model.attention, scan_layers=scan,
-            max_positions=max(PRESETS[cfg.model.demo_size].max_positions, cfg.data.max_len))
+            max_positions=max(PRESETS[cfg.model.demo_size].max_positions, data.max_len))
         # unrolled init, then stacked: the same initial weights in either layout
         params = jax.device_get(init_params(mcfg.replace(scan_layers=False),
                                             jax.random.PRNGKey(cfg.seed)))
@@ -218,10 +228,11 @@ def _init_policy_params(cfg: Any, mcfg: Any):
     return to_layout(params, mcfg, source=f"config.init.policy={cfg.init.policy}")
 
 
-def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str],
-               reference: Optional[dict] = None):
+def build_data(cfg: Any, data: DataConfig, batching: Batching, tok, train_path: str,
+               eval_path: Optional[str], reference: Optional[dict] = None):
     """(train BatchIterator over global steps, eval factory or None, steps per epoch): the
-    objective's `build_data` hook, else job-posting episodes (`fairjax.data.episodes`)."""
+    objective's `build_data` hook, else job-posting episodes (`fairjax.data.episodes`); the data
+    settings are the typed `data` / `batching` (`data_inputs`)."""
     from fairjax.data.episodes import episode_data
     from fairjax.data.layout import Truncation
 
@@ -229,11 +240,11 @@ def build_data(cfg: Any, tok, train_path: str, eval_path: Optional[str],
     if cfg.reward.field != "reward":
         raise ConfigError(f"config.reward.field={cfg.reward.field!r}: the job reader takes rewards "
                           "from the 'reward' field; rename the field in the data")
-    trunc = Truncation(max_len=cfg.data.max_len)
+    trunc = Truncation(max_len=data.max_len)
     if spec.build_data is not None:
         kw = {"reference": reference} if spec.needs_reference else {}
-        return spec.build_data(cfg, tok, train_path, eval_path, trunc, **kw)
-    return episode_data(cfg, tok, train_path, eval_path, trunc,
+        return spec.build_data(cfg, data, batching, tok, train_path, eval_path, trunc, **kw)
+    return episode_data(data, batching, tok, train_path, eval_path, trunc,
                         need_reward=spec.trains_on_reward)
 
 
@@ -272,25 +283,27 @@ def build_setup(cfg: Any, run_dir: Path, loop: Optional[LoopConfig] = None) -> S
     from fairjax.rewards.training import source_paths
 
     loop = loop if loop is not None else LoopConfig.from_config(cfg)
-    train_path, eval_path = training_rewards(cfg, run_dir, *data_paths(cfg, run_dir),
+    data, batching = data_inputs(cfg)
+    train_path, eval_path = training_rewards(cfg, run_dir, *data_paths(data, cfg.seed, run_dir),
                                              progress=loop.train.progress)
-    mcfg, module, params, tok = build_model(cfg, run_dir, train_path)
+    mcfg, module, params, tok = build_model(cfg, run_dir, train_path, data)
     policy = _init_policy_params(cfg, mcfg)
     algorithm = with_param_dtype(build_algorithm(cfg, module, mcfg, params, policy),
                                  loop.optim.param_dtype)
     # objectives that read the initial policy while building data (A-LoL's V(x)) get it here
     reference = {"module": module, "params": policy if policy is not None else params,
                  "run_dir": run_dir}
-    train_it, eval_fn, per_epoch = build_data(cfg, tok, train_path, eval_path, reference)
+    train_it, eval_fn, per_epoch = build_data(cfg, data, batching, tok, train_path, eval_path,
+                                              reference)
     gen_fn = None
     if cfg.eval.generate and eval_path:
-        gen_fn = make_eval_generate_fn(cfg, run_dir, algorithm, module, tok, eval_path)
+        gen_fn = make_eval_generate_fn(cfg, data, run_dir, algorithm, module, tok, eval_path)
     setup = Setup(algorithm=algorithm, train_data=train_it, eval_data=eval_fn,
                   rules=mcfg.partition_rules(), model_config=mcfg, tokenizer=tok,
                   initial_lm_params=policy if policy is not None else params,
                   steps_per_epoch=per_epoch, eval_generate_fn=gen_fn,
                   # counted on the files as first read (the rewarded copies hold only kept records)
-                  data_stats=sources.read_counts(cfg, *source_paths(run_dir, train_path, eval_path),
+                  data_stats=sources.read_counts(data, *source_paths(run_dir, train_path, eval_path),
                                                  getattr(train_it, "layout_stats", None)),
                   count_tokens=registry.get(cfg.algorithm).count_tokens)
     make_producer = registry.get(cfg.algorithm).make_producer
@@ -314,8 +327,8 @@ def with_param_dtype(algorithm: Algorithm, param_dtype: str) -> Algorithm:
     return algorithm._replace(init=cast_init)
 
 
-def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module, tok,
-                          eval_path: str):
+def make_eval_generate_fn(cfg: Any, data: DataConfig, run_dir: Path, algorithm: Algorithm,
+                          module, tok, eval_path: str):
     """`eval.generate`: at each evaluation, rewrite the first `eval.num_prompts` eval postings
     (value-guided objectives: perturbed with their decoding settings' adv_weight) and report the mean diversity reward of
     the rewrites (`gen_reward`, pool = `reward.pool` or the demo candidates), their length and
@@ -324,9 +337,8 @@ def make_eval_generate_fn(cfg: Any, run_dir: Path, algorithm: Algorithm, module,
     from fairjax.rewards.diversity import DiversityScorer
     from fairjax.rewards.pool import CandidatePool, load_pool
 
-    skip_cfg = cfg.copy_and_resolve_references()  # unreadable eval lines are skipped here
-    skip_cfg.data.on_error = "skip"
-    ds, _ = sources.read_jobs(eval_path, skip_cfg, "eval", need_reward=False)
+    # unreadable eval lines are skipped here
+    ds, _ = sources.read_jobs(eval_path, data.replace(on_error="skip"), "eval", need_reward=False)
     prompts = [e.prompt for e in ds][: cfg.eval.num_prompts]
     from fairjax.rewards.embedders import make_embedder
     from fairjax.rewards.registry import reward_config

@@ -71,6 +71,7 @@ def test_default_lengths_keep_every_demo_posting_whole(tmp_path):
     """With the shipped defaults (data.max_len, demo tokenizer) the policy sees the whole quoted
     original of every demo posting, train and eval (issue: the prompt used to be cut to nothing)."""
     from fairjax.data import sources
+    from fairjax.data.config import DataConfig
     from fairjax.data.layout import Truncation
     from fairjax.data.task import JobRewriteTask
     from fairjax.data.demo import write_demo
@@ -78,9 +79,10 @@ def test_default_lengths_keep_every_demo_posting_whole(tmp_path):
 
     cfg = load_config("ilql")
     paths = write_demo(tmp_path / "demo", n_postings=cfg.data.demo_postings, seed=cfg.seed)
-    tok = demo_tokenizer(sources.texts(str(paths["train"]), cfg), cfg.model.demo_vocab_size)
+    data = DataConfig.from_block(cfg.data)
+    tok = demo_tokenizer(sources.texts(str(paths["train"]), data), cfg.model.demo_vocab_size)
     for split in ("train", "eval"):
-        ds, _ = sources.read_jobs(str(paths[split]), cfg, split)
+        ds, _ = sources.read_jobs(str(paths[split]), data, split)
         eps = JobRewriteTask(ds).episodes(tok, Truncation(max_len=cfg.data.max_len)).prepare()
         assert eps.stats.total == len(ds) > 0
         assert eps.stats.shares() == {"prompt_truncated_share": 0.0,
@@ -99,17 +101,22 @@ def test_tfds_directory_is_training_data(tmp_path):
     # TFDS stores the records in its own (hashed) order: same data, so the first loss matches
     # an epoch-shuffled read only loosely; the examples themselves are identical
     from fairjax.data import sources
+    from fairjax.data.config import DataConfig
 
-    cfg = small_config("bc", **TINY)
-    ja, _ = sources.read_jobs(str(path), cfg)
-    jb, _ = sources.read_jobs(str(tmp_path / "tfds"), cfg)
+    data = DataConfig.from_block(small_config("bc", **TINY).data)
+    ja, _ = sources.read_jobs(str(path), data)
+    jb, _ = sources.read_jobs(str(tmp_path / "tfds"), data)
     key = lambda e: e.id  # noqa: E731
     assert [(e.id, e.prompt, e.response, e.reward) for e in sorted(ja, key=key)] == \
         [(e.id, e.prompt, e.response, e.reward) for e in sorted(jb, key=key)]
 
 
-def make_task(path, config):
-    """A custom task for `data.task`: each line of `path` is one utterance pair."""
+def make_task(path, data):
+    """A custom task for `data.task`: each line of `path` is one utterance pair; `data` is the
+    run's typed data block."""
+    from fairjax.data.config import DataConfig
+
+    assert isinstance(data, DataConfig) and data.task == f"{__name__}:make_task"
     lines = [line for line in open(path, encoding="utf-8").read().splitlines() if line]
     return [TextObservation(((f"Q: {line}", None), (f" A: {line[::-1]}", 1.0 + i % 3)))
             for i, line in enumerate(lines)]
