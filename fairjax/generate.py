@@ -43,7 +43,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fairjax.errors import ConfigError
+from fairjax.losses.vocab import lm_logits_from_hidden
 from fairjax.models.common import init_cache
+from fairjax.models.heads import apply_mlp_head
 
 PyTree = Any
 NEG_INF = -jnp.inf
@@ -121,8 +123,9 @@ class GenerationOutput(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """What to decode with. `trunks` are distinct LM param trees; `roles` maps 'logits' (policy),
-    and for ILQL 'v' (qv trunk) and 'target' (target trunk) to indices into `trunks`; `heads` holds
-    the V head and the target Q heads (ILQL) or is empty (plain LM)."""
+    and for value-guided decoding (ILQL's `sample_raw`) 'v' (value trunk) and 'target' (target Q
+    trunk) to indices into `trunks`; `heads` holds the V head and the target Q heads, or is empty
+    (plain LM)."""
 
     model: nn.Module
     trunks: tuple
@@ -131,7 +134,7 @@ class Policy:
     head_dtype: str = "float32"
 
     @property
-    def is_ilql(self) -> bool:
+    def is_value_guided(self) -> bool:
         return "v" in dict(self.roles)
 
     def cast(self, dtype: str) -> "Policy":
@@ -149,29 +152,13 @@ class Policy:
         return Policy(model, (lm_params,), (("logits", 0),), {})
 
     @staticmethod
-    def ilql(model: nn.Module, ilql_cfg, params: dict, frozen: dict) -> "Policy":
-        """ILQL agent params → policy trunk (logits), qv trunk (V), target trunk (target Q);
-        trunks shared by the config (separate_policy/separate_target False) run once."""
-        from fairjax.agents.ilql import trunks as ilql_trunks
-
-        tr = ilql_trunks(ilql_cfg, params, frozen)
-        order = ["policy"] + (["qv"] if ilql_cfg.separate_policy else []) + \
-                (["target"] if ilql_cfg.separate_target else [])
-        index = {name: i for i, name in enumerate(order)}
-        index.setdefault("qv", index["policy"])
-        index.setdefault("target", index["qv"])
-        heads = {"v": params["heads"]["v"], "target": dict(frozen["target_heads"])}
-        roles = (("logits", index["policy"]), ("v", index["qv"]), ("target", index["target"]))
-        return Policy(model, tuple(tr[n] for n in order), roles, heads, ilql_cfg.head_dtype)
-
-    @staticmethod
-    def from_algorithm(algorithm, params: PyTree, frozen: PyTree, *, model: nn.Module = None,
-                       ilql_cfg=None) -> "Policy":
-        """ILQL (when `ilql_cfg` is given) or the algorithm's policy LM."""
-        if ilql_cfg is not None:
-            return Policy.ilql(model, ilql_cfg, params, frozen)
-        module, lm_params = algorithm.policy(params, frozen)
-        return Policy.lm(module, lm_params)
+    def guided(model: nn.Module, fields: dict) -> "Policy":
+        """A value-guided policy from an objective's `Decoding.guided` fields (trunks, roles with
+        'logits', 'v', 'target', heads {'v': V head, 'target': {name: Q head}}, head_dtype)."""
+        missing = {"logits", "v", "target"} - set(dict(fields["roles"]))
+        if missing:
+            raise ValueError(f"value-guided policy: roles {sorted(missing)} missing")
+        return Policy(model, **fields)
 
 
 # ----------------------------------------------------------------------------- logits
@@ -236,13 +223,12 @@ def step_logits(policy_logits: jax.Array,  # [R, V]
 # ----------------------------------------------------------------------------- decoding
 def _heads_at(policy: Policy, hidden: dict, logits: jax.Array):
     """Per-step inputs of `step_logits` from the last hidden states of each trunk."""
-    if not policy.is_ilql:
+    if not policy.is_value_guided:
         return logits, None, None
-    from fairjax.agents.ilql import apply_head
 
     roles = dict(policy.roles)
-    v = apply_head(policy.heads["v"], hidden[roles["v"]], policy.head_dtype)[..., 0]
-    qs = [apply_head(p, hidden[roles["target"]], policy.head_dtype)
+    v = apply_mlp_head(policy.heads["v"], hidden[roles["v"]], policy.head_dtype)[..., 0]
+    qs = [apply_mlp_head(p, hidden[roles["target"]], policy.head_dtype)
           for _, p in sorted(policy.heads["target"].items())]
     q_min = qs[0] if len(qs) == 1 else jnp.minimum(qs[0], qs[1])
     return logits, q_min, v
@@ -251,8 +237,6 @@ def _heads_at(policy: Policy, hidden: dict, logits: jax.Array):
 def _run_trunks(policy: Policy, trunks: tuple, ids: jax.Array, mask: jax.Array, caches: tuple):
     """All trunks on `ids` [R, t] with their caches -> (policy logits at the last position [R, V],
     {trunk: last hidden [R, d]}, new caches)."""
-    from fairjax.agents.ilql import lm_logits_from_hidden
-
     hidden, new_caches = {}, []
     for i, (p, cache) in enumerate(zip(trunks, caches)):
         # Hidden states only: the LM head runs on the last position alone (a prefill never
@@ -272,8 +256,6 @@ def next_token_logits(policy: Policy, prompt_ids: jax.Array,  # [R, P] left-padd
     caches = tuple(None for _ in policy.trunks)
     _, hidden, _ = _run_trunks(policy, policy.trunks, jnp.asarray(prompt_ids),
                                jnp.asarray(prompt_mask), caches)
-    from fairjax.agents.ilql import lm_logits_from_hidden
-
     logits = lm_logits_from_hidden(policy.trunks[dict(policy.roles)["logits"]],
                                    hidden[dict(policy.roles)["logits"]])
     return step_logits(*_heads_at(policy, hidden, logits), pad_id, cfg)
@@ -334,7 +316,7 @@ def _full_is_base(policy: Policy, cfg: GenerationConfig) -> bool:
     """Whether `step_logits`' sampling logits equal its base logits bit for bit (plain LM,
     temperature 1, no top-k/top-p): then log π_full = log π_base and the KL term is 0 without
     a second pass over the vocabulary."""
-    return (not policy.is_ilql and cfg.include_logits and cfg.temperature == 1.0
+    return (not policy.is_value_guided and cfg.include_logits and cfg.temperature == 1.0
             and cfg.top_k == 0 and cfg.top_p >= 1.0)
 
 
@@ -465,7 +447,7 @@ def generate(policy: Policy, prompt_ids,  # [B, P] int32, left-padded
         prompt_ids, prompt_mask = (jnp.repeat(x, n, axis=0) for x in (prompt_ids, prompt_mask))
     static = dataclasses.replace(policy, trunks=(), heads=None)
     heads = dict(policy.heads)
-    if policy.is_ilql:  # β is an argument, not a constant: one compilation serves every β
+    if policy.is_value_guided:  # β is an argument, not a constant: one compilation serves every β
         heads["adv_weight"] = jnp.float32(cfg.adv_weight)
         fn = _compiled(static, dataclasses.replace(cfg, adv_weight=0.0), int(eoa_id),
                        int(pad_id), mesh)

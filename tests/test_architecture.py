@@ -116,13 +116,13 @@ def test_library_modules_define_no_flags():
 # ----------------------------------------------------------------------------- generic layers
 GENERIC = ["fairjax/train/build.py", "fairjax/train/loop.py", "fairjax/evaluate/__init__.py",
            "fairjax/pipeline.py", "fairjax/rewards/training.py", "fairjax/rewards/registry.py",
-           "fairjax/data/episodes.py"]
+           "fairjax/data/episodes.py", "fairjax/generate.py"]
 OBJECTIVE_MODULES = {"ilql", "lm", "alol", "alol_value", "phf", "dpo", "online_objectives"}
 
 
 def _is_config(node) -> bool:
-    """`cfg...` / `config...` / `run.config...`: a run config (not e.g. `Policy.ilql`, a
-    decoding of generate.py, or a pipeline stage's result dict)."""
+    """`cfg...` / `config...` / `run.config...`: a run config (or a pipeline stage's result dict
+    such as `stages[...]`, which is not)."""
     while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
         if isinstance(node, ast.Attribute) and "config" in node.attr:
             return True
@@ -131,8 +131,9 @@ def _is_config(node) -> bool:
 
 
 def objective_mentions(source: str, names: set[str]) -> list[str]:
-    """Places where code picks an objective by name: comparisons with a name, `x.<name>` /
-    `x["<name>"]` config blocks, and imports of an objective's module."""
+    """Places where code picks an objective by name: comparisons with a name, any attribute
+    `x.<name>` (a config block, or a per-objective builder such as `Policy.<name>`),
+    `cfg["<name>"]` config blocks, and imports of an objective's module."""
     hits = []
 
     def strings(node):
@@ -144,7 +145,7 @@ def objective_mentions(source: str, names: set[str]) -> list[str]:
         if isinstance(node, ast.Compare):
             found = strings(node) & names
             hits += [f"line {line}: compares with {sorted(found)}"] if found else []
-        elif isinstance(node, ast.Attribute) and node.attr in names and _is_config(node.value):
+        elif isinstance(node, ast.Attribute) and node.attr in names:
             hits.append(f"line {line}: .{node.attr}")
         elif (isinstance(node, ast.Subscript) and _is_config(node.value)
               and strings(node.slice) & names):
@@ -160,8 +161,9 @@ def objective_mentions(source: str, names: set[str]) -> list[str]:
 
 def test_mention_check_finds_objective_branches():
     src = ('if cfg.algorithm == "ilql":\n    g = cfg.ilql.generation\n'
-           'x = cfg["dpo"]\nfrom fairjax.agents.ilql import ILQLConfig\n')
-    assert len(objective_mentions(src, {"ilql", "dpo"})) == 4
+           'x = cfg["dpo"]\nfrom fairjax.agents.ilql import ILQLConfig\n'
+           'p = Policy.ilql(module)\ny = stages["dpo"]\n')
+    assert len(objective_mentions(src, {"ilql", "dpo"})) == 5
 
 
 def test_generic_layers_name_no_objective():

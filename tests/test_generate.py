@@ -33,7 +33,7 @@ def upstream(fixtures_dir):
     cfg = A.config_from_upstream(meta["ilql"], meta["loss_weights"])
     params, frozen = A.params_from_upstream_parts(
         cfg, split_upstream(load_torch_pickle(d / "iql_state_dict.pkl")), mcfg)
-    pol = Policy.ilql(gpt2.GPT2LMHeadModel(mcfg), cfg, params, frozen)
+    pol = Policy.guided(gpt2.GPT2LMHeadModel(mcfg), A.decoding_fields(cfg, params, frozen))
     return pol, gen, meta
 
 

@@ -37,11 +37,12 @@ from fairjax.agents.base import Algorithm, loss_view, segment_inputs
 from fairjax.agents.registry import Decoding, Objective, config_block, register
 from fairjax.errors import ConfigError
 from fairjax.losses import vocab as V
+from fairjax.losses.vocab import lm_logits_from_hidden
 from fairjax.losses.common import gather_positions
 from fairjax.losses.ilql import ILQLHparams, TokenCE, ilql_loss, select_tokens
 from fairjax.io.hf import config_from_hf_dir
 from fairjax.models import model_module
-from fairjax.models.heads import MLPHead, head_params_from_torch
+from fairjax.models.heads import MLPHead, apply_mlp_head, head_params_from_torch
 
 PyTree = Any
 ONLINE_Q = ("q1", "q2")
@@ -85,17 +86,6 @@ class ILQLConfig:
 
 
 # ----------------------------------------------------------------------------- heads
-def _head(p, dtype: str) -> MLPHead:
-    d_in, hidden = p["fc_in"]["kernel"].shape
-    return MLPHead(out_features=p["fc_out"]["kernel"].shape[-1], hidden_mult=hidden // d_in,
-                   dtype=dtype)
-
-
-def apply_head(p, hidden: jax.Array, dtype: str = "float32") -> jax.Array:
-    """MLPHead params, hidden [..., d] -> [..., out] float32."""
-    return _head(p, dtype).apply({"params": p}, hidden)
-
-
 def _head_hidden(p, hidden: jax.Array, dtype: str) -> jax.Array:
     """relu(fc_in(hidden)) [..., 2d] in `dtype`, as `MLPHead` computes it."""
     dt = jnp.dtype(dtype)
@@ -131,7 +121,7 @@ def apply_heads(heads_params: dict, hidden: jax.Array,  # [B, T, d]
     Works for `params["heads"]` and `frozen["target_heads"]` alike (used by generation)."""
     out = {}
     for name, p in heads_params.items():
-        y = apply_head(p, hidden, dtype)
+        y = apply_mlp_head(p, hidden, dtype)
         out[name] = y[..., 0] if name == "v" else y
     return out
 
@@ -219,15 +209,25 @@ def trunks(cfg: ILQLConfig, params: dict, frozen: dict) -> dict[str, PyTree]:
     return {"policy": pol, "qv": qv, "target": frozen.get("target", qv)}
 
 
+
+def decoding_fields(cfg: ILQLConfig, params: dict, frozen: dict) -> dict:
+    """The value-guided decoder's inputs (the fields of `fairjax.generate.Policy`) from ILQL agent
+    params (LoRA: merged): trunks in order policy (logits), qv (V), target (target Q), a trunk the
+    config shares (separate_policy / separate_target False) given once; roles index them;
+    heads = the V head and the target Q heads."""
+    tr = trunks(cfg, params, frozen)
+    order = ["policy"] + (["qv"] if cfg.separate_policy else []) + \
+            (["target"] if cfg.separate_target else [])
+    index = {name: i for i, name in enumerate(order)}
+    index.setdefault("qv", index["policy"])
+    index.setdefault("target", index["qv"])
+    return {"trunks": tuple(tr[n] for n in order),
+            "roles": (("logits", index["policy"]), ("v", index["qv"]), ("target", index["target"])),
+            "heads": {"v": params["heads"]["v"], "target": dict(frozen["target_heads"])},
+            "head_dtype": cfg.head_dtype}
+
+
 # ----------------------------------------------------------------------------- forward
-def lm_logits_from_hidden(lm_params: PyTree, hidden: jax.Array) -> jax.Array:
-    """LM head on final hidden states [..., d] -> [..., V] float32 (untied `lm_head/kernel`, else
-    the tied input embedding: GPT-2 `wte`, LLaMA `embed_tokens`)."""
-    w, axis = V.lm_head_weights(lm_params)
-    w = w if axis == 1 else w.T  # [d, V]
-    return (hidden @ w.astype(hidden.dtype)).astype(jnp.float32)
-
-
 def forward(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch: dict, *,
             compute_policy: bool = True, target_full: bool = True,
             dropout_rng: Optional[jax.Array] = None, vocab_chunk: int = 0) -> dict[str, jax.Array]:
@@ -270,13 +270,13 @@ def forward(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch
     dt = cfg.head_dtype
     hd = params["heads"]
     out = {"h_qv": h, "h_target": h_t, "select_tokens": select_tokens(tokens, a_idx)}
-    out["vs_all"] = apply_head(hd["v"], jax.lax.stop_gradient(h_s) if cfg.detach_v else h_s, dt)[..., 0]
+    out["vs_all"] = apply_mlp_head(hd["v"], jax.lax.stop_gradient(h_s) if cfg.detach_v else h_s, dt)[..., 0]
     h_aq = jax.lax.stop_gradient(h_a) if cfg.detach_q else h_a
     th = jax.lax.stop_gradient(frozen["target_heads"])
     for name in cfg.heads:
         out[f"{name}_all"] = (head_scores(hd[name], h_aq, out["select_tokens"], cfg.hparams, dt,
-                                          vocab_chunk) if lean else apply_head(hd[name], h_aq, dt))
-        out[f"target_{name}"] = (apply_head(th[name], h_ta, dt) if target_full else
+                                          vocab_chunk) if lean else apply_mlp_head(hd[name], h_aq, dt))
+        out[f"target_{name}"] = (apply_mlp_head(th[name], h_ta, dt) if target_full else
                                  apply_head_at(th[name], h_ta, out["select_tokens"], dt))
     if target_full:
         tq = [out[f"target_{n}"] for n in cfg.heads]
@@ -376,9 +376,9 @@ def config_from_upstream(ilql: dict, loss_weights: dict, **overrides) -> ILQLCon
     return ILQLConfig(**kw)
 
 
-__all__ = ["ILQLConfig", "apply_head", "apply_head_at", "apply_heads", "head_scores", "assemble", "forward",
+__all__ = ["ILQLConfig", "apply_head_at", "apply_heads", "head_scores", "assemble", "decoding_fields", "forward",
            "init_from_bc", "init_from_hf", "init_from_upstream", "init_heads", "loss_fn",
-           "lm_logits_from_hidden", "make_algorithm", "online_targets", "params_from_upstream_parts",
+           "make_algorithm", "online_targets", "params_from_upstream_parts",
            "trunks", "update_frozen", "config_from_upstream", "hparams_from_upstream"]
 
 
@@ -430,6 +430,8 @@ def eval_variants(cfg: Any) -> str:
 
 OBJECTIVE = register(Objective(
     name="ilql", agent_config=from_config, build=build, packable=True, check_pack=check_pack,
-    decoding=Decoding(value_guided=True, settings=lambda cfg: cfg.ilql.generation,
+    decoding=Decoding(guided=lambda cfg, params, frozen: decoding_fields(from_config(cfg), params,
+                                                                           frozen),
+                      settings=lambda cfg: cfg.ilql.generation,
                       variants=eval_variants,
                       unguided_untrained=lambda cfg: not cfg.ilql.awac_weight)))

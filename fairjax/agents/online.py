@@ -197,7 +197,7 @@ def completion_forward(model: nn.Module, lm: PyTree, seq: jax.Array,  # [N, Lp +
     """(log-probs [N, T], entropy [N, T], hidden [N, T, d]) of the completion tokens seq[:, plen:]
     under softmax(logits / temperature) with `<|pad|>` excluded; hidden = the state predicting
     each completion token (what V(s_t) reads)."""
-    from fairjax.agents.ilql import lm_logits_from_hidden
+    from fairjax.losses.vocab import lm_logits_from_hidden
 
     # the LM head runs on the completion positions only (the prompt's [N, Lp, V] is never built)
     hidden = model.apply({"params": lm}, seq, attn, compute_logits=False).hidden_states

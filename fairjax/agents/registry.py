@@ -33,8 +33,9 @@ def _never(cfg: Any) -> bool:
 class Decoding:
     """How an objective's policy decodes at evaluation.
 
-    value_guided: `generate.Policy.ilql` on the objective's merged (params, frozen) (its agent
-        config from `Objective.agent_config`), perturbed by the adv weight; False: the LM alone.
+    guided(cfg, params, frozen) -> the fields of a value-guided `fairjax.generate.Policy`
+        (trunks, roles, heads, head_dtype) from the run config and the objective's merged
+        (params, frozen), perturbed at decoding by the adv weight (None: the LM alone).
     settings(cfg) -> the config block with temperature / top_k (/ adv_weight) used to decode
         (None: temperature 1, top_k 0, adv weight 0).
     variants(cfg) -> the evaluation systems "name:adv_weight,..." of a pipeline run (None: the
@@ -43,10 +44,14 @@ class Decoding:
         objective never trained (it trained on no reward).
     """
 
-    value_guided: bool = False
+    guided: Optional[Callable[[Any, Any, Any], dict]] = None
     settings: Optional[Callable[[Any], Any]] = None
     variants: Optional[Callable[[Any], str]] = None
     unguided_untrained: Callable[[Any], bool] = _never
+
+    @property
+    def value_guided(self) -> bool:
+        return self.guided is not None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -141,10 +141,10 @@ def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
 
             spec = registry.get(run.config.algorithm)
             if primary and spec.decoding.value_guided:
-                ic = spec.agent_config(run.config)
-                agent = run.algorithm.merged(run.params, run.frozen)  # LoRA: adapters merged
+                fields = spec.decoding.guided(run.config, *run.algorithm.merged(
+                    run.params, run.frozen))  # LoRA: adapters merged
                 for vname, w in parse_variants(cfg.variants):
-                    pol = Policy.ilql(module, ic, *agent) if w else Policy.lm(module, lm)
+                    pol = Policy.guided(module, fields) if w else Policy.lm(module, lm)
                     systems.append(System(vname, pol, run.tokenizer, _generation(cfg, w), lm, path))
                 continue
             pol, tok = Policy.lm(module, lm), run.tokenizer

@@ -247,6 +247,15 @@ def lm_head_weights(lm_params) -> tuple[jax.Array, int]:
     return emb["embedding"], 0
 
 
+
+def lm_logits_from_hidden(lm_params, hidden: jax.Array) -> jax.Array:
+    """LM head on final hidden states [..., d] -> logits [..., V] float32 (untied `lm_head/kernel`,
+    else the tied input embedding: GPT-2 `wte`, LLaMA `embed_tokens`)."""
+    w, axis = lm_head_weights(lm_params)
+    w = w if axis == 1 else w.T  # [d, V]
+    return (hidden @ w.astype(hidden.dtype)).astype(jnp.float32)
+
+
 def lm_token_ce(lm_params, hidden: jax.Array,  # [B, T, d] final hidden states
                 tokens: jax.Array,  # [B, T] int
                 dtype="float32", chunk: int = DEFAULT_CHUNK) -> jax.Array:

@@ -49,6 +49,15 @@ class MLPHead(nn.Module):
         return y.astype(jnp.float32)
 
 
+
+def apply_mlp_head(p, hidden: jax.Array, dtype: str = "float32") -> jax.Array:
+    """`MLPHead` params (sizes read from the kernels), hidden [..., d] -> [..., out] float32."""
+    d_in, width = p["fc_in"]["kernel"].shape
+    head = MLPHead(out_features=p["fc_out"]["kernel"].shape[-1], hidden_mult=width // d_in,
+                   dtype=dtype)
+    return head.apply({"params": p}, hidden)
+
+
 _TORCH_LAYERS = (("fc_in", "0"), ("fc_out", "2"))
 
 

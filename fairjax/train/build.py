@@ -352,7 +352,6 @@ def make_eval_generate_fn(cfg: Any, data: DataConfig, run_dir: Path, algorithm: 
     scorer = DiversityScorer(CandidatePool.concat([load_pool(p) for p in pool_paths]),
                              make_embedder(reward.embedder, reward.diversity.n_features))
     decoding = registry.get(cfg.algorithm).decoding
-    agent_cfg = registry.get(cfg.algorithm).agent_config(cfg) if decoding.value_guided else None
     # (objectives without value guidance decode the eval prompts plainly: temperature 1, top_k 0)
     g = decoding.settings(cfg) if decoding.value_guided and decoding.settings else None
     gen_cfg = GenerationConfig(max_new_tokens=cfg.eval.max_new_tokens,
@@ -363,7 +362,7 @@ def make_eval_generate_fn(cfg: Any, data: DataConfig, run_dir: Path, algorithm: 
         if jax.process_count() > 1:
             return {}
         if decoding.value_guided:
-            policy = Policy.ilql(module, agent_cfg, *algorithm.merged(params, frozen))
+            policy = Policy.guided(module, decoding.guided(cfg, *algorithm.merged(params, frozen)))
         else:
             policy = Policy.lm(*algorithm.policy(params, frozen))
         rows = generate_texts(policy, tok, prompts, gen_cfg, rng=jax.random.PRNGKey(int(step)),

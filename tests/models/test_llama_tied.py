@@ -258,7 +258,7 @@ def test_ilql_heads_on_tied(tied):
     out = I.forward(model, cfg, ip, frozen, jb, target_full=True)
     ref, h = _logits(config, params, batch)
     np.testing.assert_allclose(np.asarray(out["policy_logits"]), ref, atol=TOL, rtol=TOL)
-    np.testing.assert_allclose(np.asarray(I.lm_logits_from_hidden(params, jnp.asarray(h))), ref,
+    np.testing.assert_allclose(np.asarray(V.lm_logits_from_hidden(params, jnp.asarray(h))), ref,
                                atol=TOL, rtol=TOL)
     assert out["q1_all"].shape[-1] == config.vocab_size
 
