@@ -235,19 +235,33 @@ def make_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformatio
     if grads_fn is None:
         grads_fn = functools.partial(accumulate_grads, algorithm)
 
-    def one_update(params, opt_state, frozen, batch, key):
+    def grads_and_norm(params, frozen, batch, key):
         grads, loss, metrics = grads_fn(params, frozen, batch, key)
-        grad_norm = optax.global_norm(grads)
+        return grads, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+
+    def apply(params, opt_state, grads):
         deltas, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, deltas), opt_state,
-                dict(metrics, loss=loss, grad_norm=grad_norm))
+        return optax.apply_updates(params, deltas), opt_state
 
     def step_fn(state: dict, batch: dict) -> tuple[dict, dict]:
-        params, frozen = state["params"], state["frozen"]
+        params, frozen, opt_state = state["params"], state["frozen"], state["opt_state"]
         key = jax.random.fold_in(state["rng"], state["step"])
         if updates == 1:
-            new_params, opt_state, metrics = one_update(params, state["opt_state"], frozen,
-                                                        batch, key)
+            grads, metrics = grads_and_norm(params, frozen, batch, key)
+            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+
+            def update(operands):
+                p, o, f, g = operands
+                p, o = apply(p, o, g)
+                return p, o, algorithm.update_frozen(p, f, state["step"] + 1)
+
+            operands = (params, opt_state, frozen, grads)
+            # The update runs inside the taken branch, so with the state donated it writes the
+            # params and moments in place; `jnp.where(finite, new, old)` would keep both
+            # versions alive and make XLA copy every optimizer moment each step.
+            new_params, opt_state, new_frozen = (
+                jax.lax.cond(finite, update, lambda ops: ops[:3], operands) if check_finite
+                else update(operands))
         else:
             lead = jax.tree.leaves(batch)[0].shape[0]
             if lead != updates:
@@ -256,23 +270,22 @@ def make_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformatio
 
             def body(carry, xs):
                 mb, u = xs
-                p, o, m = one_update(*carry, frozen, mb, jax.random.fold_in(key, u))
-                return (p, o), m
+                p, o = carry
+                grads, m = grads_and_norm(p, frozen, mb, jax.random.fold_in(key, u))
+                return apply(p, o, grads), m
 
             (new_params, opt_state), metrics = jax.lax.scan(
-                body, (params, state["opt_state"]), (batch, jnp.arange(updates)))
-        loss, grad_norm = metrics.pop("loss"), metrics.pop("grad_norm")
-        new_frozen = algorithm.update_frozen(new_params, frozen, state["step"] + 1)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        if updates > 1:
-            finite = jnp.all(finite)
-        new = {"params": new_params, "opt_state": opt_state, "frozen": new_frozen}
-        if check_finite:
-            old = {"params": params, "opt_state": state["opt_state"], "frozen": frozen}
-            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new.update(step=state["step"] + 1, rng=state["rng"])
-        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
-        return new, metrics
+                body, (params, opt_state), (batch, jnp.arange(updates)))
+            new_frozen = algorithm.update_frozen(new_params, frozen, state["step"] + 1)
+            # finite only when every update is; otherwise the step's state is rolled back
+            finite = jnp.all(jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]))
+            if check_finite:
+                new_params, opt_state, new_frozen = jax.tree.map(
+                    lambda n, o: jnp.where(finite, n, o), (new_params, opt_state, new_frozen),
+                    (params, state["opt_state"], frozen))
+        new = {"params": new_params, "opt_state": opt_state, "frozen": new_frozen,
+               "step": state["step"] + 1, "rng": state["rng"]}
+        return new, dict(metrics, finite=finite)
 
     return step_fn
 

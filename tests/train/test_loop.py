@@ -1,6 +1,7 @@
 """Trainer loop on a toy objective: metrics, checkpoints (latest K + best), exact resume,
 grad accumulation, frozen updates, non-finite loss."""
 import json
+import re
 import shutil
 
 import jax
@@ -12,7 +13,8 @@ from fairjax.io import run_dir as rd
 from fairjax.train import loop
 from fairjax.train.build import train
 
-from trainer_fixtures import assert_trees_equal, small_config, toy_setup
+from trainer_fixtures import (assert_trees_equal, small_config, toy_algorithm, toy_data,
+                              toy_setup)
 
 
 def _params(result):
@@ -262,3 +264,73 @@ def test_loop_runs_on_the_typed_config_alone(tmp_path):
     again = train(cfg, tmp_path / "built", setup=toy_setup(cfg))
     assert (tmp_path / "built" / "config.json").is_file()
     assert_trees_equal(_params(res), _params(again))
+
+
+def _toy_step(nan_at_step=None, check_finite=True, dim=16):
+    """(compiled step, plan, one batch [1, B, ...]) of the toy objective on a 1-device mesh."""
+    from fairjax import parallel
+    from fairjax.optim import make_optimizer
+
+    cfg = small_config("bc")
+    alg = toy_algorithm(dim=dim, nan_at_step=nan_at_step)
+    typed = loop.LoopConfig.from_config(cfg)
+    opt = make_optimizer(typed.optim, 10)
+    plan = loop.StatePlan(alg, opt, parallel.make_mesh(typed.mesh), toy_setup(cfg).rules,
+                          cfg.seed)
+    step = loop.compile_train_step(alg, opt, plan, check_finite=check_finite)
+    data = {k: v[:cfg.optim.batch_size] for k, v in toy_data(dim=dim).items()}
+    batch = parallel.shard_batch(loop.stack_micro(data, 1), plan.mesh)
+    return step, plan, batch
+
+
+def test_non_finite_step_returns_the_old_state_bit_for_bit():
+    step, plan, batch = _toy_step(nan_at_step=1)
+    state = plan.init()
+    before = jax.tree.map(np.asarray, jax.device_get(
+        {k: state[k] for k in ("params", "opt_state", "frozen")}))
+    new, metrics = step(state, batch)
+    assert not bool(metrics["finite"]) and int(new["step"]) == 1
+    after = jax.tree.map(np.asarray, jax.device_get(
+        {k: new[k] for k in ("params", "opt_state", "frozen")}))
+    jax.tree.map(np.testing.assert_array_equal, after, before)
+
+
+def test_finite_step_equals_the_unguarded_update():
+    """The guard (`check_finite`) changes nothing when the loss is finite."""
+    outs = []
+    for check in (True, False):
+        step, plan, batch = _toy_step(check_finite=check)
+        state = plan.init()
+        for _ in range(3):
+            state, metrics = step(state, batch)
+        assert bool(metrics["finite"])
+        outs.append(jax.tree.map(np.asarray, jax.device_get(
+            {k: state[k] for k in ("params", "opt_state", "frozen")})))
+    assert_trees_equal(outs[0], outs[1], rtol=1e-6, atol=1e-7)
+
+
+def entry_parameter_copies(hlo: str) -> list[str]:
+    """`copy` instructions of the optimised HLO's ENTRY computation whose operand is one of its
+    parameters (a donated state buffer copied instead of updated in place)."""
+    entry = hlo[hlo.index("\nENTRY "):]
+    entry = entry[:entry.index("\n}")]
+    params = set(re.findall(r"%([\w.\-]+) = [^\n]*? parameter\(\d+\)", entry))
+    return [line.strip()[:120] for line in entry.splitlines()
+            if (m := re.search(r" copy\(%([\w.\-]+)\)", line)) and m.group(1) in params]
+
+
+def test_entry_copy_finder():
+    hlo = ("HloModule m\n\nENTRY %main (a: f32[4]) -> f32[4] {\n  %a.1 = f32[4]{0} parameter(0)\n"
+           "  %copy.2 = f32[4]{0} copy(%a.1)\n  %n = f32[4]{0} negate(%copy.2)\n"
+           "  ROOT %copy.3 = f32[4]{0} copy(%n)\n}\n")
+    assert entry_parameter_copies(hlo) == ["%copy.2 = f32[4]{0} copy(%a.1)"]
+
+
+def test_guarded_step_updates_the_donated_state_in_place():
+    """With the non-finite guard on, the optimiser moments and params are updated in their
+    donated buffers: the compiled step copies no state buffer (a `where(finite, new, old)` guard
+    made XLA copy every Adam moment each step)."""
+    step, plan, batch = _toy_step(dim=256)
+    hlo = step.lower(plan.init(), batch).compile().as_text()
+    copies = [c for c in entry_parameter_copies(hlo) if "[256" in c or "[1,256" in c]
+    assert not copies, copies
