@@ -42,6 +42,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fairjax.agents.ilql import apply_head, lm_logits_from_hidden
+from fairjax.agents.ilql import trunks as ilql_trunks
+from fairjax.data.layout import bucket_for, prompt_tokens
 from fairjax.errors import ConfigError
 from fairjax.models.common import init_cache
 
@@ -152,8 +155,6 @@ class Policy:
     def ilql(model: nn.Module, ilql_cfg, params: dict, frozen: dict) -> "Policy":
         """ILQL agent params → policy trunk (logits), qv trunk (V), target trunk (target Q);
         trunks shared by the config (separate_policy/separate_target False) run once."""
-        from fairjax.agents.ilql import trunks as ilql_trunks
-
         tr = ilql_trunks(ilql_cfg, params, frozen)
         order = ["policy"] + (["qv"] if ilql_cfg.separate_policy else []) + \
                 (["target"] if ilql_cfg.separate_target else [])
@@ -238,8 +239,6 @@ def _heads_at(policy: Policy, hidden: dict, logits: jax.Array):
     """Per-step inputs of `step_logits` from the last hidden states of each trunk."""
     if not policy.is_ilql:
         return logits, None, None
-    from fairjax.agents.ilql import apply_head
-
     roles = dict(policy.roles)
     v = apply_head(policy.heads["v"], hidden[roles["v"]], policy.head_dtype)[..., 0]
     qs = [apply_head(p, hidden[roles["target"]], policy.head_dtype)
@@ -251,8 +250,6 @@ def _heads_at(policy: Policy, hidden: dict, logits: jax.Array):
 def _run_trunks(policy: Policy, trunks: tuple, ids: jax.Array, mask: jax.Array, caches: tuple):
     """All trunks on `ids` [R, t] with their caches -> (policy logits at the last position [R, V],
     {trunk: last hidden [R, d]}, new caches)."""
-    from fairjax.agents.ilql import lm_logits_from_hidden
-
     hidden, new_caches = {}, []
     for i, (p, cache) in enumerate(zip(trunks, caches)):
         # Hidden states only: the LM head runs on the last position alone (a prefill never
@@ -272,8 +269,6 @@ def next_token_logits(policy: Policy, prompt_ids: jax.Array,  # [R, P] left-padd
     caches = tuple(None for _ in policy.trunks)
     _, hidden, _ = _run_trunks(policy, policy.trunks, jnp.asarray(prompt_ids),
                                jnp.asarray(prompt_mask), caches)
-    from fairjax.agents.ilql import lm_logits_from_hidden
-
     logits = lm_logits_from_hidden(policy.trunks[dict(policy.roles)["logits"]],
                                    hidden[dict(policy.roles)["logits"]])
     return step_logits(*_heads_at(policy, hidden, logits), pad_id, cfg)
@@ -507,8 +502,6 @@ def generate_texts(policy: Policy, tokenizer, prompts: Sequence[str], cfg: Gener
     `prompt_ids` (one id list per prompt, e.g. a chat template's) replaces that layout (each is
     trimmed from the left to fit); `stop_id` replaces `</a>` as the token that ends a rewrite.
     """
-    from fairjax.data.layout import bucket_for, prompt_tokens
-
     cfg = with_stop_ids(cfg, tokenizer)
 
     limit = policy.model.config.max_positions - cfg.max_new_tokens
