@@ -19,6 +19,11 @@ import numpy as np
 
 from fairjax import rewriters
 from fairjax.eval import rate as R
+from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
+from fairjax.rewards.embedders import make_embedder
+from fairjax.rewards.lexicon import GenderCodedScorer
+from fairjax.rewards.pii import PiiScorer
+from fairjax.rewards.pool import CandidatePool, load_pool
 
 
 # ----------------------------------------------------------------------------- scorers
@@ -31,10 +36,6 @@ class ScorerOptions:
 
 
 def _diversity(o: ScorerOptions):
-    from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
-    from fairjax.rewards.embedders import make_embedder
-    from fairjax.rewards.pool import CandidatePool, load_pool
-
     if not o.pool:
         raise ValueError("--scorer=diversity needs at least one --pool=FILE.jsonl")
     pool = CandidatePool.concat([load_pool(p) for p in o.pool])
@@ -43,14 +44,10 @@ def _diversity(o: ScorerOptions):
 
 
 def _gender_coded(o: ScorerOptions):
-    from fairjax.rewards.lexicon import GenderCodedScorer
-
     return GenderCodedScorer("ratio")
 
 
 def _pii(o: ScorerOptions):
-    from fairjax.rewards.pii import PiiScorer
-
     return PiiScorer()
 
 

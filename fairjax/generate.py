@@ -42,6 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fairjax.data.layout import bucket_for, prompt_tokens
 from fairjax.errors import ConfigError
 from fairjax.losses.vocab import lm_logits_from_hidden
 from fairjax.models.common import init_cache
@@ -489,8 +490,6 @@ def generate_texts(policy: Policy, tokenizer, prompts: Sequence[str], cfg: Gener
     `prompt_ids` (one id list per prompt, e.g. a chat template's) replaces that layout (each is
     trimmed from the left to fit); `stop_id` replaces `</a>` as the token that ends a rewrite.
     """
-    from fairjax.data.layout import bucket_for, prompt_tokens
-
     cfg = with_stop_ids(cfg, tokenizer)
 
     limit = policy.model.config.max_positions - cfg.max_new_tokens

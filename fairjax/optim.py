@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from fairjax.errors import ConfigError
+from fairjax.models.layout import BLOCK_PREFIXES
 from fairjax.typed_config import check_choice, check_positive, require
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -86,8 +87,6 @@ def decay_mask(params: Any) -> Any:
     """True where weight decay applies: matrices/embeddings (ndim >= 2); False for norm
     scales and biases (ndim <= 1). Blocks of a `scan_layers` model (under `h` / `layers`) carry a
     leading layer axis, which does not count."""
-    from fairjax.models.layout import BLOCK_PREFIXES
-
     def leaf(path, p):
         stacked = any(getattr(k, "key", None) in BLOCK_PREFIXES for k in path)
         return p.ndim - int(stacked) >= 2

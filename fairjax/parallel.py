@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fairjax.errors import ConfigError
+from fairjax.models.common import match_partition_rules
 from fairjax.typed_config import check_choice, check_positive, require
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -145,8 +146,6 @@ def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
 def param_specs(params: Any, rules: Sequence[tuple[str, P]], mesh: Mesh) -> Any:
     """Pytree of PartitionSpec for `params` (arrays or ShapeDtypeStructs): HEAD_RULES, then
     `rules` (the model's; must end with a catch-all), fitted to the mesh by `fit_spec`."""
-    from fairjax.models.common import match_partition_rules
-
     specs = match_partition_rules(list(HEAD_RULES) + list(rules), params)
     return jax.tree.map(lambda s, p: fit_spec(s, np.shape(p), mesh), specs, params,
                         is_leaf=lambda x: isinstance(x, P))

@@ -19,8 +19,15 @@ from typing import Any, Optional
 
 from ml_collections import ConfigDict
 
+from fairjax import evaluate, parallel
+from fairjax.agents import registry
+from fairjax.cli import is_user_error
 from fairjax.errors import ConfigError
+from fairjax.io import run_dir as rd
+from fairjax.rewards.registry import reward_config
+from fairjax.rewards.training import require_data_rewards
 from fairjax.stages import SHARED  # fields the BC stage shares with the main run
+from fairjax.train.build import train
 
 
 def stage_config(cfg: Any, name: str):
@@ -65,8 +72,6 @@ def eval_config(cfg: Any, run_dir: Path):
     """`cfg.stages.eval` pointed at the run: the objective's evaluation variants when it declares
     them (`Decoding.variants`: ILQL's bc (β=0) and ilql_b<β> per adv weight); otherwise the run's
     policy beside the BC warm start. Temperature / top_k: the objective's decoding settings."""
-    from fairjax.agents import registry
-
     decoding = registry.get(cfg.algorithm).decoding
     ev = stage_config(cfg, "eval")
     p = cfg.pipeline
@@ -89,8 +94,6 @@ def eval_config(cfg: Any, run_dir: Path):
     ev.generation.top_p = getattr(gen, "top_p", 1.0) if gen is not None else 1.0  # ILQL's block has none
     ev.scorer.pools = p.eval_pools
     # judged with the embedder the run trained on (reward.embedder)
-    from fairjax.rewards.registry import reward_config
-
     ev.scorer.embedder = reward_config(cfg.get("reward")).embedder
     ev.n_boot = p.eval_n_boot
     ev.lock()
@@ -102,16 +105,11 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     "eval": summary|None}. A launch that creates the run dir and stops on a user error (bad data,
     config or file; `fairjax.cli.is_user_error`) before any checkpoint removes it again, so a
     failed start leaves nothing behind."""
-    from fairjax import parallel
-    from fairjax.io import run_dir as rd
-
     run_dir = Path(run_dir or cfg.run_dir).absolute()
     fresh = not run_dir.exists()
     try:
         return _run(cfg, run_dir)
     except Exception as e:
-        from fairjax.cli import is_user_error
-
         # a user's mistake (bad data/config/file) only: a crash keeps its logs for diagnosis
         if fresh and parallel.is_main_process() and is_user_error(e) and not any(
                 rd.has_checkpoint(d) for d in (run_dir, run_dir / "bc")):
@@ -120,9 +118,6 @@ def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
 
 
 def _run(cfg: Any, run_dir: Path) -> dict:
-    from fairjax import parallel
-    from fairjax.train.build import train
-
     out: dict = {"bc": None, "eval": None}
     if not has_stages(cfg):
         out["train"] = train(cfg, run_dir)
@@ -131,10 +126,6 @@ def _run(cfg: Any, run_dir: Path) -> dict:
     cfg.unlock()
     p = cfg.pipeline
     if p.bc_warm_start and not cfg.init.policy:
-        from fairjax.agents import registry
-        from fairjax.rewards.registry import reward_config
-        from fairjax.rewards.training import require_data_rewards
-
         spec = registry.get(cfg.algorithm)
         if not spec.online:  # online objectives score rollouts
             # refused before BC trains for a run that cannot follow
@@ -151,8 +142,6 @@ def _run(cfg: Any, run_dir: Path) -> dict:
     out["train"] = train(cfg, run_dir)
     if p.evaluate:
         if parallel.is_main_process():
-            from fairjax import evaluate
-
             ev = eval_config(cfg, run_dir)
             _say(f"[pipeline 3/3] evaluation of {ev.variants} vs the original postings -> "
                  f"{ev.output_dir}")
@@ -162,7 +151,5 @@ def _run(cfg: Any, run_dir: Path) -> dict:
 
 
 def _say(text: str) -> None:
-    from fairjax import parallel
-
     if parallel.is_main_process():
         print(text, flush=True)

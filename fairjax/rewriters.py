@@ -35,6 +35,8 @@ from typing import Callable, Mapping, Optional, Protocol, Sequence, runtime_chec
 
 import numpy as np
 
+from fairjax.rewards.lexicon import code_text
+
 
 @runtime_checkable
 class Rewriter(Protocol):
@@ -57,8 +59,6 @@ def _check_targets(texts: Sequence[str], target_w) -> np.ndarray:
 def w_gender_coded(texts: Sequence[str]) -> np.ndarray:
     """[N] bool: True where a text is masculine-coded (more masculine- than feminine-coded words,
     i.e. a "slightly/strongly masculine-coded" Gender Decoder verdict)."""
-    from fairjax.rewards.lexicon import code_text
-
     return np.array([(c := code_text(t)).masculine > c.feminine for t in texts], bool)
 
 

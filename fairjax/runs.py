@@ -21,6 +21,8 @@ from fairjax.agents.base import Algorithm
 from fairjax.agents.registry import build_algorithm
 from fairjax.io import loader
 from fairjax.io import run_dir as rd
+from fairjax.io.checkpoint import load_model_dir
+from fairjax.models import build_model
 
 PyTree = Any
 
@@ -42,9 +44,6 @@ def restore_run(run_dir: str | os.PathLike, step: Any = None) -> RestoredRun:
     """Checkpoint `step` of a run dir (None/"best" = lowest eval loss, else latest; "latest"; or
     an int): rebuilds the objective from config.json + model/ abstractly and restores only the
     params and frozen items onto this host's first device (any saving topology)."""
-    from fairjax.io.checkpoint import load_model_dir
-    from fairjax.models import build_model
-
     run_dir = Path(run_dir).absolute()
     cfg = rd.load_config(run_dir)
     mcfg, base, tok = load_model_dir(run_dir / rd.MODEL_DIR)

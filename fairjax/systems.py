@@ -31,7 +31,16 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from fairjax.eval.preservation import Faithfulness  # noqa: F401  (re-exported: the test best_of_n uses)
+from fairjax.data.jobs import build_prompt, extract_fields
+from fairjax.data.layout import prompt_tokens
+from fairjax.eval.preservation import (
+    Faithfulness,  # noqa: F401  (re-exported: the test best_of_n uses)
+    best_faithful,
+)
+from fairjax.generate import GenerationConfig, Policy, generate_texts
+from fairjax.io.presets import PRESETS
+from fairjax.rewriters import TEXT_BASELINES
+from fairjax.runs import load
 
 INSTRUCTION = ("Rewrite the job posting below in gender-neutral, inclusive language. Keep the "
                "company name, job title, location, remote policy, technologies, requirements and "
@@ -58,8 +67,6 @@ class TextSystem:
 
 def text_baseline(name: str) -> TextSystem:
     """"lexicon_swap" | "inclusion_statement" as a `TextSystem` (ValueError for another name)."""
-    from fairjax.rewriters import TEXT_BASELINES
-
     if name not in TEXT_BASELINES:
         raise ValueError(f"{name!r} is not a text baseline; expected one of {sorted(TEXT_BASELINES)}")
     return TextSystem(TEXT_BASELINES[name]())
@@ -79,8 +86,6 @@ class PromptedRewriter:
     def __init__(self, module: Any, params: Any, tokenizer: Any, generation: Any,
                  instruction: str = INSTRUCTION, batch_size: int = 8, seed: int = 0,
                  name: str = "prompted", auto_size: bool = False):
-        from fairjax.generate import Policy
-
         if getattr(tokenizer.hf, "chat_template", None) and not tokenizer.use_chat_template:
             tokenizer = copy.copy(tokenizer)
             tokenizer.use_chat_template = True
@@ -119,8 +124,6 @@ class PromptedRewriter:
     def rewrite_rows(self, originals: Sequence[str], prompts=None, metadata=None, rng=None) -> list[dict]:
         import jax
 
-        from fairjax.generate import generate_texts
-
         budget = self.policy.model.config.max_positions - self.generation.max_new_tokens
         laid = [self._ids(t, budget) for t in originals]
         rng = jax.random.PRNGKey(self.seed) if rng is None else rng
@@ -137,8 +140,6 @@ class PromptedRewriter:
 
 def job_prompts(texts: Sequence[str]) -> list[str]:
     """The job-rewrite prompt of each posting (`data.jobs.build_prompt` with its header fields)."""
-    from fairjax.data.jobs import build_prompt, extract_fields
-
     return [build_prompt(t, **extract_fields(t)) for t in texts]
 
 
@@ -195,8 +196,6 @@ class BestOfN:
     def choose(self, originals: Sequence[str], candidates: Sequence[Sequence[str]],
                metadata: Optional[Sequence[Optional[dict]]] = None) -> list[dict]:
         """candidates [n][N] texts -> per posting {index, faithful, n_faithful, candidate_reward}."""
-        from fairjax.eval.preservation import best_faithful
-
         N, n = len(originals), len(candidates)
         flat = [c[i] for i in range(N) for c in candidates]  # [N * n], row-major per posting
         refs = [o for o in originals for _ in range(n)]
@@ -226,9 +225,6 @@ class BestOfN:
 def policy_sampler(policy: Any, tokenizer: Any, generation: Any, batch_size: int = 16,
                    max_prompt_tokens: Optional[int] = None) -> Callable[[Sequence[str], Any], list[dict]]:
     """`sample(prompts, rng) -> [row]` of a fairjax policy on the job layout (`generate_texts`)."""
-    from fairjax.data.layout import prompt_tokens
-    from fairjax.generate import generate_texts
-
     def sample(prompts: Sequence[str], rng: Any) -> list[dict]:
         gens = generate_texts(policy, tokenizer, list(prompts), generation, rng=rng,
                               batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
@@ -246,14 +242,8 @@ def load_rewriter(model: str, *, temperature: float = 0.7, batch_size: int = 8,
     (`lexicon_swap`, `inclusion_statement`), `prompted[:SOURCE]` or a preset (an instruct model
     zero-shot, default SOURCE `PROMPTED_MODEL`), or a path `fairjax.runs.load` reads (a run or
     model dir: `PolicyRewriter`)."""
-    from fairjax.rewriters import TEXT_BASELINES
-
     if model in TEXT_BASELINES:
         return text_baseline(model).rewriter
-    from fairjax.generate import GenerationConfig
-    from fairjax.io.presets import PRESETS
-    from fairjax.runs import load
-
     gen = GenerationConfig(max_new_tokens=1, mode="sample", temperature=temperature,
                            top_p=PROMPTED_SAMPLING["top_p"])
     if model == "prompted" or model.startswith("prompted:") or model in PRESETS:
@@ -264,8 +254,6 @@ def load_rewriter(model: str, *, temperature: float = 0.7, batch_size: int = 8,
     if not os.path.exists(model):
         raise ValueError(f"--model={model!r}: not a baseline ({', '.join(sorted(TEXT_BASELINES))}), "
                          "'prompted[:SOURCE]', a preset or an existing run/model directory")
-    from fairjax.generate import Policy
-
     module, params, tok = load(model)
     return PolicyRewriter(Policy.lm(module, params), tok, gen, name=model,
                                   batch_size=batch_size, seed=seed)

@@ -48,3 +48,27 @@ def flag_definitions(source: str) -> list[str]:
             if name.startswith("DEFINE_") or name.startswith("mark_flag"):
                 hits.append(f"line {line}: {name}(...)")
     return hits
+
+
+SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
+def nested_imports(source: str, package: str = "fairjax") -> list[tuple[int, str]]:
+    """(line, module) of each import of `package` (or relative import) nested in a function or
+    class body; module-level `if` / `try` / `with` blocks count as module level. `from a import b`
+    gives a; a relative import gives its dots and module as written (`.x`, `..`)."""
+    out: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST, nested: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if nested and isinstance(child, ast.Import):
+                out.extend((child.lineno, a.name) for a in child.names
+                           if a.name == package or a.name.startswith(package + "."))
+            elif nested and isinstance(child, ast.ImportFrom):
+                mod = child.module or ""
+                if child.level or mod == package or mod.startswith(package + "."):
+                    out.append((child.lineno, "." * child.level + mod))
+            visit(child, nested or isinstance(child, SCOPES))
+
+    visit(ast.parse(source), False)
+    return out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ast_helpers import entry_point_imports
+from ast_helpers import entry_point_imports, nested_imports
 
 PKG = Path(__file__).resolve().parents[1] / "fairjax"
 
@@ -144,6 +144,29 @@ def test_eval_imports_no_jax():
             assert not [m for m in names if m.split(".")[0] in ("jax", "flax", "optax")], name
 
 
+# Imports of fairjax modules that stay inside a function, with the reason: (file, module) -> why.
+# jax stays optional for `import fairjax.rewards` (the numpy-only fairjax.eval imports
+# fairjax.rewards.lexicon, and so the package): the Flax encoders load their port on first use.
+LAZY_IMPORTS: dict[tuple[str, str], str] = {
+    ("rewards/embedders.py", "fairjax.models"): "jax-free `import fairjax.rewards` (fairjax.eval uses it)",
+}
+
+
+def test_fairjax_imports_are_at_module_level():
+    """Imports inside functions only where a dependency is optional: every import of a fairjax
+    module sits at module level (an `if` / `try` there is fine), except LAZY_IMPORTS."""
+    bad, used = [], set()
+    for path, _ in all_modules():
+        rel = path.relative_to(PKG).as_posix()
+        for line, mod in nested_imports(path.read_text()):
+            if (rel, mod) in LAZY_IMPORTS:
+                used.add((rel, mod))
+            else:
+                bad.append(f"fairjax/{rel}:{line}: {mod}")
+    assert not bad, "fairjax imports inside a function or class (move them to the top):\n" + "\n".join(bad)
+    assert used == set(LAZY_IMPORTS), f"stale LAZY_IMPORTS entries: {set(LAZY_IMPORTS) - used}"
+
+
 # ----------------------------------------------------------------------------- the checker
 SNIPPET_UP = '''
 import numpy as np
@@ -184,3 +207,33 @@ def test_checker_layers_the_cli_package_and_its_programs_apart():
            "if __name__ == '__main__':\n    from fairjax.cli.x import start\n    start()\n")
     assert upward_imports(src, "fairjax.pipeline")  # a __main__ block is walked like the rest
     assert upward_imports(src, "fairjax.pipeline.__main__") == []  # X/__main__.py: the top layer
+
+
+SNIPPET_NESTED = '''
+import numpy as np
+from fairjax.errors import ConfigError
+
+try:
+    from fairjax.io import gguf
+except ImportError:
+    gguf = None
+
+
+def f():
+    import json
+    from fairjax.train import loop
+    return loop
+
+
+class C:
+    def m(self):
+        if True:
+            import fairjax.runs as runs
+            from . import sibling
+        return runs, sibling
+'''
+
+
+def test_nested_import_checker_finds_function_and_method_imports():
+    assert nested_imports(SNIPPET_NESTED) == [(13, "fairjax.train"), (20, "fairjax.runs"), (21, ".")]
+    assert nested_imports("from fairjax.errors import ConfigError\nimport fairjax.runs\n") == []

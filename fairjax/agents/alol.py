@@ -39,7 +39,10 @@ from fairjax.agents.alol_value import (fit_reference_values, fit_value_head,  # 
 from fairjax.agents.base import (Algorithm, context_mask, identity_update, init_with_reference,
                                  lm_forward, target_mask)
 from fairjax.agents.registry import Objective, choice, config_block, register
+from fairjax.data.alol_sampler import PrioritySampler
 from fairjax.data.config import Batching, DataConfig
+from fairjax.data.episodes import episode_data
+from fairjax.data.layout import collate
 from fairjax.errors import ConfigError
 from fairjax.losses.alol import ALGORITHMS, ALoLHParams, alol_loss, transform_rewards
 from fairjax.models.heads import (AttentionValueHead, ValueHeadConfig,  # noqa: F401
@@ -186,8 +189,6 @@ def alol_resample(cfg: Any, episodes: list, advantage: np.ndarray) -> list:
     with A = transform(R) − V(x) (∝ R for wbc / r_gold / r_lol) or uniformly over A > 0, seeded by
     `seed`. The draw is made once and reshuffled every epoch (upstream draws every batch: same
     distribution per epoch)."""
-    from fairjax.data.alol_sampler import PrioritySampler
-
     if cfg.alol.sampling == "uniform":
         return episodes
     rewards = np.asarray([e.sequence_reward for e in episodes], np.float64)
@@ -206,9 +207,6 @@ def build_data(cfg: Any, data: DataConfig, batching: Batching, tok, train_path: 
     import functools
     import json
     import os
-
-    from fairjax.data.episodes import episode_data
-    from fairjax.data.layout import collate
 
     def prepare(train_eps):
         eps = [train_eps[i] for i in range(len(train_eps))]

@@ -21,8 +21,13 @@ import jax.numpy as jnp
 from fairjax.agents.base import Algorithm, identity_update, init_with_reference, lm_forward
 from fairjax.agents.registry import Objective, choice, config_block, register
 from fairjax.data.config import Batching, DataConfig
+from fairjax.data.episodes import iterators
+from fairjax.data.jobs import JobsDataset
+from fairjax.data.pairs import layout_pairs, pair_collate, pairs_from_postings, read_pairs
 from fairjax.errors import ConfigError
 from fairjax.losses.dpo import DPOHParams, dpo_loss
+from fairjax.rewards.registry import build_reward_scorer, reward_config
+from fairjax.rewards.training import default_pool, reward_cache_dir, source_paths
 
 PyTree = Any
 _PAIR_KEYS = ("tokens", "attn_mask", "response_mask")
@@ -110,10 +115,6 @@ def build_data(cfg: Any, data: DataConfig, batching: Batching, tok, train_path: 
     (posting, gender-coded counterfactual) pairs of the job data (`data.pairs.pairs_from_postings`),
     ranked by the configured reward (`reward.scorer` with its `reward.*` settings; candidate pools
     `reward.pool`, default: the candidates beside the source train file, not its rewarded copy)."""
-    from fairjax.data.episodes import iterators
-    from fairjax.data.jobs import JobsDataset
-    from fairjax.data.pairs import layout_pairs, pair_collate, pairs_from_postings, read_pairs
-
     scorer = None
 
     def pairs(path, explicit):
@@ -151,9 +152,6 @@ def pair_scorer(cfg: Any, train_path: str, run_dir=None):
     """The scorer that ranks derived pairs: `reward.scorer` as configured (the reward named in
     reward_spec.json); the default pool sits beside the source data of `train_path`."""
     import os
-
-    from fairjax.rewards.registry import build_reward_scorer, reward_config
-    from fairjax.rewards.training import default_pool, reward_cache_dir, source_paths
 
     reward = reward_config(cfg.reward)
     if not reward.scorer:

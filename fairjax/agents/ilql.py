@@ -36,6 +36,8 @@ import optax
 from fairjax.agents.base import Algorithm, loss_view, segment_inputs
 from fairjax.agents.registry import Decoding, Objective, config_block, register
 from fairjax.errors import ConfigError
+from fairjax.io.torch_pickle import load_torch_pickle
+from fairjax.io.upstream import split_upstream
 from fairjax.losses import vocab as V
 from fairjax.losses.vocab import lm_logits_from_hidden
 from fairjax.losses.common import gather_positions
@@ -176,9 +178,6 @@ def init_from_upstream(cfg: ILQLConfig, path, base_hf_dir=None, model_config=Non
 
     Uses `fairjax.io.torch_pickle.load_torch_pickle` and `fairjax.io.upstream.split_upstream`; the
     trunk config comes from `base_hf_dir/config.json` (or `model_config`)."""
-    from fairjax.io.torch_pickle import load_torch_pickle
-    from fairjax.io.upstream import split_upstream
-
     if model_config is None:
         if base_hf_dir is None:
             raise ValueError(f"init_from_upstream({path}): pass base_hf_dir (for config.json) or model_config")

@@ -54,13 +54,17 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fairjax.agents.base import Algorithm, identity_state, identity_update
+from fairjax.data.layout import prompt_tokens
 from fairjax.errors import ConfigError
 from fairjax.generate import GenerationConfig, Policy, generate, left_pad, with_stop_ids
 from fairjax.losses.common import gather_tokens, masked_mean
 from fairjax.losses.grpo import GRPOHParams, group_advantages, grpo_loss_hp, k3_kl
 from fairjax.losses.ppo import PPOHParams, gae, ppo_loss, token_rewards, whiten
 from fairjax.losses.rloo import RLOOHParams, kl_penalized_rewards, rloo_advantages, rloo_loss_hp
+from fairjax.losses.vocab import lm_logits_from_hidden
 from fairjax.models.heads import MLPHead
+from fairjax.parallel import data_parallel_size, shard_batch
+from fairjax.train.loop import make_train_step, stack_micro
 
 PyTree = Any
 ALGOS = ("grpo", "rloo", "ppo")
@@ -197,8 +201,6 @@ def completion_forward(model: nn.Module, lm: PyTree, seq: jax.Array,  # [N, Lp +
     """(log-probs [N, T], entropy [N, T], hidden [N, T, d]) of the completion tokens seq[:, plen:]
     under softmax(logits / temperature) with `<|pad|>` excluded; hidden = the state predicting
     each completion token (what V(s_t) reads)."""
-    from fairjax.losses.vocab import lm_logits_from_hidden
-
     # the LM head runs on the completion positions only (the prompt's [N, Lp, V] is never built)
     hidden = model.apply({"params": lm}, seq, attn, compute_logits=False).hidden_states
     hidden = hidden[:, plen - 1:-1]  # [N, T, d]: the states that predict the completion tokens
@@ -355,8 +357,6 @@ class Rollout:
     def __init__(self, parts: PolicyParts, cfg: OnlineConfig, tokenizer, scorer,
                  mesh: Optional[Mesh] = None,
                  view: Optional[Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]] = None):
-        from fairjax.parallel import data_parallel_size
-
         dp = 1 if mesh is None else data_parallel_size(mesh)
         self.cfg = cfg.validate(dp)
         parts = dataclasses.replace(parts, reference=cfg.reference == "initial")
@@ -397,8 +397,6 @@ class Rollout:
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[np.ndarray]:
         """`<s>{prompt}</s>` ids per prompt, trimmed from the left to `max_prompt_tokens`."""
-        from fairjax.data.layout import prompt_tokens
-
         return [prompt_tokens(self.tok, p, max_len=self.cfg.max_prompt_tokens) for p in prompts]
 
     def __call__(self, state: dict, prompts: Sequence[np.ndarray],  # P rows of prompt token ids
@@ -515,8 +513,6 @@ class OnlineRL:
     def __init__(self, parts: PolicyParts, cfg: OnlineConfig, tokenizer, scorer,
                  optimizer: optax.GradientTransformation, mesh: Optional[Mesh] = None,
                  algorithm: Optional[Algorithm] = None):
-        from fairjax.train.loop import make_train_step
-
         view = None if algorithm is None else algorithm.merged
         self.rollout = Rollout(parts, cfg, tokenizer, scorer, mesh, view=view)
         self.cfg, self.parts, self.opt, self.mesh = self.rollout.cfg, self.rollout.parts, optimizer, mesh
@@ -545,9 +541,6 @@ class OnlineRL:
 
     def device_batch(self, batch: dict) -> dict:
         """The rollout batch in the compiled step's layout ([1, N] or [updates, 1, N / M])."""
-        from fairjax.parallel import shard_batch
-        from fairjax.train.loop import stack_micro
-
         updates = self.rollout.updates
         stacked = stack_micro(batch, 1, updates)
         if self.mesh is None:

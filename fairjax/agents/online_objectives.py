@@ -27,11 +27,19 @@ import numpy as np
 from fairjax.agents import online as O
 from fairjax.agents.base import Algorithm, Producer
 from fairjax.agents.registry import Decoding, Objective, register
+from fairjax.data import sources
+from fairjax.data.batching import BatchIterator
 from fairjax.data.config import Batching, DataConfig
+from fairjax.data.layout import prompt_tokens
 from fairjax.errors import ConfigError
+from fairjax.generate import left_pad
 from fairjax.losses.grpo import GRPOHParams
 from fairjax.losses.ppo import PPOHParams
 from fairjax.losses.rloo import RLOOHParams
+from fairjax.models import build_model
+from fairjax.parallel import MeshConfig, make_mesh
+from fairjax.rewards.registry import build_reward_scorer, reward_config
+from fairjax.typed_config import typed_block
 
 HPARAMS = {"grpo": GRPOHParams, "rloo": RLOOHParams, "ppo": PPOHParams}
 _TOP = {f.name for f in dataclasses.fields(O.OnlineConfig)} - {"algo", "batch_size", *HPARAMS}
@@ -100,11 +108,6 @@ def build_data(cfg, data: DataConfig, batching: Batching, tok, train_path: str,
     "index"} of optim.batch_size rows (P prompts × G, left-padded to max_prompt_tokens)."""
     import jax
 
-    from fairjax.data import sources
-    from fairjax.data.batching import BatchIterator
-    from fairjax.data.layout import prompt_tokens
-    from fairjax.generate import left_pad
-
     oc = online_config(cfg, cfg.algorithm)
     if data.task:
         raise ConfigError(f"--config.data.task={data.task}: the online objectives sample "
@@ -131,11 +134,6 @@ def build_data(cfg, data: DataConfig, batching: Batching, tok, train_path: str,
 def make_producer(cfg, setup, run_dir) -> Producer:
     """`loop.Setup.producer` of an online objective: each step, the prompt batch (P·G rows) and
     the current state -> the rollout batch the loop's compiled step trains on (`online.Rollout`)."""
-    from fairjax.models import build_model
-    from fairjax.parallel import MeshConfig, make_mesh
-    from fairjax.rewards.registry import build_reward_scorer, reward_config
-    from fairjax.typed_config import typed_block
-
     oc = online_config(cfg, cfg.algorithm)
     room = setup.model_config.max_positions
     if oc.max_prompt_tokens + oc.max_new_tokens > room:

@@ -26,6 +26,9 @@ import numpy as np
 from fairjax.agents.base import Algorithm, identity_update, lm_forward, target_mask
 from fairjax.agents.registry import Objective, choice, config_block, register
 from fairjax.data.config import Batching, DataConfig
+from fairjax.data.episodes import episode_data
+from fairjax.data.jobs import JobsDataset
+from fairjax.data.layout import collate
 from fairjax.errors import ConfigError
 from fairjax.losses.phf import OBJECTIVES, PHFHParams, phf_loss
 
@@ -148,10 +151,6 @@ def build_data(cfg: Any, data: DataConfig, batching: Batching, tok, train_path: 
     """Episodes with rewards (`data`: the typed data block); filtering keeps reward >= `phf.threshold`; unlikelihood / AWR / RWR
     batches carry per-token scores."""
     import functools
-
-    from fairjax.data.episodes import episode_data
-    from fairjax.data.jobs import JobsDataset
-    from fairjax.data.layout import collate
 
     objective = objective_of(cfg)
 

@@ -21,8 +21,11 @@ import importlib
 import pkgutil
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import fairjax.agents as pkg
 from fairjax.agents.base import count_attended
+from fairjax.agents.lora import loraize
 from fairjax.errors import ConfigError
+from fairjax.models.lora import LoraConfig, cast_base
 
 
 def _never(cfg: Any) -> bool:
@@ -130,8 +133,6 @@ def discover() -> None:
     global _DISCOVERED
     if _DISCOVERED:
         return
-    import fairjax.agents as pkg
-
     for info in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"{pkg.__name__}.{info.name}")
     _DISCOVERED = True
@@ -202,8 +203,6 @@ def choice(key: str, value: Any, choices: Sequence[Any]) -> None:
 # ----------------------------------------------------------------------------- building
 def lora_config(cfg: Any):
     """`models.lora.LoraConfig` of the config's `lora` block."""
-    from fairjax.models.lora import LoraConfig
-
     return LoraConfig.from_config(cfg.lora)
 
 
@@ -215,9 +214,6 @@ def build_algorithm(cfg: Any, module, model_config, base_params, policy_params=N
     policy = base_params if policy_params is None else policy_params
     if cfg.get("lora") is None or not cfg.lora.enabled:
         return spec.build(cfg, module, model_config, base_params, policy)
-    from fairjax.agents.lora import loraize
-    from fairjax.models.lora import cast_base
-
     base = cast_base(policy, cfg.lora.base_dtype)
     return loraize(lambda m, lm: spec.build(cfg, m, model_config, lm, lm), module, base,
                    lora_config(cfg), model_config.kind)

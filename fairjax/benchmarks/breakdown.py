@@ -31,6 +31,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from fairjax.losses.vocab import resolve_chunk
+
 CATEGORIES = ("attention matmuls", "attention softmax / mask", "MLP matmuls", "vocab head / CE",
               "Q/V heads", "embeddings", "norms / elementwise", "loss (other)", "optimizer update", "collectives", "other")
 
@@ -337,8 +339,6 @@ class Breakdown:
 def vocab_dims(vocab_size: int, chunk: int | None = None) -> frozenset:
     """Axis lengths that mark a vocabulary-sized array: V, and with chunked heads (chunk from
     `losses.vocab.resolve_chunk`) the block and remainder widths."""
-    from fairjax.losses.vocab import resolve_chunk
-
     c = resolve_chunk(chunk)
     return frozenset({vocab_size} | ({c, vocab_size % c} - {0} if 0 < c < vocab_size else set()))
 

@@ -22,30 +22,28 @@ import time
 import jax
 import numpy as np
 
+from fairjax.agents.ilql import init_heads
+from fairjax.benchmarks.forward import make_config
+from fairjax.benchmarks.train import PeakRSS, _mem, peak_memory
+from fairjax.generate import GenerationConfig, Policy, generate
+from fairjax.models import build_model, model_module
+from fairjax.models import lora as L
+
 PROMPT_LEN = 64
 
 
 def _ilql_heads(rng, d: int, vocab: int):
-    from fairjax.agents.ilql import init_heads
-
     heads = init_heads(rng, d, vocab, double_q=True)
     return {"v": heads["v"], "target": {"q1": heads["q1"], "q2": heads["q2"]}}
 
 
 def _lora_adapters(params, kind: str, rng):
-    from fairjax.models import lora as L
-
     cfg = L.LoraConfig(rank=16, alpha=32.0)
     return L.init(params, cfg, kind, rng), cfg.scale
 
 
 def fairjax_generate(algo: str, mcfg, batch: int, new: int, steps: int, adv_weight: float,
                      lora: bool = False) -> dict:
-    from fairjax.benchmarks.train import PeakRSS, peak_memory
-    from fairjax.generate import GenerationConfig, Policy, generate
-    from fairjax.models import build_model, model_module
-    from fairjax.models import lora as L
-
     init_params = model_module(mcfg.kind).init_params
     rss = PeakRSS().__enter__()
     model = build_model(mcfg)
@@ -94,8 +92,6 @@ def hf_generate(mcfg, batch: int, new: int, steps: int, lora: bool = False):
         import transformers
     except ImportError:
         return None
-    from fairjax.benchmarks.train import PeakRSS
-
     torch.manual_seed(0)
     with PeakRSS() as rss:
         model = transformers.AutoModelForCausalLM.from_config(
@@ -171,9 +167,6 @@ def torch_generate(algo: str, mcfg, batch: int, new: int, steps: int, adv_weight
 
 
 def run(FLAGS) -> None:
-    from fairjax.benchmarks.forward import make_config
-    from fairjax.benchmarks.train import _mem
-
     if FLAGS.model not in ("gpt2", "llama"):
         raise SystemExit("benchmarks/generate: --model=gpt2 | llama")
     if FLAGS.algo not in ("bc", "ilql"):

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from fairjax.benchmarks.train import PEAK_BF16, fairjax_step
+
 # name -> (step kwargs for fairjax.benchmarks.train.fairjax_step, time box in seconds)
 PARTS = {
     "bc_llama_1b": (dict(algo="bc", family="llama", size="1b", batch=8, seq=1024, remat="dots",
@@ -36,8 +38,6 @@ DRY = {"bc_llama_1b": dict(size="tiny", batch=2, seq=32, attention="xla"),
 def run_part(name: str, dry: bool) -> dict:
     """Run one part in this process; returns its figures (MFU where the device peak is known)."""
     import jax
-
-    from fairjax.benchmarks.train import PEAK_BF16, fairjax_step
 
     kw = dict(PARTS[name][0])
     if dry:

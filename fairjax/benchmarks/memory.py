@@ -18,7 +18,15 @@ import json
 import jax
 import jax.numpy as jnp
 
+from fairjax.agents.registry import build_algorithm
 from fairjax.benchmarks import QUANT_SUFFIX, algorithm_cfg as _algorithm_cfg  # noqa: F401
+from fairjax.benchmarks import breakdown as bd
+from fairjax.benchmarks.forward import FAMILIES, make_config
+from fairjax.benchmarks.train import synthetic_batch
+from fairjax.models import build_model
+from fairjax.optim import OptimConfig, make_optimizer
+from fairjax.train.loop import make_train_step
+from fairjax.typed_config import typed_block
 
 GIB = 2 ** 30
 
@@ -27,14 +35,6 @@ def compile_step(family: str, size: str, algo: str, batch: int, seq: int, dtype:
                  remat: str):
     """(compiled train step, abstract state) of `algo` on preset `family/size`: abstract shapes
     only (`jax.eval_shape`), nothing is allocated; the step donates its state."""
-    from fairjax.agents.registry import build_algorithm
-    from fairjax.benchmarks.forward import FAMILIES, make_config
-    from fairjax.benchmarks.train import synthetic_batch
-    from fairjax.models import build_model
-    from fairjax.optim import OptimConfig, make_optimizer
-    from fairjax.train.loop import make_train_step
-    from fairjax.typed_config import typed_block
-
     mcfg = make_config(family, size, dtype).replace(remat=remat)
     mod = FAMILIES[family][0]
     module = build_model(mcfg)
@@ -82,9 +82,6 @@ def estimate(family: str, size: str, algo: str, batch: int, seq: int, dtype: str
         out["peak_estimate_bytes"] = (m.argument_size_in_bytes + m.temp_size_in_bytes
                                       + m.output_size_in_bytes - m.alias_size_in_bytes)
     if breakdown:
-        from fairjax.benchmarks import breakdown as bd
-        from fairjax.benchmarks.forward import make_config
-
         out["breakdown"] = bd.analyze(compiled, bd.vocab_dims(make_config(family, size,
                                                                            dtype).vocab_size))
     return out
@@ -115,8 +112,6 @@ def run(FLAGS) -> None:
               f"{g('opt_state_bytes'):8.2f}G {g('argument_bytes'):8.2f}G {g('temp_bytes'):8.2f}G "
               f"{g('peak_estimate_bytes'):9.2f}G")
     if brk:
-        from fairjax.benchmarks import breakdown as bd
-
         for r in rows:
             bd.print_breakdown(r["algo"], r["breakdown"])
     peak = measured_peak()

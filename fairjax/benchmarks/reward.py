@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fairjax.data.jobs import read_records
 from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
-from fairjax.rewards.embedders import HashingTfidfEmbedder
-from fairjax.rewards.pool import GENDERS, REGIONS, CandidatePool
+from fairjax.rewards.embedders import HashingTfidfEmbedder, make_embedder
+from fairjax.rewards.pool import GENDERS, REGIONS, CandidatePool, load_pool
 
 DEFAULT_N, WORDS_PER_TEXT, VOCAB = 10_000, 150, 5_000
 
@@ -61,8 +62,6 @@ class _RandomUnit:
 
 
 def _one_embedder(spec: str, texts: list[str], pool, dcfg) -> dict:
-    from fairjax.rewards.embedders import HashingTfidfEmbedder, make_embedder
-
     name, _, lim = spec.partition("@")
     limit = int(lim) if lim else None
     t0 = time.perf_counter()
@@ -107,9 +106,6 @@ def _one_embedder(spec: str, texts: list[str], pool, dcfg) -> dict:
 
 def run_real(FLAGS) -> dict:
     """The real-data benchmark (module docstring)."""
-    from fairjax.data.jobs import read_records
-    from fairjax.rewards.pool import load_pool
-
     texts_path = getattr(FLAGS, "texts", None) or DEFAULT_TEXTS
     pools = [p for p in (getattr(FLAGS, "pools", None) or DEFAULT_POOLS).split(",") if p]
     specs = [e.strip() for e in (getattr(FLAGS, "embedders", None) or DEFAULT_EMBEDDERS).split(",")

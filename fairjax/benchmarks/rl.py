@@ -23,6 +23,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from fairjax.agents.online import ALGOS, OnlineConfig, OnlineRL, PolicyParts
+from fairjax.benchmarks.forward import make_config
+from fairjax.losses.grpo import GRPOHParams
+from fairjax.losses.ppo import PPOHParams
+from fairjax.models import build_model
+from fairjax.models.gpt2 import init_params
+from fairjax.rewards.lexicon import GenderCodedScorer
+
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per chip
 PRESETS = {"tiny": dict(prompt=32, new=32, batch=8, group=4),
            "small": dict(prompt=64, new=64, batch=8, group=4)}
@@ -72,12 +80,6 @@ class _DecodeOnly:
 def fairjax_step(mcfg, algo: str, prompts, hf_tok, new: int, batch: int, group: int, steps: int,
                  scorer) -> dict:
     import optax
-
-    from fairjax.agents.online import OnlineConfig, OnlineRL, PolicyParts
-    from fairjax.losses.grpo import GRPOHParams
-    from fairjax.losses.ppo import PPOHParams
-    from fairjax.models import build_model
-    from fairjax.models.gpt2 import init_params
 
     model = build_model(mcfg)
     cfg = OnlineConfig(algo=algo, batch_size=batch, group_size=group,
@@ -175,10 +177,6 @@ def trl_step(mcfg, prompts, hf_tok, new: int, batch: int, group: int, steps: int
 
 
 def run(FLAGS) -> None:
-    from fairjax.agents.online import ALGOS
-    from fairjax.benchmarks.forward import make_config
-    from fairjax.rewards.lexicon import GenderCodedScorer
-
     if FLAGS.algo not in ALGOS:
         raise SystemExit(f"--algo={FLAGS.algo}: the rl benchmark runs one of {ALGOS}")
     if FLAGS.model != "gpt2":

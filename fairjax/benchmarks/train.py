@@ -30,6 +30,16 @@ import time
 import jax
 import numpy as np
 
+from fairjax import parallel
+from fairjax.agents.registry import build_algorithm
+from fairjax.benchmarks import algorithm_cfg as _algorithm_cfg, breakdown, profile
+from fairjax.benchmarks.forward import FAMILIES, PRETRAINED_SHAPES, make_config
+from fairjax.models.gpt2 import PRESETS
+from fairjax.models.lora import cast_base
+from fairjax.optim import OptimConfig, make_optimizer
+from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
+from fairjax.typed_config import typed_block
+
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5": 459e12}
 
 
@@ -108,15 +118,6 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     lora: None = full fine-tuning; 'none' | 'int8' | 'nf4' = LoRA (rank 16, bf16 base
     stored as given; ILQL = one shared base). Returns step_s, tokens_per_s, flops (XLA cost
     analysis), params_lm and, when the backend reports it, peak_bytes (device memory stats)."""
-    from fairjax import parallel
-    from fairjax.agents.registry import build_algorithm
-    from fairjax.benchmarks.forward import FAMILIES, make_config
-    from fairjax.benchmarks import algorithm_cfg as _algorithm_cfg
-    from fairjax.models.lora import cast_base
-    from fairjax.optim import OptimConfig, make_optimizer
-    from fairjax.train.loop import StatePlan, compile_train_step, stack_micro
-    from fairjax.typed_config import typed_block
-
     suffix = {None: "", "none": "_lora", "nf4": "_qlora", "int8": "_qlora8"}[lora]
     cfg = _algorithm_cfg(algo + suffix, remat)
     if lora is not None:
@@ -151,12 +152,8 @@ def fairjax_step(algo: str, size: str, batch: int, seq: int, dtype: str, steps: 
     out = peak_memory({"step_s": dt, "tokens_per_s": batch * seq / dt, "flops": flops,
                        "params_lm": n_params}, rss)
     if profile_dir and jax.default_backend() == "cpu":  # XLA's own split of the compiled step
-        from fairjax.benchmarks import breakdown
-
         out["breakdown"] = breakdown.analyze(compiled, breakdown.vocab_dims(mcfg.vocab_size))
     if profile_dir:
-        from fairjax.benchmarks import profile
-
         out["profile"] = profile.summarize(profile.trace(run, 3, profile_dir), 3)
     return out
 
@@ -172,8 +169,6 @@ def torch_step(size: str, batch: int, seq: int, steps: int, mcfg=None,
     except ImportError:
         return None
     if mcfg is None:
-        from fairjax.models.gpt2 import PRESETS
-
         c = PRESETS[size]
         mcfg = c.replace(vocab_size=c.vocab_size + 6)
     torch.manual_seed(0)
@@ -203,8 +198,6 @@ def torch_step(size: str, batch: int, seq: int, steps: int, mcfg=None,
 
 
 def run(FLAGS) -> None:
-    from fairjax.benchmarks.forward import PRETRAINED_SHAPES, make_config
-
     batch, seq = FLAGS.batch or 8, FLAGS.seq or 128
     steps = FLAGS.steps or 3
     on_cpu = jax.default_backend() == "cpu"
@@ -246,12 +239,8 @@ def run(FLAGS) -> None:
               f"{f['flops']/1e12:.2f} TFLOP/step" + (f"  MFU {f['mfu']:.1%}" if "mfu" in f else "")
               + _mem(f))
     if "breakdown" in f:
-        from fairjax.benchmarks import breakdown
-
         breakdown.print_breakdown(f"compiled {FLAGS.algo} step by category", f["breakdown"])
     if "profile" in f:
-        from fairjax.benchmarks import profile
-
         profile.print_summary(f["profile"])
     if res.get("torch_lm"):
         t = res["torch_lm"]

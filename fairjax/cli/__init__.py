@@ -25,6 +25,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from fairjax.io.torch_pickle import UnsafePickleError
+
 EXIT_USER_ERROR = 2
 _PKG_DIR = str(Path(__file__).resolve().parents[1])  # fairjax/
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
@@ -40,8 +42,6 @@ def _raised_by_fairjax(e: BaseException) -> bool:
 def is_user_error(e: BaseException) -> bool:
     """fairjax's own error types and file errors; a ValueError from library internals
     (numpy, jax) is a bug and keeps its traceback."""
-    from fairjax.io.torch_pickle import UnsafePickleError
-
     if isinstance(e, (_FILE_ERRORS, UnsafePickleError)):
         return True
     return isinstance(e, ValueError) and (type(e).__module__.startswith("fairjax")

@@ -11,6 +11,9 @@ import sys
 
 from absl import app, flags
 
+from fairjax import cli
+from fairjax.losses.vocab import CHUNK_ENV
+
 TARGETS = ("forward", "train", "generate", "reward", "memory", "rl")
 
 
@@ -52,15 +55,12 @@ def main(argv: list[str]) -> None:
     if flags.FLAGS.vocab_chunk is not None:  # read by fairjax.losses.vocab.resolve_chunk
         import os
 
-        from fairjax.losses.vocab import CHUNK_ENV
         os.environ[CHUNK_ENV] = str(flags.FLAGS.vocab_chunk)
     module = importlib.import_module(f"fairjax.benchmarks.{argv[1]}")
     module.run(flags.FLAGS)
 
 
 def start(argv=None) -> None:
-    from fairjax import cli
-
     define_flags()
     cli.set_usage(__doc__)
     app.run(main, argv=sys.argv if argv is None else argv)

@@ -18,6 +18,7 @@ from absl import app, flags
 
 from fairjax import cli
 from fairjax.audit import ScorerOptions, build_scorer, effects_from_file, run_rate
+from fairjax.data.jobs import read_records
 from fairjax.eval import rate as R
 
 FLAGS = flags.FLAGS
@@ -74,8 +75,6 @@ def main(argv: list[str]) -> None:
         return
     if not FLAGS.corpus or not FLAGS.output_dir:
         raise app.UsageError("run needs --corpus and --output_dir")
-    from fairjax.data.jobs import read_records
-
     recs = read_records(FLAGS.corpus, text_field=FLAGS.text_field, clean=False)[: FLAGS.limit]
     scorer = build_scorer(FLAGS.scorer, ScorerOptions(FLAGS.pool or (), FLAGS.distance,
                                                       FLAGS.cache_dir or None, FLAGS.embedder))

@@ -12,9 +12,11 @@ from fairjax import cli
 from fairjax import score as library
 from fairjax.data.jobs import DataError, read_records
 from fairjax.eval import fairness
+from fairjax.rewards.constrained import calibrate_tau
 from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
-from fairjax.rewards.embedders import BERT_CLS_PREFIX, make_embedder
+from fairjax.rewards.embedders import BERT_CLS_PREFIX, HashingTfidfEmbedder, make_embedder
 from fairjax.rewards.pool import CandidatePool, load_pool
+from fairjax.rewards.precompute import annotate_jsonl
 from fairjax.score import print_report, score
 
 FLAGS = flags.FLAGS
@@ -60,8 +62,6 @@ def define_flags() -> None:
 
 def build_embedder(pool: CandidatePool):
     """The `--embedder`; the hashing TF-IDF one with its idf fitted on `pool`'s texts."""
-    from fairjax.rewards.embedders import HashingTfidfEmbedder
-
     name = FLAGS.embedder
     if name == "bert":
         if not FLAGS.bert_dir:
@@ -91,8 +91,6 @@ def main(argv: list[str]) -> None:
     if not FLAGS.texts or not FLAGS.pool:
         raise app.UsageError("--texts and at least one --pool are required")
     if FLAGS.calibrate_tau is not None:
-        from fairjax.rewards.constrained import calibrate_tau
-
         records = read_records(FLAGS.texts, text_field=FLAGS.text_field)[: FLAGS.limit]
         # only the embedder: tau needs no candidate matching (the pool fits tfidf's idf)
         embedder = build_embedder(CandidatePool.concat([load_pool(p) for p in FLAGS.pool]))
@@ -100,8 +98,6 @@ def main(argv: list[str]) -> None:
         print(json.dumps({**out, "texts": FLAGS.texts, "pool": FLAGS.pool}, indent=1))
         return
     if FLAGS.annotate:
-        from fairjax.rewards.precompute import annotate_jsonl
-
         n = annotate_jsonl(FLAGS.texts, FLAGS.annotate, build_scorer(), text_field=FLAGS.text_field,
                            limit=FLAGS.limit)
         with open(FLAGS.annotate, encoding="utf-8") as f:

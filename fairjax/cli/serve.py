@@ -11,6 +11,9 @@ import logging
 from absl import flags
 
 from fairjax import cli
+from fairjax.rewards.pool import CandidatePool, load_pool
+from fairjax.serve.app import create_app
+from fairjax.serve.service import Services
 
 FLAGS = flags.FLAGS
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -36,10 +39,6 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     import uvicorn
-
-    from fairjax.rewards.pool import CandidatePool, load_pool
-    from fairjax.serve.app import create_app
-    from fairjax.serve.service import Services
 
     if FLAGS.host not in LOCAL_HOSTS:
         logging.warning("--host=%s: the page and API are reachable from other machines and have "

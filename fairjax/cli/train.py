@@ -11,7 +11,8 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from fairjax import cli
+from fairjax import cli, parallel, pipeline
+from fairjax.train.build import validate_config
 
 
 def define_flags() -> None:
@@ -37,13 +38,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.resume is not None:
         cfg.train.resume = FLAGS.resume
     # Validate and initialise the distributed runtime before anything touches devices.
-    from fairjax import parallel
-    from fairjax.train.build import validate_config
-
     loop = validate_config(cfg)  # before the run dir exists: a bad config leaves nothing behind
     parallel.initialize_distributed(loop.distributed)  # the typed `distributed` block
-    from fairjax import pipeline
-
     out = pipeline.run(cfg, FLAGS.run_dir)
     result = out["train"]
     if parallel.is_main_process():

@@ -19,6 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from fairjax.errors import ConfigError
+from fairjax.io import checkpoint
+from fairjax.io.hf import write_hf_dir
+from fairjax.io.torch_pickle import save_torch_pickle
+from fairjax.io.upstream import params_to_upstream_bc
+from fairjax.models import lora as L
+from fairjax.runs import load_config_params_tokenizer, restore_run
+
 TARGETS = ("fairjax", "hf", "upstream_bc", "peft")
 
 
@@ -26,9 +34,6 @@ def convert(source: str, output: str, *, base: Optional[str] = None, to: str = "
             dtype: Optional[str] = None, overwrite: bool = False,
             chat_template: Optional[bool] = None) -> Path:
     """Convert `source` to `to` format at `output`; returns the written path."""
-    from fairjax.io import checkpoint
-    from fairjax.runs import load_config_params_tokenizer
-
     if to not in TARGETS:
         raise ValueError(f"--to={to!r}; expected one of {TARGETS}")
     out = Path(output).expanduser().resolve()
@@ -46,14 +51,9 @@ def convert(source: str, output: str, *, base: Optional[str] = None, to: str = "
         return checkpoint.save_model_dir(out, config, params, tokenizer, overwrite=overwrite,
                                          extra_meta={"converted_from": str(source)})
     if to == "hf":
-        from fairjax.io.hf import write_hf_dir
-
         return checkpoint.atomic_dir(
             out, lambda tmp: write_hf_dir(tmp, config, params, tokenizer, overwrite=True),
             overwrite=overwrite)
-    from fairjax.io.torch_pickle import save_torch_pickle
-    from fairjax.io.upstream import params_to_upstream_bc
-
     out.parent.mkdir(parents=True, exist_ok=True)
     save_torch_pickle(out, params_to_upstream_bc(params, config))
     return out
@@ -62,17 +62,10 @@ def convert(source: str, output: str, *, base: Optional[str] = None, to: str = "
 def export_peft(run_dir: str, out: Path) -> Path:
     """A LoRA run's adapters (best checkpoint) as a PEFT dir at `out`, its frozen base as a HF dir
     at `out/base` (tokenizer included)."""
-    from fairjax.errors import ConfigError
-    from fairjax.io import checkpoint
-    from fairjax.io.hf import write_hf_dir
-    from fairjax.models import lora as L
-
     path = Path(run_dir).expanduser()
     if not checkpoint.is_run_dir(path) or not (path / "config.json").is_file():
         raise ConfigError(f"--source={run_dir}: --to=peft needs a fairjax run directory of a LoRA "
                           "run (config.json + model/ + checkpoints/)")
-    from fairjax.runs import restore_run
-
     run = restore_run(path)
     lc = run.config.lora
     adapters_only = isinstance(run.params, dict) and all(

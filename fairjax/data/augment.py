@@ -32,6 +32,13 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
+from fairjax.data.jobs import DataError, make_example, read_records
+from fairjax.eval.preservation import Faithfulness, best_faithful, worst_faithful
+from fairjax.rewards.embedders import HashingTfidfEmbedder
+from fairjax.rewards.precompute import build_rewards
+from fairjax.rewards.registry import build_reward_scorer, reward_spec
+from fairjax.rewards.training import reward_cache_dir
+
 if TYPE_CHECKING:
     from fairjax.rewards.registry import RewardConfig
 
@@ -76,9 +83,6 @@ def dpo_pairs(rows: Sequence[dict], rewards: np.ndarray, faithful: np.ndarray,
               min_margin: float = 0.0) -> list[dict]:
     """Per source posting (rows grouped by `source_id`), the best and worst faithful response by
     reward as {prompt, chosen, rejected, margin} (module docstring)."""
-    from fairjax.data.jobs import make_example
-    from fairjax.eval.preservation import best_faithful, worst_faithful
-
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         groups.setdefault(r["source_id"], []).append(i)
@@ -105,12 +109,6 @@ def augment(train_path: str | os.PathLike, out_dir: str | os.PathLike, rewriter:
             text_field: str = "text", progress: bool = False) -> dict:
     """Write the augmented data of `train_path` into `out_dir` (module docstring); returns the
     stats (also in stats.json)."""
-    from fairjax.data.jobs import DataError, read_records
-    from fairjax.eval.preservation import Faithfulness
-    from fairjax.rewards.precompute import build_rewards
-    from fairjax.rewards.registry import build_reward_scorer, reward_spec
-    from fairjax.rewards.training import reward_cache_dir
-
     if k < 1:
         raise ValueError(f"augment: k={k}; expected >= 1 rewrites per posting")
     if not reward.scorer:
@@ -139,8 +137,6 @@ def augment(train_path: str | os.PathLike, out_dir: str | os.PathLike, rewriter:
 
     embedder = getattr(scorer, "embedder", None)
     if embedder is None:
-        from fairjax.rewards.embedders import HashingTfidfEmbedder
-
         embedder = HashingTfidfEmbedder(n_features=4096)
     faith = Faithfulness(embedder, tau, require_header)
     head = [{k: r.get(k) for k in HEADER_KEYS} for r in rows]

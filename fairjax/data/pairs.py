@@ -23,6 +23,7 @@ import numpy as np
 
 from fairjax.data.jobs import DataError
 from fairjax.data.layout import Episode, Truncation, collate_pairs, layout_pair
+from fairjax.rewriters import LexiconRewriter, w_gender_coded
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,6 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
 def pairs_from_postings(prompts: Sequence[str], responses: Sequence[str], scorer,
                         min_margin: float = 0.0) -> list[Pair]:
     """Reward-ranked (original, gender-coded counterfactual) pairs; see the module docstring."""
-    from fairjax.rewriters import LexiconRewriter, w_gender_coded
-
     w = w_gender_coded(responses)
     rewrites = LexiconRewriter().rewrite(responses, 1 - w)
     keep = [i for i, (a, b) in enumerate(zip(responses, rewrites)) if a != b]

@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from fairjax.io.tokenizer import _vocab_arrays, resize_embeddings
+
 ALIGNED = "<|aligned|>"
 MISALIGNED = "<|misaligned|>"
 CONTROL_TOKENS = (ALIGNED, MISALIGNED)
@@ -171,8 +173,6 @@ def resize_for_control_tokens(params: dict, config, new_vocab: int, seed: int = 
                               noise_std: float = 0.01) -> tuple[dict, object]:
     """Grow the LM's vocabulary arrays to `new_vocab`; new rows = mean row + noise_std·N(0, 1)
     (PHF `train.py`). Returns (params, config with the new vocab_size)."""
-    from fairjax.io.tokenizer import _vocab_arrays, resize_embeddings
-
     old = int(config.vocab_size)
     out, new_config = resize_embeddings(params, config, new_vocab, method="mean")
     rng = np.random.default_rng(seed)

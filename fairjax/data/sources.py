@@ -21,9 +21,10 @@ import importlib
 import os
 from typing import Any, Callable, Optional
 
+from fairjax.data import tfds_jobs
 from fairjax.data.config import DataConfig
 from fairjax.data.jobs import DataError, JobExample, JobsDataset
-from fairjax.data.task import parse_task_spec
+from fairjax.data.task import ListDataset, Observation, parse_task_spec
 from fairjax.errors import ConfigError
 
 SPLIT_OF_KEY = {"train": "train", "eval": "eval"}
@@ -69,8 +70,6 @@ def _tfds_root(path: str) -> Optional[tuple[str, str]]:
 
 
 def _tfds_examples(path: str, split: str) -> list[JobExample]:
-    from fairjax.data import tfds_jobs
-
     kind, where = _tfds_root(path)
     try:
         if kind == "data_dir":
@@ -146,8 +145,6 @@ def task_factory(spec: str) -> Callable[[str, DataConfig], Any]:
 def task_observations(path: str, data: DataConfig):
     """The list dataset of observations of the custom task `data.task` for `path` (checked:
     non-empty, items are Observations)."""
-    from fairjax.data.task import ListDataset, Observation
-
     spec = data.task
     out = task_factory(spec)(path, data)
     if not isinstance(out, ListDataset):

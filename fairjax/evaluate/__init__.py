@@ -49,8 +49,25 @@ import zlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from fairjax import faults
+from fairjax import faults, systems as B
+from fairjax.agents import registry
 from fairjax.data.config import DataConfig
+from fairjax.data.jobs import JobsDataset
+from fairjax.data.layout import bucket_for, frame_prompt, prompt_tokens
+from fairjax.data.sources import SourceStats
+from fairjax.eval import fairness, joint, preservation, stats
+from fairjax.eval.report import reward_name, summarize_systems, write_report
+from fairjax.eval.report_html import write_report_html
+from fairjax.generate import GenerationConfig, Policy, generate_texts
+from fairjax.io.run_dir import is_run_dir, load_config
+from fairjax.rewards.constrained import ConstrainedConfig, ConstrainedScorer
+from fairjax.rewards.diversity import DiversityRewardConfig, DiversityScorer
+from fairjax.rewards.embedders import config_embedder, make_embedder
+from fairjax.rewards.pool import CandidatePool, load_pool
+from fairjax.rewards.registry import build_reward_scorer, reward_config, split_list, trained_reward
+from fairjax.runs import load, restore_run
+from fairjax.score import score
+from fairjax.typed_config import typed_block
 
 LOG_FILE = "eval_logs.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -76,8 +93,6 @@ class System:
 
 # ----------------------------------------------------------------------------- systems
 def _generation(cfg: Any, adv_weight: float = 0.0):
-    from fairjax.generate import GenerationConfig
-
     g = cfg.generation
     # max_new_tokens = 0 ("from the data") is resolved per system by `_size_generation`
     return GenerationConfig(max_new_tokens=max(1, g.max_new_tokens), mode=g.mode, temperature=g.temperature,
@@ -114,8 +129,6 @@ def parse_named_paths(spec: str) -> list[tuple[str, str]]:
 
 def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
     """The systems to evaluate and, for a run dir checkpoint, its eval data path."""
-    from fairjax.generate import Policy
-
     systems: list[System] = []
     eval_path = None
     checkpoints = [("", cfg.checkpoint)] + parse_named_paths(cfg.extra_checkpoints)
@@ -130,15 +143,11 @@ def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
             raise ValueError("config.checkpoint is empty: give a run dir, model dir, HF dir or .pkl")
         primary = i == 0
         if _is_run_dir(path):
-            from fairjax.runs import restore_run
-
             run = restore_run(path, None if cfg.step == "best" else
                               (cfg.step if cfg.step == "latest" else int(cfg.step)))
             module, lm = run.algorithm.policy(run.params, run.frozen)
             if primary:
                 eval_path = _run_eval_path(run.config, path)
-            from fairjax.agents import registry
-
             spec = registry.get(run.config.algorithm)
             if primary and spec.decoding.value_guided:
                 fields = spec.decoding.guided(run.config, *run.algorithm.merged(
@@ -149,8 +158,6 @@ def load_systems(cfg: Any) -> tuple[list[System], Optional[str]]:
                 continue
             pol, tok = Policy.lm(module, lm), run.tokenizer
         else:
-            from fairjax.runs import load
-
             module, lm, tok = load(path, base=cfg.base or None)
             pol = Policy.lm(module, lm)
         label = name or (parse_variants(cfg.variants)[0][0] if cfg.variants else "policy")
@@ -179,11 +186,6 @@ def training_scorer(path: str, fallback):
     `reward.scorer` set; its saved reward block is typed here, fields it lacks take the
     defaults); else `fallback` (the reported diversity reward)."""
     if _is_run_dir(path):
-        from fairjax.io.run_dir import load_config
-        from fairjax.rewards.registry import build_reward_scorer, reward_config
-
-        from fairjax.agents import registry
-
         rc = load_config(path)
         reward = reward_config(rc.get("reward"))
         if registry.get(rc.algorithm).trains_on_reward and reward.scorer:
@@ -201,8 +203,6 @@ def load_baselines(cfg: Any, primary: Optional[System]) -> list[System]:
     """`config.baselines` as systems (see the module docstring); the scorer-dependent parts of
     best_of_n are attached by `evaluate` (`attach_scorer`). Without a `primary` checkpoint the
     baselines have no policy (no NLL columns); best_of_n then has no policy to sample."""
-    from fairjax import systems as B
-
     out = []
     for name in parse_baselines(cfg.get("baselines", "")):
         if primary is None and name == "best_of_n":
@@ -211,9 +211,6 @@ def load_baselines(cfg: Any, primary: Optional[System]) -> list[System]:
         if name in ("lexicon_swap", "inclusion_statement"):
             rw = B.text_baseline(name)
         elif name == "prompted":
-            from fairjax.generate import GenerationConfig
-            from fairjax.runs import load
-
             p = cfg.prompted
             module, params, tok = load(p.model)
             gen = GenerationConfig(max_new_tokens=max(1, p.max_new_tokens), mode="sample",
@@ -241,17 +238,12 @@ class _BestOfNPending:
 def attach_scorer(cfg: Any, systems: list[System], scorer) -> dict[str, dict]:
     """Build best_of_n with its reward and faithfulness test; returns {name: settings} for the
     summary (the baselines' decoding and reward)."""
-    from fairjax import systems as B
-
     info: dict[str, dict] = {}
     for s in systems:
         if isinstance(s.rewriter, _BestOfNPending):
             b, src = s.rewriter.cfg, s.rewriter.primary
             policy, tok, gen, source = src.policy, src.tokenizer, src.generation, src.source
             if b.policy:
-                from fairjax.generate import Policy
-                from fairjax.runs import load
-
                 module, lm, tok = load(b.policy, base=cfg.base or None)
                 policy, source = Policy.lm(module, lm), b.policy
                 gen = dataclasses.replace(gen, adv_weight=0.0)
@@ -275,8 +267,6 @@ def attach_scorer(cfg: Any, systems: list[System], scorer) -> dict[str, dict]:
 
 
 def _is_run_dir(path: str) -> bool:
-    from fairjax.io.run_dir import is_run_dir
-
     return is_run_dir(path)
 
 
@@ -296,15 +286,9 @@ def trained_reward_of(path: str, adv_weight: Optional[float] = None) -> dict:
     """The reward a checkpoint was trained on (run dirs; other checkpoints: unknown). An ILQL
     variant decoded with β = 0 is the run's policy trunk, which ILQL (awac_weight = 0) never
     trains: that system is the BC policy and trained on no reward."""
-    from fairjax.rewards.registry import trained_reward
-
     if not _is_run_dir(path):
         return {"scorer": "unknown", "note": f"{path} is not a fairjax run dir"}
-    from fairjax.io.run_dir import load_config
-
     cfg = load_config(path)
-    from fairjax.agents import registry
-
     spec = registry.get(cfg.algorithm)
     if adv_weight == 0 and spec.decoding.value_guided and spec.decoding.unguided_untrained(cfg):
         return {"scorer": "none", "note": f"β = 0: the {cfg.algorithm} run's frozen policy trunk "
@@ -363,10 +347,6 @@ class ScorerConfig:
     constrained_tau: float = 0.9588
 
     def __post_init__(self):
-        from fairjax.rewards.constrained import ConstrainedConfig
-        from fairjax.rewards.embedders import config_embedder
-        from fairjax.rewards.registry import split_list
-
         object.__setattr__(self, "pools", split_list(self.pools))
         object.__setattr__(self, "embedder", config_embedder(self.embedder))
         object.__setattr__(self, "cache_dir", str(self.cache_dir or ""))
@@ -378,8 +358,6 @@ class ScorerConfig:
 
     def diversity(self):
         """The matching settings as a `rewards.diversity.DiversityRewardConfig`."""
-        from fairjax.rewards.diversity import DiversityRewardConfig
-
         return DiversityRewardConfig(k=self.k, select_k=self.select_k, distance=self.distance,
                                      gender_target=self.gender_target,
                                      region_target=self.region_target, n_features=self.n_features)
@@ -387,8 +365,6 @@ class ScorerConfig:
 
 def scorer_config(block: Any) -> ScorerConfig:
     """`cfg.scorer` as a ScorerConfig (ConfigError naming config.scorer.<field>)."""
-    from fairjax.typed_config import typed_block
-
     return typed_block(block, ScorerConfig, "scorer")
 
 
@@ -396,10 +372,6 @@ def build_scorer(s: ScorerConfig, eval_path: str):
     """DiversityScorer over `s.pools` (`config.scorer.pools`; none = the candidates.jsonl
     beside the eval data, which only the demo corpus has: real postings without a pool are
     refused rather than scored against synthetic candidates)."""
-    from fairjax.rewards.diversity import DiversityScorer
-    from fairjax.rewards.embedders import make_embedder
-    from fairjax.rewards.pool import CandidatePool, load_pool
-
     paths = list(s.pools)
     if not paths:
         beside = Path(eval_path).parent / "candidates.jsonl"
@@ -415,8 +387,6 @@ def build_scorer(s: ScorerConfig, eval_path: str):
 
 def score_texts(texts: Sequence[str], scorer) -> list[dict]:
     """Per-text score dicts (reward, shares, ir_*/sr_*, four-fifths flags, verdict, PII, length)."""
-    from fairjax.score import score
-
     rows, _ = score([{"id": str(i), "text": t} for i, t in enumerate(texts)], scorer)
     for r, t in zip(rows, texts):
         r.pop("id")
@@ -435,8 +405,6 @@ def response_nll(policy_module, lm_params, tok, prompts: Sequence[str], response
     import jax
     import jax.numpy as jnp
     import numpy as np
-
-    from fairjax.data.layout import bucket_for, frame_prompt, prompt_tokens
 
     key = id(policy_module)
     if key not in _NLL_FNS:
@@ -500,13 +468,6 @@ def _append(path: Path, rows: Sequence[dict]) -> None:
 def evaluate(cfg: Any) -> dict:
     """Run the evaluation described by `cfg` (configs/eval.py); returns the summary dict."""
     import jax
-
-    from fairjax.data.jobs import JobsDataset
-    from fairjax.data.layout import prompt_tokens
-    from fairjax.data.sources import SourceStats
-    from fairjax.eval import fairness, preservation
-    from fairjax.eval.report import summarize_systems, write_report
-    from fairjax.generate import generate_texts
 
     if not cfg.fluency_model and (not cfg.checkpoint or not cfg.nll_columns):
         raise ValueError("config.fluency_model is empty and there are no NLL columns (no "
@@ -646,7 +607,6 @@ def evaluate(cfg: Any) -> dict:
     with open(out / SUMMARY_FILE, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, default=float)
         f.write("\n")
-    from fairjax.eval.report_html import write_report_html  # reads the summary.json just written
     write_report_html(out)
     return summary
 
@@ -678,8 +638,6 @@ def corpus_tables(by_system: dict, scorer, n_boot: int, seed: int) -> dict[str, 
     selection tables per attribute (MetricFrame shape), reward differences vs the original and vs
     the first rewrite system, raw and length-controlled (n_chars)."""
     import numpy as np
-
-    from fairjax.eval import fairness, preservation, stats
 
     def col(name: str, key: str) -> np.ndarray:
         return np.array([np.nan if r.get(key) is None else float(r[key]) for r in by_system[name]])
@@ -731,8 +689,6 @@ def sanity_rows(originals: Sequence[str], original_rows: Sequence[dict], scorer,
     constrained reward (`constrained`, each original its own reference) when given: a reward that
     rates these above the original can be gamed. `unmatched_share`: texts that matched no
     candidate (no embedding features), scored as no match."""
-    from fairjax.eval import stats
-
     base = [r["reward"] for r in original_rows]
     out = {"original": stats.mean_std_ci(base, n_boot=n_boot, seed=seed)}
     if constrained is not None:
@@ -761,8 +717,6 @@ JOINT_NOTE = ("Joint metrics per rewrite vs its original: SIM = embedder cosine;
 
 def constrained_scorer(scorer, tau: float):
     """The constrained (faithful-rewrite) reward over the evaluation's diversity scorer, hard form."""
-    from fairjax.rewards.constrained import ConstrainedConfig, ConstrainedScorer
-
     return ConstrainedScorer(scorer, ConstrainedConfig(form="hard", tau=float(tau)), strict=False)
 
 
@@ -774,8 +728,6 @@ def joint_tables(rows: Sequence[dict], names: Sequence[str], scorer, constrained
     the `fl_nll` columns when the rows have them (eval.fluency_model), else the system's own
     `nll` / `nll_original`."""
     import numpy as np
-
-    from fairjax.eval import joint, stats
 
     def col(name: str, key: str, default=np.nan) -> np.ndarray:
         return np.array([float(r[name][key]) if r[name].get(key) is not None else default
@@ -814,8 +766,6 @@ def load_fluency_model(name: str, batch_size: int = 16):
     unchanged costs nothing)."""
     if not name:
         return None
-    from fairjax.runs import load
-
     module, params, tok = load(name)
     max_len = module.config.max_positions
     memo: dict[str, float] = {}
@@ -882,8 +832,6 @@ def headline(numbers: dict, meta: dict) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    from fairjax.eval.report import reward_name
-
     tr = summary.get("trained_reward", {})
     norm = tr.get("normalize")
     lines = [f"trained reward: {tr.get('scorer')}"

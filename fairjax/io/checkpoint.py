@@ -21,6 +21,9 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from fairjax.errors import CheckpointMismatchError, ConfigError
+from fairjax.io.tokenizer import Tokenizer, assert_vocab_matches
+from fairjax.models import common, model_module
+from fairjax.models.layout import to_layout
 
 MODEL_JSON = "fairjax_model.json"
 FORMAT_VERSION = 1
@@ -72,8 +75,6 @@ def _to_numpy(tree):
 # ----------------------------------------------------------------------------- model dirs
 def _to_layout(params, config, source: str):
     """`params` in the block layout of `config` (`fairjax.models.layout.to_layout`)."""
-    from fairjax.models.layout import to_layout
-
     return to_layout(params, config, source)
 
 
@@ -126,8 +127,6 @@ def save_model_dir(path: str | os.PathLike, config, params, tokenizer,
 
     config: GPT2Config / LlamaConfig; params: the LM param tree; tokenizer: fairjax Tokenizer.
     """
-    from fairjax.io.tokenizer import assert_vocab_matches
-
     if tokenizer is not None:
         assert_vocab_matches(tokenizer, config, allow_padding=True)
     check_params(config, params, source="params to save")
@@ -164,8 +163,6 @@ def read_model_json(path: str | os.PathLike) -> dict:
 
 
 def config_from_model_dir(path: str | os.PathLike, dtype: Optional[str] = None):
-    from fairjax.models import model_module
-
     meta = read_model_json(path)
     options = dict(meta.get("options") or {})
     if dtype is not None:
@@ -179,9 +176,6 @@ def config_from_model_dir(path: str | os.PathLike, dtype: Optional[str] = None):
 
 def check_params(config, params, source: str = "params") -> None:
     """Raise CheckpointMismatchError unless `params` has exactly the model's paths and shapes."""
-    from fairjax.models import common
-    from fairjax.models import model_module
-
     want = common.flat_shapes(common.abstract_params(model_module(config.kind).Model(config)))
     got = common.flat_shapes(params)
     j = "/".join
@@ -195,8 +189,6 @@ def check_params(config, params, source: str = "params") -> None:
 
 def load_model_dir(path: str | os.PathLike, dtype: Optional[str] = None):
     """(config, float32 numpy params, Tokenizer | None) of a fairjax model directory."""
-    from fairjax.io.tokenizer import Tokenizer
-
     path = _abs(path)
     config = config_from_model_dir(path, dtype)
     chat = (read_model_json(path).get("tokenizer") or {}).get("chat_template")  # None: auto
@@ -219,9 +211,6 @@ def find_lm_params(tree: Any, config, prefer: tuple[str, ...] = ("policy", "para
     Several sub-trees can match (optimizer moments, target/reference copies); ranked by
     path: one containing a `prefer` name and no optimizer/target/reference name wins.
     Returns (path tuple, params). Raises CheckpointMismatchError if none matches."""
-    from fairjax.models import common
-    from fairjax.models import model_module
-
     want = common.flat_shapes(common.abstract_params(model_module(config.kind).Model(config)))
     found: list[tuple[tuple[str, ...], Any]] = []
 

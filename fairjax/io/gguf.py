@@ -31,6 +31,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fairjax.errors import ConfigError
+from fairjax.io.tokenizer import Tokenizer, assert_vocab_matches, resize_embeddings
+from fairjax.models import model_module
 
 ARCHITECTURES = ("llama", "gpt2")
 MAGIC = b"GGUF"
@@ -280,9 +282,6 @@ def load_gguf(path: str | os.PathLike, *, dtype: str | None = None,
               chat_template: bool = False, progress: bool = False):
     """(fairjax config, float32 params, fairjax Tokenizer) of a GGUF file. The tokenizer gains the
     six layout tokens and the embedding (the tied head with it) gets their rows (mean init)."""
-    from fairjax.io.tokenizer import Tokenizer, assert_vocab_matches, resize_embeddings
-    from fairjax.models import model_module
-
     path = Path(path).expanduser()
     contents = read_gguf(path, progress=progress)
     module = model_module(contents.architecture)

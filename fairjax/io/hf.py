@@ -18,6 +18,8 @@ import ml_dtypes
 import numpy as np
 
 from fairjax.errors import CheckpointMismatchError, ConfigError
+from fairjax.io import torch_pickle
+from fairjax.models import model_module as lookup
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -106,8 +108,6 @@ def _read_index(index_path: Path, reader) -> dict[str, np.ndarray]:
 
 
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
-    from fairjax.io import torch_pickle  # lazy: a separate module, torch-free
-
     sd = torch_pickle.load_torch_pickle(path)
     return {k: np.asarray(v) for k, v in sd.items()}
 
@@ -152,8 +152,6 @@ def read_hf_config(path: str | os.PathLike) -> dict:
 
 def model_module(model_type: str):
     """The fairjax model module (gpt2 / llama) for a HF `model_type` (`fairjax.models` registry)."""
-    from fairjax.models import model_module as lookup  # lazy: io does not need jax unless used
-
     return lookup(model_type)
 
 

@@ -26,7 +26,15 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from fairjax.errors import CheckpointMismatchError
+from fairjax.io import checkpoint, gguf, presets
+from fairjax.io.gguf import load_gguf
+from fairjax.io.hf import config_from_hf_dir, load_hf_dir
+from fairjax.io.tokenizer import Tokenizer, assert_vocab_matches, resize_embeddings
+from fairjax.io.torch_pickle import load_torch_pickle
+from fairjax.io.upstream import split_upstream
 from fairjax.models import build_model, model_module as _module
+from fairjax.models.heads import head_params_from_torch
 
 
 # ----------------------------------------------------------------------------- HF cache
@@ -70,9 +78,6 @@ def _local(path_or_id) -> Path:
 
 # ----------------------------------------------------------------------------- sources
 def _hf_dir(path: Path, dtype, chat_template: Optional[bool]):
-    from fairjax.io.tokenizer import Tokenizer, assert_vocab_matches, resize_embeddings
-    from fairjax.io.hf import load_hf_dir
-
     overrides = {"dtype": dtype} if dtype else {}
     config, params = load_hf_dir(path, **overrides)
     has_tok = any((path / f).is_file() for f in ("tokenizer.json", "vocab.json",
@@ -87,10 +92,6 @@ def _hf_dir(path: Path, dtype, chat_template: Optional[bool]):
 
 def _base_config_and_tokenizer(base, dtype, chat_template: Optional[bool] = None):
     """(config, tokenizer) from a base: HF dir / id or fairjax model dir (for bare state dicts)."""
-    from fairjax.io.tokenizer import Tokenizer
-    from fairjax.io import checkpoint
-    from fairjax.io.hf import config_from_hf_dir
-
     if base is None:
         raise ValueError("a bare state dict (.pkl) needs base=HF_DIR (or a fairjax model dir / HF "
                          "id) for the architecture config and tokenizer")
@@ -103,8 +104,6 @@ def _base_config_and_tokenizer(base, dtype, chat_template: Optional[bool] = None
 
 
 def _upstream_policy_sd(parts, source):
-    from fairjax.errors import CheckpointMismatchError
-
     sd = parts.policy if parts.policy is not None else parts.qv
     if sd is None:
         raise CheckpointMismatchError(missing=["lm_policy.*", "model.*"], source=source)
@@ -118,11 +117,6 @@ def load_upstream_ilql(path, base, *, dtype: Optional[str] = None) -> dict[str, 
     or None), "heads" ({'v','q','q2','target_q','target_q2'} -> MLPHead params, or {}),
     "notes"}. For a BC / converted checkpoint only "policy" is set.
     """
-    from fairjax.io.tokenizer import assert_vocab_matches
-    from fairjax.io.torch_pickle import load_torch_pickle
-    from fairjax.io.upstream import split_upstream
-    from fairjax.models.heads import head_params_from_torch
-
     config, tokenizer = _base_config_and_tokenizer(base, dtype)
     parts = split_upstream(load_torch_pickle(path), source=str(path))
     conv = _module(config.kind).params_from_hf
@@ -137,10 +131,6 @@ def load_upstream_ilql(path, base, *, dtype: Optional[str] = None) -> dict[str, 
 
 
 def _upstream(path: Path, base, dtype, chat_template: Optional[bool]):
-    from fairjax.io.tokenizer import assert_vocab_matches
-    from fairjax.io.torch_pickle import load_torch_pickle
-    from fairjax.io.upstream import split_upstream
-
     config, tokenizer = _base_config_and_tokenizer(base, dtype, chat_template)
     parts = split_upstream(load_torch_pickle(path), source=str(path))
     sd = _upstream_policy_sd(parts, str(path))
@@ -151,9 +141,6 @@ def _upstream(path: Path, base, dtype, chat_template: Optional[bool]):
 
 def convert_gguf_into(files, out: Path) -> None:
     """Preset builder (`presets.prepare`): the GGUF `files[0]` as a fairjax model dir in `out`."""
-    from fairjax.io import checkpoint
-    from fairjax.io.gguf import load_gguf
-
     config, params, tokenizer = load_gguf(files[0], progress=True)
     checkpoint.save_model_dir(out, config, params, tokenizer, overwrite=True,
                               extra_meta={"converted_from": Path(files[0]).name})
@@ -162,8 +149,6 @@ def convert_gguf_into(files, out: Path) -> None:
 def preset_model_dir(name: str) -> Path:
     """The fairjax model dir of a GGUF preset (`fairjax.io.presets`), converted once into
     `$FAIRJAX_CACHE` and reused."""
-    from fairjax.io import presets
-
     preset = presets.get(name)
     if preset.kind != "gguf":
         raise presets.PresetError(f"preset {name!r} is a {preset.kind} model (a sentence "
@@ -176,15 +161,11 @@ def load_config_params_tokenizer(path_or_id, *, base=None, dtype: Optional[str] 
                                  chat_template: Optional[bool] = None, restore_policy=None):
     """Like `load` but returns (config, params, tokenizer). `restore_policy(run_dir, step)`:
     the trainer-run policy restore (`fairjax.runs` passes it; see the module docstring)."""
-    from fairjax.io import checkpoint, presets
-
     if presets.is_preset(path_or_id) and not Path(path_or_id).exists():
         path = preset_model_dir(str(path_or_id))
     else:
         path = _local(path_or_id)
     if path.is_file():
-        from fairjax.io import gguf
-
         if gguf.is_gguf(path):
             return gguf.load_gguf(path, dtype=dtype, chat_template=chat_template)
         return _upstream(path, base, dtype, chat_template)
@@ -200,7 +181,6 @@ def load_config_params_tokenizer(path_or_id, *, base=None, dtype: Optional[str] 
             f"{path}: not a Hugging Face directory (config.json), a fairjax model directory "
             f"(fairjax_model.json), a fairjax run directory (model/ + checkpoints/) or a .pkl file")
     if tok is not None and chat_template is not None and chat_template != tok.use_chat_template:
-        from fairjax.io.tokenizer import Tokenizer
         tok = Tokenizer(tok.hf, use_chat_template=chat_template, source=tok.source)
     return config, params, tok
 

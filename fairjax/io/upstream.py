@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from fairjax.errors import CheckpointMismatchError
+from fairjax.models import gpt2
 
 TRUNKS = ("model", "lm_target", "lm_policy")  # upstream attribute names, state-dict order
 HEADS = ("v", "q", "q2", "target_q", "target_q2")
@@ -246,6 +247,4 @@ def params_to_upstream_bc(params, config, with_buffers: bool = True) -> StateDic
     """fairjax GPT-2 LM params -> BC_LM state dict (save with `torch_pickle.save_torch_pickle`)."""
     if config.kind != "gpt2":
         raise ValueError(f"upstream BC checkpoints are GPT-2 only; got a {config.kind} model")
-    from fairjax.models import gpt2  # lazy: needs jax
-
     return to_upstream_bc(gpt2.params_to_hf(params, config), with_buffers)

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from fairjax.errors import ConfigError
-from fairjax.models import common
+from fairjax.models import common, layout
 from fairjax.models.common import KVCache, LMOutput
 
 ACTIVATIONS = {
@@ -308,8 +308,6 @@ def params_from_hf(state_dict: Mapping[str, np.ndarray], config: GPT2Config,
     `lm_head.weight` is accepted only if it equals `wte.weight` (else the checkpoint was
     trained untied and dropping it would silently change the model).
     """
-    from fairjax.models import layout
-
     sd = dict(state_dict)
     prefix = "transformer." if any(k.startswith("transformer.") for k in sd) else ""
     if config.tie_word_embeddings:
@@ -324,7 +322,5 @@ def params_from_hf(state_dict: Mapping[str, np.ndarray], config: GPT2Config,
 def params_to_hf(params, config: GPT2Config) -> dict[str, np.ndarray]:
     """Flax params (either layout) -> HF `GPT2LMHeadModel` state dict (`transformer.` keys, no
     tied lm_head)."""
-    from fairjax.models import layout
-
     unrolled = config.replace(scan_layers=False)
     return common.params_to_state_dict(layout.to_layout(params, unrolled), hf_key_map(config))

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from fairjax.errors import ConfigError
-from fairjax.models import common
+from fairjax.models import common, layout
 from fairjax.models.common import KVCache, LMOutput
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -338,8 +338,6 @@ def params_from_hf(state_dict: Mapping[str, np.ndarray], config: LlamaConfig,
     Ignores `rotary_emb.inv_freq` buffers (recomputed from the config). With a tied config an
     `lm_head.weight` is accepted only if it equals the embedding.
     """
-    from fairjax.models import layout
-
     sd = dict(state_dict)
     if config.tie_word_embeddings:
         common.drop_tied_head(sd, "lm_head.weight", "model.embed_tokens.weight", source)
@@ -353,7 +351,5 @@ def params_from_hf(state_dict: Mapping[str, np.ndarray], config: LlamaConfig,
 
 def params_to_hf(params, config: LlamaConfig) -> dict[str, np.ndarray]:
     """Flax params (either layout) -> HF `LlamaForCausalLM` state dict."""
-    from fairjax.models import layout
-
     unrolled = config.replace(scan_layers=False)
     return common.params_to_state_dict(layout.to_layout(params, unrolled), hf_key_map(config))

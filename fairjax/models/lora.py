@@ -30,6 +30,7 @@ import numpy as np
 
 from fairjax.errors import ConfigError
 from fairjax.models.common import path_str
+from fairjax.models.layout import detect_layout
 
 PyTree = Any
 DEFAULT_TARGETS = {"gpt2": r"attn/c_attn/kernel$", "llama": r"self_attn/(q|v)_proj/kernel$"}
@@ -102,8 +103,6 @@ def _flat(params: PyTree) -> dict[str, jax.Array]:
 
 
 def target_paths(params: PyTree, cfg: LoraConfig, kind: str) -> list[str]:
-    from fairjax.models.layout import detect_layout
-
     found = detect_layout(params)
     if found is not None and found[0] == "scanned":
         raise ValueError(f"LoRA on a scan_layers model (blocks stacked under {found[1]!r}) is not "

@@ -20,7 +20,14 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from fairjax import systems
+from fairjax.data.augment import STATS, augment
 from fairjax.data.config import DataConfig
+from fairjax.data.demo import write_demo
+from fairjax.generate import GenerationConfig, Policy
+from fairjax.rewards.registry import reward_config
+from fairjax.runs import load
+from fairjax.train.build import train
 
 SUMMARY = "rest_summary.json"
 
@@ -30,8 +37,6 @@ def _data(cfg: Any, data: DataConfig, run_dir: Path) -> tuple[str, Optional[str]
     RUN_DIR/data when `data.train` is empty (`data`: the typed `config.data`)."""
     train, ev = data.train, data.eval or None
     if not train:
-        from fairjax.data.demo import write_demo
-
         d = run_dir / "data"
         if not (d / "jobs_train.jsonl").is_file():
             write_demo(d, n_postings=data.demo_postings, seed=cfg.seed)
@@ -43,14 +48,9 @@ def _data(cfg: Any, data: DataConfig, run_dir: Path) -> tuple[str, Optional[str]
 
 
 def _sampler(cfg: Any, prev: Optional[Path]):
-    from fairjax import systems
-
     if prev is None:
         return systems.load_rewriter(cfg.rest.initial, temperature=cfg.rest.temperature,
                                      batch_size=cfg.rest.batch_size, seed=cfg.seed)
-    from fairjax.generate import GenerationConfig, Policy
-    from fairjax.runs import load
-
     module, params, tok = load(str(prev))
     gen = GenerationConfig(max_new_tokens=1, mode="sample", temperature=cfg.rest.temperature)
     return systems.PolicyRewriter(Policy.lm(module, params), tok, gen, name=str(prev),
@@ -71,10 +71,6 @@ def round_config(cfg: Any, data_path: str, eval_path: Optional[str], pool: str,
 
 def run(cfg: Any, run_dir: Optional[str] = None) -> dict:
     """All rounds (module docstring); returns the summary written to RUN_DIR/rest_summary.json."""
-    from fairjax.data.augment import STATS, augment
-    from fairjax.rewards.registry import reward_config
-    from fairjax.train.build import train
-
     if cfg.rest.rounds < 1:
         raise ValueError(f"config.rest.rounds={cfg.rest.rounds}; expected >= 1")
     root = Path(run_dir or cfg.run_dir).absolute()

@@ -35,7 +35,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+# the module, not its class: fairjax.rewriters imports fairjax.rewards (this package) at import time
+from fairjax import rewriters
+from fairjax.eval import preservation
 from fairjax.rewards.base import ScorerFailure
+from fairjax.rewards.lexicon import code_text
 
 FORMS = ("hard", "smooth")
 
@@ -105,9 +109,6 @@ class ConstrainedScorer:
         return -self.bound - self.config.margin
 
     def evaluate(self, texts: Sequence[str], references: Sequence[str]) -> ConstrainedResult:
-        from fairjax.eval import preservation
-        from fairjax.rewards.lexicon import code_text
-
         texts, references = list(texts), list(references)
         if len(references) != len(texts):
             raise ValueError(f"the constrained reward needs one original (reference) per text, "
@@ -150,9 +151,7 @@ class ConstrainedScorer:
 
 def lexicon_swaps(texts: Sequence[str]) -> list[str]:
     """The lexicon-swap rewrites of `texts` (towards neutral wording, no appended sentences)."""
-    from fairjax.rewriters import LexiconRewriter
-
-    return LexiconRewriter(balance=False).rewrite(list(texts), np.zeros(len(texts), bool))
+    return rewriters.LexiconRewriter(balance=False).rewrite(list(texts), np.zeros(len(texts), bool))
 
 
 def calibrate_tau(originals: Sequence[str], embedder: Any, percentile: float = 5.0
@@ -168,8 +167,6 @@ def calibrate_tau(originals: Sequence[str], embedder: Any, percentile: float = 5
         raise ValueError("calibrate_tau: no non-empty postings")
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"calibrate_tau: percentile={percentile}, expected in [0, 100]")
-    from fairjax.eval import preservation
-
     swaps = lexicon_swaps(originals)
     vecs = embedder.embed(list(originals) + swaps)
     sim = preservation.cosine_rows(vecs[len(originals):], vecs[:len(originals)])

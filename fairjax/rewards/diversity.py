@@ -35,6 +35,7 @@ import numpy as np
 from fairjax.eval import fairness
 from fairjax.rewards.base import ScorerFailure
 from fairjax.rewards.embedders import Embedder, HashingTfidfEmbedder
+from fairjax.rewards.matching import sharded_top_k
 from fairjax.rewards.pool import GENDERS, REGIONS, CandidatePool, location_tokens
 
 NO_MATCH_REWARD = -100.0
@@ -214,8 +215,6 @@ class DiversityScorer:
             eligible = (self._location_mask(locations[s:s + cfg.chunk_size])
                         if cfg.location_filter else None)
             if cfg.matching == "shard_map":
-                from fairjax.rewards.matching import sharded_top_k
-
                 top, valid = sharded_top_k(emb[s:s + cfg.chunk_size], self.pool_emb, k, eligible)
             else:
                 sim = emb[s:s + cfg.chunk_size] @ self.pool_emb.T  # [c, M]

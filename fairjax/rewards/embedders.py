@@ -28,6 +28,8 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from fairjax.io import presets
+
 _TOKEN = re.compile(r"\w[\w+#]*")  # word characters; keeps "c++" and "c#" whole
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -304,7 +306,7 @@ class BertClsEmbedder(_JaxEncoder):
         import jax  # noqa: PLC0415  (lazy: the rest of fairjax.rewards is numpy-only)
         from tokenizers import Tokenizer  # noqa: PLC0415
 
-        from fairjax.models import bert  # noqa: PLC0415
+        from fairjax.models import bert  # noqa: PLC0415  (lazy: jax-free `import fairjax.rewards`)
 
         model_dir = Path(model_dir)
         tok_file = model_dir / "tokenizer.json"
@@ -439,10 +441,8 @@ class SentenceEncoder(_JaxEncoder):
         if self.model_type not in ENCODER_PORTS:
             raise ValueError(f"{tdir / 'config.json'}: model_type={self.model_type!r}; fairjax ports "
                              f"{list(ENCODER_PORTS)}")
-        if self.model_type == "bert":
-            from fairjax.models import bert as port  # noqa: PLC0415
-        else:
-            from fairjax.models import mpnet as port  # noqa: PLC0415
+        from fairjax.models import bert, mpnet  # noqa: PLC0415  (lazy: jax-free `import fairjax.rewards`)
+        port = bert if self.model_type == "bert" else mpnet
         self.model, params, self.config = port.load_hf_dir(tdir, dtype=dtype)
         limit = getattr(self.config, "max_length", self.config.max_positions)
         tokenizer = self._tokenizer(tdir)
@@ -507,8 +507,6 @@ def load_embedder(name_or_dir: str | os.PathLike, **kwargs) -> SentenceEncoder:
     """A sentence encoder from a preset name (`all-minilm-l6-v2`, `all-mpnet-base-v2`:
     fairjax.io.presets, verified and extracted once) or a sentence-transformers directory.
     kwargs go to SentenceEncoder (batch_size, lengths, dtype, cache_path)."""
-    from fairjax.io import presets  # noqa: PLC0415
-
     name = str(name_or_dir)
     if presets.is_preset(name):
         return SentenceEncoder(presets.sentence_transformers_dir(name), name=name, **kwargs)
@@ -520,8 +518,6 @@ def load_embedder(name_or_dir: str | os.PathLike, **kwargs) -> SentenceEncoder:
 
 
 def embedder_choices() -> list[str]:
-    from fairjax.io import presets  # noqa: PLC0415
-
     return ["tfidf", *presets.names("sentence-transformers"), BERT_CLS_PREFIX + "DIR",
             "a sentence-transformers directory"]
 

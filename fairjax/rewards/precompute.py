@@ -29,8 +29,10 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from fairjax.errors import ConfigError
 from fairjax.rewards.base import Scorer, ScorerFailure
 from fairjax.rewards.embedders import text_hash
+from fairjax.rewards.registry import file_sha256, spec_hash
 
 
 def _read_cache(path: Path, scorer_name: str) -> dict[str, float]:
@@ -191,8 +193,6 @@ def require_references(records: Sequence[dict], path: str | os.PathLike, reward:
     could never act and it would train on its fairness term alone under another name."""
     if any(has_reference(r) for r in records):
         return
-    from fairjax.errors import ConfigError
-
     raise ConfigError(f"config.reward.scorer={reward}: {path}: no record has an "
                       f"{REFERENCE_FIELD!r} field, so each response is its own original and the "
                       "faithfulness constraint is constant (always met); train on rewrite-augmented "
@@ -211,8 +211,6 @@ def build_rewards(data_path: str | os.PathLike, records: Sequence[dict], scorer:
     (rewrite-augmented data) and, where a record has none, the record's own text (the posting is
     its own original). `cache_path` overrides the derived cache file name.
     """
-    from fairjax.rewards.registry import file_sha256, spec_hash
-
     data_sha, scorer_sha = file_sha256(data_path), spec_hash(spec)
     header = {"format": CACHE_FORMAT, "data_file": os.path.abspath(data_path), "data_sha256": data_sha,
               "scorer_sha256": scorer_sha, "scorer": scorer.name, "spec": spec}

@@ -43,12 +43,15 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from fairjax.errors import ConfigError
+from fairjax.eval import preservation
 from fairjax.rewards.base import Scorer
-from fairjax.rewards.constrained import ConstrainedConfig
-from fairjax.rewards.diversity import DiversityRewardConfig
-from fairjax.rewards.embedders import config_embedder
-from fairjax.rewards.lexicon import GenderCodedConfig
+from fairjax.rewards.constrained import ConstrainedConfig, ConstrainedScorer
+from fairjax.rewards.diversity import DiversityRewardConfig, DiversityScorer
+from fairjax.rewards.embedders import BERT_CLS_PREFIX, TFIDF_NAMES, config_embedder, make_embedder
+from fairjax.rewards.lexicon import GenderCodedConfig, GenderCodedScorer
 from fairjax.rewards.normalize import MODES as NORMALIZE_MODES
+from fairjax.rewards.pii import PiiScorer
+from fairjax.rewards.pool import CandidatePool, load_pool
 from fairjax.typed_config import check_choice, typed_block
 
 RUN_SPEC_FILE = "reward_spec.json"  # in a run dir: the trained reward's spec (+ normalize, cache)
@@ -182,8 +185,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def embedder_spec(name: str) -> dict[str, Any]:
     """What identifies an embedder in a reward spec: its name, and for a directory its absolute
     path (left out of the spec hash) and a hash of its config and weight files."""
-    from fairjax.rewards.embedders import BERT_CLS_PREFIX, TFIDF_NAMES
-
     if name in TFIDF_NAMES:
         return {"name": "tfidf"}
     path = name[len(BERT_CLS_PREFIX):] if name.startswith(BERT_CLS_PREFIX) else name
@@ -262,8 +263,6 @@ class PreservationScorer:
         self.name = f"preservation_{metric}" + (f"({embedder.id})" if metric == "cosine" else "")
 
     def score_texts(self, texts: Sequence[str], references: Optional[Sequence[str]] = None) -> np.ndarray:
-        from fairjax.eval import preservation
-
         if references is None or len(references) != len(texts):
             raise ValueError("the preservation reward needs one original (reference) per text")
         if self.metric == "chrf":
@@ -298,10 +297,6 @@ def build_reward_scorer(reward: RewardConfig, default_pool: Optional[str] = None
 
     def diversity():
         if "diversity" not in built:
-            from fairjax.rewards.diversity import DiversityScorer
-            from fairjax.rewards.embedders import make_embedder
-            from fairjax.rewards.pool import CandidatePool, load_pool
-
             pool = CandidatePool.concat([load_pool(p) for p in pool_paths(reward, default_pool)])
             emb = make_embedder(reward.embedder, int(reward.diversity.n_features))
             built["diversity"] = DiversityScorer(pool, emb, reward.diversity.scorer_config(),
@@ -312,18 +307,14 @@ def build_reward_scorer(reward: RewardConfig, default_pool: Optional[str] = None
         if t == "diversity":
             return diversity()
         if t == "gender_coded":
-            from fairjax.rewards.lexicon import GenderCodedScorer
             return NegatedScorer(GenderCodedScorer(reward.gender_coded.mode), True)
         if t == "pii":
-            from fairjax.rewards.pii import PiiScorer
             return NegatedScorer(PiiScorer(), False)
         return PreservationScorer(diversity().embedder, reward.preservation.metric)
 
     if reward.scorer == "composite":
         return CompositeScorer([(t, w, term(t)) for t, w in reward.composite.items()])
     if reward.scorer == "constrained":
-        from fairjax.rewards.constrained import ConstrainedScorer
-
         return ConstrainedScorer(diversity(), reward.constrained, strict=strict)
     return term(reward.scorer)
 

@@ -26,7 +26,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from fairjax.data.jobs import DataError, read_records
+from fairjax.errors import ConfigError
 from fairjax.rewards import normalize as norm
+from fairjax.rewards.precompute import build_rewards, has_reference, require_references
 from fairjax.rewards.registry import (DEMO_STANDIN, RUN_NORMALIZER_FILE, RUN_SPEC_FILE,
                                       RewardConfig, build_reward_scorer, reward_spec)
 
@@ -71,16 +74,12 @@ def require_data_rewards(reward: RewardConfig, train_path: str, algorithm: str, 
     its BC stage spends any time. `trains_on_reward`: the objective's capability
     (`agents.registry.Objective`)."""
     if trains_on_reward and reference_term(reward):
-        from fairjax.errors import ConfigError
-
         try:
             refuse_reference_terms(reward, algorithm, _records_or_none(train_path, text_field))
         except ValueError as e:
             raise ConfigError(str(e)) from e
     if not trains_on_reward or reward.scorer or not train_path or os.path.isdir(train_path):
         return
-    from fairjax.data.jobs import DataError, read_records
-
     try:
         _field_rewards(read_records(train_path, text_field=text_field, on_error=on_error))
     except DataError:
@@ -93,8 +92,6 @@ def _records_or_none(path: str, text_field: str) -> Optional[list]:
     """The train records when `path` is a JSONL/CSV file (None for the demo or TFDS)."""
     if not path or os.path.isdir(path):
         return None
-    from fairjax.data.jobs import read_records
-
     return read_records(path, text_field=text_field, on_error="skip")
 
 
@@ -112,8 +109,6 @@ def refuse_reference_terms(reward: RewardConfig, algorithm: str,
     """ValueError when an offline objective would train on a term that needs a reference text
     (preservation) and no train record carries one (an `original` field, as rewrite-augmented
     data has): the records are their own originals, so it scores every posting 1."""
-    from fairjax.rewards.precompute import has_reference
-
     where = reference_term(reward)
     if where is None or (records is not None and any(has_reference(r) for r in records)):
         return
@@ -157,8 +152,6 @@ def prepare_rewards(reward: RewardConfig, run_dir: str | os.PathLike, train_path
     block; `algorithm`: its objective (named in messages); `demo_data`: the paths are the
     generated demo corpus; `text_field` / `on_error`: how the records are read (`data.*`);
     `trains_on_reward`: the objective's capability (False: nothing is scored or read)."""
-    from fairjax.data.jobs import read_records
-
     run_dir = Path(run_dir)
     r = reward
     mode = r.normalize
@@ -173,8 +166,6 @@ def prepare_rewards(reward: RewardConfig, run_dir: str | os.PathLike, train_path
     records = {s: read_records(p, text_field=text_field, on_error=on_error)
                for s, p in splits.items()}
     if r.scorer:
-        from fairjax.rewards.precompute import build_rewards, require_references
-
         if r.scorer == "constrained":  # offline data must carry the originals it rewrites
             require_references(records["train"], train_path, r.scorer)
 

@@ -40,7 +40,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from fairjax.data.jobs import DataError
+from fairjax.eval.preservation import cosine_rows, header_kept
+from fairjax.evaluate import read_log
+from fairjax.rewards.diversity import DiversityScorer
+from fairjax.rewards.embedders import HashingTfidfEmbedder
+from fairjax.rewards.lexicon import code_text
+from fairjax.rewards.pool import CandidatePool, load_pool
 from fairjax.rewriters import TextRewriter as Rewriter  # noqa: F401  (the type load_rewriter returns)
+from fairjax.systems import load_rewriter as load
 
 # The rewriter fairjax ships; see the module docstring for why it is a baseline for now.
 SHIPPED = "inclusion_statement"
@@ -51,8 +58,6 @@ SEPARATOR = "---"
 def load_rewriter(model: str = SHIPPED, **kw) -> Rewriter:
     """A rewriter with `.name` and `.rewrite(texts) -> list[str]` (see the module docstring;
     keywords: temperature, batch_size, seed)."""
-    from fairjax.systems import load_rewriter as load
-
     return load(model, **kw)
 
 
@@ -134,16 +139,12 @@ def read_postings(path: str, stdin=None) -> list[Posting]:
 
 # ----------------------------------------------------------------------------- scores
 def coded(text: str) -> dict:
-    from fairjax.rewards.lexicon import code_text
-
     c = code_text(text)
     return {"masculine": c.masculine, "feminine": c.feminine, "verdict": c.verdict}
 
 
 def score_records(postings: Sequence[Posting], rewrites: Sequence[str], scorer, embedder,
                   model: str, start: int) -> list[dict]:
-    from fairjax.eval.preservation import cosine_rows, header_kept
-
     texts = [p.text for p in postings]
     sims = cosine_rows(embedder.embed(list(rewrites)), embedder.embed(texts))
     div = ((scorer.score_texts(texts), scorer.score_texts(list(rewrites))) if scorer is not None
@@ -169,14 +170,9 @@ def _nan_none(x: float) -> Optional[float]:
 
 def build_scorer(pools: Optional[Sequence[str]]):
     """(diversity scorer over `pools` or None, embedder for SIM)."""
-    from fairjax.rewards.embedders import HashingTfidfEmbedder
-
     emb = HashingTfidfEmbedder(n_features=4096)
     if not pools:
         return None, emb
-    from fairjax.rewards.diversity import DiversityScorer
-    from fairjax.rewards.pool import CandidatePool, load_pool
-
     return DiversityScorer(CandidatePool.concat([load_pool(p) for p in pools]), emb), emb
 
 
@@ -184,8 +180,6 @@ def build_scorer(pools: Optional[Sequence[str]]):
 def resume_point(out: Path, postings: Sequence[Posting], model: str) -> int:
     """How many records `out` already holds for these postings and this model (0: none);
     refuses an output written for other postings or another model."""
-    from fairjax.evaluate import read_log
-
     done = read_log(out)  # drops (and truncates) a line cut by a crash
     if len(done) > len(postings):
         raise DataError(f"{out}: holds {len(done)} records, the input has {len(postings)} "

@@ -27,10 +27,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from fairjax.data.demo import make_candidates
 from fairjax.eval.diff import word_diff
-from fairjax.rewards import lexicon, pii
+from fairjax.rewards import embedders, lexicon, pii
 from fairjax.rewards.diversity import DiversityConfig, DiversityScorer
 from fairjax.rewards.pool import CandidatePool, load_pool
+from fairjax.rewrite import SHIPPED, load_rewriter
 
 MAX_BODY_BYTES = 1 << 20       # request bodies (JSON or an uploaded file) above this get 413
 MAX_UPLOAD_POSTINGS = 2000
@@ -63,8 +65,6 @@ class RewriterAdapter:
     a run dir, a preset)."""
 
     def __init__(self, model: Optional[str] = None):
-        from fairjax.rewrite import SHIPPED, load_rewriter
-
         impl = load_rewriter(model=model or SHIPPED)
         self.name = str(getattr(impl, "name", type(impl).__name__))
         self._fn: Callable[[list[str]], list[str]] = lambda texts: list(impl.rewrite(texts))
@@ -154,8 +154,6 @@ class RewriteQueue:
 def demo_pool(n: int = DEMO_POOL_SIZE, seed: int = 0) -> CandidatePool:
     """The synthetic candidates of `fairjax.data.demo` (written to a temporary file and read back by
     `load_pool`, so labels are normalised exactly as for a real pool file)."""
-    from fairjax.data.demo import make_candidates
-
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "candidates.jsonl")
         with open(path, "w", encoding="utf-8") as f:
@@ -170,8 +168,6 @@ def make_embedder(name: Optional[str]):
     """The server's embedder: `tfidf` (default; the fast hashing TF-IDF) or any name
     `fairjax.rewards.embedders.make_embedder` takes (a preset such as all-minilm-l6-v2, a
     sentence-transformers directory, `bert-cls:DIR`)."""
-    from fairjax.rewards import embedders
-
     return embedders.make_embedder(name or "tfidf")
 
 

@@ -25,11 +25,26 @@ from fairjax.agents.base import Algorithm
 from fairjax.agents.registry import build_algorithm, choice
 from fairjax.data import sources
 from fairjax.data.config import Batching, DataConfig
+from fairjax.data.demo import write_demo
+from fairjax.data.episodes import episode_data
+from fairjax.data.layout import Truncation
 from fairjax.errors import ConfigError
-from fairjax.models.common import ATTENTION_IMPLS, REMAT_POLICIES
+from fairjax.generate import GenerationConfig, Policy, generate_texts
+from fairjax.io.checkpoint import is_model_dir, load_model_dir
+from fairjax.io.tokenizer import Tokenizer
+from fairjax.models import build_model as module_for
+from fairjax.models.common import ATTENTION_IMPLS, REMAT_POLICIES, check_scan_layers
+from fairjax.models.gpt2 import PRESETS, init_params
+from fairjax.models.layout import to_layout
 from fairjax.models.lora import validate as validate_lora
 from fairjax.optim import cast_params
 from fairjax.io import run_dir as rd
+from fairjax.rewards.diversity import DiversityScorer
+from fairjax.rewards.embedders import make_embedder
+from fairjax.rewards.pool import CandidatePool, load_pool
+from fairjax.rewards.registry import reward_config
+from fairjax.rewards.training import prepare_rewards, record_online_reward, rewarded_paths, source_paths
+from fairjax.runs import load, restore_policy
 from fairjax.train.loop import LoopConfig, RunResult, Setup, run
 
 PyTree = Any
@@ -46,8 +61,6 @@ def _positive(cfg: Any, name: str, allow_zero: bool = False) -> None:
 
 def _check_scan_layers(cfg: Any) -> None:
     """config.model.scan_layers: a bool, and not with LoRA (adapters are per unrolled kernel)."""
-    from fairjax.models.common import check_scan_layers
-
     scan = cfg.model.get("scan_layers", False)
     check_scan_layers(scan, "config.model.scan_layers")
     if scan and cfg.get("lora") is not None and cfg.lora.enabled:
@@ -70,8 +83,6 @@ def validate_config(cfg: Any) -> LoopConfig:
     loop = LoopConfig.from_config(cfg)  # train, optim, mesh, distributed: their own checks
     if cfg.get("lora") is not None:
         validate_lora(cfg.lora, "config.lora")  # rank, dropout, quant, base_dtype
-    from fairjax.rewards.registry import reward_config
-
     reward_config(cfg.reward)  # ConfigError naming config.reward.<field> (rewards/registry.py)
     if str(cfg.init.step) not in ("best", "latest") and not str(cfg.init.step).isdigit():
         raise ConfigError(f"config.init.step={cfg.init.step!r}; expected best | latest | a step")
@@ -108,8 +119,6 @@ def check_pack_config(cfg: Any, data: DataConfig) -> None:
 def _demo_paths(data: DataConfig, seed: int, run_dir: Path) -> dict:
     """The synthetic demo corpus of `data.demo_postings` postings in RUN_DIR/data (written by
     process 0, deterministic in `seed`)."""
-    from fairjax.data.demo import write_demo
-
     d = run_dir / "data"
     paths = {k: str(d / f"jobs_{k}.jsonl") for k in ("train", "eval")}
     if parallel.is_main_process() and not all(os.path.isfile(p) for p in paths.values()):
@@ -154,8 +163,6 @@ def demo_tokenizer(texts: Sequence[str], vocab_size: int = 1000):
     from tokenizers import Tokenizer as BPE, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from fairjax.io.tokenizer import Tokenizer
-
     bpe = BPE(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -177,11 +184,6 @@ def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None,
     weights are exactly the first launch's, unless `init.policy` is set: model/ then holds that
     policy, and the base comes from `model.init` again (`demo-tiny`: the policy run's model/,
     same tokenizer and base weights)."""
-    from fairjax.io.checkpoint import is_model_dir, load_model_dir
-    from fairjax.models import build_model as module_for
-    from fairjax.models.layout import to_layout
-    from fairjax.runs import load
-
     data = data if data is not None else DataConfig.from_block(cfg.data)
     own = run_dir / rd.MODEL_DIR
     scan = bool(cfg.model.get("scan_layers", False))
@@ -197,8 +199,6 @@ def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None,
         mcfg = mcfg.replace(remat=cfg.model.remat, attention_impl=cfg.model.attention,
                             scan_layers=scan)
     elif cfg.model.init == "demo-tiny":
-        from fairjax.models.gpt2 import PRESETS, init_params
-
         tok = demo_tokenizer(sources.texts(train_path, data), cfg.model.demo_vocab_size)
         mcfg = PRESETS[cfg.model.demo_size].replace(
             vocab_size=len(tok), dtype=cfg.model.dtype, remat=cfg.model.remat,
@@ -220,9 +220,6 @@ def build_model(cfg: Any, run_dir: Path, train_path: Optional[str] = None,
 def _init_policy_params(cfg: Any, mcfg: Any):
     if not cfg.init.policy:
         return None
-    from fairjax.models.layout import to_layout
-    from fairjax.runs import restore_policy
-
     step = cfg.init.step if cfg.init.step in ("best", "latest") else int(cfg.init.step)
     _, params = restore_policy(cfg.init.policy, step)
     return to_layout(params, mcfg, source=f"config.init.policy={cfg.init.policy}")
@@ -233,9 +230,6 @@ def build_data(cfg: Any, data: DataConfig, batching: Batching, tok, train_path: 
     """(train BatchIterator over global steps, eval factory or None, steps per epoch): the
     objective's `build_data` hook, else job-posting episodes (`fairjax.data.episodes`); the data
     settings are the typed `data` / `batching` (`data_inputs`)."""
-    from fairjax.data.episodes import episode_data
-    from fairjax.data.layout import Truncation
-
     spec = registry.get(cfg.algorithm)
     if cfg.reward.field != "reward":
         raise ConfigError(f"config.reward.field={cfg.reward.field!r}: the job reader takes rewards "
@@ -253,9 +247,6 @@ def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Option
     """(train path, eval path) carrying the reward the run trains on (`rewards.training`):
     scored / normalised on process 0 (a progress bar when `progress`), stored in the run dir,
     read by every process."""
-    from fairjax.rewards.registry import reward_config
-    from fairjax.rewards.training import prepare_rewards, record_online_reward, rewarded_paths
-
     spec = registry.get(cfg.algorithm)
     online = spec.online  # scores its rollouts itself
     reward = reward_config(cfg.reward)
@@ -280,8 +271,6 @@ def training_rewards(cfg: Any, run_dir: Path, train_path: str, eval_path: Option
 def build_setup(cfg: Any, run_dir: Path, loop: Optional[LoopConfig] = None) -> Setup:
     """Model, tokenizer, data and objective from the config (see configs/common.py); `loop`:
     the run's typed loop blocks (`validate_config`'s; converted here when not given)."""
-    from fairjax.rewards.training import source_paths
-
     loop = loop if loop is not None else LoopConfig.from_config(cfg)
     data, batching = data_inputs(cfg)
     train_path, eval_path = training_rewards(cfg, run_dir, *data_paths(data, cfg.seed, run_dir),
@@ -333,16 +322,9 @@ def make_eval_generate_fn(cfg: Any, data: DataConfig, run_dir: Path, algorithm: 
     (value-guided objectives: perturbed with their decoding settings' adv_weight) and report the mean diversity reward of
     the rewrites (`gen_reward`, pool = `reward.pool` or the demo candidates), their length and
     the fraction that ended with `</a>`. Single-process runs only (skipped otherwise)."""
-    from fairjax.generate import GenerationConfig, Policy, generate_texts
-    from fairjax.rewards.diversity import DiversityScorer
-    from fairjax.rewards.pool import CandidatePool, load_pool
-
     # unreadable eval lines are skipped here
     ds, _ = sources.read_jobs(eval_path, data.replace(on_error="skip"), "eval", need_reward=False)
     prompts = [e.prompt for e in ds][: cfg.eval.num_prompts]
-    from fairjax.rewards.embedders import make_embedder
-    from fairjax.rewards.registry import reward_config
-
     reward = reward_config(cfg.reward)
     pool_paths = list(reward.pool) or [str(run_dir / "data" / "candidates.jsonl")]
     missing = [p for p in pool_paths if not os.path.isfile(p)]

@@ -60,6 +60,8 @@ from fairjax import faults, parallel
 from fairjax.agents.base import Algorithm, Producer, count_attended
 from fairjax.errors import ConfigError
 from fairjax.io import run_dir as rd
+from fairjax.io.checkpoint import save_model_dir
+from fairjax.losses.common import sharded_batch
 from fairjax.optim import OptimConfig, make_optimizer, make_schedule
 from fairjax.parallel import MESH_IMPLS, DistributedConfig, MeshConfig
 from fairjax.typed_config import check_choice, check_positive, typed_block
@@ -366,8 +368,6 @@ def shard_map_grads(algorithm: Algorithm, plan: "StatePlan") -> GradsFn:
     gradient term), then reduce the gradients: `psum` over 'data' and `psum_scatter` over 'fsdp'
     back to each param's shard (`psum` over both for unsharded params); loss and metrics are
     `pmean`-ed. Needs mesh.tensor == 1. Dropout keys are folded with the device index."""
-    from fairjax.losses.common import sharded_batch
-
     mesh = plan.mesh
     if mesh.shape["tensor"] != 1:
         raise ConfigError(f"mesh.impl=shard_map runs data and fsdp parallelism; mesh.tensor="
@@ -704,8 +704,6 @@ def _save_model_dir(run_dir: Path, setup: Setup) -> None:
     import functools
 
     import orbax.checkpoint as ocp
-
-    from fairjax.io.checkpoint import save_model_dir
 
     original = ocp.StandardCheckpointer
     if jax.process_count() > 1:

@@ -19,6 +19,8 @@ import json
 import os
 import numpy as np
 
+from fairjax.data.jobs import split_of
+
 ROLES = {  # role -> (profession label, technologies / skills, duties)
     "Software Engineer": ("software_engineer", ["Python", "Go", "PostgreSQL", "Kubernetes"],
                           "build and operate the services behind our product"),
@@ -171,8 +173,6 @@ def write_demo(directory: str | os.PathLike, n_postings: int = 200, n_candidates
                seed: int = 0, eval_fraction: float = 0.2, with_rewards: bool = True) -> dict[str, str]:
     """Write jobs_train.jsonl, jobs_eval.jsonl (hashed split of the postings by id) and
     candidates.jsonl into `directory`; returns their paths."""
-    from fairjax.data.jobs import split_of
-
     os.makedirs(directory, exist_ok=True)
     posts = make_postings(n_postings, seed, with_rewards=with_rewards)
     fr = {"train": 1.0 - eval_fraction, "eval": eval_fraction}
