@@ -58,6 +58,9 @@ _INSTR = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\((
 _COMP = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*(\(.*\))?\s*->.*\{\s*$")
 
 
+BRANCH_KEYS = ("to_apply", "branch_computations", "true_computation", "false_computation")
+
+
 @dataclass
 class Instr:
     name: str
@@ -255,8 +258,7 @@ class Breakdown:
             for c in ins.called("body") + ins.called("condition"):
                 self._walk(c, n, top)
         elif ins.opcode in ("call", "conditional"):
-            for key in ("to_apply", "branch_computations", "true_computation",
-                        "false_computation"):
+            for key in BRANCH_KEYS:
                 for c in ins.called(key):
                     self._walk(c, mult, top)
 
@@ -307,6 +309,9 @@ class Breakdown:
             extra = 0.0
             if ins.opcode == "while":
                 extra = max((self._body_peak(c) for c in ins.called("body")), default=0.0)
+            elif ins.opcode in ("call", "conditional"):  # the taken branch's own temporaries
+                extra = max((self._body_peak(c) for key in BRANCH_KEYS for c in ins.called(key)),
+                            default=0.0)
             for b in [b for b in live if last_use.get(b, -1) < idx]:
                 del live[b]  # dead before this instruction writes its output
             size = shape_bytes(ins.shape)

