@@ -39,7 +39,6 @@ from fairjax.errors import ConfigError
 from fairjax.io.torch_pickle import load_torch_pickle
 from fairjax.io.upstream import split_upstream
 from fairjax.losses import vocab as V
-from fairjax.losses.vocab import lm_logits_from_hidden
 from fairjax.losses.common import gather_positions
 from fairjax.losses.ilql import ILQLHparams, TokenCE, ilql_loss, select_tokens
 from fairjax.io.hf import config_from_hf_dir
@@ -293,7 +292,7 @@ def forward(model: nn.Module, cfg: ILQLConfig, params: dict, frozen: dict, batch
         else:
             hp_, logits = h, qv_out.logits
         if cfg.detach_pi:  # gradient reaches only pi (the LM head), not the policy trunk
-            logits = lm_logits_from_hidden(tr["policy"], jax.lax.stop_gradient(hp_))
+            logits = V.lm_logits_from_hidden(tr["policy"], jax.lax.stop_gradient(hp_))
         out["h_policy"] = hp_
         out["policy_logits"] = logits.astype(jnp.float32)
     return out

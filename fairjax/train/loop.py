@@ -241,6 +241,9 @@ def make_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformatio
         grads, loss, metrics = grads_fn(params, frozen, batch, key)
         return grads, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
 
+    def is_finite(metrics):  # [] or [updates] bool
+        return jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+
     def apply(params, opt_state, grads):
         deltas, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, deltas), opt_state
@@ -250,7 +253,7 @@ def make_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformatio
         key = jax.random.fold_in(state["rng"], state["step"])
         if updates == 1:
             grads, metrics = grads_and_norm(params, frozen, batch, key)
-            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            finite = is_finite(metrics)
 
             def update(operands):
                 p, o, f, g = operands
@@ -280,7 +283,7 @@ def make_train_step(algorithm: Algorithm, optimizer: optax.GradientTransformatio
                 body, (params, opt_state), (batch, jnp.arange(updates)))
             new_frozen = algorithm.update_frozen(new_params, frozen, state["step"] + 1)
             # finite only when every update is; otherwise the step's state is rolled back
-            finite = jnp.all(jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]))
+            finite = jnp.all(is_finite(metrics))
             if check_finite:
                 new_params, opt_state, new_frozen = jax.tree.map(
                     lambda n, o: jnp.where(finite, n, o), (new_params, opt_state, new_frozen),
