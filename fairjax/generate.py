@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
@@ -420,14 +421,43 @@ def _decode(policy: Policy, trunks: tuple, heads: dict, prompt_ids: jax.Array,
     return out
 
 
+CPU_YNN_ENV = "FAIRJAX_DECODE_CPU_YNN"
+CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.lru_cache(maxsize=4)
+def decoder_compiler_options(platform: str) -> Optional[dict]:
+    """XLA options the decoding loop compiles with on `platform`.
+
+    On the CPU every matmul of a decoding step is skinny (M = rows, e.g. 16 x 768 x 50,263), and
+    XLA:CPU's YNNPACK dot fusions stream the weights at 3-5 GB/s there against 8-12 GB/s for its
+    Eigen dots (2-core AMD EPYC, docs/performance.md §8): the decoder is compiled with the
+    YNNPACK fusions off (training steps, with M = B·T, keep them: they are faster there).
+    $FAIRJAX_DECODE_CPU_YNN=1 keeps them for decoding too. None where the installed XLA does not
+    know the option, or on other platforms."""
+    if platform != "cpu" or os.environ.get(CPU_YNN_ENV, "") == "1":
+        return None
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_DECODE_OPTIONS).lower(
+            jnp.zeros((), jnp.float32)).compile()
+    except jax.errors.JaxRuntimeError as e:  # "No such compile option": XLA's own defaults
+        if "compile option" not in str(e):
+            raise
+        return None
+    return dict(CPU_DECODE_OPTIONS)
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled(policy_static: Policy, cfg: GenerationConfig, eoa_id: int, pad_id: int, mesh):
     fn = functools.partial(_decode, policy_static, cfg=cfg, eoa_id=eoa_id, pad_id=pad_id)
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+    options = decoder_compiler_options(platform)
     if mesh is None:
-        return jax.jit(fn)
+        return jax.jit(fn, compiler_options=options)
     rows = NamedSharding(mesh, P(("data", "fsdp")))
     rep = NamedSharding(mesh, P())
-    return jax.jit(fn, in_shardings=(rep, rep, rows, rows, rep), out_shardings=rows)
+    return jax.jit(fn, in_shardings=(rep, rep, rows, rows, rep), out_shardings=rows,
+                   compiler_options=options)
 
 
 def generate(policy: Policy, prompt_ids,  # [B, P] int32, left-padded

@@ -1,5 +1,6 @@
 """generate.py: ILQL one-step logits == upstream sample_raw (fixture), KV-cache decoding == an
 uncached loop, left-padding invariance, stop at </a>, modes (greedy/top-k=1/beam=1), best-of-n."""
+import functools
 import json
 import os
 import subprocess
@@ -323,3 +324,42 @@ def test_perturbation_options_exp_adv_and_adv_clip_reach_the_logits():
     assert (g.exp_adv, g.adv_clip, g.adv_weight) == (False, 1.5, 4.0)
     c.generation.adv_clip = 0.0  # 0 = off
     assert E._generation(c).adv_clip is None
+
+
+def test_cpu_decoder_compiles_without_ynn_dot_fusions(tiny_lm, monkeypatch):
+    """On the CPU the decoding loop is compiled with XLA:CPU's YNNPACK dot fusions off (its skinny
+    matmuls run ~2x faster on Eigen's dots, docs/performance.md §8), the same program otherwise:
+    greedy tokens and summed log-probs equal those of the default-options compile; the option
+    is scoped to the decoder (a plain jitted dot keeps YNNPACK) and $FAIRJAX_DECODE_CPU_YNN=1
+    turns it off."""
+    import dataclasses
+
+    from fairjax import generate as G
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the option is CPU-only")
+    policy, ids, mask, pad = tiny_lm
+    cfg = GenerationConfig(max_new_tokens=5, mode="greedy")
+    static = dataclasses.replace(policy, trunks=(), heads=None)
+    args = (policy.trunks, dict(policy.heads), jnp.asarray(ids), jnp.asarray(mask),
+            jax.random.PRNGKey(0))
+    assert G.decoder_compiler_options("cpu") == G.CPU_DECODE_OPTIONS
+    assert G.decoder_compiler_options("gpu") is None
+    decoder = G._compiled(static, cfg, -1, pad, None).lower(*args).compile()
+    assert "ynn_fusion" not in decoder.as_text()
+    x, w = jnp.ones((16, 256)), jnp.ones((256, 512))
+    assert "ynn_fusion" in jax.jit(jnp.dot).lower(x, w).compile().as_text()
+
+    fn = functools.partial(G._decode, static, cfg=cfg, eoa_id=-1, pad_id=pad)
+    default = jax.jit(fn)(*args)
+    tuned = decoder(*args)
+    np.testing.assert_array_equal(np.asarray(tuned.tokens), np.asarray(default.tokens))
+    np.testing.assert_allclose(np.asarray(tuned.log_prob), np.asarray(default.log_prob),
+                               rtol=1e-5, atol=1e-5)
+
+    G.decoder_compiler_options.cache_clear()
+    monkeypatch.setenv(G.CPU_YNN_ENV, "1")
+    try:
+        assert G.decoder_compiler_options("cpu") is None
+    finally:
+        G.decoder_compiler_options.cache_clear()

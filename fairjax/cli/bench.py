@@ -39,6 +39,9 @@ def define_flags() -> None:
                         "the device time per kernel and category.")
     flags.DEFINE_bool("breakdown", False, "memory: also split each compiled step's FLOPs, bytes "
                       "accessed and peak temporaries by op category (benchmarks/breakdown.py).")
+    flags.DEFINE_string("upstream_src", None, "generate --algo=ilql: also time upstream ILQL's own "
+                        "IQL_Policy.sample_raw from this local checkout of "
+                        "Sea-Snell/Implicit-Language-Q-Learning (benchmarks/upstream_ilql.py).")
     flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
     flags.DEFINE_string("embedders", None, "reward: comma-separated embedder names (NAME@N: embed "
                         "N texts per side and extrapolate); default tfidf, MiniLM, MPNet.")
